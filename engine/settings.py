@@ -1,0 +1,124 @@
+"""One settings object for the whole engine: env vars prefixed ``ATP_`` and an optional TOML file.
+
+The TOML file is named by ``ATP_CONFIG`` (default ``atp.toml`` in the working directory, if present).
+Env vars win over the file. A bad value raises ``pydantic.ValidationError`` with the field name,
+which the CLI turns into a one-line message and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _config_file() -> Path | None:
+    path = Path(os.environ.get("ATP_CONFIG", "atp.toml"))
+    return path if path.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Engine configuration. Every field maps to ``ATP_<FIELD>`` (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="ATP_", extra="ignore", validate_default=True)
+
+    # Redis: the live state.
+    redis_url: str = Field("", description="redis:// or rediss:// URL; empty = start an embedded Redis")
+    redis_cluster: bool = Field(False, description="connect with the Redis Cluster client")
+    redis_username: str | None = None
+    redis_password: str | None = None
+    redis_tls_ca: str | None = Field(None, description="CA bundle for rediss://")
+    key_prefix: str = Field("atp", pattern=r"^[a-z][a-z0-9_]{0,15}$")
+
+    # Kafka: the log.
+    kafka_bootstrap: str = Field("", description="host:port[,…]; empty = start an embedded broker")
+    kafka_security_protocol: str = Field("PLAINTEXT", pattern=r"^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$")
+    kafka_sasl_mechanism: str | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_ca: str | None = None
+    topic_partitions: int = Field(3, ge=1, le=1024)
+
+    # The flow.
+    workers: int = Field(1, ge=1, le=64)
+    batch_size: int = Field(500, ge=1, le=100_000)
+    recovery_dir: str | None = Field(None, description="bytewax recovery directory; empty = no recovery")
+    snapshot_interval_s: float = Field(5.0, gt=0)
+    flow_metrics_port: int = Field(9101, ge=0, le=65535)
+
+    # The API.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=0, le=65535)
+    api_tokens: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="sha256 hex of a bearer token -> roles (read, reserve, operate); JSON in the env var",
+    )
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+
+    # Reservations.
+    default_hold_ttl_s: int = Field(600, ge=1, le=86_400)
+    sweep_interval_s: float = Field(1.0, gt=0)
+
+    # Alerts and replenishment defaults (per-SKU policy overrides).
+    low_stock_threshold: int = Field(10, ge=0)
+    demand_surge_pct: float = Field(50.0, gt=0)
+    supplier_unreliable_below: float = Field(0.8, ge=0, le=1)
+    service_level: float = Field(0.95, gt=0, lt=1)
+    review_period_days: float = Field(1.0, gt=0)
+    default_lead_time_days: float = Field(7.0, gt=0)
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _roles_known(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        allowed = {"read", "reserve", "operate"}
+        for digest, roles in v.items():
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError("api_tokens keys must be sha256 hex digests of the tokens")
+            bad = set(roles) - allowed
+            if bad:
+                raise ValueError(f"unknown roles {sorted(bad)}; allowed: {sorted(allowed)}")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def kafka_config(self) -> dict[str, Any]:
+        """librdkafka settings for the broker connection (bootstrap, security, credentials)."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+            conf["sasl.username"] = self.kafka_sasl_username or ""
+            conf["sasl.password"] = self.kafka_sasl_password or ""
+        if self.kafka_ssl_ca:
+            conf["ssl.ca.location"] = self.kafka_ssl_ca
+        return conf
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
