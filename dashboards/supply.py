@@ -1,0 +1,82 @@
+"""The *Supply* dashboard: alerts, replenishment, inbound, suppliers and drift."""
+
+from __future__ import annotations
+
+from grafana_foundation_sdk.builders.dashboard import Dashboard
+
+from dashboards.panels import Query, graph, single
+
+
+def dashboard() -> Dashboard:
+    """Alerts by type, replenishment triggers, late inbound, supplier reliability, oversold, drift."""
+    return (
+        Dashboard("ATP · Supply")
+        .uid("atp-supply")
+        .tags(["atp"])
+        .refresh("30s")
+        .time("now-6h", "now")
+        .with_panel(
+            single(
+                "Late inbound lots",
+                Query('sum(atp_alerts_firing{kind="inbound_late"})'),
+                "short",
+                "Lots whose ETA passed without a receipt (inbound_late alerts firing).",
+            )
+        )
+        .with_panel(
+            single(
+                "Oversold units",
+                Query("sum(atp_oversold_units)"),
+                "short",
+                "Units promised beyond supply after supply shrank; must return to 0.",
+            )
+        )
+        .with_panel(
+            single(
+                "Drifted SKUs",
+                Query("max(atp_drift_skus)"),
+                "short",
+                "SKUs whose Redis state differed from the replayed log at the last reconcile.",
+            )
+        )
+        .with_panel(
+            single(
+                "Drift units",
+                Query("max(atp_drift_units)"),
+                "short",
+                "Sum of absolute bucket differences found by the last reconcile.",
+            )
+        )
+        .with_panel(
+            graph(
+                "Alerts by type",
+                [Query("sum by (kind, status) (increase(atp_alerts_total[5m]))", "{{kind}} {{status}}")],
+                "short",
+                "Alert transitions published in the last 5 minutes.",
+            )
+        )
+        .with_panel(
+            graph(
+                "Alerts firing",
+                [Query("sum by (kind) (atp_alerts_firing)", "{{kind}}")],
+                "short",
+                "Alerts currently firing, by kind.",
+            )
+        )
+        .with_panel(
+            graph(
+                "Replenishment triggers",
+                [Query("sum(increase(atp_replenishment_triggers_total[5m]))", "triggers / 5m")],
+                "short",
+                "Reorder triggers published (inventory position fell to the reorder point).",
+            )
+        )
+        .with_panel(
+            graph(
+                "Supplier reliability",
+                [Query("min by (supplier) (atp_supplier_reliability)", "{{supplier}}")],
+                "percentunit",
+                "On-time × fill rate per supplier, learned from receipts.",
+            )
+        )
+    )
