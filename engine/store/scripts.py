@@ -1,0 +1,111 @@
+"""Loading the Lua scripts and calling them by SHA, recovering from NOSCRIPT.
+
+Each entry script is ``lib.lua`` (the shared prelude) followed by the entry file. Calls go out as
+EVALSHA; when Redis answers NOSCRIPT (a restart, SCRIPT FLUSH, a new cluster node) the same call is
+sent once as EVAL with the source, which also caches the script on that node again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+ENTRY_SCRIPTS = ("hold", "reservation", "apply", "position", "sweep", "dump")
+
+Arg = str | int
+
+
+@dataclass(frozen=True)
+class LuaScript:
+    """One loadable script: its name, full source (prelude + entry) and SHA1."""
+
+    name: str
+    source: str
+    sha: str
+
+
+def _read(name: str) -> str:
+    return resources.files("engine.store").joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+@lru_cache(maxsize=1)
+def load_scripts() -> dict[str, LuaScript]:
+    """Every entry script, built once per process: name -> ``LuaScript``."""
+    lib = _read("lib")
+    out = {}
+    for name in ENTRY_SCRIPTS:
+        source = lib + "\n-- ==== entry: " + name + ".lua ====\n" + _read(name)
+        out[name] = LuaScript(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
+    return out
+
+
+def call(client: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    """Run ``script`` on a sync redis client (or cluster client), by SHA with NOSCRIPT recovery."""
+    try:
+        return client.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return client.eval(script.source, len(keys), *keys, *args)
+
+
+async def acall(client: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    """Async twin of ``call`` for redis.asyncio clients."""
+    try:
+        return await client.evalsha(script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return await client.eval(script.source, len(keys), *keys, *args)
+
+
+Call = tuple[LuaScript, Sequence[str], Sequence[Arg]]
+
+
+def call_many(client: Any, calls: Sequence[Call]) -> list[Any]:
+    """Run several script calls in one pipelined round trip (no MULTI); results in order.
+
+    Calls that met NOSCRIPT are re-sent as EVAL in a second round trip. Other errors are raised.
+    """
+    if not calls:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    results = pipe.execute(raise_on_error=False)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing:
+        pipe = client.pipeline(transaction=False)
+        for i in missing:
+            script, keys, args = calls[i]
+            pipe.eval(script.source, len(keys), *keys, *args)
+        for i, r in zip(missing, pipe.execute(raise_on_error=False), strict=True):
+            results[i] = r
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return list(results)
+
+
+async def acall_many(client: Any, calls: Sequence[Call]) -> list[Any]:
+    """Async twin of ``call_many``."""
+    if not calls:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    results = await pipe.execute(raise_on_error=False)
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing:
+        pipe = client.pipeline(transaction=False)
+        for i in missing:
+            script, keys, args = calls[i]
+            pipe.eval(script.source, len(keys), *keys, *args)
+        for i, r in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+            results[i] = r
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return list(results)

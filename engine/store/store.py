@@ -1,0 +1,280 @@
+"""The Redis store: every change to a SKU's stock goes through one atomic Lua script call.
+
+``Store`` works over a sync ``redis.Redis`` or ``redis.RedisCluster``; ``AsyncStore`` over their
+``redis.asyncio`` twins, with the same methods. Replies are the plain dicts of docs/semantics.md
+("Wire shapes") — the same dicts the pure-Python oracle returns.
+
+Every method validates its arguments (``ValueError`` with the reason) before any key is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import orjson
+
+from engine.store import scripts
+from engine.store.keys import (
+    DEFAULT_PREFIX,
+    exp_scan_pattern,
+    sku_from_key,
+    sku_keys,
+    validate_id,
+    validate_prefix,
+    validate_sku,
+)
+from engine.store.wire import (
+    MAX_TTL_MS,
+    POLICY_DEFAULTS,
+    HoldRequest,
+    SupplyCommand,
+    _opt_location,
+    check_int,
+    decode_reply,
+    normalize_policy,
+)
+
+Clock = int | Callable[[], int] | None
+
+
+class _Base:
+    """Argument encoding shared by the sync and async stores (no I/O here)."""
+
+    def __init__(self, redis: Any, prefix: str = DEFAULT_PREFIX, now_ms: Clock = None) -> None:
+        self.redis = redis
+        self.prefix = validate_prefix(prefix)
+        # Tests only: a fixed instant (int) or a clock (callable) instead of Redis TIME.
+        self.now_ms: Clock = now_ms
+        self._scripts = scripts.load_scripts()
+
+    def _now_arg(self) -> int:
+        now = self.now_ms() if callable(self.now_ms) else self.now_ms
+        if now is None or now <= 0:
+            return 0
+        return check_int(now, "now_ms", 1, 10**14 - 1)
+
+    def _call(self, name: str, sku: str, *args: Any) -> scripts.Call:
+        keys = sku_keys(sku, self.prefix).all
+        return self._scripts[name], keys, [sku, self._now_arg(), *args]
+
+    def _hold_call(self, sku: str, requests: Sequence[HoldRequest]) -> scripts.Call:
+        if not requests:
+            raise ValueError("hold_batch needs at least one request")
+        argv: list[Any] = []
+        for req in requests:
+            if not isinstance(req, HoldRequest):
+                raise ValueError("hold_batch takes HoldRequest records")
+            argv.extend(req.argv())
+        return self._call("hold", sku, *argv)
+
+    def _op_call(self, op: str, sku: str, rid: str, ttl_ms: int = 0) -> scripts.Call:
+        validate_id(rid, "reservation_id")
+        if op == "extend":
+            check_int(ttl_ms, "ttl_ms", 1, MAX_TTL_MS)
+        return self._call("reservation", sku, op, rid, ttl_ms)
+
+    def _position_call(self, sku: str, location: str | None) -> scripts.Call:
+        return self._call("position", sku, _opt_location(location))
+
+    def _apply_calls(self, commands: Iterable[SupplyCommand]) -> list[scripts.Call]:
+        calls = []
+        for c in commands:
+            if not isinstance(c, SupplyCommand):
+                raise ValueError("apply takes SupplyCommand records")
+            calls.append(self._call("apply", c.sku, *c.argv()))
+        return calls
+
+    def _policy_command(self, sku: str, policy: dict[str, Any]) -> SupplyCommand:
+        return SupplyCommand(sku=sku, cmd="policy", payload={"policy": normalize_policy(policy)},
+                             reason="policy set", ref="ops")
+
+    def _decode_policy(self, raw: bytes | str | None) -> dict[str, Any]:
+        if raw is None:
+            return normalize_policy({})
+        return normalize_policy(orjson.loads(raw))
+
+    def _sku_of_exp_key(self, key: bytes | str) -> str | None:
+        return sku_from_key(key, self.prefix)
+
+
+class Store(_Base):
+    """Synchronous store over ``redis.Redis`` / ``redis.RedisCluster``.
+
+    ``now_ms`` (tests only) fixes the scripts' clock: an int, or a callable returning one;
+    ``None`` (production) means Redis ``TIME``. It may be reassigned between calls.
+    """
+
+    def _run(self, call: scripts.Call) -> Any:
+        return decode_reply(scripts.call(self.redis, *call))
+
+    def hold_batch(self, sku: str, requests: Sequence[HoldRequest]) -> list[dict[str, Any]]:
+        """Process ``requests`` in order in one script call, each all-or-nothing.
+
+        Returns one hold reply per request: ``{status: ok|duplicate, rid, line}``,
+        ``{status: refused, rid, reason, available}`` or ``{status: conflict, rid, line}``.
+        """
+        return self._run(self._hold_call(sku, requests))
+
+    def confirm(self, sku: str, rid: str) -> dict[str, Any]:
+        """held → committed. Op reply ``{status, rid, line?, reason?}``."""
+        return self._run(self._op_call("confirm", sku, rid))
+
+    def release(self, sku: str, rid: str) -> dict[str, Any]:
+        """held/committed → released, units returned once. Op reply."""
+        return self._run(self._op_call("release", sku, rid))
+
+    def extend(self, sku: str, rid: str, ttl_ms: int) -> dict[str, Any]:
+        """A held line expires ``ttl_ms`` from now. Op reply."""
+        return self._run(self._op_call("extend", sku, rid, ttl_ms))
+
+    def rollback(self, sku: str, rid: str) -> dict[str, Any]:
+        """Delete the line as if it never existed (units and usage returned). Op reply."""
+        return self._run(self._op_call("rollback", sku, rid))
+
+    def get_line(self, sku: str, rid: str) -> dict[str, Any]:
+        """``{status: ok, rid, line}`` or ``{status: not_found, rid}`` (after lazy expiry)."""
+        return self._run(self._op_call("get", sku, rid))
+
+    def position(self, sku: str, location: str | None = None) -> dict[str, Any]:
+        """The position of ``sku`` (all locations, or figures of ``location`` only)."""
+        return self._run(self._position_call(sku, location))
+
+    def positions(self, skus: Sequence[str], location: str | None = None) -> list[dict[str, Any]]:
+        """Positions of several SKUs in one pipelined round trip, in the order given."""
+        calls = [self._position_call(s, location) for s in skus]
+        return [decode_reply(r) for r in scripts.call_many(self.redis, calls)]
+
+    def apply(self, commands: Sequence[SupplyCommand]) -> list[dict[str, Any]]:
+        """Apply supply commands (any SKUs) in one pipelined round trip; one supply reply each.
+
+        Commands of one SKU are applied in the order given.
+        """
+        return [decode_reply(r) for r in scripts.call_many(self.redis, self._apply_calls(commands))]
+
+    def set_policy(self, sku: str, policy: dict[str, Any]) -> dict[str, Any]:
+        """Replace the SKU's policy (missing fields take defaults) and rebalance. Supply reply."""
+        return self.apply([self._policy_command(sku, policy)])[0]
+
+    def get_policy(self, sku: str) -> dict[str, Any]:
+        """The SKU's complete policy (defaults when none was set)."""
+        return self._decode_policy(self.redis.get(sku_keys(sku, self.prefix).pol))
+
+    def dump(self, sku: str) -> dict[str, Any]:
+        """The SKU's state dump (tests): locs, lots, lines, customers, channels, policy, reliability, seq."""
+        return self._run(self._call("dump", sku))
+
+    def journal(self, sku: str, limit: int = 200) -> list[dict[str, Any]]:
+        """The SKU's movement journal, newest first: ``{event_id, cmd, reason, ref, at}``."""
+        check_int(limit, "limit", 1, 200)
+        raw = self.redis.lrange(sku_keys(sku, self.prefix).jrnl, 0, limit - 1)
+        return [orjson.loads(r) for r in raw]
+
+    def sweep(self, max_skus: int = 10_000) -> int:
+        """Expire the due holds of every SKU that has holds (SCAN), up to ``max_skus`` SKUs.
+
+        Returns the number of lines expired.
+        """
+        check_int(max_skus, "max_skus", 1, 10**9)
+        seen: set[str] = set()
+        batch: list[str] = []
+        expired = 0
+        for key in self.redis.scan_iter(match=exp_scan_pattern(self.prefix), count=1000):
+            sku = self._sku_of_exp_key(key)
+            if sku is None or sku in seen:
+                continue
+            seen.add(sku)
+            batch.append(sku)
+            if len(batch) >= 100:
+                expired += self._sweep_batch(batch)
+                batch = []
+            if len(seen) >= max_skus:
+                break
+        return expired + self._sweep_batch(batch)
+
+    def _sweep_batch(self, skus: list[str]) -> int:
+        calls = [self._call("sweep", s) for s in skus]
+        return sum(int(r) for r in scripts.call_many(self.redis, calls))
+
+
+class AsyncStore(_Base):
+    """Asynchronous store over ``redis.asyncio.Redis`` / ``RedisCluster``; same methods as ``Store``."""
+
+    async def _run(self, call: scripts.Call) -> Any:
+        return decode_reply(await scripts.acall(self.redis, *call))
+
+    async def hold_batch(self, sku: str, requests: Sequence[HoldRequest]) -> list[dict[str, Any]]:
+        """See ``Store.hold_batch``."""
+        return await self._run(self._hold_call(sku, requests))
+
+    async def confirm(self, sku: str, rid: str) -> dict[str, Any]:
+        """See ``Store.confirm``."""
+        return await self._run(self._op_call("confirm", sku, rid))
+
+    async def release(self, sku: str, rid: str) -> dict[str, Any]:
+        """See ``Store.release``."""
+        return await self._run(self._op_call("release", sku, rid))
+
+    async def extend(self, sku: str, rid: str, ttl_ms: int) -> dict[str, Any]:
+        """See ``Store.extend``."""
+        return await self._run(self._op_call("extend", sku, rid, ttl_ms))
+
+    async def rollback(self, sku: str, rid: str) -> dict[str, Any]:
+        """See ``Store.rollback``."""
+        return await self._run(self._op_call("rollback", sku, rid))
+
+    async def get_line(self, sku: str, rid: str) -> dict[str, Any]:
+        """See ``Store.get_line``."""
+        return await self._run(self._op_call("get", sku, rid))
+
+    async def position(self, sku: str, location: str | None = None) -> dict[str, Any]:
+        """See ``Store.position``."""
+        return await self._run(self._position_call(sku, location))
+
+    async def positions(self, skus: Sequence[str], location: str | None = None) -> list[dict[str, Any]]:
+        """See ``Store.positions``."""
+        calls = [self._position_call(s, location) for s in skus]
+        return [decode_reply(r) for r in await scripts.acall_many(self.redis, calls)]
+
+    async def apply(self, commands: Sequence[SupplyCommand]) -> list[dict[str, Any]]:
+        """See ``Store.apply``."""
+        calls = self._apply_calls(commands)
+        return [decode_reply(r) for r in await scripts.acall_many(self.redis, calls)]
+
+    async def set_policy(self, sku: str, policy: dict[str, Any]) -> dict[str, Any]:
+        """See ``Store.set_policy``."""
+        return (await self.apply([self._policy_command(sku, policy)]))[0]
+
+    async def get_policy(self, sku: str) -> dict[str, Any]:
+        """See ``Store.get_policy``."""
+        return self._decode_policy(await self.redis.get(sku_keys(sku, self.prefix).pol))
+
+    async def dump(self, sku: str) -> dict[str, Any]:
+        """See ``Store.dump``."""
+        return await self._run(self._call("dump", sku))
+
+    async def journal(self, sku: str, limit: int = 200) -> list[dict[str, Any]]:
+        """See ``Store.journal``."""
+        check_int(limit, "limit", 1, 200)
+        raw = await self.redis.lrange(sku_keys(sku, self.prefix).jrnl, 0, limit - 1)
+        return [orjson.loads(r) for r in raw]
+
+    async def sweep(self, max_skus: int = 10_000) -> int:
+        """See ``Store.sweep``."""
+        check_int(max_skus, "max_skus", 1, 10**9)
+        seen: set[str] = set()
+        async for key in self.redis.scan_iter(match=exp_scan_pattern(self.prefix), count=1000):
+            sku = self._sku_of_exp_key(key)
+            if sku is not None:
+                seen.add(sku)
+            if len(seen) >= max_skus:
+                break
+        expired = 0
+        skus = sorted(seen)
+        for i in range(0, len(skus), 100):
+            calls = [self._call("sweep", s) for s in skus[i:i + 100]]
+            expired += sum(int(r) for r in await scripts.acall_many(self.redis, calls))
+        return expired
+
+
+__all__ = ["AsyncStore", "HoldRequest", "POLICY_DEFAULTS", "Store", "SupplyCommand", "validate_sku"]

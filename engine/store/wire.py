@@ -1,0 +1,281 @@
+"""Records crossing the store boundary: validated requests in, normalised replies out.
+
+Replies stay the plain-dict shapes of docs/semantics.md ("Wire shapes"), identical to what the
+oracle returns. Requests are validated here so that no bad value ever reaches a key or a script.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from engine.store.keys import validate_id, validate_location, validate_sku
+
+DEFAULT_LOCATION = "default"
+MAX_QTY = 1_000_000_000
+MAX_TTL_MS = 366 * 86_400_000
+# cjson prints numbers with 14 significant digits: every integer crossing the script boundary stays
+# below 1e14 (ms timestamps have 13 digits).
+MAX_TIME_MS = 10**14 - 1
+MAX_OFFSET = 2**53 - 1
+
+HOLD_STATUSES = ("ok", "duplicate", "refused", "conflict", "not_found")
+LINE_STATES = ("held", "committed", "shipped", "released", "expired")
+
+SUPPLY_COMMANDS = (
+    "inbound_created",
+    "inbound_updated",
+    "inbound_cancelled",
+    "receipt",
+    "adjust",
+    "count",
+    "ship",
+    "order_placed",
+    "order_cancelled",
+    "policy",
+    "reliability",
+)
+
+POLICY_DEFAULTS: dict[str, Any] = {
+    "mode": "strict",
+    "cap_pm": 1000,
+    "horizon_s": 0,
+    "use_reliability": False,
+    "backorder_limit": 0,
+    "backorder_days": 14,
+    "safety": 0,
+    "order_cap": 0,
+    "customer_limit": 0,
+    "quotas": {},
+    "low_stock": 0,
+}
+POLICY_MODES = ("strict", "presell", "backorder")
+_POLICY_INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "cap_pm": (0, 1000),
+    "horizon_s": (0, 10 * 366 * 86_400),
+    "backorder_limit": (0, MAX_QTY),
+    "backorder_days": (0, 3660),
+    "safety": (0, MAX_QTY),
+    "order_cap": (0, MAX_QTY),
+    "customer_limit": (0, MAX_QTY),
+    "low_stock": (0, MAX_QTY),
+}
+
+
+def check_int(value: object, what: str, lo: int, hi: int) -> int:
+    """Return ``value`` if it is an int (not a bool) in ``[lo, hi]``, else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{what} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def check_qty(value: object, what: str = "qty") -> int:
+    """A quantity: integer in ``[1, 1_000_000_000]``."""
+    return check_int(value, what, 1, MAX_QTY)
+
+
+def _opt_location(value: object, what: str = "location") -> str:
+    if value is None or value == "":
+        return ""
+    return validate_location(value, what)
+
+
+def _opt_id(value: object, what: str) -> str:
+    if value is None or value == "":
+        return ""
+    return validate_id(value, what)
+
+
+@dataclass(frozen=True)
+class HoldRequest:
+    """One hold of one SKU: all-or-nothing; ``loc`` "" means any location.
+
+    ``commit`` reserves as committed (no expiry) — the stream's reserve-as-committed.
+    Construction validates every field and raises ``ValueError`` with the reason.
+    """
+
+    rid: str
+    qty: int
+    loc: str = ""
+    ttl_ms: int = 600_000
+    channel: str = ""
+    customer: str = ""
+    commit: bool = False
+
+    def __post_init__(self) -> None:
+        validate_id(self.rid, "reservation_id")
+        check_qty(self.qty)
+        object.__setattr__(self, "loc", _opt_location(self.loc))
+        check_int(self.ttl_ms, "ttl_ms", 1, MAX_TTL_MS)
+        object.__setattr__(self, "channel", _opt_location(self.channel, "channel"))
+        object.__setattr__(self, "customer", _opt_id(self.customer, "customer_id"))
+        if not isinstance(self.commit, bool):
+            raise ValueError(f"commit must be a bool, got {self.commit!r}")
+
+    def argv(self) -> list[str | int]:
+        """The seven ARGV slots of this request in hold.lua."""
+        return [self.rid, self.qty, self.loc, self.ttl_ms, self.channel, self.customer, int(self.commit)]
+
+
+def normalize_policy(policy: dict[str, Any] | None) -> dict[str, Any]:
+    """A complete, validated policy: defaults filled in; unknown fields or bad values raise ``ValueError``."""
+    if policy is None:
+        policy = {}
+    if not isinstance(policy, dict):
+        raise ValueError("policy must be an object")
+    unknown = set(policy) - set(POLICY_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown policy fields: {sorted(unknown)}")
+    out = dict(POLICY_DEFAULTS)
+    out["quotas"] = {}
+    out.update(policy)
+    if out["mode"] not in POLICY_MODES:
+        raise ValueError(f"policy mode must be one of {POLICY_MODES}, got {out['mode']!r}")
+    for name, (lo, hi) in _POLICY_INT_BOUNDS.items():
+        check_int(out[name], name, lo, hi)
+    if not isinstance(out["use_reliability"], bool):
+        raise ValueError("use_reliability must be a bool")
+    quotas = out["quotas"]
+    if not isinstance(quotas, dict):
+        raise ValueError("quotas must be an object channel -> units")
+    if len(quotas) > 256:
+        raise ValueError("at most 256 channel quotas")
+    out["quotas"] = {
+        validate_location(ch, "channel"): check_int(units, f"quota of {ch}", 0, MAX_QTY)
+        for ch, units in quotas.items()
+    }
+    return out
+
+
+def normalize_payload(cmd: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The validated payload of supply command ``cmd`` with every optional field present.
+
+    Absent locations become ``DEFAULT_LOCATION`` (``""`` = any for order_placed), absent ids ``""``,
+    absent times/quantities ``0``. Raises ``ValueError`` naming the bad field.
+    """
+    if not isinstance(payload, dict):
+        raise ValueError("payload must be an object")
+    p = payload
+
+    def loc(name: str = "loc") -> str:
+        v = p.get(name)
+        return DEFAULT_LOCATION if v is None or v == "" else validate_location(v)
+
+    if cmd == "inbound_created":
+        return {
+            "inbound_id": validate_id(p.get("inbound_id"), "inbound_id"),
+            "loc": loc(),
+            "qty": check_qty(p.get("qty")),
+            "eta_ms": check_int(p.get("eta_ms"), "eta_ms", 0, MAX_TIME_MS),
+            "supplier": validate_location(p.get("supplier"), "supplier_id"),
+        }
+    if cmd == "inbound_updated":
+        eta = p.get("eta_ms")
+        qty = p.get("qty")
+        return {
+            "inbound_id": validate_id(p.get("inbound_id"), "inbound_id"),
+            "eta_ms": 0 if eta is None else check_int(eta, "eta_ms", 1, MAX_TIME_MS),
+            "qty": 0 if qty is None else check_qty(qty),
+        }
+    if cmd == "inbound_cancelled":
+        return {"inbound_id": validate_id(p.get("inbound_id"), "inbound_id")}
+    if cmd == "receipt":
+        return {
+            "loc": loc(),
+            "qty": check_qty(p.get("qty")),
+            "inbound_id": _opt_id(p.get("inbound_id"), "inbound_id"),
+        }
+    if cmd == "adjust":
+        return {"loc": loc(), "delta": check_int(p.get("delta"), "delta", -MAX_QTY, MAX_QTY)}
+    if cmd == "count":
+        return {"loc": loc(), "on_hand": check_int(p.get("on_hand"), "on_hand", 0, MAX_QTY)}
+    if cmd == "ship":
+        return {
+            "rid": validate_id(p.get("rid"), "reservation_id"),
+            "loc": loc(),
+            "qty": check_qty(p.get("qty")),
+        }
+    if cmd == "order_placed":
+        return {
+            "rid": validate_id(p.get("rid"), "reservation_id"),
+            "loc": _opt_location(p.get("loc")),
+            "qty": check_qty(p.get("qty")),
+            "channel": _opt_location(p.get("channel"), "channel"),
+        }
+    if cmd == "order_cancelled":
+        return {"rid": validate_id(p.get("rid"), "reservation_id")}
+    if cmd == "policy":
+        return {"policy": normalize_policy(p.get("policy"))}
+    if cmd == "reliability":
+        return {
+            "supplier": validate_location(p.get("supplier"), "supplier_id"),
+            "rel_pm": check_int(p.get("rel_pm"), "rel_pm", 0, 1000),
+        }
+    raise ValueError(f"unknown supply command {cmd!r}; known: {', '.join(SUPPLY_COMMANDS)}")
+
+
+@dataclass(frozen=True)
+class SupplyCommand:
+    """One supply command of one SKU, applied idempotently by apply.lua.
+
+    ``source`` (``topic:partition``) and ``offset`` drive the offset watermark, ``event_id`` the
+    recent-event log; an empty ``source`` / ``event_id`` skips that check (operator commands).
+    ``payload`` is normalised on construction (see ``normalize_payload``).
+    """
+
+    sku: str
+    cmd: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    event_id: str = ""
+    source: str = ""
+    offset: int = -1
+    reason: str = ""
+    ref: str = ""
+
+    def __post_init__(self) -> None:
+        validate_sku(self.sku)
+        object.__setattr__(self, "payload", normalize_payload(self.cmd, self.payload))
+        object.__setattr__(self, "event_id", _opt_id(self.event_id, "event_id"))
+        if not isinstance(self.source, str) or len(self.source) > 300 or "\n" in self.source:
+            raise ValueError("source must be a string 'topic:partition' of at most 300 characters")
+        if self.source:
+            check_int(self.offset, "offset", 0, MAX_OFFSET)
+        for name in ("reason", "ref"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or len(value) > 256:
+                raise ValueError(f"{name} must be a string of at most 256 characters")
+
+    def argv(self) -> list[str | int]:
+        """ARGV slots 3.. of apply.lua."""
+        return [
+            self.cmd,
+            self.event_id,
+            self.source,
+            self.offset if self.source else -1,
+            orjson.dumps(self.payload).decode(),
+            self.reason,
+            self.ref,
+        ]
+
+
+_LIST_FIELDS = frozenset({"alloc", "at_risk", "slipped"})
+
+
+def normalize_reply(value: Any) -> Any:
+    """Turn cjson's ``{}`` for an empty list back into ``[]`` (fields alloc, at_risk, slipped)."""
+    if isinstance(value, dict):
+        return {
+            k: ([] if k in _LIST_FIELDS and v == {} else normalize_reply(v)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [normalize_reply(v) for v in value]
+    return value
+
+
+def decode_reply(raw: bytes | str) -> Any:
+    """Decode a script's JSON reply and normalise its empty lists."""
+    return normalize_reply(orjson.loads(raw))
