@@ -47,7 +47,6 @@ __all__ = [
     "stop_all",
 ]
 
-_STOP_GRACE_S = 5.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -137,6 +136,9 @@ class _Server:
     """One child process on one loopback port; subclasses say how to run and probe it."""
 
     name = "server"
+    #: The signal that asks for a clean shutdown, and how long that may take before SIGKILL.
+    stop_signal = signal.SIGTERM
+    stop_grace_s = 10.0
 
     def __init__(self, port: int | None, start_timeout_s: float) -> None:
         self._fixed_port = port
@@ -265,12 +267,12 @@ class _Server:
         if proc is not None:
             # The child leads its own process group; signal the group so helpers go too.
             if proc.poll() is None:
-                self._signal_group(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+                self._signal_group(proc.pid, signal.SIGKILL if kill else self.stop_signal)
                 try:
-                    proc.wait(timeout=_STOP_GRACE_S)
+                    proc.wait(timeout=self.stop_grace_s)
                 except subprocess.TimeoutExpired:
                     self._signal_group(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=_STOP_GRACE_S)
+                    proc.wait(timeout=10.0)
             else:
                 self._signal_group(proc.pid, signal.SIGKILL)  # any helper left in the group
             self._proc = None
@@ -422,6 +424,10 @@ class EmbeddedBroker(_Server):
     """A memory-only Kafka-compatible broker (Tansu) on 127.0.0.1. Nothing survives a stop."""
 
     name = "broker"
+    # Tansu drains connected clients for ~5 s on SIGTERM but exits at once on SIGINT; it
+    # keeps nothing on disk, so there is nothing to lose by not draining.
+    stop_signal = signal.SIGINT
+    stop_grace_s = 2.0
 
     def __init__(self, port: int | None = None, *, start_timeout_s: float = 30.0) -> None:
         super().__init__(port, start_timeout_s)

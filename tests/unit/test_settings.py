@@ -1,0 +1,145 @@
+"""Settings: env vars, the TOML file named by ATP_CONFIG, precedence, and refusal of bad values."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from engine.settings import Settings
+
+DIGEST = hashlib.sha256(b"secret-token").hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No ATP_* from the developer's shell and no atp.toml from the working directory."""
+    for name in list(os.environ):
+        if name.startswith("ATP_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+def test_defaults_ask_for_embedded_servers() -> None:
+    s = Settings()
+    assert s.redis_url == "" and s.kafka_bootstrap == ""
+    assert s.key_prefix == "atp" and s.topic_partitions == 3 and s.workers == 1
+
+
+def test_env_vars_are_parsed_into_typed_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATP_REDIS_URL", "redis://10.0.0.5:6380/2")
+    monkeypatch.setenv("ATP_REDIS_CLUSTER", "true")
+    monkeypatch.setenv("ATP_WORKERS", "4")
+    monkeypatch.setenv("ATP_SNAPSHOT_INTERVAL_S", "2.5")
+    monkeypatch.setenv("ATP_API_TOKENS", f'{{"{DIGEST}": ["read", "reserve"]}}')
+    s = Settings()
+    assert s.redis_url == "redis://10.0.0.5:6380/2"
+    assert s.redis_cluster is True
+    assert s.workers == 4
+    assert s.snapshot_interval_s == 2.5
+    assert s.api_tokens == {DIGEST: ["read", "reserve"]}
+
+
+def test_env_var_names_are_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("atp_batch_size", "42")
+    assert Settings().batch_size == 42
+
+
+def test_toml_file_named_by_atp_config_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "engine.toml"
+    config.write_text(
+        'kafka_bootstrap = "broker-1:9092,broker-2:9092"\n'
+        "topic_partitions = 12\n"
+        'key_prefix = "shop1"\n'
+        "[api_tokens]\n"
+        f'{DIGEST} = ["operate"]\n'
+    )
+    monkeypatch.setenv("ATP_CONFIG", str(config))
+    s = Settings()
+    assert s.kafka_bootstrap == "broker-1:9092,broker-2:9092"
+    assert s.topic_partitions == 12
+    assert s.key_prefix == "shop1"
+    assert s.api_tokens == {DIGEST: ["operate"]}
+
+
+def test_atp_toml_in_the_working_directory_is_the_default_file(tmp_path: Path) -> None:
+    (tmp_path / "atp.toml").write_text("workers = 3\n")
+    assert Settings().workers == 3
+
+
+def test_env_wins_over_the_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "engine.toml"
+    config.write_text("workers = 3\nbatch_size = 100\n")
+    monkeypatch.setenv("ATP_CONFIG", str(config))
+    monkeypatch.setenv("ATP_WORKERS", "8")
+    s = Settings()
+    assert s.workers == 8 and s.batch_size == 100
+
+
+def test_a_missing_config_file_means_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ATP_CONFIG", str(tmp_path / "absent.toml"))
+    assert Settings().workers == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("ATP_WORKERS", "0"),
+        ("ATP_WORKERS", "many"),
+        ("ATP_TOPIC_PARTITIONS", "2000"),
+        ("ATP_KEY_PREFIX", "Bad-Prefix"),
+        ("ATP_KEY_PREFIX", "{atp}"),
+        ("ATP_KAFKA_SECURITY_PROTOCOL", "TLS"),
+        ("ATP_API_PORT", "70000"),
+        ("ATP_SERVICE_LEVEL", "1.0"),
+        ("ATP_REDIS_CLUSTER", "maybe"),
+        ("ATP_API_TOKENS", "not json"),
+        ("ATP_API_TOKENS", '{"short": ["read"]}'),
+        ("ATP_API_TOKENS", f'{{"{DIGEST}": ["admin"]}}'),
+    ],
+)
+def test_bad_env_values_raise_naming_the_field(monkeypatch: pytest.MonkeyPatch, env: str, value: str) -> None:
+    monkeypatch.setenv(env, value)
+    field = env.removeprefix("ATP_").lower()
+    with pytest.raises((ValidationError, ValueError)) as info:
+        Settings()
+    assert field in str(info.value)
+
+
+def test_bad_value_in_the_file_raises(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "engine.toml"
+    config.write_text("batch_size = -5\n")
+    monkeypatch.setenv("ATP_CONFIG", str(config))
+    with pytest.raises(ValidationError, match="batch_size"):
+        Settings()
+
+
+def test_kafka_config_carries_credentials_and_tls() -> None:
+    s = Settings(
+        kafka_bootstrap="b:9093",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="engine",
+        kafka_sasl_password="pw",
+        kafka_ssl_ca="/etc/ca.pem",
+    )
+    assert s.kafka_config() == {
+        "bootstrap.servers": "b:9093",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "engine",
+        "sasl.password": "pw",
+        "ssl.ca.location": "/etc/ca.pem",
+    }
+
+
+def test_plaintext_kafka_config_has_no_credentials() -> None:
+    assert Settings(kafka_bootstrap="b:9092").kafka_config() == {
+        "bootstrap.servers": "b:9092",
+        "security.protocol": "PLAINTEXT",
+    }
