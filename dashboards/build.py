@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 from grafana_foundation_sdk.builders.dashboard import Dashboard
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import dashboard as dashboard_model
 
 from dashboards import flash_sale, rules, stream_health, supply
 
@@ -38,11 +39,11 @@ class PanelQuery:
     expr: str
 
 
-def _built(name: str) -> object:
+def _built(name: str) -> dashboard_model.Dashboard:
     board = DASHBOARDS[name]().build()
     # Stable panel ids, so the JSON only changes when a panel does.
     for i, panel in enumerate(board.panels or [], start=1):
-        panel.id = i
+        panel.id_val = i
     return board
 
 
