@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import yaml
@@ -94,16 +92,3 @@ def test_rules_cover_lag_dlq_oversold_and_dependencies() -> None:
     assert 'dependency="kafka"' in by_name["AtpBrokerDown"].expr
     committed = yaml.safe_load((ROOT / "dashboards" / "rules.yml").read_text())
     assert [r["expr"] for r in committed["groups"][0]["rules"]] == [r.expr for r in build.all_rule_signals()]
-
-
-def test_promtool_accepts_the_rules() -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        subprocess.run(["bash", str(ROOT / "dashboards" / "install-prometheus.sh")], check=True, timeout=300)
-        promtool = shutil.which("promtool")
-    assert promtool, "promtool is not installed (dashboards/install-prometheus.sh)"
-    out = subprocess.run(
-        [promtool, "check", "rules", str(ROOT / "dashboards" / "rules.yml")], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert f"{len(build.all_rule_signals())} rules found" in out.stdout
