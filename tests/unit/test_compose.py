@@ -156,7 +156,7 @@ def test_api_port_is_published_scraped_and_probed() -> None:
     container_ports = [str(p).rsplit(":", 1)[-1] for p in SERVICES["api"]["ports"]]
     assert str(port) in container_ports
     assert _scrape_targets()["atp-api"] == [f"api:{port}"]
-    assert f":{port}/" in " ".join(SERVICES["api"]["healthcheck"]["test"])
+    assert f":{port}/readyz" in " ".join(SERVICES["api"]["healthcheck"]["test"])
 
 
 def test_redis_and_kafka_urls_name_the_compose_services() -> None:
