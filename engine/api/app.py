@@ -1,0 +1,143 @@
+"""The FastAPI application factory.
+
+``create_app(settings)`` builds everything from the settings; tests and the demo may hand
+in their own Redis client, store, checkout client, publisher or topic names. Resources the
+app built itself are closed at shutdown (the producer is flushed first); resources handed
+in stay the caller's.
+
+While the app runs, a background task sweeps expired holds every
+``settings.sweep_interval_s`` (the scripts also expire holds lazily whenever they touch a
+SKU; the sweeper covers SKUs nobody touches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+
+from connectors.kafka import producer_config
+from connectors.topics import Topics
+from engine import metrics
+from engine.api.auth import TokenTable
+from engine.api.errors import install_error_handlers
+from engine.api.limits import BodySizeLimit
+from engine.api.observe import RequestMetrics
+from engine.api.publisher import EventPublisher
+from engine.api.redis_conn import async_redis
+from engine.api.routes import atp, health, ops, reservations
+from engine.client import AsyncAtpClient
+from engine.settings import Settings
+from engine.store.store import AsyncStore
+from engine.store.wire import POLICY_DEFAULTS
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1"
+
+_DESCRIPTION = """\
+Available-to-promise and reservations for checkouts, plus operations endpoints.
+
+Every `/v1` call needs `Authorization: Bearer <token>`; settings map the token's sha256 to
+its roles: `read` (ATP, reservations, policies), `reserve` (hold / confirm / release /
+extend; implies `read`), `operate` (policies, adjustments, counts; implies `read`).
+Errors are JSON `{"error": code, "detail": ...}`.
+"""
+
+
+async def _sweep_forever(store: AsyncStore, interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            metrics.record_holds_expired(int(await store.sweep()))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis away: keep trying; the scripts also expire lazily
+            log.warning("hold sweep failed: %r", exc)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    redis: Any = None,
+    store: AsyncStore | None = None,
+    client: AsyncAtpClient | None = None,
+    publisher: EventPublisher | None = None,
+    topics: Topics | None = None,
+    sweep: bool = True,
+) -> FastAPI:
+    """The HTTP API over ``settings``' Redis and broker.
+
+    ``redis`` is a ``redis.asyncio`` client (built from ``settings.redis_url`` when absent);
+    ``store`` / ``client`` default to ones over it; ``publisher`` defaults to an idempotent
+    producer on ``settings.kafka_bootstrap``; ``topics`` to the production names.
+    ``sweep=False`` leaves expired holds to the scripts' lazy expiry and other sweepers.
+    """
+    owned: list[str] = []
+    if redis is None:
+        redis = async_redis(settings)
+        owned.append("redis")
+    if store is None:
+        store = AsyncStore(redis, prefix=settings.key_prefix)
+    if client is None:
+        client = AsyncAtpClient(redis, prefix=settings.key_prefix, default_ttl_s=settings.default_hold_ttl_s)
+        owned.append("client")
+    if publisher is None:
+        if not settings.kafka_bootstrap:
+            raise ValueError("no broker configured: set ATP_KAFKA_BOOTSTRAP")
+        publisher = EventPublisher(producer_config(settings))
+        owned.append("publisher")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        publisher.start()
+        sweeper = (
+            asyncio.create_task(_sweep_forever(store, settings.sweep_interval_s), name="atp-hold-sweeper")
+            if sweep
+            else None
+        )
+        try:
+            yield
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
+            if "publisher" in owned:
+                await asyncio.to_thread(publisher.close)
+            if "client" in owned:
+                closer = getattr(client, "aclose", None)
+                if closer is not None:
+                    await closer()
+            if "redis" in owned:
+                await redis.aclose()
+
+    app = FastAPI(
+        title="atp-engine",
+        version=API_VERSION,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.redis = redis
+    app.state.store = store
+    app.state.client = client
+    app.state.publisher = publisher
+    app.state.topics = topics or Topics()
+    app.state.tokens = TokenTable.from_settings(settings.api_tokens)
+    app.state.policy_fields = frozenset(POLICY_DEFAULTS)
+    app.state.ping_redis = redis.ping
+    if not settings.api_tokens:
+        log.warning("no API tokens configured (ATP_API_TOKENS): every /v1 call will be refused with 401")
+
+    install_error_handlers(app)
+    for router in (atp.router, reservations.router, ops.router, health.router):
+        app.include_router(router)
+    # Outermost first: count every request, including the ones the size limit refuses.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics)
+    return app

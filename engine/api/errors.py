@@ -1,0 +1,166 @@
+"""Every error the API returns, as JSON ``{"error": code, "detail": ..., ...}``.
+
+Callers branch on ``error`` (a stable, machine-readable code); ``detail`` is for humans.
+Bad input is always a 4xx. A backend that cannot be reached (Redis down, broker not
+answering) is a 503 with ``retry_after`` seconds and a ``Retry-After`` header, so clients
+know the call may be retried.
+
+Codes: ``unauthorized`` 401 · ``forbidden`` 403 · ``not_found`` 404 · ``method_not_allowed``
+405 · ``refused`` / ``not_allowed`` 409 · ``payload_too_large`` 413 · ``unsupported_media_type``
+415 · ``invalid_request`` / ``idempotency_conflict`` 422 · ``internal`` 500 (a bug) ·
+``unavailable`` 503.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+log = logging.getLogger(__name__)
+
+#: Seconds a client should wait before retrying after a 503.
+RETRY_AFTER_S = 1
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+class OrjsonResponse(JSONResponse):
+    """A JSON response serialised with orjson (non-str dict keys allowed)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+
+
+class ApiError(Exception):
+    """An error reply: HTTP ``status``, machine-readable ``code``, human ``detail``, extra fields."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.headers = headers
+        self.extra = extra
+
+    def response(self) -> OrjsonResponse:
+        """The JSON response for this error."""
+        return error_response(self.status, self.code, self.detail, self.headers, **self.extra)
+
+
+class BackendUnavailable(ApiError):
+    """A dependency (Redis, the broker) did not answer: 503, retry later."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            503,
+            "unavailable",
+            detail,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+            retry_after=RETRY_AFTER_S,
+        )
+
+
+def error_response(
+    status: int, code: str, detail: Any, headers: dict[str, str] | None = None, **extra: Any
+) -> OrjsonResponse:
+    """The JSON body every error shares: ``{"error": code, "detail": detail, **extra}``."""
+    return OrjsonResponse({"error": code, "detail": detail, **extra}, status_code=status, headers=headers)
+
+
+def validation_reasons(errors: Any) -> list[dict[str, Any]]:
+    """Pydantic/FastAPI validation errors as ``[{"field", "reason", "message"}]``.
+
+    ``field`` is a dotted path (``body.lines.0.qty``, ``header.idempotency-key``); ``reason``
+    is pydantic's error type (``missing``, ``greater_than_equal``, ``string_pattern_mismatch``…).
+    The offending input is left out: it may be large or sensitive.
+    """
+    reasons: list[dict[str, Any]] = []
+    for err in errors:
+        loc = err.get("loc", ())
+        reasons.append(
+            {
+                "field": ".".join(str(p) for p in loc),
+                "reason": str(err.get("type", "invalid")),
+                "message": str(err.get("msg", "invalid value")),
+            }
+        )
+    return reasons
+
+
+def invalid_request(reasons: list[dict[str, Any]]) -> OrjsonResponse:
+    """A 422 ``invalid_request`` listing every reason."""
+    first = reasons[0] if reasons else {"field": "", "message": "invalid request"}
+    where = f"{first['field']}: " if first.get("field") else ""
+    return error_response(422, "invalid_request", f"{where}{first['message']}", reasons=reasons)
+
+
+async def _on_api_error(request: Request, exc: Exception) -> OrjsonResponse:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _on_validation(request: Request, exc: Exception) -> OrjsonResponse:
+    assert isinstance(exc, RequestValidationError)
+    return invalid_request(validation_reasons(exc.errors()))
+
+
+async def _on_http(request: Request, exc: Exception) -> OrjsonResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _STATUS_CODES.get(exc.status_code, "error")
+    detail = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    return error_response(exc.status_code, code, detail, getattr(exc, "headers", None))
+
+
+async def _on_redis(request: Request, exc: Exception) -> OrjsonResponse:
+    # The reason goes to the log, not to the caller: it may name hosts.
+    log.warning("redis error on %s %s: %r", request.method, request.url.path, exc)
+    return BackendUnavailable("the state store is unavailable; retry later").response()
+
+
+async def _on_os_error(request: Request, exc: Exception) -> OrjsonResponse:
+    log.warning("backend connection error on %s %s: %r", request.method, request.url.path, exc)
+    return BackendUnavailable("a backend is unavailable; retry later").response()
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> OrjsonResponse:
+    # A bug, not bad input: answered as JSON too; Starlette logs the traceback.
+    return error_response(500, "internal", "unexpected server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error the app can raise to a JSON reply of the shape above."""
+    app.add_exception_handler(ApiError, _on_api_error)
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(RedisError, _on_redis)
+    # Timeouts and refused connections surface as OSError subclasses in some clients.
+    app.add_exception_handler(ConnectionError, _on_os_error)
+    app.add_exception_handler(TimeoutError, _on_os_error)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,252 @@
+"""Request and response bodies of the HTTP API (they generate the OpenAPI document).
+
+Requests are strict and closed (``extra="forbid"``): an unknown field, a number where a
+string is expected or a string where a number is expected is a 422 with a reason, never a
+guess. Identifiers use the patterns of docs/semantics.md (``engine.domain.ids``).
+
+Times are integer milliseconds since the epoch (``*_ms``, 0 = none) with an RFC 3339 twin
+(``*_at``, null = none) for people reading the JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.domain.ids import (
+    Channel,
+    CustomerId,
+    Delta,
+    EventId,
+    Location,
+    OnHand,
+    Qty,
+    Sku,
+)
+
+MAX_LINES = 100
+MAX_QUERY_SKUS = 1000
+TTL_MAX_S = 86_400
+
+TtlSeconds = Annotated[int, Field(strict=True, ge=1, le=TTL_MAX_S, description="hold lifetime in seconds")]
+Reason = Annotated[
+    str, Field(strict=True, min_length=1, max_length=200, description="why (damage, shrink, found, cycle_count…)")
+]
+Ref = Annotated[str, Field(strict=True, min_length=1, max_length=200, description="source document")]
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- ATP -----------------------------------------------------------------------------------
+
+
+class LocationFigures(BaseModel):
+    """The buckets of one location."""
+
+    on_hand: int
+    safety: int
+    held: int
+    committed: int
+    in_transit: int
+    promisable_in_transit: int
+    atp: int
+    oh_alloc: int
+    bo_alloc: int
+    short: int
+
+
+class AtpOut(BaseModel):
+    """A SKU's position: buckets, ATP, what can be promised now and the next promise date.
+
+    With a ``location`` the figures are that location's; otherwise sums over locations.
+    """
+
+    sku: str
+    location: str | None = Field(None, description="the location asked for; null = all locations")
+    on_hand: int
+    safety: int
+    held: int
+    committed: int
+    in_transit: int
+    promisable_in_transit: int
+    atp: int = Field(description="on_hand + promisable_in_transit − committed − held − safety")
+    promisable_now: int = Field(description="units promisable from on-hand stock today")
+    next_promise_ms: int = Field(description="earliest ETA of an inbound lot with promisable units; 0 = none")
+    next_promise_at: str | None = None
+    oversold: int = Field(description="units of live reservations that lost their supply")
+    locations: dict[str, LocationFigures]
+
+
+class AtpQueryIn(_Closed):
+    """Positions of up to 1000 SKUs in one call."""
+
+    skus: list[Sku] = Field(min_length=1, max_length=MAX_QUERY_SKUS)
+    location: Location | None = None
+
+
+class AtpQueryOut(BaseModel):
+    """One position per SKU asked, in the order asked (duplicates answered once)."""
+
+    positions: list[AtpOut]
+
+
+# --- reservations ----------------------------------------------------------------------------
+
+
+class LineIn(_Closed):
+    """One line: ``qty`` units of ``sku``, at ``location`` or (absent) at any location."""
+
+    sku: Sku
+    qty: Qty
+    location: Location | None = None
+
+
+class ReservationIn(_Closed):
+    """A checkout's hold. The ``Idempotency-Key`` header is its reservation id."""
+
+    lines: list[LineIn] = Field(min_length=1, max_length=MAX_LINES)
+    ttl_seconds: TtlSeconds | None = Field(None, description="default: the server's default_hold_ttl_s")
+    channel: Channel | None = None
+    customer_id: CustomerId | None = None
+
+
+class ExtendIn(_Closed):
+    """Keep a hold alive for ``ttl_seconds`` more from now."""
+
+    ttl_seconds: TtlSeconds
+
+
+class AllocationOut(BaseModel):
+    """Where units of a line come from: on-hand (``oh``), an inbound lot (``lot``, ref = lot id),
+    backorder (``bo``) or lost supply awaiting re-allocation (``short``)."""
+
+    kind: Literal["oh", "lot", "bo", "short"]
+    ref: str
+    location: str
+    qty: int
+
+
+class LineOut(BaseModel):
+    """One SKU line of a reservation as the store holds it."""
+
+    sku: str
+    qty: int
+    location: str | None = Field(description="null = any location")
+    state: str
+    expires_ms: int
+    expires_at: str | None
+    promised_ms: int
+    promised_at: str | None
+    atp_after: int = Field(description="ATP of the line's location (or the SKU) right after the hold")
+    allocations: list[AllocationOut]
+
+
+class ReservationOut(BaseModel):
+    """A reservation: its state, lines, allocations and promised dates."""
+
+    reservation_id: str
+    state: str = Field(description="held / committed / shipped / released / expired")
+    promised_ms: int = Field(description="latest promised date over the lines")
+    promised_at: str | None
+    expires_ms: int = Field(description="earliest expiry of a held line; 0 = none")
+    expires_at: str | None
+    lines: list[LineOut]
+
+
+class RefusedLine(BaseModel):
+    """A line of a refused reservation and the ATP that was available for it."""
+
+    sku: str
+    qty: int
+    location: str | None
+    available: int = Field(description="units this line could have taken (capacity) when refused")
+    reason: str | None = Field(description="why this line was refused; null = it was not the refused line")
+
+
+class RefusedOut(BaseModel):
+    """409: the reservation was refused whole; nothing is held."""
+
+    error: Literal["refused"]
+    detail: str
+    reservation_id: str
+    reason: str = Field(description="insufficient / order_cap / customer_limit / channel_quota")
+    lines: list[RefusedLine]
+
+
+class NotAllowedOut(BaseModel):
+    """409: the operation is not possible in the reservation's current state."""
+
+    error: Literal["not_allowed"]
+    detail: str
+    reservation_id: str
+    state: str
+    reservation: ReservationOut | None = None
+
+
+# --- ops --------------------------------------------------------------------------------------
+
+
+class AdjustmentIn(_Closed):
+    """A stock adjustment (damage, shrink, found…), published as ``stock.adjusted``."""
+
+    sku: Sku
+    location: Location = "default"
+    delta: Delta
+    reason: Reason
+    ref: Ref | None = None
+    event_id: EventId | None = Field(None, description="your dedupe key; generated when absent")
+
+
+class CountIn(_Closed):
+    """A physical count, published as ``stock.counted``."""
+
+    sku: Sku
+    location: Location = "default"
+    on_hand: OnHand
+    reason: Reason | None = None
+    ref: Ref | None = None
+    event_id: EventId | None = Field(None, description="your dedupe key; generated when absent")
+
+
+class AcceptedOut(BaseModel):
+    """202: the event is in the log; the flow applies it."""
+
+    event_id: str
+    type: str
+    topic: str
+
+
+# --- errors (documented in OpenAPI) ------------------------------------------------------------
+
+
+class ErrorOut(BaseModel):
+    """Every error: a stable code, a human detail, and code-specific fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str
+    detail: Any
+
+
+class ReasonOut(BaseModel):
+    field: str
+    reason: str
+    message: str
+
+
+class InvalidOut(BaseModel):
+    """422: what is wrong, field by field."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: Literal["invalid_request", "idempotency_conflict"]
+    detail: str
+    reasons: list[ReasonOut] = []
+
+
+class HealthOut(BaseModel):
+    status: str
+    checks: dict[str, bool] = {}

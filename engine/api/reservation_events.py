@@ -1,0 +1,66 @@
+"""The messages the API publishes to ``inventory.reservations`` for every state change it makes.
+
+JSON, keyed by reservation id (so one reservation's events stay in order in one partition)::
+
+    {"event_id": "res:R1:held", "type": "reservation.held", "reservation_id": "R1",
+     "occurred_at": "2025-01-01T08:00:00.000Z", "state": "held",
+     "channel": "web" | null, "customer_id": "c-1" | null,
+     "lines": [{"sku", "qty", "location", "state", "expires_ms", "promised_ms",
+                "atp_after", "allocations": [...]}]}
+
+``event_id`` is deterministic — ``res:<rid>:<held|confirmed|released>`` and
+``res:<rid>:extended:<expires_ms>`` — so a consumer can dedupe a message the idempotent
+producer had to resend, and two API instances racing on one reservation name the same
+change the same way. Only changes are published: a ``duplicate`` reply changed nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+
+from engine.api.views import line_view
+from engine.client import Reservation
+from engine.domain.events import format_time
+
+Change = Literal["held", "confirmed", "released", "extended"]
+CHANGES: tuple[Change, ...] = ("held", "confirmed", "released", "extended")
+
+
+def reservation_event(
+    change: Change,
+    reservation: Reservation,
+    channel: str | None = None,
+    customer_id: str | None = None,
+    occurred_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The event for ``change`` of ``reservation`` (its state after the change)."""
+    if change not in CHANGES:
+        raise ValueError(f"unknown reservation change {change!r}")
+    rid = reservation.reservation_id
+    views = [line_view(line) for line in sorted(reservation.lines, key=lambda ln: ln.sku)]
+    event_id = f"res:{rid}:{change}"
+    if change == "extended":
+        expires = min((v["expires_ms"] for v in views if v["expires_ms"] > 0), default=0)
+        event_id = f"{event_id}:{expires}"
+    for view in views:
+        view.pop("expires_at", None)
+        view.pop("promised_at", None)
+    return {
+        "event_id": event_id,
+        "type": f"reservation.{change}",
+        "reservation_id": rid,
+        "occurred_at": format_time(occurred_at or datetime.now(UTC)),
+        "state": reservation.state,
+        "channel": channel,
+        "customer_id": customer_id,
+        "lines": views,
+    }
+
+
+def encode(event: Mapping[str, Any]) -> bytes:
+    """The message value."""
+    return orjson.dumps(event)

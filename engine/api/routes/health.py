@@ -1,0 +1,70 @@
+"""Liveness, readiness and Prometheus metrics (no token needed: probes and scrapers)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import APIRouter, Request, Response
+
+from engine import metrics
+from engine.api.errors import OrjsonResponse
+from engine.api.models import HealthOut
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["health"])
+
+_PROBE_TIMEOUT_S = 2.0
+
+
+@router.get("/healthz", response_model=HealthOut, summary="The process is alive")
+async def healthz() -> OrjsonResponse:
+    """Always 200 while the process serves requests."""
+    return OrjsonResponse({"status": "ok", "checks": {}})
+
+
+async def _redis_up(request: Request) -> bool:
+    try:
+        await asyncio.wait_for(request.app.state.ping_redis(), _PROBE_TIMEOUT_S)
+        return True
+    except Exception as exc:  # any failure means "not ready"; the reason goes to the log
+        log.warning("readiness: redis probe failed: %r", exc)
+        return False
+
+
+async def _kafka_up(request: Request) -> bool:
+    publisher = request.app.state.publisher
+    try:
+        return bool(await asyncio.to_thread(publisher.reachable, _PROBE_TIMEOUT_S))
+    except Exception as exc:
+        log.warning("readiness: broker probe failed: %r", exc)
+        return False
+
+
+@router.get(
+    "/readyz",
+    response_model=HealthOut,
+    responses={503: {"model": HealthOut, "description": "a dependency is down"}},
+    summary="Redis and the broker are reachable",
+)
+async def readyz(request: Request) -> OrjsonResponse:
+    """200 when Redis and the broker both answer, else 503 naming the one that did not."""
+    redis_ok, kafka_ok = await asyncio.gather(_redis_up(request), _kafka_up(request))
+    metrics.set_dependency_up("redis", redis_ok)
+    metrics.set_dependency_up("kafka", kafka_ok)
+    ready = redis_ok and kafka_ok
+    body = {"status": "ready" if ready else "unavailable", "checks": {"redis": redis_ok, "kafka": kafka_ok}}
+    headers = None if ready else {"Retry-After": "1"}
+    return OrjsonResponse(body, status_code=200 if ready else 503, headers=headers)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus exposition"}},
+    summary="Prometheus metrics",
+)
+async def prometheus() -> Response:
+    """The engine's metrics registry in the Prometheus text format."""
+    return Response(metrics.render_latest(), media_type=metrics.CONTENT_TYPE)

@@ -1,0 +1,727 @@
+"""The ``atp`` command: run the engine's processes and talk to its state from a shell.
+
+Commands that read or change reservations, positions and policies talk to Redis directly
+through the checkout client (``ATP_REDIS_URL``). ``--json`` prints exactly one JSON object
+on stdout — the same bodies as the HTTP API — and is a stable contract (README, "CLI").
+
+Exit codes: 0 done · 1 error (bad configuration, unreachable server, unexpected failure) ·
+2 bad argument · 3 the engine said no (refused, conflict, not found, not allowed). Every
+error is one line on stderr, never a traceback (``ATP_DEBUG=1`` shows it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from typer.exceptions import TyperException
+
+from engine.domain.ids import id_problem
+from engine.settings import Settings
+
+EXIT_ERROR = 1
+EXIT_BAD_ARGUMENT = 2
+EXIT_REFUSED = 3
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    name="atp",
+    help="atp-engine: real-time available-to-promise inventory (Kafka → bytewax → Redis/Lua).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+topics_app = typer.Typer(help="Kafka topics of the engine.", no_args_is_help=True)
+policy_app = typer.Typer(help="Per-SKU selling policy.", no_args_is_help=True)
+token_app = typer.Typer(help="API bearer tokens.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(policy_app, name="policy")
+app.add_typer(token_app, name="token")
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class CliError(Exception):
+    """A failure reported as one line on stderr with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _bad(message: str) -> NoReturn:
+    raise CliError(message, EXIT_BAD_ARGUMENT)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password (error messages may end up in logs)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+
+
+def _settings_problem(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    field = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+    return f"bad configuration: {field} (ATP_{field.split('.')[0].upper()}): {first.get('msg', 'invalid')}"
+
+
+def load_settings() -> Settings:
+    """The settings from env and TOML; a bad value is a one-line ``CliError``."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise CliError(_settings_problem(exc)) from exc
+
+
+@contextlib.contextmanager
+def _talking_to_redis(settings: Settings) -> Iterator[None]:
+    """Turn Redis connection failures into a one-line error naming the server."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    where = _redact(settings.redis_url)
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
+        raise CliError(f"cannot reach Redis at {where}: {_one_line(str(exc))}") from exc
+    except RedisError as exc:
+        raise CliError(f"Redis at {where} failed: {_one_line(str(exc))}") from exc
+
+
+def _require_id(kind: str, value: str, label: str | None = None) -> str:
+    problem = id_problem(kind, value)
+    if problem is not None:
+        _bad(f"bad {label or kind}: {problem}")
+    return value
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _emit(data: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]], None]) -> None:
+    if as_json:
+        _print_json(data)
+    else:
+        render(data)
+
+
+def _render_position(view: dict[str, Any]) -> None:
+    where = f" at {view['location']}" if view.get("location") else ""
+    table = Table(title=f"{view['sku']}{where}", title_justify="left")
+    for column in ("location", "on_hand", "in_transit", "promisable_in_transit", "committed", "held",
+                   "safety", "atp"):
+        table.add_column(column, justify="left" if column == "location" else "right")
+    for name, figures in sorted(view["locations"].items()):
+        table.add_row(name, *(str(figures[k]) for k in (
+            "on_hand", "in_transit", "promisable_in_transit", "committed", "held", "safety", "atp")))
+    table.add_row("[bold]total[/bold]", *(f"[bold]{view[k]}[/bold]" for k in (
+        "on_hand", "in_transit", "promisable_in_transit", "committed", "held", "safety", "atp")))
+    console.print(table)
+    nxt = view["next_promise_at"] or "none"
+    console.print(f"promisable now: {view['promisable_now']}   next promise: {nxt}   oversold: {view['oversold']}")
+
+
+def _render_reservation(view: dict[str, Any]) -> None:
+    console.print(
+        f"reservation [bold]{view['reservation_id']}[/bold]: {view['state']}"
+        f"   promised: {view['promised_at'] or '-'}   expires: {view['expires_at'] or '-'}"
+    )
+    table = Table(show_header=True)
+    for column in ("sku", "qty", "location", "state", "promised", "allocations"):
+        table.add_column(column)
+    for line in view["lines"]:
+        allocs = ", ".join(
+            f"{a['qty']}×{a['kind']}" + (f":{a['ref']}" if a["kind"] == "lot" else "") + f"@{a['location']}"
+            for a in line["allocations"]
+        )
+        table.add_row(line["sku"], str(line["qty"]), line["location"] or "any", line["state"],
+                      line["promised_at"] or "-", allocs or "-")
+    console.print(table)
+
+
+def _render_refusal(body: dict[str, Any]) -> None:
+    err_console.print(f"[red]{body['error']}[/red]: {body['detail']}")
+    for line in body.get("lines", []):
+        err_console.print(f"  {line['sku']} × {line['qty']}: available {line['available']}")
+
+
+def _render_policy(view: dict[str, Any]) -> None:
+    table = Table(title=f"policy of {view['sku']}", title_justify="left", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    for key, value in view["policy"].items():
+        table.add_row(key, orjson.dumps(value).decode() if isinstance(value, dict) else str(value))
+    console.print(table)
+
+
+# --- the checkout client -----------------------------------------------------------------------
+
+
+def _client(settings: Settings) -> Any:
+    from engine.api.redis_conn import RedisNotConfigured, sync_redis
+    from engine.client import AtpClient
+
+    try:
+        redis = sync_redis(settings)
+    except RedisNotConfigured as exc:
+        raise CliError(str(exc)) from exc
+    # One call per command: nothing to coalesce.
+    return AtpClient(redis, prefix=settings.key_prefix, default_ttl_s=settings.default_hold_ttl_s, coalesce=False)
+
+
+def _store(settings: Settings) -> Any:
+    from engine.api.redis_conn import RedisNotConfigured, sync_redis
+    from engine.store.store import Store
+
+    try:
+        return Store(sync_redis(settings), prefix=settings.key_prefix)
+    except RedisNotConfigured as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _result_out(result: Any, as_json: bool) -> None:
+    """Print a client ``Reservation`` (exit 0) or ``Refusal`` (exit 3)."""
+    from engine.api.views import reservation_body, reservation_view
+    from engine.client import Reservation
+
+    if isinstance(result, Reservation):
+        _emit(reservation_view(result), as_json, _render_reservation)
+        return
+    rid = result.reservation_id
+    if result.status == "not_found":
+        body: dict[str, Any] = {"error": "not_found", "detail": f"no reservation {rid!r}", "reservation_id": rid}
+    else:
+        body = {
+            "error": "not_allowed",
+            "detail": f"the reservation is {result.reason}",
+            "reservation_id": rid,
+            "state": result.reason,
+            "reservation": reservation_body(rid, result.reason, result.lines) if result.lines else None,
+        }
+    _emit(body, as_json, _render_refusal)
+    raise typer.Exit(EXIT_REFUSED)
+
+
+# --- commands: state ----------------------------------------------------------------------------
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object (stable keys, see README)")]
+
+
+@app.command()
+def get(
+    sku: Annotated[str, typer.Argument(help="the SKU")],
+    location: Annotated[str | None, typer.Option("--location", "-l", help="one location (default: all)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a SKU's buckets and ATP (keys as GET /v1/atp/{sku})."""
+    from engine.api.views import position_view
+
+    _require_id("sku", sku)
+    if location is not None:
+        _require_id("location", location)
+    settings = load_settings()
+    with _talking_to_redis(settings):
+        position = _client(settings).atp(sku, location)
+    _emit(position_view(position, location), as_json, _render_position)
+
+
+def _parse_line(text: str) -> tuple[str, int, str | None]:
+    """``SKU:QTY`` or ``SKU:QTY@LOCATION``."""
+    head, _, location = text.partition("@")
+    sku, sep, qty_text = head.rpartition(":")
+    if not sep:
+        _bad(f"bad line {text!r}: expected SKU:QTY or SKU:QTY@LOCATION")
+    _require_id("sku", sku, f"line {text!r}")
+    try:
+        qty = int(qty_text)
+    except ValueError:
+        _bad(f"bad line {text!r}: quantity {qty_text!r} is not an integer")
+    if not 1 <= qty <= 1_000_000_000:
+        _bad(f"bad line {text!r}: quantity must be between 1 and 1000000000")
+    if location:
+        _require_id("location", location, f"line {text!r}")
+    elif "@" in text:
+        _bad(f"bad line {text!r}: empty location after '@'")
+    return sku, qty, location or None
+
+
+@app.command()
+def reserve(
+    lines: Annotated[list[str], typer.Argument(help="lines as SKU:QTY or SKU:QTY@LOCATION")],
+    reservation_id: Annotated[
+        str | None, typer.Option("--id", help="reservation id (the idempotency key); default: random")
+    ] = None,
+    ttl: Annotated[int | None, typer.Option("--ttl", help="hold lifetime in seconds", min=1, max=86_400)] = None,
+    channel: Annotated[str | None, typer.Option("--channel", help="sales channel")] = None,
+    customer: Annotated[str | None, typer.Option("--customer", help="customer id")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Hold every line or none (exit 3 when refused)."""
+    from engine.client import LineRequest, Reservation
+
+    parsed = [_parse_line(text) for text in lines]
+    rid = reservation_id or f"cli-{secrets.token_hex(8)}"
+    _require_id("reservation_id", rid, "--id")
+    if channel is not None:
+        _require_id("channel", channel, "--channel")
+    if customer is not None:
+        _require_id("customer_id", customer, "--customer")
+    settings = load_settings()
+    with _talking_to_redis(settings):
+        client = _client(settings)
+        try:
+            result = client.hold(
+                rid, [LineRequest(*p) for p in parsed], ttl_s=ttl, channel=channel, customer_id=customer
+            )
+        except ValueError as exc:
+            _bad(str(exc))
+        if isinstance(result, Reservation):
+            _emit_reserved(result, as_json)
+            return
+        body = _refusal_body(client, rid, parsed, result)
+    _emit(body, as_json, _render_refusal)
+    raise typer.Exit(EXIT_REFUSED)
+
+
+def _emit_reserved(result: Any, as_json: bool) -> None:
+    from engine.api.views import reservation_view
+
+    _emit(reservation_view(result), as_json, _render_reservation)
+
+
+def _refusal_body(client: Any, rid: str, parsed: Sequence[tuple[str, int, str | None]], refusal: Any) -> dict[str, Any]:
+    if refusal.status == "conflict":
+        return {
+            "error": "idempotency_conflict",
+            "detail": "this reservation id was already used with different lines",
+            "reservation_id": rid,
+        }
+    available = dict(refusal.available)
+    missing = [sku for sku, _, _ in parsed if sku not in available]
+    if missing:
+        for sku, position in client.atp_many(list(dict.fromkeys(missing))).items():
+            available[sku] = max(0, int(position.get("atp", 0)))
+    return {
+        "error": "refused",
+        "detail": f"not enough to promise: {refusal.reason}" + (f" on {refusal.sku}" if refusal.sku else ""),
+        "reservation_id": rid,
+        "reason": refusal.reason,
+        "lines": [
+            {
+                "sku": sku,
+                "qty": qty,
+                "location": location,
+                "available": int(available.get(sku, 0)),
+                "reason": refusal.reason if refusal.sku in (None, sku) else None,
+            }
+            for sku, qty, location in parsed
+        ],
+    }
+
+
+def _lifecycle(op: str, rid: str, as_json: bool, *args: int) -> None:
+    _require_id("reservation_id", rid)
+    settings = load_settings()
+    with _talking_to_redis(settings):
+        result = getattr(_client(settings), op)(rid, *args)
+    _result_out(result, as_json)
+
+
+RidArg = Annotated[str, typer.Argument(help="reservation id")]
+
+
+@app.command()
+def confirm(reservation_id: RidArg, as_json: JsonOpt = False) -> None:
+    """Confirm a hold (held → committed)."""
+    _lifecycle("confirm", reservation_id, as_json)
+
+
+@app.command()
+def release(reservation_id: RidArg, as_json: JsonOpt = False) -> None:
+    """Release a reservation; its units come back once."""
+    _lifecycle("release", reservation_id, as_json)
+
+
+@app.command()
+def extend(
+    reservation_id: RidArg,
+    ttl: Annotated[int, typer.Option("--ttl", help="seconds from now", min=1, max=86_400)],
+    as_json: JsonOpt = False,
+) -> None:
+    """Keep a hold alive for --ttl more seconds."""
+    _lifecycle("extend", reservation_id, as_json, ttl)
+
+
+@app.command("show")
+def show(reservation_id: RidArg, as_json: JsonOpt = False) -> None:
+    """Show a reservation."""
+    _lifecycle("get_reservation", reservation_id, as_json)
+
+
+# --- commands: policy ---------------------------------------------------------------------------
+
+
+def _policy_view(sku: str, raw: dict[str, Any]) -> dict[str, Any]:
+    from engine.domain.policy import Policy
+
+    known = set(Policy.model_fields)
+    policy = Policy.model_validate({k: v for k, v in raw.items() if k in known})
+    return {"sku": sku, "policy": policy.to_wire()}
+
+
+@policy_app.command("get")
+def policy_get(sku: Annotated[str, typer.Argument(help="the SKU")], as_json: JsonOpt = False) -> None:
+    """Show a SKU's policy (defaults when none was set)."""
+    _require_id("sku", sku)
+    settings = load_settings()
+    with _talking_to_redis(settings):
+        raw = _store(settings).get_policy(sku)
+    _emit(_policy_view(sku, raw), as_json, _render_policy)
+
+
+def _parse_quotas(items: Sequence[str]) -> dict[str, int]:
+    quotas: dict[str, int] = {}
+    for item in items:
+        channel, sep, value = item.partition("=")
+        if not sep:
+            _bad(f"bad --quota {item!r}: expected CHANNEL=UNITS")
+        _require_id("channel", channel, f"--quota {item!r}")
+        try:
+            quotas[channel] = int(value)
+        except ValueError:
+            _bad(f"bad --quota {item!r}: {value!r} is not an integer")
+    return quotas
+
+
+@policy_app.command("set")
+def policy_set(
+    sku: Annotated[str, typer.Argument(help="the SKU")],
+    mode: Annotated[str | None, typer.Option(help="strict | presell | backorder")] = None,
+    cap_pm: Annotated[int | None, typer.Option(help="presell cap, per mille of a lot's qty")] = None,
+    horizon_s: Annotated[int | None, typer.Option(help="only lots due within this many seconds (0 = any)")] = None,
+    use_reliability: Annotated[
+        bool | None, typer.Option("--use-reliability/--no-use-reliability", help="scale lots by supplier reliability")
+    ] = None,
+    backorder_limit: Annotated[int | None, typer.Option(help="units beyond all supply (mode backorder)")] = None,
+    backorder_days: Annotated[int | None, typer.Option(help="promised date of backordered units, days")] = None,
+    safety: Annotated[int | None, typer.Option(help="units held back at every location")] = None,
+    order_cap: Annotated[int | None, typer.Option(help="max units per reservation (0 = none)")] = None,
+    customer_limit: Annotated[int | None, typer.Option(help="max units per customer (0 = none)")] = None,
+    quota: Annotated[list[str] | None, typer.Option(help="CHANNEL=UNITS, repeatable; replaces all quotas")] = None,
+    low_stock: Annotated[int | None, typer.Option(help="low-stock alert threshold")] = None,
+    pack_size: Annotated[int | None, typer.Option(help="replenishment pack size")] = None,
+    lead_time_days: Annotated[float | None, typer.Option(help="replenishment lead time (0 = learn)")] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="start from the defaults, not the current policy")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change the fields given; the others keep their current values (or defaults with --reset)."""
+    from engine.domain.policy import Policy
+
+    _require_id("sku", sku)
+    changes: dict[str, Any] = {
+        name: value
+        for name, value in {
+            "mode": mode,
+            "cap_pm": cap_pm,
+            "horizon_s": horizon_s,
+            "use_reliability": use_reliability,
+            "backorder_limit": backorder_limit,
+            "backorder_days": backorder_days,
+            "safety": safety,
+            "order_cap": order_cap,
+            "customer_limit": customer_limit,
+            "low_stock": low_stock,
+            "pack_size": pack_size,
+            "lead_time_days": lead_time_days,
+        }.items()
+        if value is not None
+    }
+    if quota is not None:
+        changes["quotas"] = _parse_quotas(quota)
+    settings = load_settings()
+    with _talking_to_redis(settings):
+        store = _store(settings)
+        current = {} if reset else _policy_view(sku, store.get_policy(sku))["policy"]
+        try:
+            policy = Policy.model_validate({**current, **changes})
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            field = ".".join(str(p) for p in first["loc"])
+            _bad(f"bad --{field.replace('_', '-')}: {first['msg']}")
+        from engine.store.wire import POLICY_DEFAULTS
+
+        wire = {k: v for k, v in policy.to_wire().items() if k in POLICY_DEFAULTS}
+        try:
+            store.set_policy(sku, wire)
+        except ValueError as exc:
+            _bad(str(exc))
+        raw = store.get_policy(sku)
+    _emit(_policy_view(sku, raw), as_json, _render_policy)
+
+
+# --- commands: processes ------------------------------------------------------------------------
+
+
+def _check_port_free(host: str, port: int) -> None:
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+@contextlib.contextmanager
+def _services(settings: Settings, what: str) -> Iterator[Settings]:
+    """``settings`` as they are, or with embedded Redis/broker started where they are empty."""
+    if settings.redis_url and settings.kafka_bootstrap:
+        yield settings
+        return
+    from connectors.embedded import EmbeddedError, embedded_stack
+    from connectors.kafka import admin_config
+    from connectors.topics import Topics, create_topics
+
+    try:
+        with embedded_stack(settings) as running:
+            create_topics(admin_config(running), Topics(), partitions=running.topic_partitions)
+            err_console.print(
+                f"[dim]{what}: embedded services — Redis {running.redis_url}, broker {running.kafka_bootstrap}[/dim]"
+            )
+            yield running
+    except EmbeddedError as exc:
+        raise CliError(f"cannot start the embedded services: {_one_line(str(exc))}") from exc
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (default: ATP_API_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: ATP_API_PORT)", min=0, max=65535)] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve the HTTP API (embedded Redis/broker when ATP_REDIS_URL / ATP_KAFKA_BOOTSTRAP are empty)."""
+    import uvicorn
+
+    from engine.api import create_app
+
+    if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
+        _bad(f"bad --log-level {log_level!r}: one of critical, error, warning, info, debug, trace")
+    settings = load_settings()
+    bind_host = host or settings.api_host
+    bind_port = settings.api_port if port is None else port
+    _check_port_free(bind_host, bind_port)
+    with _services(settings, "serve") as running:
+        api = create_app(running)
+        # loop/http "auto": uvloop and httptools when installed, asyncio and h11 otherwise.
+        uvicorn.run(api, host=bind_host, port=bind_port, log_level=log_level, loop="auto", http="auto")
+
+
+@app.command()
+def flow() -> None:
+    """Run the stream: input topics → validate → apply in Redis → alerts and triggers."""
+    settings = load_settings()
+    try:
+        from engine.flow.runner import run_flow
+    except ImportError as exc:
+        raise CliError(f"the flow is not available: {exc}") from exc
+    with _services(settings, "flow") as running:
+        run_flow(running)
+
+
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(help="seconds of flash sale", min=1)] = 60.0,
+    keep_running: Annotated[bool, typer.Option(help="keep the services up after the summary")] = False,
+) -> None:
+    """Start everything embedded and run a simulated flash sale with a live display."""
+    try:
+        from engine.demo import run_demo  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise CliError("atp demo is not available in this build") from exc
+    run_demo(load_settings(), duration_s=duration, keep_running=keep_running)
+
+
+@topics_app.command("create")
+def topics_create(
+    partitions: Annotated[int | None, typer.Option(help="default: ATP_TOPIC_PARTITIONS", min=1, max=1024)] = None,
+    prefix: Annotated[str, typer.Option(help="prefix of every topic name")] = "",
+    suffix: Annotated[str, typer.Option(help="suffix of every topic name")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Create the engine's topics that do not exist yet."""
+    from confluent_kafka import KafkaException
+
+    from connectors.kafka import admin_config
+    from connectors.topics import Topics, create_topics
+
+    try:
+        names = Topics(prefix=prefix, suffix=suffix)
+    except ValueError as exc:
+        _bad(str(exc))
+    settings = load_settings()
+    if not settings.kafka_bootstrap:
+        raise CliError("no broker configured: set ATP_KAFKA_BOOTSTRAP")
+    try:
+        created = create_topics(
+            admin_config(settings), names, partitions=partitions or settings.topic_partitions, timeout_s=15.0
+        )
+    except KafkaException as exc:
+        raise CliError(f"cannot create topics on {settings.kafka_bootstrap}: {_one_line(str(exc))}") from exc
+    body = {"created": created, "existing": [n for n in names.all if n not in created]}
+    _emit(body, as_json, lambda b: console.print(
+        f"created {len(b['created'])} topic(s): {', '.join(b['created']) or '-'}; "
+        f"{len(b['existing'])} already existed"))
+
+
+@app.command()
+def simulate(
+    count: Annotated[int, typer.Option("--count", "-n", help="messages to send", min=1, max=100_000_000)] = 10_000,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same stream)")] = 0,
+    skus: Annotated[int, typer.Option(help="how many SKUs", min=1, max=1_000_000)] = 200,
+    bad_fraction: Annotated[float, typer.Option(help="share of bad messages", min=0.0, max=1.0)] = 0.0,
+    duplicate_fraction: Annotated[float, typer.Option(help="share of re-sent messages", min=0.0, max=1.0)] = 0.0,
+    prefix: Annotated[str, typer.Option(help="topic name prefix")] = "",
+    suffix: Annotated[str, typer.Option(help="topic name suffix")] = "",
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send a realistic order / inbound / receipt / adjustment stream to the input topics."""
+    from connectors.topics import Topics
+    from engine.simulate import produce
+
+    try:
+        names = Topics(prefix=prefix, suffix=suffix)
+    except ValueError as exc:
+        _bad(str(exc))
+    settings = load_settings()
+    if not settings.kafka_bootstrap:
+        raise CliError("no broker configured: set ATP_KAFKA_BOOTSTRAP")
+    try:
+        report = produce(
+            settings, names, count, seed=seed, skus=skus, bad_fraction=bad_fraction,
+            duplicate_fraction=duplicate_fraction, progress=progress and not as_json, console=err_console,
+        )
+    except ValueError as exc:
+        _bad(str(exc))
+    body = {
+        "messages": report.messages,
+        "delivered": report.delivered,
+        "failed": report.failed,
+        "duplicates": report.duplicates,
+        "bad": report.bad,
+        "by_topic": report.by_topic,
+        "by_type": report.by_type,
+        "elapsed_s": round(report.elapsed_s, 3),
+        "rate": round(report.rate, 1),
+        "errors": report.errors,
+    }
+    _emit(body, as_json, lambda b: console.print(
+        f"sent {b['messages']} messages ({b['delivered']} acknowledged, {b['failed']} failed) "
+        f"in {b['elapsed_s']} s — {b['rate']} msg/s"))
+    if not report.ok:
+        raise CliError(f"{report.failed} message(s) not delivered: {'; '.join(report.errors[:2])}")
+
+
+# --- commands: tokens ---------------------------------------------------------------------------
+
+
+@token_app.command("new")
+def token_new(
+    role: Annotated[list[str], typer.Option("--role", "-r", help="read / reserve / operate; repeatable")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a random token; prints it once, with the digest to put in ATP_API_TOKENS."""
+    from engine.api.auth import Role, token_digest
+
+    known = {r.value for r in Role}
+    bad = sorted(set(role) - known)
+    if bad:
+        _bad(f"bad --role {', '.join(bad)}: one of {', '.join(sorted(known))}")
+    token = secrets.token_urlsafe(32)
+    digest = token_digest(token)
+    roles = sorted(set(role))
+    body = {"token": token, "sha256": digest, "roles": roles, "api_tokens_entry": {digest: roles}}
+    _emit(body, as_json, lambda b: console.print(
+        f"token:  {b['token']}\nsha256: {b['sha256']}\n"
+        f"ATP_API_TOKENS='{orjson.dumps(b['api_tokens_entry']).decode()}'"))
+
+
+@token_app.command("hash")
+def token_hash(token: Annotated[str, typer.Argument(help="the bearer token")]) -> None:
+    """Print the sha256 hex digest of a token (the form settings keep)."""
+    from engine.api.auth import token_digest
+
+    console.print(token_digest(token))
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err_console.print(f"atp: error: {_one_line(message)}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry: run ``app``; any failure is one line on stderr and a non-zero exit."""
+    command = typer.main.get_command(app)
+    debug = os.environ.get("ATP_DEBUG", "").lower() in ("1", "true", "yes")
+    try:
+        code = command.main(args=list(argv) if argv is not None else None, prog_name="atp", standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except TyperException as exc:  # usage errors: bad option, missing argument, bad value
+        _fail(exc.format_message(), EXIT_BAD_ARGUMENT)
+    except CliError as exc:
+        if debug:
+            raise
+        _fail(str(exc), exc.exit_code)
+    except ValidationError as exc:
+        if debug:
+            raise
+        _fail(_settings_problem(exc), EXIT_ERROR)
+    except (typer.Abort, KeyboardInterrupt):
+        _fail("interrupted", 130)
+    except Exception as exc:  # the last line of defence: never a traceback
+        if debug:
+            raise
+        _fail(f"{type(exc).__name__}: {exc}", EXIT_ERROR)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
