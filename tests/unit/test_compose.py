@@ -14,7 +14,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 import typer
 import yaml
@@ -52,31 +51,31 @@ def _default_value(value: object) -> str | None:
 KNOWN_COMMANDS = {("topics", "create"), ("flow",), ("serve",)}
 
 
-def _cli_group() -> click.Group | None:
+def _cli_group() -> Any | None:
+    """The click group behind ``atp`` (typer may vendor its own click, so it is duck-typed)."""
     try:
         cli = importlib.import_module("engine.cli")
     except ModuleNotFoundError as exc:
         if exc.name != "engine.cli":
             raise
         return None
-    apps = [v for v in vars(cli).values() if isinstance(v, typer.Typer)]
-    assert apps, "engine.cli defines no typer.Typer app"
-    group = typer.main.get_command(apps[0])
-    assert isinstance(group, click.Group)
+    app = getattr(cli, "app", None)
+    assert isinstance(app, typer.Typer), "engine.cli.app is not a typer.Typer"
+    group = typer.main.get_command(app)
+    assert hasattr(group, "commands"), "the atp app has no subcommands"
     return group
 
 
-def _resolve(group: click.Group, args: list[str]) -> click.Command:
-    """The click command that ``atp <args>`` runs (options are not subcommands)."""
-    cmd: click.Command = group
-    ctx = click.Context(group)
+def _resolve(group: Any, args: list[str]) -> Any:
+    """The command that ``atp <args>`` runs (options are not subcommands)."""
+    cmd = group
     for word in args:
-        if word.startswith("-") or not isinstance(cmd, click.Group):
+        if word.startswith("-") or not hasattr(cmd, "commands"):
             break
-        sub = cmd.get_command(ctx, word)
-        assert sub is not None, f"`atp {' '.join(args)}`: no subcommand {word!r}"
+        sub = cmd.commands.get(word)
+        assert sub is not None, f"`atp {' '.join(args)}`: no subcommand {word!r}; have {sorted(cmd.commands)}"
         cmd = sub
-    assert not isinstance(cmd, click.Group), f"`atp {' '.join(args)}` names a group, not a command"
+    assert not hasattr(cmd, "commands"), f"`atp {' '.join(args)}` names a group, not a command"
     return cmd
 
 
