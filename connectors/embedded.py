@@ -42,6 +42,7 @@ __all__ = [
     "EmbeddedBroker",
     "EmbeddedError",
     "EmbeddedRedis",
+    "EmbeddedRedisCluster",
     "embedded_stack",
     "free_port",
     "stop_all",
@@ -149,6 +150,9 @@ class _Server:
         self._log_file: Any = None
 
     # Subclass hooks.
+    def _pick_port(self) -> int:
+        return free_port()
+
     def _command(self) -> list[str]:
         raise NotImplementedError
 
@@ -193,7 +197,7 @@ class _Server:
         last: EmbeddedError | None = None
         for _ in range(attempts):
             if not self._fixed_port:
-                self.port = free_port()
+                self.port = self._pick_port()
             try:
                 self._spawn()
                 self._wait_ready()
@@ -293,6 +297,15 @@ class _Server:
             self._tmp = None
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def _tcp_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
@@ -372,6 +385,16 @@ class EmbeddedRedis(_Server):
         self._terminate(kill=kill)
         self.start()
 
+    def _pick_port(self) -> int:
+        if "--cluster-enabled" not in self.extra_args:
+            return free_port()
+        # A cluster node also listens on its bus port, port + 10000 (fixed in Redis < 7).
+        for _ in range(200):
+            port = free_port()
+            if port + 10000 <= 65535 and _port_free(port + 10000):
+                return port
+        raise EmbeddedError("no free port pair (port, port + 10000) for a Redis Cluster node")
+
     def _command(self) -> list[str]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return [
@@ -396,6 +419,106 @@ class EmbeddedRedis(_Server):
         if reply.startswith(b"-LOADING"):
             return False
         return reply.startswith(b"+PONG")
+
+
+class EmbeddedRedisCluster:
+    """A Redis Cluster of ``primaries`` nodes (no replicas) on 127.0.0.1, slots split evenly.
+
+    ``url`` names the first node; a cluster client discovers the others from it.
+    """
+
+    def __init__(self, primaries: int = 3, *, start_timeout_s: float = 30.0) -> None:
+        if not 1 <= primaries <= 16:
+            raise ValueError("primaries must be between 1 and 16")
+        self.start_timeout_s = start_timeout_s
+        self.nodes = [
+            EmbeddedRedis(
+                extra_args=[
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", "nodes.conf",
+                    "--cluster-node-timeout", "2000",
+                ],
+                start_timeout_s=start_timeout_s,
+            )
+            for _ in range(primaries)
+        ]  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        """redis://127.0.0.1:PORT/0 of the first node."""
+        return self.nodes[0].url
+
+    @property
+    def ports(self) -> list[int]:
+        return [n.port for n in self.nodes]
+
+    @property
+    def running(self) -> bool:
+        return all(n.running for n in self.nodes)
+
+    def client(self, **kwargs: Any) -> Any:
+        """A redis.RedisCluster client (kwargs go to RedisCluster)."""
+        import redis
+
+        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, **kwargs)
+
+    def start(self) -> EmbeddedRedisCluster:
+        """Start the nodes, assign the 16384 slots, join them, and wait for cluster_state:ok."""
+        try:
+            for node in self.nodes:
+                node.start()
+            self._form()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
+
+    def __enter__(self) -> EmbeddedRedisCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _form(self) -> None:
+        import redis
+
+        clients = [redis.Redis(host="127.0.0.1", port=n.port, decode_responses=True) for n in self.nodes]
+        try:
+            count = len(clients)
+            for i, client in enumerate(clients):
+                # Distinct epochs up front, so no node has to win an epoch collision first.
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
+                first, last = i * 16384 // count, (i + 1) * 16384 // count
+                client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last))
+            for node in self.nodes[1:]:
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+            deadline = time.monotonic() + self.start_timeout_s
+            while time.monotonic() < deadline:
+                infos = [c.execute_command("CLUSTER", "INFO") for c in clients]
+                if all(_cluster_ready(info, count) for info in infos):
+                    return
+                time.sleep(0.1)
+            raise EmbeddedError(f"Redis Cluster on ports {self.ports} did not reach cluster_state:ok")
+        finally:
+            for client in clients:
+                client.close()
+
+
+def _cluster_ready(info: Any, nodes: int) -> bool:
+    text = info if isinstance(info, str) else str(info)
+    if isinstance(info, dict):
+        fields = {k: str(v) for k, v in info.items()}
+    else:
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return (
+        fields.get("cluster_state") == "ok"
+        and fields.get("cluster_slots_assigned") == "16384"
+        and fields.get("cluster_known_nodes") == str(nodes)
+    )
 
 
 # --- the broker ------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Shared fixtures: the real Redis and broker, clean state per test, invariant checks.
 
 Servers are session-scoped: ``ATP_REDIS_URL`` / ``ATP_KAFKA_BOOTSTRAP`` point the suite at
-external ones (``ATP_REDIS_CLUSTER=true`` for a Redis Cluster), otherwise embedded ones are
-started on free loopback ports and stopped at the end of the session, whatever happens.
+external ones, otherwise embedded ones are started on free loopback ports and stopped at the
+end of the session, whatever happens. ``ATP_REDIS_CLUSTER=true`` runs the suite against a
+Redis Cluster (an embedded one with 3 primaries unless ATP_REDIS_URL names one; QUALITY R14).
 
 Per test:
 
@@ -27,7 +28,7 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
-from connectors.embedded import EmbeddedBroker, EmbeddedRedis, stop_all
+from connectors.embedded import EmbeddedBroker, EmbeddedRedis, EmbeddedRedisCluster, stop_all
 from connectors.topics import Topics, create_topics
 from engine.settings import Settings
 
@@ -46,24 +47,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """URL of the Redis the suite uses (external from ATP_REDIS_URL, else embedded)."""
+def redis_cluster_mode() -> bool:
+    """True when the suite runs against a Redis Cluster (ATP_REDIS_CLUSTER)."""
+    return _truthy(os.environ.get("ATP_REDIS_CLUSTER"))
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_cluster_mode: bool) -> Iterator[str]:
+    """URL of the Redis the suite uses: ATP_REDIS_URL, else an embedded server (or a 3-primary
+    embedded cluster when ATP_REDIS_CLUSTER is set)."""
     external = os.environ.get("ATP_REDIS_URL")
     if external:
         yield external
         return
-    server = EmbeddedRedis()
+    server: EmbeddedRedis | EmbeddedRedisCluster = (
+        EmbeddedRedisCluster(primaries=3) if redis_cluster_mode else EmbeddedRedis()
+    )
     server.start()
     try:
         yield server.url
     finally:
         server.stop()
-
-
-@pytest.fixture(scope="session")
-def redis_cluster_mode() -> bool:
-    """True when the suite runs against a Redis Cluster (ATP_REDIS_CLUSTER)."""
-    return _truthy(os.environ.get("ATP_REDIS_CLUSTER"))
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,15 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
+from redis import RedisCluster
 
-from connectors.embedded import EmbeddedBroker, EmbeddedError, EmbeddedRedis, embedded_stack
+from connectors.embedded import (
+    EmbeddedBroker,
+    EmbeddedError,
+    EmbeddedRedis,
+    EmbeddedRedisCluster,
+    embedded_stack,
+)
 from connectors.kafka import consumer_config, producer_config
 from connectors.topics import Topics, create_topics
 from engine.settings import Settings
@@ -288,3 +295,24 @@ def test_invariant_check_failures_fail_the_test(tmp_path: Path) -> None:
     assert "sku A: held -1" in run.stdout
     assert "ERROR at teardown of test_with_violation" in run.stdout
     assert "2 passed, 1 error" in run.stdout  # the violation is reported as a teardown error
+
+
+def test_embedded_cluster_spreads_keys_over_three_primaries_and_stops_clean() -> None:
+    cluster = EmbeddedRedisCluster(primaries=3)
+    with cluster:
+        pids = [n.pid for n in cluster.nodes]
+        ports = cluster.ports
+        client = RedisCluster.from_url(cluster.url, decode_responses=True)
+        assert len(client.get_primaries()) == 3
+        for i in range(60):
+            client.set(f"{{sku-{i}}}:on_hand", i)
+        per_node = [n.client().dbsize() for n in cluster.nodes]
+        assert sum(per_node) == 60 and all(count > 0 for count in per_node)
+        client.close()
+    for pid, port in zip(pids, ports, strict=True):
+        assert pid is not None and _wait_gone(pid, port), f"cluster node {pid} still alive"
+
+
+def test_cluster_size_is_validated() -> None:
+    with pytest.raises(ValueError, match="primaries"):
+        EmbeddedRedisCluster(primaries=0)
