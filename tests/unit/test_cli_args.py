@@ -1,0 +1,115 @@
+"""The atp command refuses bad arguments and bad configuration with one line and a non-zero exit."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from engine import cli
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No developer ATP_* variables or atp.toml leak into these tests."""
+    for name in list(os.environ):
+        if name.upper().startswith("ATP_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ATP_CONFIG", os.devnull)
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    out, err = capsys.readouterr()
+    return int(exited.value.code or 0), out, err
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("atp: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["get", "bad sku!"], ["bad sku"]),
+        (["get", "A", "--location", "-x"], ["location"]),
+        (["get"], ["Missing argument"]),
+        (["get", "A", "--nope"], ["No such option: --nope"]),
+        (["reserve", "A:0"], ["quantity must be between 1 and"]),
+        (["reserve", "A:x"], ["is not an integer"]),
+        (["reserve", "A"], ["expected SKU:QTY"]),
+        (["reserve", "A:1@"], ["empty location"]),
+        (["reserve", "A:1", "--id", "has space"], ["--id"]),
+        (["reserve", "A:1", "--channel", "@@"], ["--channel"]),
+        (["reserve", "A:1", "--ttl", "0"], ["--ttl"]),
+        (["extend", "R1", "--ttl", "99999999"], ["--ttl"]),
+        (["confirm", "bad id!"], ["reservation_id"]),
+        (["policy", "get", "no/slash"], ["bad sku"]),
+        (["policy", "set", "A", "--quota", "web"], ["expected CHANNEL=UNITS"]),
+        (["token", "new", "--role", "admin"], ["bad --role admin"]),
+        (["topics", "create", "--suffix", "bad name"], ["topic suffix"]),
+        (["simulate", "--count", "0"], ["--count"]),
+        (["nonsense"], ["No such command"]),
+    ],
+)
+def test_bad_argument_is_one_line_and_exit_2(
+    argv: list[str], fragments: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(argv, capsys)
+    assert code == cli.EXIT_BAD_ARGUMENT
+    assert out == ""
+    assert_one_line_error(err, *fragments)
+
+
+def test_bad_configuration_names_the_setting_and_exits_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ATP_API_PORT", "99999")
+    code, out, err = run(["get", "SKU-1"], capsys)
+    assert code == cli.EXIT_ERROR
+    assert_one_line_error(err, "bad configuration", "ATP_API_PORT")
+
+
+def test_bad_token_table_in_configuration_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ATP_API_TOKENS", '{"not-a-digest": ["read"]}')
+    code, _out, err = run(["get", "SKU-1"], capsys)
+    assert code == cli.EXIT_ERROR
+    assert_one_line_error(err, "ATP_API_TOKENS", "sha256")
+
+
+def test_missing_redis_url_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _out, err = run(["get", "SKU-1"], capsys)
+    assert code == cli.EXIT_ERROR
+    assert_one_line_error(err, "ATP_REDIS_URL")
+
+
+def test_token_new_prints_a_token_whose_digest_is_configured(capsys: pytest.CaptureFixture[str]) -> None:
+    import orjson
+
+    from engine.api.auth import token_digest
+
+    code, out, _err = run(["token", "new", "--role", "reserve", "--role", "read", "--json"], capsys)
+    assert code == 0
+    body = orjson.loads(out)
+    assert body["sha256"] == token_digest(body["token"])
+    assert body["api_tokens_entry"] == {body["sha256"]: ["read", "reserve"]}
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("SKU-1:3", ("SKU-1", 3, None)),
+        ("SKU-1:3@WH1", ("SKU-1", 3, "WH1")),
+        ("a.b_c:1000000000", ("a.b_c", 1_000_000_000, None)),
+    ],
+)
+def test_reserve_line_syntax(text: str, parsed: tuple[str, int, str | None]) -> None:
+    assert cli._parse_line(text) == parsed
