@@ -88,7 +88,7 @@ def _child_preexec(parent_pid: int) -> Any:
 
 
 _live: dict[int, _Server] = {}
-_live_lock = threading.Lock()
+_live_lock = threading.RLock()  # re-entrant: the signal handler may interrupt a holder
 _hooks_installed = False
 _prev_handlers: dict[int, Any] = {}
 
@@ -588,12 +588,15 @@ class EmbeddedBroker(_Server):
 def embedded_stack(settings: Settings) -> Iterator[Settings]:
     """Start Redis and/or the broker where ``redis_url`` / ``kafka_bootstrap`` are empty.
 
+    With ``redis_cluster`` set, the embedded Redis is a 3-primary cluster.
+
     Yields a copy of the settings with the URLs filled in; stops what it started on exit.
     """
     with contextlib.ExitStack() as stack:
         update: dict[str, Any] = {}
         if not settings.redis_url:
-            update["redis_url"] = stack.enter_context(EmbeddedRedis()).url
+            redis_server = EmbeddedRedisCluster() if settings.redis_cluster else EmbeddedRedis()
+            update["redis_url"] = stack.enter_context(redis_server).url
         if not settings.kafka_bootstrap:
             update["kafka_bootstrap"] = stack.enter_context(EmbeddedBroker()).bootstrap
         yield settings.model_copy(update=update) if update else settings

@@ -316,3 +316,13 @@ def test_embedded_cluster_spreads_keys_over_three_primaries_and_stops_clean() ->
 def test_cluster_size_is_validated() -> None:
     with pytest.raises(ValueError, match="primaries"):
         EmbeddedRedisCluster(primaries=0)
+
+
+def test_embedded_stack_starts_a_cluster_when_settings_ask_for_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATP_CONFIG", os.devnull)
+    monkeypatch.delenv("ATP_REDIS_URL", raising=False)
+    with embedded_stack(Settings(redis_cluster=True, kafka_bootstrap="127.0.0.1:1")) as filled:
+        assert filled.kafka_bootstrap == "127.0.0.1:1"
+        client = RedisCluster.from_url(filled.redis_url)
+        assert len(client.get_primaries()) == 3
+        client.close()
