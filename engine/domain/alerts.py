@@ -1,0 +1,544 @@
+"""Alert rules: a per-SKU state machine that turns observations into alert transitions.
+
+``evaluate(state, observation, now_ms, policy, demand=…)`` returns the new state and the alerts that
+changed status. A *condition* (kind, location, subject) fires once when it becomes true and resolves
+once when it is clearly false again; between the two it is silent, however often it is re-observed.
+Each firing starts a new *episode*; ``alert_id = sha1(kind|sku|location|subject|episode)`` is shared
+by the firing and the resolved message of that episode, so replaying the same observations from the
+same (recovered) state yields the same ids.
+
+| kind | location | fires when | resolves when |
+|---|---|---|---|
+| low_stock | each | ATP ≤ T (T = policy threshold, > 0) | ATP > T + band, band = max(1, ⌈T/10⌉) |
+| stockout | each | ATP ≤ 0 | ATP > 0 |
+| oversold | each | short > 0 (live reservations without supply) | short = 0 |
+| order_unfulfillable | order's | an order_placed was refused | one-shot |
+| promise_at_risk | "" | a reply lists at-risk lines | a reply lists none |
+| promise_slipped | "" | a reply lists lines whose promised date moved later | one-shot |
+| inbound_late | lot's | time > lot ETA + grace, lot still open | the lot is received or cancelled, or its ETA moves past the clock |
+| demand_surge | each | recent/day ≥ max(M, baseline·(1 + P/100)) | recent/day < max(M/2, baseline·(1 + P/200)) |
+
+(P = demand_surge_pct, M = surge_min_units; ``supplier_unreliable`` lives in ``engine.domain.suppliers``
+since its state is keyed by supplier, but uses the same ``Condition`` and ``build_alert``.)
+
+``promise_at_risk`` is one condition per SKU: while it fires, a reply that names a reservation the
+episode had not named yet emits another ``firing`` message of the same episode with ``revision`` + 1,
+so every affected reservation is announced. One-shot alerts take their id from the triggering
+``event_id`` in place of an episode number (``episode`` = 1).
+
+Time: ``inbound_late`` is judged against the SKU's clock, the latest of the event times and tick
+times seen — so a periodic ``tick`` makes a quiet SKU's late lot fire. Positions are judged per
+location in sorted order, so replies from Lua and from the oracle (different key order) give the
+same alerts in the same order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from engine.domain.demand import DemandReading
+from engine.domain.observation import Observation, PositionFigures
+from engine.domain.outputs import Alert, ReservationImpact, Severity, rfc3339, stable_id
+
+if TYPE_CHECKING:
+    from engine.domain.policy import Policy
+
+SEVERITY: dict[str, Severity] = {
+    "low_stock": "warning",
+    "stockout": "critical",
+    "oversold": "critical",
+    "order_unfulfillable": "critical",
+    "promise_at_risk": "critical",
+    "promise_slipped": "warning",
+    "inbound_late": "warning",
+    "demand_surge": "info",
+    "supplier_unreliable": "warning",
+}
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    """Thresholds of the per-SKU rules."""
+
+    low_stock: int = 10
+    """Threshold T of low_stock; 0 turns the rule off (stockout still covers ATP ≤ 0)."""
+    demand_surge_pct: float = 50.0
+    surge_min_units: int = 10
+    """A surge needs at least this many units per day, so 1 → 2 units is no surge."""
+    inbound_grace_ms: int = 0
+    """A lot is late once the clock passes ETA + grace."""
+
+    def __post_init__(self) -> None:
+        if self.low_stock < 0 or self.surge_min_units < 0 or self.inbound_grace_ms < 0:
+            raise ValueError("low_stock, surge_min_units and inbound_grace_ms must be ≥ 0")
+        if not self.demand_surge_pct > 0:
+            raise ValueError(f"demand_surge_pct must be > 0, got {self.demand_surge_pct}")
+
+    @property
+    def low_stock_band(self) -> int:
+        """Hysteresis of low_stock: it resolves only above T + band."""
+        return max(1, math.ceil(self.low_stock / 10))
+
+    @classmethod
+    def from_settings(cls, settings: Any, policy: Policy | None = None) -> AlertPolicy:
+        """Defaults from ``Settings`` (``low_stock_threshold``, ``demand_surge_pct``); a SKU policy's
+        ``low_stock`` > 0 overrides the threshold (its default 0 means "use the engine default")."""
+        low = (
+            policy.low_stock if policy is not None and policy.low_stock > 0 else settings.low_stock_threshold
+        )
+        return cls(low_stock=int(low), demand_surge_pct=float(settings.demand_surge_pct))
+
+
+@dataclass
+class Condition:
+    """Transition state of one alert condition."""
+
+    episode: int = 0
+    """Firings so far (the current or last episode)."""
+    firing: bool = False
+    revision: int = 0
+    named: dict[str, int] = field(default_factory=dict)
+    """promise_at_risk: reservation → short, as announced in the current episode."""
+
+
+def transition(cond: Condition, fire: bool, clear: bool) -> Literal["firing", "resolved"] | None:
+    """Move ``cond``: fire when idle and ``fire``; resolve when firing and ``clear``; else nothing.
+
+    ``fire`` and ``clear`` are separate predicates so the gap between them is the hysteresis.
+    """
+    if not cond.firing and fire:
+        cond.firing = True
+        cond.episode += 1
+        cond.revision = 0
+        cond.named = {}
+        return "firing"
+    if cond.firing and clear:
+        cond.firing = False
+        return "resolved"
+    return None
+
+
+def alert_id(kind: str, sku: str, location: str, subject: str, episode: int | str) -> str:
+    """The deterministic id of an alert episode (or of a one-shot alert, with its event token)."""
+    return stable_id(kind, sku, location, subject, episode)
+
+
+def build_alert(
+    *,
+    kind: str,
+    status: Literal["firing", "resolved"],
+    sku: str,
+    location: str,
+    subject: str,
+    episode: int,
+    occurred_ms: int,
+    event_id: str,
+    summary: str,
+    values: Mapping[str, int | float],
+    revision: int = 0,
+    reservations: Iterable[ReservationImpact] = (),
+    supplier: str = "",
+    id_override: str = "",
+) -> Alert:
+    """An ``Alert`` with its id computed from (kind, sku, location, subject, episode) unless
+    ``id_override`` is given."""
+    return Alert(
+        alert_id=id_override or alert_id(kind, sku, location, subject, episode),
+        kind=kind,  # type: ignore[arg-type]  # pydantic validates the literal
+        status=status,
+        severity=SEVERITY[kind],
+        sku=sku,
+        location=location,
+        subject=subject,
+        episode=episode,
+        revision=revision,
+        occurred_at=rfc3339(occurred_ms),
+        occurred_ms=occurred_ms,
+        event_id=event_id,
+        supplier=supplier,
+        summary=summary,
+        values=dict(values),
+        reservations=list(reservations),
+    )
+
+
+@dataclass
+class OpenLot:
+    """An inbound lot of the SKU that has not been received or cancelled."""
+
+    location: str
+    qty: int
+    eta_ms: int
+    supplier: str
+    created_ms: int
+
+
+@dataclass
+class AlertState:
+    """Everything the rules remember about one SKU (picklable; lives in the flow's state)."""
+
+    sku: str
+    conditions: dict[tuple[str, str, str], Condition] = field(default_factory=dict)
+    """(kind, location, subject) → its transition state. Kept after resolving: the episode counter
+    must survive for the next firing's id."""
+    lots: dict[str, OpenLot] = field(default_factory=dict)
+    clock_ms: int = 0
+
+    def condition(self, kind: str, location: str = "", subject: str = "") -> Condition:
+        """The condition of (kind, location, subject), created idle when new."""
+        key = (kind, location, subject)
+        cond = self.conditions.get(key)
+        if cond is None:
+            cond = self.conditions[key] = Condition()
+        return cond
+
+    def firing(self) -> list[tuple[str, str, str]]:
+        """Keys of the conditions firing now, sorted."""
+        return sorted(k for k, c in self.conditions.items() if c.firing)
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    sku: str
+    occurred_ms: int
+    event_id: str
+
+    def alert(self, kind: str, status: Literal["firing", "resolved"], cond: Condition, **kw: Any) -> Alert:
+        return build_alert(
+            kind=kind,
+            status=status,
+            sku=self.sku,
+            episode=cond.episode,
+            revision=cond.revision,
+            occurred_ms=self.occurred_ms,
+            event_id=self.event_id,
+            **kw,
+        )
+
+    def one_shot(self, kind: str, location: str, subject: str, **kw: Any) -> Alert:
+        token = f"event:{self.event_id}" if self.event_id else f"ms:{self.occurred_ms}"
+        return build_alert(
+            kind=kind,
+            status="firing",
+            sku=self.sku,
+            location=location,
+            subject=subject,
+            episode=1,
+            occurred_ms=self.occurred_ms,
+            event_id=self.event_id,
+            id_override=alert_id(kind, self.sku, location, subject, token),
+            **kw,
+        )
+
+
+def evaluate(
+    state: AlertState | None,
+    obs: Observation,
+    now_ms: int,
+    policy: AlertPolicy,
+    *,
+    demand: Mapping[str, DemandReading] | None = None,
+) -> tuple[AlertState, list[Alert]]:
+    """Apply one observation of ``obs.sku``; returns the state (``state`` mutated, or a new one when
+    None) and the alert transitions it caused, in a deterministic order.
+
+    ``now_ms`` is the caller's clock for lateness (normally the event time; the SKU's clock never
+    goes back). ``demand`` maps location → the demand reading after this observation.
+    """
+    if state is None:
+        state = AlertState(sku=obs.sku)
+    elif state.sku != obs.sku:
+        raise ValueError(f"observation of {obs.sku!r} given to the alert state of {state.sku!r}")
+    state.clock_ms = max(state.clock_ms, now_ms, obs.occurred_ms)
+    ctx = _Ctx(state.sku, obs.occurred_ms, obs.event_id)
+    out: list[Alert] = []
+    out += _book_lots(state, obs, ctx)
+    out += _order_unfulfillable(obs, ctx)
+    out += _promise_slipped(obs, ctx)
+    out += _promise_at_risk(state, obs, ctx)
+    if obs.position is not None:
+        out += _position_rules(state, obs.position, policy, ctx)
+    for loc, reading in sorted((demand or {}).items()):
+        out += _demand_surge(state, loc, reading, policy, ctx)
+    out += _late_lots(state, policy, ctx)
+    return state, out
+
+
+def tick(
+    state: AlertState,
+    now_ms: int,
+    policy: AlertPolicy,
+    *,
+    position: PositionFigures | None = None,
+    demand: Mapping[str, DemandReading] | None = None,
+) -> tuple[AlertState, list[Alert]]:
+    """A periodic observation of a (possibly quiet) SKU: lets its clock reach ``now_ms`` so late lots
+    fire, and judges a freshly read ``position`` / ``demand`` if the caller has them."""
+    return evaluate(state, Observation.tick(state.sku, now_ms, position), now_ms, policy, demand=demand)
+
+
+# --- rules ----------------------------------------------------------------------------------------
+
+
+def _position_rules(state: AlertState, pos: PositionFigures, policy: AlertPolicy, ctx: _Ctx) -> list[Alert]:
+    out: list[Alert] = []
+    threshold, band = policy.low_stock, policy.low_stock_band
+    for loc in sorted(pos.locations):
+        f = pos.locations[loc]
+        figures = {
+            "atp": f.atp,
+            "on_hand": f.on_hand,
+            "promisable_in_transit": f.promisable_in_transit,
+            "committed": f.committed,
+            "held": f.held,
+            "safety": f.safety,
+        }
+
+        cond = state.condition("low_stock", loc)
+        status = transition(
+            cond, threshold > 0 and f.atp <= threshold, threshold == 0 or f.atp > threshold + band
+        )
+        if status:
+            what = "at or below" if status == "firing" else "back above"
+            limit = threshold if status == "firing" else threshold + band
+            out.append(
+                ctx.alert(
+                    "low_stock",
+                    status,
+                    cond,
+                    location=loc,
+                    subject="",
+                    summary=f"ATP {f.atp} at {loc} is {what} {limit} (low-stock threshold {threshold})",
+                    values={**figures, "threshold": threshold, "resolve_above": threshold + band},
+                )
+            )
+
+        cond = state.condition("stockout", loc)
+        status = transition(cond, f.atp <= 0, f.atp > 0)
+        if status:
+            text = "nothing left to promise" if status == "firing" else "units to promise again"
+            out.append(
+                ctx.alert(
+                    "stockout",
+                    status,
+                    cond,
+                    location=loc,
+                    subject="",
+                    summary=f"{text} at {loc}: ATP {f.atp}",
+                    values=figures,
+                )
+            )
+
+        cond = state.condition("oversold", loc)
+        status = transition(cond, f.short > 0, f.short == 0)
+        if status:
+            text = (
+                f"{f.short} promised units at {loc} have no supply"
+                if status == "firing"
+                else f"every promise at {loc} has supply again"
+            )
+            out.append(
+                ctx.alert(
+                    "oversold",
+                    status,
+                    cond,
+                    location=loc,
+                    subject="",
+                    summary=text,
+                    values={**figures, "short": f.short},
+                )
+            )
+    return out
+
+
+def _order_unfulfillable(obs: Observation, ctx: _Ctx) -> list[Alert]:
+    if obs.command != "order_placed" or obs.status != "refused":
+        return []
+    return [
+        ctx.one_shot(
+            "order_unfulfillable",
+            obs.location,
+            obs.rid,
+            summary=f"order {obs.rid} for {obs.qty} units could not be reserved ({obs.reason or 'refused'}); "
+            f"{obs.available} available",
+            values={"qty": obs.qty, "available": obs.available},
+        )
+    ]
+
+
+def _promise_slipped(obs: Observation, ctx: _Ctx) -> list[Alert]:
+    slips = [s for s in obs.slipped if s.new_ms > s.old_ms]
+    if not slips:
+        return []
+    impacts = [
+        ReservationImpact(
+            rid=s.rid,
+            old_promised_ms=s.old_ms,
+            new_promised_ms=s.new_ms,
+            old_promised_at=rfc3339(s.old_ms) if s.old_ms else "",
+            new_promised_at=rfc3339(s.new_ms) if s.new_ms else "",
+        )
+        for s in slips
+    ]
+    subject = obs.inbound_id if obs.command.startswith("inbound_") or obs.command == "receipt" else ""
+    cause = f" after {obs.command} of lot {subject}" if subject else f" after {obs.command}"
+    return [
+        ctx.one_shot(
+            "promise_slipped",
+            "",
+            subject,
+            summary=f"{len(slips)} reservation(s) promised later{cause}",
+            values={"reservations": len(slips), "max_delay_ms": max(s.new_ms - s.old_ms for s in slips)},
+            reservations=impacts,
+        )
+    ]
+
+
+def _promise_at_risk(state: AlertState, obs: Observation, ctx: _Ctx) -> list[Alert]:
+    if obs.position is None:  # a tick without a position knows nothing of the reservations
+        return []
+    at_risk = {a.rid: a.short for a in obs.at_risk}
+    cond = state.condition("promise_at_risk")
+    status = transition(cond, bool(at_risk), not at_risk and obs.position.oversold == 0)
+    if status is None and cond.firing and any(rid not in cond.named for rid in at_risk):
+        cond.revision += 1
+        status = "firing"
+    if status is None:
+        return []
+    if status == "firing":
+        cond.named.update(at_risk)
+        impacts = [ReservationImpact(rid=a.rid, short=a.short) for a in obs.at_risk]
+        short = sum(at_risk.values())
+        text = f"{len(impacts)} reservation(s) lack {short} units of supply"
+    else:
+        impacts = [ReservationImpact(rid=rid, short=0) for rid in cond.named]
+        short = 0
+        text = f"the {len(impacts)} reservation(s) at risk have supply again or are gone"
+    return [
+        ctx.alert(
+            "promise_at_risk",
+            status,
+            cond,
+            location="",
+            subject="",
+            summary=text,
+            values={"reservations": len(impacts), "short": short, "oversold": obs.position.oversold},
+            reservations=impacts,
+        )
+    ]
+
+
+def _demand_surge(
+    state: AlertState, loc: str, r: DemandReading, policy: AlertPolicy, ctx: _Ctx
+) -> list[Alert]:
+    if not r.has_baseline:
+        return []
+    pct, least = policy.demand_surge_pct, policy.surge_min_units
+    fire_level = max(least, r.baseline_per_day * (1 + pct / 100))
+    clear_level = max(least / 2, r.baseline_per_day * (1 + pct / 200))
+    cond = state.condition("demand_surge", loc)
+    status = transition(cond, r.recent_per_day >= fire_level, r.recent_per_day < clear_level)
+    if status is None:
+        return []
+    values: dict[str, int | float] = {
+        "recent_units": r.recent_units,
+        "window_hours": r.window_hours,
+        "baseline_per_day": r.baseline_per_day,
+        "baseline_days": r.baseline_days,
+        "threshold_pct": pct,
+        "fire_level": fire_level,
+        "resolve_below": clear_level,
+    }
+    growth = r.growth_pct
+    if growth is not None:
+        values["growth_pct"] = growth
+    shown = f"{growth:+.0f}%" if growth is not None else "from nothing"
+    what = "surged" if status == "firing" else "is back to normal"
+    return [
+        ctx.alert(
+            "demand_surge",
+            status,
+            cond,
+            location=loc,
+            subject="",
+            summary=f"demand at {loc} {what}: {r.recent_units} units in {r.window_hours} h vs "
+            f"{r.baseline_per_day:.1f}/day before ({shown})",
+            values=values,
+        )
+    ]
+
+
+def _book_lots(state: AlertState, obs: Observation, ctx: _Ctx) -> list[Alert]:
+    """Keep the open-lot book; a lot that closes resolves its inbound_late."""
+    if not obs.applied:
+        return []
+    if obs.command == "inbound_created":
+        state.lots[obs.inbound_id] = OpenLot(obs.location, obs.qty, obs.eta_ms, obs.supplier, obs.occurred_ms)
+    elif obs.command == "inbound_updated" and obs.inbound_id in state.lots:
+        lot = state.lots[obs.inbound_id]
+        lot.eta_ms = obs.eta_ms or lot.eta_ms
+        lot.qty = obs.qty or lot.qty
+    elif obs.command == "inbound_cancelled" and obs.inbound_id in state.lots:
+        return _close_lot(state, obs.inbound_id, "cancelled", {}, ctx)
+    elif obs.command == "receipt":
+        lot_id = obs.lot.inbound_id if obs.lot is not None else obs.inbound_id
+        if lot_id in state.lots:
+            return _close_lot(state, lot_id, "received", {"received_qty": obs.qty}, ctx)
+    return []
+
+
+def _close_lot(state: AlertState, lot_id: str, how: str, extra: dict[str, int], ctx: _Ctx) -> list[Alert]:
+    lot = state.lots.pop(lot_id)
+    key = ("inbound_late", lot.location, lot_id)
+    cond = state.conditions.pop(key, None)  # a closed lot never fires again: forget its condition
+    if cond is None or transition(cond, False, True) is None:
+        return []
+    return [
+        ctx.alert(
+            "inbound_late",
+            "resolved",
+            cond,
+            location=lot.location,
+            subject=lot_id,
+            supplier=lot.supplier,
+            summary=f"late inbound lot {lot_id} was {how}",
+            values={
+                "eta_ms": lot.eta_ms,
+                "qty": lot.qty,
+                "late_by_ms": max(0, ctx.occurred_ms - lot.eta_ms),
+                **extra,
+            },
+        )
+    ]
+
+
+def _late_lots(state: AlertState, policy: AlertPolicy, ctx: _Ctx) -> list[Alert]:
+    out: list[Alert] = []
+    clock = state.clock_ms
+    for lot_id, lot in sorted(state.lots.items(), key=lambda item: (item[1].eta_ms, item[0])):
+        due = lot.eta_ms + policy.inbound_grace_ms
+        cond = state.condition("inbound_late", lot.location, lot_id)
+        status = transition(cond, clock > due, clock <= due)
+        if status is None:
+            continue
+        text = (
+            f"inbound lot {lot_id} ({lot.qty} units from {lot.supplier}) is past its ETA {rfc3339(lot.eta_ms)}"
+            if status == "firing"
+            else f"inbound lot {lot_id} is no longer late: ETA moved to {rfc3339(lot.eta_ms)}"
+        )
+        out.append(
+            ctx.alert(
+                "inbound_late",
+                status,
+                cond,
+                location=lot.location,
+                subject=lot_id,
+                supplier=lot.supplier,
+                summary=text,
+                values={"eta_ms": lot.eta_ms, "qty": lot.qty, "late_by_ms": max(0, clock - lot.eta_ms)},
+            )
+        )
+    return out

@@ -1,0 +1,169 @@
+"""The output messages: ``Alert`` (topic ``inventory.alerts``) and ``ReplenishmentTrigger``
+(topic ``inventory.replenishment``).
+
+Both are JSON objects serialised with orjson, keyed by SKU (``message_key``), with a
+``schema_version`` and a deterministic id, so a consumer can dedupe redelivered or replayed
+messages: an alert's identity is ``(alert_id, status, revision)``, a trigger's is ``trigger_id``.
+``model_json_schema()`` of each model is the published JSON Schema.
+
+Conventions shared with the wire shapes of docs/semantics.md: no nulls — an absent location,
+subject or supplier is ``""``, an absent time is ``0`` / ``""``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import Literal, Self
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.domain.schemas import register_schema
+
+SCHEMA_VERSION = 1
+
+ALERTS_TOPIC = "inventory.alerts"
+REPLENISHMENT_TOPIC = "inventory.replenishment"
+
+AlertKind = Literal[
+    "low_stock",
+    "stockout",
+    "oversold",
+    "order_unfulfillable",
+    "promise_at_risk",
+    "promise_slipped",
+    "inbound_late",
+    "demand_surge",
+    "supplier_unreliable",
+]
+ALERT_KINDS: tuple[str, ...] = AlertKind.__args__  # type: ignore[attr-defined]
+
+Severity = Literal["info", "warning", "critical"]
+AlertStatus = Literal["firing", "resolved"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SHA1_HEX = r"^[0-9a-f]{40}$"
+
+
+def rfc3339(ms: int) -> str:
+    """Milliseconds since the epoch as RFC 3339 UTC with milliseconds, e.g. ``2025-01-01T08:00:00.000Z``."""
+    moment = _EPOCH + timedelta(milliseconds=ms)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def stable_id(*parts: object) -> str:
+    """sha1 hex of the parts joined by ``|``: the same inputs give the same id in every run."""
+    return hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_json(self) -> bytes:
+        """The message value (UTF-8 JSON bytes)."""
+        return orjson.dumps(self.model_dump(mode="json"))
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Self:
+        """Parse a message value (raises ``pydantic.ValidationError`` when it does not match)."""
+        return cls.model_validate(orjson.loads(data))
+
+
+class ReservationImpact(BaseModel):
+    """One reservation named by a promise alert."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rid: str = Field(description="reservation id")
+    short: int = Field(0, ge=0, description="units of the reservation left without supply (promise_at_risk)")
+    old_promised_ms: int = Field(0, ge=0, description="promised date before the change (promise_slipped)")
+    new_promised_ms: int = Field(0, ge=0, description="promised date after the change (promise_slipped)")
+    old_promised_at: str = Field("", description="old_promised_ms as RFC 3339, '' when 0")
+    new_promised_at: str = Field("", description="new_promised_ms as RFC 3339, '' when 0")
+
+
+class Alert(_Message):
+    """One alert transition. A condition fires once when it becomes true and resolves once when it
+    is clearly false again (hysteresis); one-shot kinds (``order_unfulfillable``,
+    ``promise_slipped``) only fire."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    alert_id: str = Field(
+        pattern=_SHA1_HEX,
+        description="sha1 of kind|sku|location|subject|episode (supplier alerts: kind|||supplier|episode; "
+        "one-shot alerts: the triggering event id in place of the episode); shared by the firing "
+        "and the resolved message of one episode",
+    )
+    kind: AlertKind
+    status: AlertStatus
+    severity: Severity
+    sku: str = Field(description="the SKU (for supplier_unreliable: the SKU whose receipt moved the score)")
+    location: str = Field("", description="'' when the alert is about the whole SKU or a supplier")
+    subject: str = Field(
+        "",
+        description="what the alert is about beyond the position: the reservation id "
+        "(order_unfulfillable), the inbound lot id (inbound_late), the supplier id (supplier_unreliable)",
+    )
+    episode: int = Field(ge=1, description="1 for the first firing of this condition, +1 per later firing")
+    revision: int = Field(
+        0,
+        ge=0,
+        description="0, or n > 0 for the n-th follow-up firing message of the same episode "
+        "(promise_at_risk when more reservations become at risk)",
+    )
+    occurred_at: str = Field(description="event time (or tick time) of the transition, RFC 3339")
+    occurred_ms: int = Field(ge=0, description="occurred_at in milliseconds since the epoch")
+    event_id: str = Field("", description="the input event that caused it; '' for a periodic tick")
+    supplier: str = ""
+    summary: str = Field(description="one human-readable sentence")
+    values: dict[str, int | float] = Field(
+        default_factory=dict, description="the numbers that explain the alert (ATP, threshold, rates, …)"
+    )
+    reservations: list[ReservationImpact] = Field(
+        default_factory=list, description="affected reservations, newest first (promise alerts)"
+    )
+
+    def message_key(self) -> bytes:
+        """The Kafka key: the SKU."""
+        return self.sku.encode()
+
+
+class ReplenishmentTrigger(_Message):
+    """A reorder recommendation for one (SKU, location): IP ≤ ROP, order ``qty``.
+
+    ``ROP = d·L + z·σ·√L``, ``S = ROP + d·R``, ``qty = ceil((S − IP) / pack) · pack``.
+    """
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    trigger_id: str = Field(pattern=_SHA1_HEX, description="sha1 of replenishment|sku|location|episode")
+    sku: str
+    location: str
+    episode: int = Field(ge=1, description="1 for the first trigger of this position, +1 per later one")
+    occurred_at: str = Field(description="event time of the observation that raised it, RFC 3339")
+    occurred_ms: int = Field(ge=0)
+    event_id: str = Field("", description="the input event that raised it; '' for a periodic tick")
+    qty: int = Field(ge=1, description="units to order: S − IP rounded up to the pack size")
+    pack_size: int = Field(ge=1)
+    demand_per_day: float = Field(ge=0, description="d: EWMA of daily demand")
+    demand_sigma: float = Field(ge=0, description="σ: EWMA spread of daily demand")
+    lead_time_days: float = Field(gt=0, description="L")
+    lead_time_source: Literal["policy", "learned", "default"]
+    service_level: float = Field(gt=0, lt=1)
+    z: float = Field(description="standard normal quantile of the service level")
+    review_period_days: float = Field(gt=0, description="R")
+    reorder_point: float = Field(description="ROP = d·L + z·σ·√L")
+    order_up_to: float = Field(description="S = ROP + d·R")
+    inventory_position: int = Field(description="IP = on_hand + in_transit − committed − held")
+    on_hand: int
+    in_transit: int
+    committed: int
+    held: int
+
+    def message_key(self) -> bytes:
+        """The Kafka key: the SKU."""
+        return self.sku.encode()
+
+
+register_schema("alert", Alert)
+register_schema("replenishment-trigger", ReplenishmentTrigger)
