@@ -20,6 +20,7 @@ Per test:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -103,11 +104,14 @@ def invariant_check() -> Iterator[list[Check]]:
 
 
 def _store_invariants() -> Callable[[Any], list[str]] | None:
-    """engine.store.invariants.check_invariants if that module exists yet."""
-    try:
-        from engine.store.invariants import check_invariants
-    except ImportError:
+    """engine.store.invariants.check_invariants if that module exists yet.
+
+    Only a missing module is skipped; a module that exists but fails to import fails the test.
+    """
+    if importlib.util.find_spec("engine.store.invariants") is None:
         return None
+    from engine.store.invariants import check_invariants
+
     return check_invariants
 
 
