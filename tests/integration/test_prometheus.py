@@ -253,3 +253,18 @@ def test_promtool_accepts_the_rules(prometheus_binaries: tuple[str, str]) -> Non
         [promtool, "check", "rules", str(ROOT / "dashboards" / "rules.yml")], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_promtool_accepts_the_compose_prometheus_config(
+    prometheus_binaries: tuple[str, str], tmp_path: Path
+) -> None:
+    _, promtool = prometheus_binaries
+    config = yaml.safe_load((ROOT / "dashboards" / "prometheus.yml").read_text())
+    # In the container the rules are mounted at /etc/prometheus/rules.yml; here they are in the tree.
+    config["rule_files"] = [str(ROOT / "dashboards" / "rules.yml")]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    out = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert {job["job_name"] for job in config["scrape_configs"]} >= {"atp-flow", "atp-api"}
