@@ -277,12 +277,26 @@ def test_invariant_check_failures_fail_the_test(tmp_path: Path) -> None:
     (tmp_path / "test_inner.py").write_text(
         textwrap.dedent(
             """
+            import importlib.machinery, sys, types
+
+            # Stands in for engine.store.invariants: flags any key named "bad".
+            fake = types.ModuleType("engine.store.invariants")
+            fake.__spec__ = importlib.machinery.ModuleSpec("engine.store.invariants", None)
+            fake.check_invariants = lambda client: [f"{k}: negative" for k in client.keys("bad")]
+            sys.modules["engine.store.invariants"] = fake
+
             def test_with_violation(invariant_check):
                 invariant_check.append(lambda: ["sku A: held -1"])
                 invariant_check.append(lambda: [])
 
             def test_clean(invariant_check):
                 invariant_check.append(lambda: None)
+
+            def test_store_checker_runs_after_redis_tests(redis):
+                redis.set("bad", -1)
+
+            def test_store_checker_passes_clean_state(redis):
+                redis.set("good", 1)
             """
         )
     )
@@ -294,7 +308,9 @@ def test_invariant_check_failures_fail_the_test(tmp_path: Path) -> None:
     assert run.returncode == 1, run.stdout + run.stderr
     assert "sku A: held -1" in run.stdout
     assert "ERROR at teardown of test_with_violation" in run.stdout
-    assert "2 passed, 1 error" in run.stdout  # the violation is reported as a teardown error
+    assert "ERROR at teardown of test_store_checker_runs_after_redis_tests" in run.stdout
+    assert "bad: negative" in run.stdout
+    assert "4 passed, 2 errors" in run.stdout  # violations are reported as teardown errors
 
 
 def test_embedded_cluster_spreads_keys_over_three_primaries_and_stops_clean() -> None:
