@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from engine.domain.ids import ID_KINDS, require_id
+
 # fullmatch, never "$": Python's "$" also matches before a trailing newline.
 SKU_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 LOCATION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
@@ -26,17 +28,21 @@ def _check(value: object, pattern: re.Pattern[str], what: str) -> str:
 
 
 def validate_sku(sku: object) -> str:
-    """Return ``sku`` if it matches the SKU pattern, else raise ``ValueError``."""
-    return _check(sku, SKU_PATTERN, "sku")
+    """Return ``sku`` if it matches the SKU pattern, else raise ``ValueError`` saying why."""
+    return require_id("sku", sku)
 
 
 def validate_location(loc: object, what: str = "location") -> str:
     """Return ``loc`` if it matches the location/channel/supplier pattern, else raise ``ValueError``."""
+    if what in ID_KINDS:
+        return require_id(what, loc)
     return _check(loc, LOCATION_PATTERN, what)
 
 
-def validate_id(value: object, what: str = "id") -> str:
+def validate_id(value: object, what: str = "reservation_id") -> str:
     """Return ``value`` if it matches the reservation/order/inbound/event/customer id pattern."""
+    if what in ID_KINDS:
+        return require_id(what, value)
     return _check(value, ID_PATTERN, what)
 
 

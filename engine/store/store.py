@@ -94,6 +94,10 @@ class _Base:
             return normalize_policy({})
         return normalize_policy(orjson.loads(raw))
 
+    def _fill_policy(self, dump: dict[str, Any]) -> dict[str, Any]:
+        dump["policy"] = normalize_policy(dump.get("policy") or {})
+        return dump
+
     def _sku_of_exp_key(self, key: bytes | str) -> str | None:
         return sku_from_key(key, self.prefix)
 
@@ -162,7 +166,7 @@ class Store(_Base):
 
     def dump(self, sku: str) -> dict[str, Any]:
         """The SKU's state dump (tests): locs, lots, lines, customers, channels, policy, reliability, seq."""
-        return self._run(self._call("dump", sku))
+        return self._fill_policy(self._run(self._call("dump", sku)))
 
     def journal(self, sku: str, limit: int = 200) -> list[dict[str, Any]]:
         """The SKU's movement journal, newest first: ``{event_id, cmd, reason, ref, at}``."""
@@ -251,7 +255,7 @@ class AsyncStore(_Base):
 
     async def dump(self, sku: str) -> dict[str, Any]:
         """See ``Store.dump``."""
-        return await self._run(self._call("dump", sku))
+        return self._fill_policy(await self._run(self._call("dump", sku)))
 
     async def journal(self, sku: str, limit: int = 200) -> list[dict[str, Any]]:
         """See ``Store.journal``."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from engine.domain.policy import Policy
 from engine.store.keys import validate_id, validate_location, validate_sku
 
 DEFAULT_LOCATION = "default"
@@ -38,30 +39,7 @@ SUPPLY_COMMANDS = (
     "reliability",
 )
 
-POLICY_DEFAULTS: dict[str, Any] = {
-    "mode": "strict",
-    "cap_pm": 1000,
-    "horizon_s": 0,
-    "use_reliability": False,
-    "backorder_limit": 0,
-    "backorder_days": 14,
-    "safety": 0,
-    "order_cap": 0,
-    "customer_limit": 0,
-    "quotas": {},
-    "low_stock": 0,
-}
-POLICY_MODES = ("strict", "presell", "backorder")
-_POLICY_INT_BOUNDS: dict[str, tuple[int, int]] = {
-    "cap_pm": (0, 1000),
-    "horizon_s": (0, 10 * 366 * 86_400),
-    "backorder_limit": (0, MAX_QTY),
-    "backorder_days": (0, 3660),
-    "safety": (0, MAX_QTY),
-    "order_cap": (0, MAX_QTY),
-    "customer_limit": (0, MAX_QTY),
-    "low_stock": (0, MAX_QTY),
-}
+POLICY_DEFAULTS: dict[str, Any] = Policy().to_wire()
 
 
 def check_int(value: object, what: str, lo: int, hi: int) -> int:
@@ -122,33 +100,13 @@ class HoldRequest:
 
 
 def normalize_policy(policy: dict[str, Any] | None) -> dict[str, Any]:
-    """A complete, validated policy: defaults filled in; unknown fields or bad values raise ``ValueError``."""
-    if policy is None:
-        policy = {}
-    if not isinstance(policy, dict):
+    """A complete, validated policy (``engine.domain.policy.Policy``): defaults filled in.
+
+    Unknown fields or bad values raise ``ValueError`` (pydantic's ``ValidationError`` is one).
+    """
+    if policy is not None and not isinstance(policy, dict):
         raise ValueError("policy must be an object")
-    unknown = set(policy) - set(POLICY_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown policy fields: {sorted(unknown)}")
-    out = dict(POLICY_DEFAULTS)
-    out["quotas"] = {}
-    out.update(policy)
-    if out["mode"] not in POLICY_MODES:
-        raise ValueError(f"policy mode must be one of {POLICY_MODES}, got {out['mode']!r}")
-    for name, (lo, hi) in _POLICY_INT_BOUNDS.items():
-        check_int(out[name], name, lo, hi)
-    if not isinstance(out["use_reliability"], bool):
-        raise ValueError("use_reliability must be a bool")
-    quotas = out["quotas"]
-    if not isinstance(quotas, dict):
-        raise ValueError("quotas must be an object channel -> units")
-    if len(quotas) > 256:
-        raise ValueError("at most 256 channel quotas")
-    out["quotas"] = {
-        validate_location(ch, "channel"): check_int(units, f"quota of {ch}", 0, MAX_QTY)
-        for ch, units in quotas.items()
-    }
-    return out
+    return Policy.from_wire(policy).to_wire()
 
 
 def normalize_payload(cmd: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -174,12 +132,13 @@ def normalize_payload(cmd: str, payload: dict[str, Any]) -> dict[str, Any]:
             "supplier": validate_location(p.get("supplier"), "supplier_id"),
         }
     if cmd == "inbound_updated":
-        eta = p.get("eta_ms")
-        qty = p.get("qty")
+        # 0 (or absent) = unchanged
+        eta = p.get("eta_ms") or 0
+        qty = p.get("qty") or 0
         return {
             "inbound_id": validate_id(p.get("inbound_id"), "inbound_id"),
-            "eta_ms": 0 if eta is None else check_int(eta, "eta_ms", 1, MAX_TIME_MS),
-            "qty": 0 if qty is None else check_qty(qty),
+            "eta_ms": check_int(eta, "eta_ms", 0, MAX_TIME_MS),
+            "qty": 0 if qty == 0 else check_qty(qty),
         }
     if cmd == "inbound_cancelled":
         return {"inbound_id": validate_id(p.get("inbound_id"), "inbound_id")}
@@ -205,6 +164,7 @@ def normalize_payload(cmd: str, payload: dict[str, Any]) -> dict[str, Any]:
             "loc": _opt_location(p.get("loc")),
             "qty": check_qty(p.get("qty")),
             "channel": _opt_location(p.get("channel"), "channel"),
+            "customer": _opt_id(p.get("customer"), "customer_id"),
         }
     if cmd == "order_cancelled":
         return {"rid": validate_id(p.get("rid"), "reservation_id")}

@@ -1,0 +1,159 @@
+"""The store's invariants (QUALITY R12), checked from the raw Redis state of every SKU.
+
+``check_invariants(client)`` reads each SKU found by SCAN and returns human-readable violations
+(empty when all hold). It never writes: the position it compares against is computed by
+position.lua with lazy expiry switched off.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import orjson
+
+from engine.store import scripts
+from engine.store.keys import DEFAULT_PREFIX, sku_from_key, sku_keys, validate_prefix
+from engine.store.wire import decode_reply, normalize_policy
+
+_LIVE = ("held", "committed")
+
+
+def _skus(client: Any, prefix: str) -> list[str]:
+    found = set()
+    for key in client.scan_iter(match=f"{prefix}:{{*}}:*", count=1000):
+        sku = sku_from_key(key, prefix)
+        if sku is not None:
+            found.add(sku)
+    return sorted(found)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _promisable(lot: dict[str, Any], policy: dict[str, Any], rel: dict[str, int], now: int) -> int:
+    if policy["mode"] == "strict":
+        return 0
+    if policy["horizon_s"] > 0 and lot["eta_ms"] > now + policy["horizon_s"] * 1000:
+        return 0
+    r = rel.get(lot["supplier"], 1000) if policy["use_reliability"] else 1000
+    return lot["qty"] * policy["cap_pm"] * r // 1_000_000
+
+
+def check_sku(client: Any, sku: str, prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """Violations of one SKU's invariants (empty list when it is consistent)."""
+    k = sku_keys(sku, prefix)
+    out: list[str] = []
+    buckets: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(("oh", "hd", "cm", "oa", "ba", "st"), 0))
+    for field, value in client.hgetall(k.loc).items():
+        loc, _, bucket = _text(field).rpartition("|")
+        buckets[loc][bucket] = int(value)
+    lots = {_text(i): orjson.loads(v) for i, v in client.hgetall(k.lots).items()}
+    lines = {_text(r): orjson.loads(v) for r, v in client.hgetall(k.res).items()}
+    raw_pol = client.get(k.pol)
+    policy = normalize_policy(orjson.loads(raw_pol) if raw_pol else {})
+    rel = {_text(s): int(v) for s, v in client.hgetall(k.srel).items()}
+    customers = {_text(c): int(v) for c, v in client.hgetall(k.cust).items()}
+    channels = {_text(c): int(v) for c, v in client.hgetall(k.chan).items()}
+    expiring = {_text(r): float(s) for r, s in client.zrange(k.exp, 0, -1, withscores=True)}
+
+    for lot in lots.values():
+        buckets[lot["loc"]]  # a lot names its location
+    # what the live lines say the counters must be
+    want: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(("hd", "cm", "oa", "ba", "st"), 0))
+    lot_alloc: dict[str, int] = defaultdict(int)
+    cust_used: dict[str, int] = defaultdict(int)
+    chan_used: dict[str, int] = defaultdict(int)
+    for rid, line in lines.items():
+        state = line["state"]
+        if state in _LIVE or state == "shipped":
+            if line["customer"]:
+                cust_used[line["customer"]] += line["qty"]
+            if line["channel"]:
+                chan_used[line["channel"]] += line["qty"]
+        if state == "held":
+            if expiring.get(rid) != line["expires_ms"]:
+                out.append(f"{sku}: held line {rid} expires at {line['expires_ms']} but the expiry index says "
+                           f"{expiring.get(rid)}")
+        elif rid in expiring:
+            out.append(f"{sku}: line {rid} in state {state} is still in the expiry index")
+        if state not in _LIVE:
+            if state != "shipped" and line["alloc"]:
+                out.append(f"{sku}: {state} line {rid} still has allocations {line['alloc']}")
+            continue
+        total = 0
+        for kind, ref, loc, q in line["alloc"]:
+            total += q
+            if q <= 0:
+                out.append(f"{sku}: line {rid} has a non-positive allocation {[kind, ref, loc, q]}")
+            want[loc]["hd" if state == "held" else "cm"] += q
+            if kind == "oh":
+                want[loc]["oa"] += q
+            elif kind == "lot":
+                lot_alloc[ref] += q
+                if ref not in lots:
+                    out.append(f"{sku}: line {rid} draws on unknown lot {ref}")
+                elif lots[ref]["loc"] != loc:
+                    out.append(f"{sku}: line {rid} books lot {ref} at {loc}, the lot is at {lots[ref]['loc']}")
+            elif kind == "bo":
+                want[loc]["ba"] += q
+            else:
+                want[loc]["st"] += q
+        if total > line["qty"]:
+            out.append(f"{sku}: line {rid} allocates {total} units for qty {line['qty']}")
+        if state == "held" and total != line["qty"]:
+            out.append(f"{sku}: held line {rid} allocates {total} units for qty {line['qty']}")
+
+    for loc in sorted(set(buckets) | set(want)):
+        b = buckets[loc]
+        w = want[loc]
+        for name in ("oh", "hd", "cm", "oa", "ba", "st"):
+            if b[name] < 0:
+                out.append(f"{sku}@{loc}: negative bucket {name} = {b[name]}")
+        for name in ("hd", "cm", "oa", "ba", "st"):
+            if b[name] != w[name]:
+                out.append(f"{sku}@{loc}: {name} = {b[name]} but the live lines sum to {w[name]}")
+        lots_here = sum(lot["alloc"] for lot in lots.values() if lot["loc"] == loc)
+        if b["hd"] + b["cm"] != b["oa"] + lots_here + b["ba"] + b["st"]:
+            out.append(f"{sku}@{loc}: held+committed {b['hd'] + b['cm']} != oh_alloc+lot alloc+bo_alloc+short "
+                       f"{b['oa'] + lots_here + b['ba'] + b['st']}")
+    for lot_id, lot in lots.items():
+        if lot["alloc"] < 0:
+            out.append(f"{sku}: lot {lot_id} has negative alloc {lot['alloc']}")
+        if lot["alloc"] != lot_alloc.get(lot_id, 0):
+            out.append(f"{sku}: lot {lot_id} alloc {lot['alloc']} but the live lines sum to {lot_alloc.get(lot_id, 0)}")
+    if customers != {c: n for c, n in cust_used.items() if n}:
+        out.append(f"{sku}: customer usage {customers} != live+shipped lines {dict(cust_used)}")
+    if channels != {c: n for c, n in chan_used.items() if n}:
+        out.append(f"{sku}: channel usage {channels} != live+shipped lines {dict(chan_used)}")
+
+    # ATP formula, against what the position script reports (read-only call, explicit now)
+    secs, micros = client.time()
+    now = int(secs) * 1000 + int(micros) // 1000
+    script = scripts.load_scripts()["position"]
+    pos = decode_reply(scripts.call(client, script, k.all, [sku, now, "", 1]))
+    for loc, b in buckets.items():
+        pit = sum(_promisable(lot, policy, rel, now) for lot in lots.values() if lot["loc"] == loc)
+        atp = b["oh"] + pit - b["cm"] - b["hd"] - policy["safety"]
+        got = pos["locations"].get(loc, {}).get("atp")
+        if got != atp:
+            out.append(f"{sku}@{loc}: ATP reported {got}, formula gives {atp}")
+    if pos["atp"] != sum(v["atp"] for v in pos["locations"].values()):
+        out.append(f"{sku}: SKU ATP {pos['atp']} is not the sum over its locations")
+    return out
+
+
+def check_invariants(redis_client: Any, prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """Every violated invariant of every SKU under ``prefix`` (empty list = all hold).
+
+    Per SKU and location: held / committed equal the sums over live lines; held + committed =
+    oh_alloc + Σ lot alloc + bo_alloc + short; no negative bucket; lot allocations and
+    customer / channel usage equal the sums over the lines; the expiry index matches the held
+    lines; ATP = on_hand + promisable in-transit − committed − held − safety.
+    """
+    validate_prefix(prefix)
+    problems: list[str] = []
+    for sku in _skus(redis_client, prefix):
+        problems.extend(check_sku(redis_client, sku, prefix))
+    return problems
