@@ -42,8 +42,10 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    # Backstop for interrupted sessions: fixture finalizers may not all have run.
+    # Backstop for interrupted sessions, after pytest's own fixture teardown (which may still
+    # need the servers, e.g. for invariant checks): whatever is still running is stopped here.
     stop_all()
 
 
