@@ -153,6 +153,11 @@ class SkuBook:
         pos = self.position(now, loc or None)
         return pos["atp"]
 
+    def position_now(self, now: int, location: str | None = None) -> dict[str, Any]:
+        """Expire due holds, then the position — what the position script does."""
+        self.expire_due(now)
+        return self.position(now, location)
+
     def position(self, now: int, location: str | None = None) -> dict[str, Any]:
         """The wire ``position`` of docs/semantics.md (all locations, or just ``location``)."""
         safety = self.policy.safety
@@ -570,7 +575,10 @@ class SkuBook:
             return {"status": out["status"], "line": out["line"]}
         if line is not None and line.state in ("committed", "shipped"):
             return {"status": "duplicate", "reason": line.state, "line": line.wire()}
-        req = HoldRequest(rid=rid, qty=p["qty"], loc=p.get("loc", ""), channel=p.get("channel", ""), commit=True)
+        req = HoldRequest(
+            rid=rid, qty=p["qty"], loc=p.get("loc", ""), channel=p.get("channel", ""),
+            customer=p.get("customer", ""), commit=True,
+        )
         out = self._hold(req, now, replace_dead=True)
         if out["status"] == "refused":
             return {"status": "refused", "reason": out["reason"], "available": out["available"]}
