@@ -3,20 +3,34 @@
 
 A reservation may have several lines. Lines of one SKU are summed into one store line; a
 reservation of one SKU is one atomic script call; across SKUs it is a saga (hold line by line in
-sorted SKU order, roll back the held lines on the first refusal), so a refused reservation leaves
-no trace. ``reservation_id`` is the idempotency key.
+sorted SKU order, roll back the lines this call held on the first refusal), so a refused
+reservation leaves no trace. ``reservation_id`` is the idempotency key: the same call again gives
+the same reservation (status ``duplicate``); the same id with other lines is a ``conflict``.
 
-Concurrent single-SKU holds on the same SKU are coalesced into one ``hold_batch`` script call
+The SKUs of a reservation are kept under ``<prefix>:rid:{rid}`` (a JSON list), written before the
+first line is held, so confirm / release / extend / get find every line.
+
+Concurrent single-SKU holds on one SKU are coalesced into one ``hold_batch`` script call
 (DESIGN §3); each reservation in a batch is still all-or-nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-NotImplementedYet = NotImplementedError
+import orjson
+
+from engine.domain.ids import require_id, require_qty
+from engine.store.keys import rid_index_key
+from engine.store.store import AsyncStore, Clock, Store
+from engine.store.wire import HoldRequest
+
+MAX_LINES = 100
+MAX_TTL_S = 86_400
 
 
 @dataclass(frozen=True)
@@ -41,7 +55,7 @@ class Allocation:
 
 @dataclass(frozen=True)
 class ReservedLine:
-    """One SKU line of a reservation as the store holds it."""
+    """One SKU line of a reservation as the store holds it (``location`` None = any)."""
 
     sku: str
     qty: int
@@ -52,10 +66,27 @@ class ReservedLine:
     atp_after: int
     allocations: list[Allocation] = field(default_factory=list)
 
+    @classmethod
+    def from_wire(cls, line: dict[str, Any]) -> ReservedLine:
+        """From the store's line dict (docs/semantics.md "line")."""
+        return cls(
+            sku=line["sku"],
+            qty=line["qty"],
+            location=line["loc"] or None,
+            state=line["state"],
+            expires_ms=line["expires_ms"],
+            promised_ms=line["promised_ms"],
+            atp_after=line["atp_after"],
+            allocations=[Allocation(k, r, loc, q) for k, r, loc, q in line["alloc"]],
+        )
+
 
 @dataclass(frozen=True)
 class Reservation:
-    """A reservation that exists: ``status`` ok (done now) or duplicate (the same call again)."""
+    """A reservation that exists. ``status`` ok (changed now) or duplicate (the same call again,
+    or nothing left to change). ``state`` is the lines' common state (``partial`` if they differ);
+    ``promised_ms`` the latest promised date; ``expires_ms`` the earliest expiry of a held line
+    (0 = none); ``atp_after`` the ATP of each line's SKU (at its location) after the hold."""
 
     status: str
     reservation_id: str
@@ -71,8 +102,11 @@ class Reservation:
 class Refusal:
     """A call that did not succeed: ``status`` refused / conflict / not_found, with a reason.
 
-    For a refused hold, ``sku`` names the line that could not be served and ``available`` gives
-    what each line's SKU could still take (the ATP that was available to it).
+    For a refused hold, ``reason`` is insufficient / order_cap / customer_limit / channel_quota,
+    ``sku`` names the line that could not be served and ``available`` gives what each line's SKU
+    could take (the refused line: exactly what the script saw; the others: their ATP after the
+    rollback). For a lifecycle call, ``reason`` is the state that forbids it and ``lines`` the
+    reservation as it is.
     """
 
     status: str
@@ -87,89 +121,474 @@ class Refusal:
 Result = Reservation | Refusal
 
 
-class AtpClient:
-    """Sync client over ``redis.Redis`` / ``redis.RedisCluster`` (thread-safe; coalesces holds
-    of concurrent threads on one SKU).
+# --------------------------------------------------------------------------- pure helpers
 
-    ``now_ms`` is for tests only (a fixed clock for the scripts).
+
+def _opt(kind: str, value: str | None) -> str:
+    return "" if value is None or value == "" else require_id(kind, value)
+
+
+def _ttl_ms(ttl_s: object) -> int:
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 1 <= ttl_s <= MAX_TTL_S:
+        raise ValueError(f"ttl_s must be an integer between 1 and {MAX_TTL_S}, got {ttl_s!r}")
+    return ttl_s * 1000
+
+
+def group_lines(lines: Sequence[LineRequest | tuple[str, int, str | None]]) -> dict[str, tuple[int, str]]:
+    """Validate the lines and sum them per SKU: sku -> (qty, location or "" for any).
+
+    Raises ``ValueError`` for no lines, too many, a bad id or quantity, a SKU asked for at two
+    different locations (or at one and at any), or a sum above the largest quantity.
+    """
+    if isinstance(lines, (str, bytes)) or not isinstance(lines, Sequence) or not lines:
+        raise ValueError("a reservation needs at least one line")
+    if len(lines) > MAX_LINES:
+        raise ValueError(f"a reservation has at most {MAX_LINES} lines, got {len(lines)}")
+    out: dict[str, tuple[int, str]] = {}
+    for line in lines:
+        if isinstance(line, LineRequest):
+            sku, qty, loc = line.sku, line.qty, line.location
+        elif isinstance(line, tuple) and len(line) in (2, 3):
+            sku, qty, loc = line[0], line[1], (line[2] if len(line) == 3 else None)
+        else:
+            raise ValueError(f"a line is (sku, qty, location|None), got {line!r}")
+        require_id("sku", sku)
+        require_qty(qty)
+        where = _opt("location", loc)
+        if sku in out:
+            total, seen = out[sku]
+            if seen != where:
+                raise ValueError(
+                    f"lines of sku {sku!r} name different locations ({seen or 'any'!r} and {where or 'any'!r})"
+                )
+            qty = require_qty(total + qty)
+        out[sku] = (qty, where)
+    return out
+
+
+def _state_of(lines: list[ReservedLine]) -> str:
+    states = {line.state for line in lines}
+    return states.pop() if len(states) == 1 else "partial"
+
+
+def _reservation(status: str, rid: str, lines: list[ReservedLine]) -> Reservation:
+    lines = sorted(lines, key=lambda ln: ln.sku)
+    return Reservation(
+        status=status,
+        reservation_id=rid,
+        state=_state_of(lines),
+        lines=lines,
+        promised_ms=max((ln.promised_ms for ln in lines), default=0),
+        expires_ms=min((ln.expires_ms for ln in lines if ln.state == "held" and ln.expires_ms), default=0),
+        atp_after={ln.sku: ln.atp_after for ln in lines},
+    )
+
+
+def _combine(rid: str, replies: list[tuple[str, dict[str, Any]]]) -> Result:
+    """One result from the per-SKU op replies of a lifecycle call."""
+    lines = [ReservedLine.from_wire(r["line"]) for _sku, r in replies if "line" in r]
+    found = [(sku, r) for sku, r in replies if r["status"] != "not_found"]
+    if not found:
+        return Refusal("not_found", rid, "not_found")
+    for sku, r in found:
+        if r["status"] in ("refused", "conflict"):
+            return Refusal("refused", rid, r.get("reason", r["status"]), sku=sku, lines=sorted(lines, key=lambda ln: ln.sku))
+    status = "ok" if any(r["status"] == "ok" for _sku, r in found) else "duplicate"
+    return _reservation(status, rid, lines)
+
+
+def _decode_index(raw: Any) -> list[str] | None:
+    if raw is None:
+        return None
+    try:
+        skus = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(skus, list) or not all(isinstance(s, str) for s in skus):
+        return None
+    return sorted(set(skus))
+
+
+# --------------------------------------------------------------------------- coalescing
+
+
+class _Waiter:
+    __slots__ = ("req", "event", "reply", "error", "lead")
+
+    def __init__(self, req: HoldRequest) -> None:
+        self.req = req
+        self.event = threading.Event()
+        self.reply: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+        self.lead = False
+
+    def result(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        assert self.reply is not None
+        return self.reply
+
+
+class _SkuQueue:
+    __slots__ = ("pending", "busy")
+
+    def __init__(self) -> None:
+        self.pending: list[_Waiter] = []
+        self.busy = False
+
+
+class SyncCoalescer:
+    """Leader/follower batching of holds per SKU across threads.
+
+    The first caller on an idle SKU leads: it sends every waiting request (up to ``max_batch``)
+    in one ``hold_batch`` call; requests arriving meanwhile wait, and the oldest of them is
+    promoted to lead the next batch. So at most one script call per SKU is in flight per client.
+    """
+
+    def __init__(self, store: Store, max_batch: int = 256) -> None:
+        self._store = store
+        self._max = max_batch
+        self._lock = threading.Lock()
+        self._queues: dict[str, _SkuQueue] = {}
+
+    def hold(self, sku: str, req: HoldRequest) -> dict[str, Any]:
+        """The hold reply of ``req``, sent together with concurrent holds of the same SKU."""
+        me = _Waiter(req)
+        with self._lock:
+            q = self._queues.get(sku)
+            if q is None:
+                q = self._queues[sku] = _SkuQueue()
+            q.pending.append(me)
+            if not q.busy:
+                q.busy = True
+                me.lead = True
+        if not me.lead:
+            me.event.wait()
+            if not me.lead:
+                return me.result()
+        self._lead(sku, q)
+        return me.result()
+
+    def _lead(self, sku: str, q: _SkuQueue) -> None:
+        with self._lock:
+            batch = q.pending[: self._max]
+            del q.pending[: self._max]
+        try:
+            replies = self._store.hold_batch(sku, [w.req for w in batch])
+        except BaseException as exc:  # every waiter of the batch sees the failure
+            for w in batch:
+                w.error = exc
+        else:
+            for w, reply in zip(batch, replies, strict=True):
+                w.reply = reply
+        with self._lock:
+            if q.pending:
+                successor = q.pending[0]
+                successor.lead = True
+                successor.event.set()
+            else:
+                q.busy = False
+                if self._queues.get(sku) is q:
+                    del self._queues[sku]
+        for w in batch:
+            w.lead = False
+            w.event.set()
+
+
+class AsyncCoalescer:
+    """Per-SKU queues of holds drained by one task per SKU while requests keep coming."""
+
+    def __init__(self, store: AsyncStore, max_batch: int = 256) -> None:
+        self._store = store
+        self._max = max_batch
+        self._queues: dict[str, list[tuple[HoldRequest, asyncio.Future[dict[str, Any]]]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def hold(self, sku: str, req: HoldRequest) -> dict[str, Any]:
+        """The hold reply of ``req``, sent together with concurrent holds of the same SKU."""
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        queue = self._queues.get(sku)
+        if queue is None:
+            # no batch in flight: this caller starts the drain
+            queue = self._queues[sku] = []
+            task = asyncio.create_task(self._drain(sku, queue))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        queue.append((req, fut))
+        return await fut
+
+    async def _drain(self, sku: str, queue: list[tuple[HoldRequest, asyncio.Future[dict[str, Any]]]]) -> None:
+        try:
+            while queue:
+                batch = queue[: self._max]
+                del queue[: self._max]
+                try:
+                    replies = await self._store.hold_batch(sku, [req for req, _ in batch])
+                except Exception as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                else:
+                    for (_, fut), reply in zip(batch, replies, strict=True):
+                        if not fut.done():
+                            fut.set_result(reply)
+        finally:
+            if self._queues.get(sku) is queue:
+                del self._queues[sku]
+            for _, fut in queue:  # only after a cancellation of the drain itself
+                if not fut.done():
+                    fut.set_exception(RuntimeError("hold batch cancelled"))
+
+
+# --------------------------------------------------------------------------- the clients
+
+
+class _ClientBase:
+    def __init__(self, prefix: str, default_ttl_s: int, max_batch: int) -> None:
+        _ttl_ms(default_ttl_s)
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or not 1 <= max_batch <= 10_000:
+            raise ValueError("max_batch must be an integer between 1 and 10000")
+        self.prefix = prefix
+        self.default_ttl_s = default_ttl_s
+
+    def _requests(self, rid: str, lines: Sequence[Any], ttl_s: int | None, channel: str | None,
+                  customer_id: str | None) -> dict[str, HoldRequest]:
+        require_id("reservation_id", rid)
+        grouped = group_lines(lines)
+        ttl_ms = _ttl_ms(self.default_ttl_s if ttl_s is None else ttl_s)
+        ch = _opt("channel", channel)
+        cust = _opt("customer_id", customer_id)
+        return {
+            sku: HoldRequest(rid, qty, loc, ttl_ms, ch, cust)
+            for sku, (qty, loc) in sorted(grouped.items())
+        }
+
+    def _index(self, rid: str) -> str:
+        return rid_index_key(require_id("reservation_id", rid), self.prefix)
+
+
+class AtpClient(_ClientBase):
+    """Sync client over ``redis.Redis`` / ``redis.RedisCluster``; thread-safe, and it coalesces
+    the holds of concurrent threads on one SKU (``coalesce=False``: one call per hold).
+
+    ``now_ms`` is for tests only (a fixed clock for the scripts, see ``Store``).
     """
 
     def __init__(self, redis: Any, *, prefix: str = "atp", default_ttl_s: int = 600,
-                 coalesce: bool = True, max_batch: int = 256, now_ms: Any = None) -> None:
-        raise NotImplementedYet
+                 coalesce: bool = True, max_batch: int = 256, now_ms: Clock = None) -> None:
+        super().__init__(prefix, default_ttl_s, max_batch)
+        self.redis = redis
+        self.store = Store(redis, prefix, now_ms)
+        self._coalescer = SyncCoalescer(self.store, max_batch) if coalesce else None
+
+    # --- ATP
 
     def atp(self, sku: str, location: str | None = None) -> dict[str, Any]:
         """The SKU's position (semantics.md "position"), of one location or all."""
-        raise NotImplementedYet
+        return self.store.position(sku, location)
 
-    def atp_many(self, skus: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Positions of several SKUs in one round trip: sku -> position."""
-        raise NotImplementedYet
+    def atp_many(self, skus: Sequence[str], location: str | None = None) -> dict[str, dict[str, Any]]:
+        """Positions of several SKUs in one round trip: sku -> position (in the order asked)."""
+        unique = list(dict.fromkeys(skus))
+        return dict(zip(unique, self.store.positions(unique, location), strict=True))
+
+    # --- reservations
 
     def hold(self, reservation_id: str, lines: Sequence[LineRequest | tuple[str, int, str | None]],
              ttl_s: int | None = None, channel: str | None = None,
              customer_id: str | None = None) -> Result:
         """Hold every line or none. Lines are ``LineRequest`` or ``(sku, qty, location|None)``.
 
-        Raises ``ValueError`` for bad ids or quantities, or lines of one SKU naming different
+        Raises ``ValueError`` for bad ids, quantities or ttl, or lines of one SKU naming different
         locations. Returns a ``Reservation`` (ok / duplicate) or a ``Refusal`` (refused / conflict).
         """
-        raise NotImplementedYet
+        reqs = self._requests(reservation_id, lines, ttl_s, channel, customer_id)
+        rid = reservation_id
+        skus = list(reqs)
+        created, conflict = self._claim(rid, skus)
+        if conflict is not None:
+            return conflict
+        held: list[tuple[str, dict[str, Any]]] = []
+        for sku in skus:
+            reply = self._hold_one(sku, reqs[sku])
+            if reply["status"] in ("ok", "duplicate"):
+                held.append((sku, reply))
+                continue
+            for done_sku, done in held:
+                if done["status"] == "ok":
+                    self.store.rollback(done_sku, rid)
+            if created:
+                self.redis.delete(self._index(rid))
+            if reply["status"] == "conflict":
+                return Refusal("conflict", rid, "conflict", sku=sku, lines=[ReservedLine.from_wire(reply["line"])])
+            available = self._available(reqs, sku, reply["available"])
+            return Refusal("refused", rid, reply["reason"], sku=sku, available=available)
+        status = "ok" if any(r["status"] == "ok" for _s, r in held) else "duplicate"
+        return _reservation(status, rid, [ReservedLine.from_wire(r["line"]) for _s, r in held])
 
     def confirm(self, reservation_id: str) -> Result:
         """Held → committed on every line."""
-        raise NotImplementedYet
+        return self._each(reservation_id, "confirm")
 
     def release(self, reservation_id: str) -> Result:
         """Release every line; units come back exactly once."""
-        raise NotImplementedYet
+        return self._each(reservation_id, "release")
 
     def extend(self, reservation_id: str, ttl_s: int) -> Result:
         """Keep a held reservation alive ``ttl_s`` seconds from now."""
-        raise NotImplementedYet
+        return self._each(reservation_id, "extend", _ttl_ms(ttl_s))
 
     def get_reservation(self, reservation_id: str) -> Result:
         """The reservation (status ok) or a ``Refusal`` with status not_found."""
-        raise NotImplementedYet
+        result = self._each(reservation_id, "get_line")
+        if isinstance(result, Reservation) and result.status != "ok":
+            return Reservation(**{**result.__dict__, "status": "ok"})
+        return result
 
     def close(self) -> None:
-        """Stop the coalescing machinery (the redis client stays the caller's)."""
+        """Nothing to stop (the redis client stays the caller's)."""
+
+    # --- internals
+
+    def _hold_one(self, sku: str, req: HoldRequest) -> dict[str, Any]:
+        if self._coalescer is not None:
+            return self._coalescer.hold(sku, req)
+        return self.store.hold_batch(sku, [req])[0]
+
+    def _claim(self, rid: str, skus: list[str]) -> tuple[bool, Refusal | None]:
+        """Write the reservation's SKU list; (created, conflict refusal or None)."""
+        key = self._index(rid)
+        value = orjson.dumps(skus)
+        if self.redis.set(key, value, nx=True):
+            return True, None
+        existing = _decode_index(self.redis.get(key))
+        if existing == skus:
+            return False, None
+        if existing:
+            lines = [r["line"] for s in existing if (r := self.store.get_line(s, rid))["status"] == "ok"]
+            if lines:
+                return False, Refusal("conflict", rid, "conflict",
+                                      lines=[ReservedLine.from_wire(ln) for ln in lines])
+        self.redis.set(key, value)  # stale index (a refusal that left it behind): take it over
+        return True, None
+
+    def _available(self, reqs: dict[str, HoldRequest], short_sku: str, short_available: int) -> dict[str, int]:
+        out = {short_sku: short_available}
+        for sku, req in reqs.items():
+            if sku != short_sku:
+                out[sku] = self.store.position(sku, req.loc or None)["atp"]
+        return out
+
+    def _each(self, rid: str, op: str, *args: int) -> Result:
+        raw = self.redis.get(self._index(rid))
+        skus = _decode_index(raw)
+        if not skus:
+            return Refusal("not_found", rid, "not_found")
+        return _combine(rid, [(sku, getattr(self.store, op)(sku, rid, *args)) for sku in skus])
 
 
-class AsyncAtpClient:
+class AsyncAtpClient(_ClientBase):
     """Async client over ``redis.asyncio.Redis`` / ``RedisCluster``; same methods as ``AtpClient``,
-    coalescing concurrent tasks' holds on one SKU."""
+    coalescing the holds of concurrent tasks on one SKU. Use it from one event loop."""
 
     def __init__(self, redis: Any, *, prefix: str = "atp", default_ttl_s: int = 600,
-                 coalesce: bool = True, max_batch: int = 256, now_ms: Any = None) -> None:
-        raise NotImplementedYet
+                 coalesce: bool = True, max_batch: int = 256, now_ms: Clock = None) -> None:
+        super().__init__(prefix, default_ttl_s, max_batch)
+        self.redis = redis
+        self.store = AsyncStore(redis, prefix, now_ms)
+        self._coalescer = AsyncCoalescer(self.store, max_batch) if coalesce else None
 
     async def atp(self, sku: str, location: str | None = None) -> dict[str, Any]:
         """See ``AtpClient.atp``."""
-        raise NotImplementedYet
+        return await self.store.position(sku, location)
 
-    async def atp_many(self, skus: Sequence[str]) -> dict[str, dict[str, Any]]:
+    async def atp_many(self, skus: Sequence[str], location: str | None = None) -> dict[str, dict[str, Any]]:
         """See ``AtpClient.atp_many``."""
-        raise NotImplementedYet
+        unique = list(dict.fromkeys(skus))
+        return dict(zip(unique, await self.store.positions(unique, location), strict=True))
 
     async def hold(self, reservation_id: str, lines: Sequence[LineRequest | tuple[str, int, str | None]],
                    ttl_s: int | None = None, channel: str | None = None,
                    customer_id: str | None = None) -> Result:
         """See ``AtpClient.hold``."""
-        raise NotImplementedYet
+        reqs = self._requests(reservation_id, lines, ttl_s, channel, customer_id)
+        rid = reservation_id
+        skus = list(reqs)
+        created, conflict = await self._claim(rid, skus)
+        if conflict is not None:
+            return conflict
+        held: list[tuple[str, dict[str, Any]]] = []
+        for sku in skus:
+            reply = await self._hold_one(sku, reqs[sku])
+            if reply["status"] in ("ok", "duplicate"):
+                held.append((sku, reply))
+                continue
+            for done_sku, done in held:
+                if done["status"] == "ok":
+                    await self.store.rollback(done_sku, rid)
+            if created:
+                await self.redis.delete(self._index(rid))
+            if reply["status"] == "conflict":
+                return Refusal("conflict", rid, "conflict", sku=sku, lines=[ReservedLine.from_wire(reply["line"])])
+            available = await self._available(reqs, sku, reply["available"])
+            return Refusal("refused", rid, reply["reason"], sku=sku, available=available)
+        status = "ok" if any(r["status"] == "ok" for _s, r in held) else "duplicate"
+        return _reservation(status, rid, [ReservedLine.from_wire(r["line"]) for _s, r in held])
 
     async def confirm(self, reservation_id: str) -> Result:
         """See ``AtpClient.confirm``."""
-        raise NotImplementedYet
+        return await self._each(reservation_id, "confirm")
 
     async def release(self, reservation_id: str) -> Result:
         """See ``AtpClient.release``."""
-        raise NotImplementedYet
+        return await self._each(reservation_id, "release")
 
     async def extend(self, reservation_id: str, ttl_s: int) -> Result:
         """See ``AtpClient.extend``."""
-        raise NotImplementedYet
+        return await self._each(reservation_id, "extend", _ttl_ms(ttl_s))
 
     async def get_reservation(self, reservation_id: str) -> Result:
         """See ``AtpClient.get_reservation``."""
-        raise NotImplementedYet
+        result = await self._each(reservation_id, "get_line")
+        if isinstance(result, Reservation) and result.status != "ok":
+            return Reservation(**{**result.__dict__, "status": "ok"})
+        return result
+
+    async def _hold_one(self, sku: str, req: HoldRequest) -> dict[str, Any]:
+        if self._coalescer is not None:
+            return await self._coalescer.hold(sku, req)
+        return (await self.store.hold_batch(sku, [req]))[0]
+
+    async def _claim(self, rid: str, skus: list[str]) -> tuple[bool, Refusal | None]:
+        key = self._index(rid)
+        value = orjson.dumps(skus)
+        if await self.redis.set(key, value, nx=True):
+            return True, None
+        existing = _decode_index(await self.redis.get(key))
+        if existing == skus:
+            return False, None
+        if existing:
+            lines = []
+            for s in existing:
+                r = await self.store.get_line(s, rid)
+                if r["status"] == "ok":
+                    lines.append(r["line"])
+            if lines:
+                return False, Refusal("conflict", rid, "conflict",
+                                      lines=[ReservedLine.from_wire(ln) for ln in lines])
+        await self.redis.set(key, value)
+        return True, None
+
+    async def _available(self, reqs: dict[str, HoldRequest], short_sku: str, short_available: int) -> dict[str, int]:
+        out = {short_sku: short_available}
+        for sku, req in reqs.items():
+            if sku != short_sku:
+                out[sku] = (await self.store.position(sku, req.loc or None))["atp"]
+        return out
+
+    async def _each(self, rid: str, op: str, *args: int) -> Result:
+        skus = _decode_index(await self.redis.get(self._index(rid)))
+        if not skus:
+            return Refusal("not_found", rid, "not_found")
+        replies = [(sku, await getattr(self.store, op)(sku, rid, *args)) for sku in skus]
+        return _combine(rid, replies)
