@@ -13,7 +13,9 @@ Per batch, in order:
 Redis being unreachable is retried with backoff for ``retry_for_s``, then raised: the flow stops
 and a restart resumes from the last snapshot, which is safe because applying is idempotent. A
 command the scripts reject (a Lua error: a bug, never bad input, which the parse step catches)
-is isolated by applying the batch one command at a time, and goes to the DLQ (``apply_failed``).
+is isolated by applying the batch one command at a time, and goes to the DLQ (``apply_failed``);
+the other commands of that batch were applied by the failed round trip already, so their
+outcomes then say ``duplicate`` (with the position after them).
 """
 
 from __future__ import annotations

@@ -42,6 +42,8 @@ ResumeState = dict[str, int]
 
 _IDLE_WAIT = timedelta(milliseconds=5)
 _GROUP_PREFIX = "p"
+ALL_GROUP = "all"
+"""The one source partition of a ``single_group`` input: every partition of every input topic."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,13 @@ class KafkaInput(FixedPartitionedSource[RawMessage, ResumeState]):
     reported their end (bounded runs: tests, replays, benchmarks); otherwise the source tails.
     ``stop_event``, when set, ends every group at its next poll: the flow then drains and writes a
     final snapshot (the clean shutdown of ``atp flow``).
+
+    ``single_group=True`` merges *every* partition of every input topic in one source partition:
+    the emitted order is then a function of the log even for events that couple SKUs of
+    different partitions (a multi-SKU order is keyed by its first SKU), at the price of one
+    reader. The runner uses it whenever the flow has one worker. The choice is part of the
+    recovery state: a snapshot of one layout is not resumed by the other (the new layout starts
+    from the beginning of the log, which the idempotent apply turns into a no-op catch-up).
     """
 
     def __init__(
@@ -107,6 +116,7 @@ class KafkaInput(FixedPartitionedSource[RawMessage, ResumeState]):
         stop_event: threading.Event | None = None,
         max_buffer: int = 20_000,
         fetch_wait_ms: int = 100,
+        single_group: bool = False,
     ) -> None:
         if isinstance(topics, str) or not topics:
             raise ValueError("topics must be a non-empty sequence of topic names")
@@ -119,15 +129,21 @@ class KafkaInput(FixedPartitionedSource[RawMessage, ResumeState]):
         self._stop_event = stop_event
         self._max_buffer = max_buffer
         self._fetch_wait_ms = fetch_wait_ms
+        self._single_group = single_group
 
     def list_parts(self) -> list[str]:
+        if self._single_group:
+            return [ALL_GROUP]
         counts = partition_counts(self._conf, self._topics)
         return [group_name(i) for i in range(max(counts.values()))]
 
     def build_part(self, step_id: str, for_part: str, resume_state: ResumeState | None) -> _GroupPartition:
-        index = _group_index(for_part)
         counts = partition_counts(self._conf, self._topics)
-        members = [(t, index) for t in self._topics if index < counts[t]]
+        if for_part == ALL_GROUP:
+            members = [(t, p) for t in self._topics for p in range(counts[t])]
+        else:
+            index = _group_index(for_part)
+            members = [(t, index) for t in self._topics if index < counts[t]]
         conf = {
             **self._conf,
             # Offsets live in the bytewax snapshot; the group id is required by librdkafka but unused

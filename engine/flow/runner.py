@@ -1,0 +1,178 @@
+"""Running the flow from the settings: ``run_flow`` (behind ``atp flow`` and ``python -m engine.flow``).
+
+Delivery: with ``recovery_dir`` set, bytewax snapshots the input offsets every
+``snapshot_interval_s``; a restarted flow resumes from the last snapshot and re-applies the tail
+after it, which the store's per-partition offset watermark turns into no-ops. Outputs (the DLQ)
+are at least once with the same ids. Without ``recovery_dir`` a restart reads the log from the
+beginning (also a no-op catch-up, only slower).
+
+Shutdown: SIGTERM or Ctrl-C (when ``run_flow`` runs on the main thread), or ``stop_event`` set
+by the caller, ends the input; in-flight batches finish, outputs flush, a final snapshot is
+written and ``run_flow`` returns. A second signal stops at once (``KeyboardInterrupt``); the
+next start then resumes from the last snapshot.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import Sink
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.run import cli_main
+
+from connectors.topics import ADJUSTMENTS, INBOUND, INPUT_TOPICS, ORDERS, RECEIPTS, Topics
+from engine import metrics
+from engine.flow.dataflow import Extra, OutcomeItem, build_flow
+from engine.flow.sinks import dlq_sink
+from engine.flow.source import KafkaInput
+from engine.settings import Settings
+from engine.store.store import Store
+
+log = logging.getLogger(__name__)
+
+FLOW_ID = "atp-flow"
+
+
+class FlowConfigError(ValueError):
+    """The settings cannot run a flow (no broker or Redis configured, a bad recovery dir…)."""
+
+
+def make_store(settings: Settings) -> Store:
+    """A store on the Redis of ``settings`` (one per worker; see ``Applier``)."""
+    from engine.api.redis_conn import sync_redis
+
+    return Store(sync_redis(settings), prefix=settings.key_prefix)
+
+
+def prepare_recovery(recovery_dir: str | Path, partitions: int = 1) -> RecoveryConfig:
+    """The recovery config for ``recovery_dir``, creating the dir and its partitions when new.
+
+    An existing dir is used as it is (its partition count is fixed when created).
+    """
+    path = Path(recovery_dir)
+    if path.exists() and not path.is_dir():
+        raise FlowConfigError(f"recovery dir {path} exists and is not a directory")
+    path.mkdir(parents=True, exist_ok=True)
+    if not any(path.glob("part-*.sqlite3")):
+        init_db_dir(path, max(1, partitions))
+    return RecoveryConfig(path)
+
+
+def topic_bases(topics: Topics) -> dict[str, str]:
+    """Full input topic name → base name, for the parse step's topic check."""
+    return {topics.name(base): base for base in INPUT_TOPICS}
+
+
+MERGE_RANK: tuple[str, ...] = (INBOUND, RECEIPTS, ADJUSTMENTS, ORDERS)
+"""Input topics in the order that breaks timestamp ties: supply news before the orders that use it."""
+
+
+def flow_from_settings(
+    settings: Settings,
+    topics: Topics = Topics(),  # frozen: one shared default is safe
+    stop_event: threading.Event | None = None,
+    *,
+    until_end: bool = False,
+    outcome_sink: Sink[OutcomeItem] | None = None,
+    extras: Sequence[Extra] = (),
+    workers: int | None = None,
+) -> Dataflow:
+    """The production dataflow: ``KafkaInput`` over the input topics, the store, the DLQ topic."""
+    if not settings.kafka_bootstrap:
+        raise FlowConfigError("no broker configured: set ATP_KAFKA_BOOTSTRAP (or run through `atp flow`)")
+    if not settings.redis_url:
+        raise FlowConfigError("no Redis configured: set ATP_REDIS_URL (or run through `atp flow`)")
+    conf = settings.kafka_config()
+    n_workers = workers or settings.workers
+    source = KafkaInput(
+        conf,
+        [topics.name(base) for base in MERGE_RANK],
+        batch_size=settings.batch_size,
+        max_buffer=max(20_000, 4 * settings.batch_size),
+        until_end=until_end,
+        stop_event=stop_event,
+        single_group=n_workers == 1,
+    )
+    return build_flow(
+        FLOW_ID,
+        source,
+        functools.partial(make_store, settings),
+        topic_bases(topics),
+        dlq_sink(conf, topics.dlq),
+        outcome_sink,
+        extras=extras,
+    )
+
+
+def run_flow(
+    settings: Settings,
+    topics: Topics = Topics(),
+    stop_event: threading.Event | None = None,
+    *,
+    until_end: bool = False,
+    outcome_sink: Sink[OutcomeItem] | None = None,
+    extras: Sequence[Extra] = (),
+    serve_metrics: bool = True,
+) -> None:
+    """Run the flow in this process with ``settings.workers`` worker threads until it ends.
+
+    It ends when ``stop_event`` is set, on SIGTERM / SIGINT (main thread only), or — with
+    ``until_end`` — once every input partition is read to its end. Raises ``FlowConfigError``
+    for unusable settings; any error inside the flow propagates after the workers stopped.
+    """
+    stop = stop_event or threading.Event()
+    flow = flow_from_settings(
+        settings, topics, stop, until_end=until_end, outcome_sink=outcome_sink, extras=extras
+    )
+    recovery = prepare_recovery(settings.recovery_dir, settings.workers) if settings.recovery_dir else None
+    if serve_metrics and settings.flow_metrics_port:
+        try:
+            port = metrics.serve_metrics(metrics.flow_metrics_port(settings.flow_metrics_port, 0))
+            log.info("flow metrics on :%d/metrics", port)
+        except OSError as exc:
+            log.warning("cannot serve flow metrics on port %d: %s", settings.flow_metrics_port, exc)
+    log.info(
+        "flow starting: %d worker(s), batch %d, recovery %s, snapshot every %.1fs",
+        settings.workers, settings.batch_size, settings.recovery_dir or "off", settings.snapshot_interval_s,
+    )
+    with _stop_on_signals(stop):
+        cli_main(
+            flow,
+            workers_per_process=settings.workers,
+            epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
+            recovery_config=recovery,
+        )
+    log.info("flow stopped")
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM / SIGINT set ``stop`` (a clean drain); a second one raises ``KeyboardInterrupt``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.info("signal %d: draining and stopping (again to stop at once)", signum)
+        stop.set()
+
+    previous: dict[int, Any] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, prev in previous.items():
+            signal.signal(signum, prev)
