@@ -217,7 +217,8 @@ class Applier:
                 skus.setdefault(c.sku_command.payload["rid"], []).append(c.supply.sku)
         if not skus:
             return
-        entries = [(rid_index_key(rid, store.prefix), orjson.dumps(s)) for rid, s in skus.items()]
+        # The same shape the checkout client writes: a sorted JSON list of the SKUs.
+        entries = [(rid_index_key(rid, store.prefix), orjson.dumps(sorted(set(s)))) for rid, s in skus.items()]
         self._retrying(lambda: _pipelined_set_nx(store.redis, entries, self._ttl_s))
 
     # --- retries ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -301,19 +301,3 @@ class _GroupPartition(StatefulSourcePartition[RawMessage, ResumeState]):
             log.error("fatal Kafka consumer error: %s", err)
         else:
             log.debug("Kafka consumer: %s", err)
-
-
-def merged_order(messages: Iterable[RawMessage], topic_rank: Sequence[str]) -> list[RawMessage]:
-    """The order in which a group emits ``messages`` once all are buffered (for tests and tools)."""
-    rank = {t: i for i, t in enumerate(topic_rank)}
-    per_source: dict[str, list[RawMessage]] = {}
-    for m in messages:
-        per_source.setdefault(m.source, []).append(m)
-    heads = {s: sorted(ms, key=lambda m: m.offset) for s, ms in per_source.items()}
-    out: list[RawMessage] = []
-    while heads:
-        source = min(heads, key=lambda s: (heads[s][0].timestamp_ms, rank[heads[s][0].topic], heads[s][0].offset))
-        out.append(heads[source].pop(0))
-        if not heads[source]:
-            del heads[source]
-    return out
