@@ -104,12 +104,11 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Read
     return out
 
 
-def _canon(value: bytes, mask_clock: bool) -> Any:
+def _canon(value: bytes) -> Any:
     try:
-        parsed = orjson.loads(value)
+        return orjson.loads(value)
     except orjson.JSONDecodeError:
         return value.decode("utf-8", "replace")
-    return _mask(parsed) if mask_clock else parsed
 
 
 def _mask(value: Any) -> Any:
@@ -130,20 +129,32 @@ def engine_state(client: Any, prefix: str = "atp", mask_clock: bool = False) -> 
         kind = client.type(raw_key)
         kind = kind.decode() if isinstance(kind, bytes) else kind
         if kind == "string":
-            content: Any = _canon(_b(client.get(raw_key)), mask_clock)
+            content: Any = _canon(_b(client.get(raw_key)))
         elif kind == "hash":
-            content = {_s(k): _canon(_b(v), mask_clock) for k, v in client.hgetall(raw_key).items()}
+            content = {_s(k): _canon(_b(v)) for k, v in client.hgetall(raw_key).items()}
         elif kind == "list":
-            content = [_canon(_b(v), mask_clock) for v in client.lrange(raw_key, 0, -1)]
+            content = [_canon(_b(v)) for v in client.lrange(raw_key, 0, -1)]
         elif kind == "zset":
-            pairs = client.zrange(raw_key, 0, -1, withscores=True)
-            content = [[_s(m), None if (mask_clock and key.endswith(":exp")) else s] for m, s in pairs]
+            content = [[_s(m), s] for m, s in client.zrange(raw_key, 0, -1, withscores=True)]
         elif kind == "set":
             content = sorted(_s(m) for m in client.smembers(raw_key))
         else:
             content = repr(kind)
         state[key] = [kind, content]
-    return state
+    return mask_clock_fields(state) if mask_clock else state
+
+
+def mask_clock_fields(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with the clock readings blanked: ``CLOCK_FIELDS`` in JSON values, expiry scores."""
+    out: dict[str, Any] = {}
+    for key, (kind, content) in state.items():
+        if kind == "zset":
+            if key.endswith(":exp"):
+                content = [[m, None] for m, _ in content]
+        else:
+            content = _mask(content)
+        out[key] = [kind, content]
+    return out
 
 
 def digest(state: dict[str, Any]) -> str:
