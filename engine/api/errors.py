@@ -133,6 +133,12 @@ async def _on_validation(request: Request, exc: Exception) -> OrjsonResponse:
 
 async def _on_http(request: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's answer to a body it cannot decode (not UTF-8, broken multipart): that is
+        # invalid input like any other, so it gets the same 422 shape.
+        return invalid_request(
+            [{"field": "body", "reason": "body_unreadable", "message": str(exc.detail)}]
+        )
     code = _STATUS_CODES.get(exc.status_code, "error")
     detail = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     return error_response(exc.status_code, code, detail, getattr(exc, "headers", None))

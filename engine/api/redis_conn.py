@@ -14,6 +14,9 @@ import redis.asyncio as aioredis
 from engine.settings import Settings
 
 _SOCKET_TIMEOUT_S = 5.0
+#: Connections the API keeps to one Redis; a burst beyond waits up to _POOL_WAIT_S for one.
+POOL_SIZE = 128
+_POOL_WAIT_S = 5.0
 
 
 class RedisNotConfigured(ValueError):
@@ -58,4 +61,6 @@ def async_redis(settings: Settings) -> Any:
     if settings.redis_cluster:
         kwargs.pop("health_check_interval")
         return aioredis.RedisCluster.from_url(url, **kwargs)
-    return aioredis.Redis.from_url(url, **kwargs)
+    # A blocking pool: a checkout burst waits briefly for a connection instead of failing.
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=_POOL_WAIT_S, **kwargs)
+    return aioredis.Redis(connection_pool=pool)

@@ -1,0 +1,98 @@
+"""Support for the HTTP API tests: tokens, the app in-process or behind a real uvicorn, seeding.
+
+Not a conftest: the API tests import what they need from here, so the shared fixtures in
+``tests/conftest.py`` stay the only implicit ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import redis as redis_lib
+import uvicorn
+from fastapi import FastAPI
+
+from connectors.embedded import free_port
+from connectors.topics import Topics
+from engine.api import create_app
+from engine.api.auth import token_digest
+from engine.settings import Settings
+from engine.store.store import Store
+from engine.store.wire import SupplyCommand
+
+#: Plain tokens by role set; settings carry only their digests.
+READER = "reader-token"
+RESERVER = "reserver-token"
+OPERATOR = "operator-token"
+ADMIN = "admin-token"
+TOKENS: dict[str, list[str]] = {
+    READER: ["read"],
+    RESERVER: ["reserve"],
+    OPERATOR: ["operate"],
+    ADMIN: ["read", "reserve", "operate"],
+}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def api_settings(settings: Settings, **overrides: Any) -> Settings:
+    """The suite's settings plus the test tokens (validated like any settings)."""
+    data = settings.model_dump()
+    data.update({"api_tokens": {token_digest(t): roles for t, roles in TOKENS.items()}, **overrides})
+    return Settings.model_validate(data)
+
+
+def make_app(settings: Settings, topics: Topics, **kwargs: Any) -> FastAPI:
+    return create_app(api_settings(settings), topics=topics, sweep=False, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def in_process(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client calling ``app`` in this event loop, with its lifespan running."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://atp.test") as client:
+            yield client
+
+
+@contextlib.contextmanager
+def served(app: FastAPI) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn on a free loopback port (own thread); yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def sync_store(redis_url: str, settings: Settings) -> Store:
+    return Store(redis_lib.Redis.from_url(redis_url), prefix=settings.key_prefix)
+
+
+def seed(store: Store, sku: str, on_hand: int, location: str = "default") -> None:
+    """Set ``sku``'s on-hand at ``location`` by an operator count."""
+    replies = store.apply([SupplyCommand(sku, "count", {"loc": location, "on_hand": on_hand})])
+    assert replies[0]["status"] == "ok", replies
+
+
+def figures(store: Store, sku: str) -> dict[str, int]:
+    """The SKU-level buckets that a refused or unauthorised call must leave unchanged."""
+    position = store.position(sku)
+    return {k: position[k] for k in ("on_hand", "held", "committed", "atp", "in_transit")}

@@ -1,0 +1,211 @@
+"""Reservations, ATP and ops through the HTTP API, and what the API publishes to the log."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from connectors.topics import Topics
+from engine.domain.events import StockAdjusted, StockCounted, parse_event
+from engine.settings import Settings
+from tests.conftest import TOPIC_PARTITIONS
+from tests.integration.api_harness import (
+    ADMIN,
+    OPERATOR,
+    RESERVER,
+    bearer,
+    figures,
+    in_process,
+    make_app,
+    seed,
+    sync_store,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def consume(bootstrap: str, topic: str, want: int, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    """Up to ``want`` JSON messages of ``topic`` (all partitions, from the start)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"api-check-{topic}",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(TOPIC_PARTITIONS)])
+    got: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < want and time.monotonic() < deadline:
+            for msg in consumer.consume(100, timeout=0.5):
+                assert msg.error() is None, msg.error()
+                got.append({"key": msg.key().decode(), "value": orjson.loads(msg.value()), "raw": msg.value()})
+        got.extend(
+            {"key": m.key().decode(), "value": orjson.loads(m.value()), "raw": m.value()}
+            for m in consumer.consume(100, timeout=1.0)
+            if m.error() is None
+        )
+    finally:
+        consumer.close()
+    return got
+
+
+@pytest.fixture
+def store(redis: Any, redis_url: str, settings: Settings) -> Any:
+    return sync_store(redis_url, settings)
+
+
+async def test_hold_confirm_release_lifecycle_and_its_events(
+    store: Any, settings: Settings, topics: Topics, kafka_bootstrap: str
+) -> None:
+    seed(store, "LIFE-1", 10)
+    seed(store, "LIFE-2", 4, "WH1")
+    auth = bearer(RESERVER)
+    hold = {
+        "lines": [{"sku": "LIFE-2", "qty": 2, "location": "WH1"}, {"sku": "LIFE-1", "qty": 3}],
+        "ttl_seconds": 120,
+        "channel": "web",
+        "customer_id": "cust-7",
+    }
+    async with in_process(make_app(settings, topics)) as api:
+        made = await api.post("/v1/reservations", json=hold, headers={"Idempotency-Key": "life-1", **auth})
+        assert made.status_code == 201, made.text
+        body = made.json()
+        assert body["reservation_id"] == "life-1"
+        assert body["state"] == "held"
+        assert [line["sku"] for line in body["lines"]] == ["LIFE-1", "LIFE-2"]
+        assert body["lines"][1]["location"] == "WH1"
+        assert body["lines"][1]["allocations"] == [{"kind": "oh", "ref": "WH1", "location": "WH1", "qty": 2}]
+        assert body["promised_ms"] > 0 and body["promised_at"].endswith("Z")
+        assert 0 < body["expires_ms"] and body["expires_at"].endswith("Z")
+        assert figures(store, "LIFE-1")["held"] == 3
+
+        got = await api.get("/v1/reservations/life-1", headers=auth)
+        assert got.status_code == 200 and got.json()["lines"] == body["lines"]
+
+        extended = await api.post("/v1/reservations/life-1/extend", json={"ttl_seconds": 3600}, headers=auth)
+        assert extended.status_code == 200
+        assert extended.json()["expires_ms"] > body["expires_ms"]
+
+        confirmed = await api.post("/v1/reservations/life-1/confirm", headers=auth)
+        assert confirmed.status_code == 200 and confirmed.json()["state"] == "committed"
+        again = await api.post("/v1/reservations/life-1/confirm", headers=auth)
+        assert again.status_code == 200 and again.json()["state"] == "committed"
+        assert figures(store, "LIFE-1")["committed"] == 3
+
+        released = await api.post("/v1/reservations/life-1/release", headers=auth)
+        assert released.status_code == 200 and released.json()["state"] == "released"
+        twice = await api.post("/v1/reservations/life-1/release", headers=auth)
+        assert twice.status_code == 200
+        assert figures(store, "LIFE-1") == {"on_hand": 10, "held": 0, "committed": 0, "atp": 10, "in_transit": 0}
+
+        late = await api.post("/v1/reservations/life-1/confirm", headers=auth)
+        assert late.status_code == 409
+        assert late.json()["error"] == "not_allowed" and late.json()["state"] == "released"
+        late_extend = await api.post("/v1/reservations/life-1/extend", json={"ttl_seconds": 60}, headers=auth)
+        assert late_extend.status_code == 409
+
+    events = consume(kafka_bootstrap, topics.reservations, want=4)
+    ours = [e for e in events if e["value"]["reservation_id"] == "life-1"]
+    assert [e["value"]["type"] for e in ours] == [
+        "reservation.held",
+        "reservation.extended",
+        "reservation.confirmed",
+        "reservation.released",
+    ]
+    assert all(e["key"] == "life-1" for e in ours)
+    held = ours[0]["value"]
+    assert held["event_id"] == "res:life-1:held"
+    assert held["channel"] == "web" and held["customer_id"] == "cust-7"
+    assert {line["sku"]: line["qty"] for line in held["lines"]} == {"LIFE-1": 3, "LIFE-2": 2}
+    assert held["occurred_at"].endswith("Z")
+
+
+async def test_refusal_is_409_with_what_each_line_could_have_had_and_holds_nothing(
+    store: Any, settings: Settings, topics: Topics
+) -> None:
+    seed(store, "SHORT-1", 5)
+    seed(store, "SHORT-2", 1)
+    before = (figures(store, "SHORT-1"), figures(store, "SHORT-2"))
+    hold = {"lines": [{"sku": "SHORT-1", "qty": 2}, {"sku": "SHORT-2", "qty": 3}]}
+    async with in_process(make_app(settings, topics)) as api:
+        refused = await api.post("/v1/reservations", json=hold, headers={"Idempotency-Key": "short-1",
+                                                                          **bearer(RESERVER)})
+        assert refused.status_code == 409, refused.text
+        body = refused.json()
+        assert body["error"] == "refused" and body["reason"] == "insufficient"
+        by_sku = {line["sku"]: line for line in body["lines"]}
+        assert by_sku["SHORT-2"]["available"] == 1 and by_sku["SHORT-2"]["reason"] == "insufficient"
+        assert by_sku["SHORT-1"]["available"] == 5
+        assert (figures(store, "SHORT-1"), figures(store, "SHORT-2")) == before
+        missing = await api.get("/v1/reservations/short-1", headers=bearer(RESERVER))
+        assert missing.status_code == 404
+
+
+async def test_atp_of_one_sku_one_location_and_a_batch(store: Any, settings: Settings, topics: Topics) -> None:
+    seed(store, "Q-1", 7, "WH1")
+    seed(store, "Q-1", 2, "WH2")
+    seed(store, "Q-2", 1)
+    auth = bearer(ADMIN)
+    async with in_process(make_app(settings, topics)) as api:
+        one = (await api.get("/v1/atp/Q-1", headers=auth)).json()
+        assert one["atp"] == 9 and one["on_hand"] == 9 and one["location"] is None
+        assert set(one["locations"]) == {"WH1", "WH2"}
+        assert one["promisable_now"] == 9 and one["next_promise_ms"] == 0 and one["next_promise_at"] is None
+        wh2 = (await api.get("/v1/atp/Q-1", params={"location": "WH2"}, headers=auth)).json()
+        assert wh2["atp"] == 2 and wh2["location"] == "WH2"
+        unknown = (await api.get("/v1/atp/NEVER-SEEN", headers=auth)).json()
+        assert unknown["atp"] == 0 and unknown["locations"] == {}
+        batch = await api.post("/v1/atp/query", json={"skus": ["Q-2", "Q-1", "Q-2", "NONE-9"]}, headers=auth)
+        assert batch.status_code == 200
+        assert [(p["sku"], p["atp"]) for p in batch.json()["positions"]] == [("Q-2", 1), ("Q-1", 9), ("NONE-9", 0)]
+        at_wh1 = await api.post("/v1/atp/query", json={"skus": ["Q-1"], "location": "WH1"}, headers=auth)
+        assert at_wh1.json()["positions"][0]["atp"] == 7
+
+
+async def test_policy_round_trip_changes_atp(store: Any, settings: Settings, topics: Topics) -> None:
+    seed(store, "POL-1", 20)
+    async with in_process(make_app(settings, topics)) as api:
+        default = await api.get("/v1/policies/POL-1", headers=bearer(ADMIN))
+        assert default.status_code == 200 and default.json()["mode"] == "strict"
+        policy = {"mode": "presell", "cap_pm": 500, "safety": 5, "order_cap": 2, "quotas": {"web": 10}}
+        put = await api.put("/v1/policies/POL-1", json=policy, headers=bearer(OPERATOR))
+        assert put.status_code == 200, put.text
+        assert {k: put.json()[k] for k in policy} == policy
+        assert (await api.get("/v1/policies/POL-1", headers=bearer(ADMIN))).json() == put.json()
+        assert (await api.get("/v1/atp/POL-1", headers=bearer(ADMIN))).json()["atp"] == 15
+        capped = await api.post("/v1/reservations", json={"lines": [{"sku": "POL-1", "qty": 3}]},
+                                headers={"Idempotency-Key": "pol-cap", **bearer(ADMIN)})
+        assert capped.status_code == 409 and capped.json()["reason"] == "order_cap"
+
+
+async def test_adjustments_and_counts_are_published_not_applied(
+    store: Any, settings: Settings, topics: Topics, kafka_bootstrap: str
+) -> None:
+    seed(store, "ADJ-1", 10)
+    auth = bearer(OPERATOR)
+    async with in_process(make_app(settings, topics)) as api:
+        adjusted = await api.post(
+            "/v1/adjustments",
+            json={"sku": "ADJ-1", "location": "WH1", "delta": -2, "reason": "damage", "ref": "RMA-9"},
+            headers=auth,
+        )
+        counted = await api.post(
+            "/v1/counts", json={"sku": "ADJ-1", "on_hand": 8, "event_id": "count-ADJ-1-1"}, headers=auth
+        )
+    assert adjusted.status_code == 202, adjusted.text
+    assert counted.status_code == 202, counted.text
+    assert adjusted.json()["type"] == "stock.adjusted" and adjusted.json()["topic"] == topics.adjustments
+    assert counted.json()["event_id"] == "count-ADJ-1-1"
+    assert figures(store, "ADJ-1")["on_hand"] == 10  # the flow applies them, not the API
+
+    messages = consume(kafka_bootstrap, topics.adjustments, want=2)
+    parsed = {m["value"]["event_id"]: parse_event(m["raw"], "inventory.adjustments") for m in messages}
+    adjustment = parsed[adjusted.json()["event_id"]]
+    assert isinstance(adjustment, StockAdjusted)
+    assert (adjustment.sku, adjustment.location, adjustment.delta, adjustment.reason, adjustment.ref) == (
+        "ADJ-1", "WH1", -2, "damage", "RMA-9")
+    count = parsed["count-ADJ-1-1"]
+    assert isinstance(count, StockCounted)
+    assert (count.sku, count.location, count.on_hand) == ("ADJ-1", "default", 8)
+    assert all(m["key"] == "ADJ-1" for m in messages)
