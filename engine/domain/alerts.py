@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from engine.domain.demand import DemandReading
-from engine.domain.observation import Observation, PositionFigures
+from engine.domain.observation import LocationFigures, Observation, PositionFigures
 from engine.domain.outputs import Alert, ReservationImpact, Severity, rfc3339, stable_id
 
 if TYPE_CHECKING:
@@ -288,14 +288,6 @@ def _position_rules(state: AlertState, pos: PositionFigures, policy: AlertPolicy
     threshold, band = policy.low_stock, policy.low_stock_band
     for loc in sorted(pos.locations):
         f = pos.locations[loc]
-        figures = {
-            "atp": f.atp,
-            "on_hand": f.on_hand,
-            "promisable_in_transit": f.promisable_in_transit,
-            "committed": f.committed,
-            "held": f.held,
-            "safety": f.safety,
-        }
 
         cond = state.condition("low_stock", loc)
         status = transition(
@@ -312,7 +304,7 @@ def _position_rules(state: AlertState, pos: PositionFigures, policy: AlertPolicy
                     location=loc,
                     subject="",
                     summary=f"ATP {f.atp} at {loc} is {what} {limit} (low-stock threshold {threshold})",
-                    values={**figures, "threshold": threshold, "resolve_above": threshold + band},
+                    values={**_figures(f), "threshold": threshold, "resolve_above": threshold + band},
                 )
             )
 
@@ -328,7 +320,7 @@ def _position_rules(state: AlertState, pos: PositionFigures, policy: AlertPolicy
                     location=loc,
                     subject="",
                     summary=f"{text} at {loc}: ATP {f.atp}",
-                    values=figures,
+                    values=_figures(f),
                 )
             )
 
@@ -348,10 +340,21 @@ def _position_rules(state: AlertState, pos: PositionFigures, policy: AlertPolicy
                     location=loc,
                     subject="",
                     summary=text,
-                    values={**figures, "short": f.short},
+                    values={**_figures(f), "short": f.short},
                 )
             )
     return out
+
+
+def _figures(f: LocationFigures) -> dict[str, int]:
+    return {
+        "atp": f.atp,
+        "on_hand": f.on_hand,
+        "promisable_in_transit": f.promisable_in_transit,
+        "committed": f.committed,
+        "held": f.held,
+        "safety": f.safety,
+    }
 
 
 def _order_unfulfillable(obs: Observation, ctx: _Ctx) -> list[Alert]:

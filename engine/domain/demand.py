@@ -70,6 +70,11 @@ class DemandStats:
     """Hour index (ms // HOUR_MS) → units; only hours still inside window + baseline are kept."""
     clock_ms: int = 0
     """The latest time seen (orders and ticks)."""
+    sums_key: tuple[int, int, int] = (-1, 0, 0)
+    """(hour, window_hours, baseline_days) the cached window sums below are for: ``reading`` is
+    called on every observation, so the sums are kept up to date instead of re-added each time."""
+    sum_recent: int = 0
+    sum_base: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,12 @@ def record_order(stats: DemandStats | None, occurred_ms: int, qty: int, params: 
     hour = occurred_ms // HOUR_MS
     if hour >= _oldest_kept_hour(stats.clock_ms, params):
         stats.hours[hour] = stats.hours.get(hour, 0) + qty
+        if stats.sums_key == (stats.sums_key[0], params.window_hours, params.baseline_days):
+            start, base_start = _windows(stats, stats.sums_key[0], params)
+            if start <= hour <= stats.sums_key[0]:
+                stats.sum_recent += qty
+            elif base_start <= hour < start:
+                stats.sum_base += qty
     return stats
 
 
@@ -150,20 +161,29 @@ def demand_rate(stats: DemandStats | None) -> DemandRate:
 
 def reading(stats: DemandStats | None, now_ms: int, params: DemandParams) -> DemandReading:
     """Recent units against the baseline at ``now_ms`` — or at the latest time the stats have seen,
-    if later (a late event does not move the window back). Does not change the stats."""
+    if later (a late event does not move the window back). Only the cached window sums change."""
     if stats is None:
         return DemandReading(0, 0.0, 0.0, params.window_hours)
     now_h = max(now_ms, stats.clock_ms) // HOUR_MS
-    window_start = now_h - params.window_hours + 1  # first hour inside the window
-    recent = sum(q for h, q in stats.hours.items() if window_start <= h <= now_h)
-    first_h = stats.first_ms // HOUR_MS
-    base_start = max(window_start - params.baseline_days * 24, first_h)
+    window_start, base_start = _windows(stats, now_h, params)
+    key = (now_h, params.window_hours, params.baseline_days)
+    if stats.sums_key != key:
+        stats.sums_key = key
+        stats.sum_recent = sum(q for h, q in stats.hours.items() if window_start <= h <= now_h)
+        stats.sum_base = sum(q for h, q in stats.hours.items() if base_start <= h < window_start)
+    recent = stats.sum_recent
     base_hours = window_start - base_start
     if base_hours < 24:
         return DemandReading(recent, 0.0, 0.0, params.window_hours)
-    base_units = sum(q for h, q in stats.hours.items() if base_start <= h < window_start)
     base_days = base_hours / 24
-    return DemandReading(recent, base_units / base_days, base_days, params.window_hours)
+    return DemandReading(recent, stats.sum_base / base_days, base_days, params.window_hours)
+
+
+def _windows(stats: DemandStats, now_h: int, params: DemandParams) -> tuple[int, int]:
+    """First hour of the recent window ending at ``now_h``, and first hour of the baseline before it
+    (never before the first recorded order)."""
+    window_start = now_h - params.window_hours + 1
+    return window_start, max(window_start - params.baseline_days * 24, stats.first_ms // HOUR_MS)
 
 
 # --- per SKU: one DemandStats per location -----------------------------------------------------

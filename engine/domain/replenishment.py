@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from statistics import NormalDist
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from engine.domain.policy import Policy
 
 LeadSource = Literal["policy", "learned", "default"]
+_NO_DEMAND = DemandRate(0.0, 0.0, 0)
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,10 @@ class ReplenishmentPolicy:
         )
 
 
+@lru_cache(maxsize=64)
 def z_for(service_level: float) -> float:
-    """The standard normal quantile of ``service_level`` (0.95 → 1.6449)."""
+    """The standard normal quantile of ``service_level`` (0.95 → 1.6449); cached, as every
+    observation asks for it."""
     return NormalDist().inv_cdf(service_level)
 
 
@@ -208,10 +212,16 @@ def evaluate(
     for loc in sorted(obs.position.locations):
         figures = obs.position.locations[loc]
         pos = state.position(loc)
-        p = plan(figures, rates.get(loc, DemandRate(0.0, 0.0, 0)), pos.lead_time(policy), policy)
-        if pos.open and p.ip > p.rop:
+        rate = rates.get(loc) or _NO_DEMAND
+        lead = pos.lead_time(policy)
+        # The cheap test first: most observations leave the position on the same side of ROP.
+        above = figures.inventory_position > reorder_point(rate.d, rate.sigma, lead[0], policy.z)
+        if pos.open and above:
             pos.open = False
-        if not pos.open and p.due:
+        if pos.open or above:
+            continue
+        p = plan(figures, rate, lead, policy)
+        if p.due:
             pos.open = True
             pos.episode += 1
             out.append(_trigger(state.sku, loc, pos.episode, obs, figures, p, policy))

@@ -1,9 +1,12 @@
 """Demand statistics on hand-computed cases: daily EWMA rate and spread, growth window, bookkeeping."""
 
+import copy
 import math
 import pickle
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.domain.demand import (
     DAY_MS,
@@ -119,6 +122,17 @@ def test_observe_counts_applied_and_refused_orders_per_location_but_not_duplicat
     assert list(readings(book, T0 + DAY_MS, P)) == ["WH1", "WH2"]
 
 
+def test_a_late_order_inside_the_baseline_updates_the_cached_baseline():
+    s = record_order(None, T0, 5, P)
+    s = record_order(s, T0 + 40 * HOUR, 5, P)
+    s = record_order(s, T0 + 80 * HOUR, 5, P)
+    before = reading(s, T0 + 80 * HOUR, P)  # baseline: hours 0..56 (2.375 days) hold 10 units
+    s = record_order(s, T0 + 50 * HOUR, 7, P)  # late, inside that baseline
+    after = reading(s, T0 + 50 * HOUR, P)
+    assert (before.baseline_days, after.baseline_days) == (2.375, 2.375)
+    assert after.baseline_per_day == pytest.approx(17 / 2.375) and after.recent_units == 5
+
+
 def test_stats_pickle_and_params_are_validated():
     s = record_order(None, T0, 5, P)
     s = record_order(s, T0 + DAY_MS, 7, P)
@@ -127,3 +141,24 @@ def test_stats_pickle_and_params_are_validated():
         DemandParams(alpha=0)
     with pytest.raises(ValueError):
         record_order(None, T0, -1, P)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([-30 * HOUR, -5 * HOUR, 0, HOUR, 20 * HOUR, 40 * HOUR]), st.integers(1, 50)
+        ),
+        max_size=40,
+    )
+)
+def test_cached_window_sums_match_a_fresh_count(steps):
+    s = None
+    t = T0 + 10 * DAY_MS
+    for delta, qty in steps:
+        t = max(T0, t + delta)  # mostly forward, sometimes a late event
+        s = record_order(s, t, qty, P)
+        got = reading(s, t, P)
+        fresh = copy.deepcopy(s)
+        fresh.sums_key = (-1, 0, 0)
+        assert got == reading(fresh, t, P)
