@@ -146,6 +146,7 @@ class _Server:
         self.port: int = port or 0
         self.start_timeout_s = start_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] | None = None  # None = inherit this process's environment
         self._tmp: Path | None = None
         self._log_file: Any = None
 
@@ -235,6 +236,7 @@ class _Server:
                 stdout=self._log_file,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
+                env=self.env,
                 start_new_session=True,
                 preexec_fn=_child_preexec(os.getpid()),  # noqa: PLW1509 - needed for PDEATHSIG
             )
@@ -295,6 +297,38 @@ class _Server:
         if self._tmp is not None and not os.environ.get("ATP_KEEP_EMBEDDED_LOGS"):
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+
+
+class ManagedProcess(_Server):
+    """Any command serving on one loopback port (the demo's flow and API), with the same hygiene:
+    own process group, dies with its parent, readiness probe, logs in a temp dir.
+
+    ``command(port)`` builds the argv; ``probe(port)`` is True once it answers.
+    """
+
+    stop_signal = signal.SIGINT  # a clean Ctrl-C: flows snapshot, servers drain
+
+    def __init__(
+        self,
+        name: str,
+        command: Any,
+        probe: Any,
+        *,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        start_timeout_s: float = 60.0,
+    ) -> None:
+        super().__init__(port, start_timeout_s)
+        self.name = name
+        self._build = command
+        self._check = probe
+        self.env = env
+
+    def _command(self) -> list[str]:
+        return list(self._build(self.port))
+
+    def _probe(self) -> bool:
+        return bool(self._check(self.port))
 
 
 def _port_free(port: int) -> bool:

@@ -566,13 +566,14 @@ def flow() -> None:
 def demo(
     duration: Annotated[float, typer.Option(help="seconds of flash sale", min=1)] = 60.0,
     keep_running: Annotated[bool, typer.Option(help="keep the services up after the summary")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Start everything embedded and run a simulated flash sale with a live display."""
-    try:
-        from engine.demo import run_demo  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise CliError("atp demo is not available in this build") from exc
-    run_demo(load_settings(), duration_s=duration, keep_running=keep_running)
+    from engine.demo import run_demo
+
+    summary = run_demo(load_settings(), duration_s=duration, keep_running=keep_running, as_json=as_json)
+    if summary["oversold"] or summary["invariant_violations"]:
+        raise CliError(f"oversold {summary['oversold']}, invariant violations {len(summary['invariant_violations'])}")
 
 
 @topics_app.command("create")

@@ -1,0 +1,380 @@
+"""``atp demo``: the whole engine on one machine, and a simulated flash sale against it.
+
+It starts the embedded Redis and broker, creates the topics, runs the flow and the API as child
+processes, loads a catalogue with policies (one SKU presells against an inbound lot), then for
+``duration_s`` runs many concurrent checkouts through the HTTP API (hold, then confirm or release
+or let expire) while the simulated order / inbound / receipt stream flows in. It ends with a
+summary: reservations ok / refused, oversold units (must be 0), alerts and triggers emitted, the
+ATP of the hot SKUs, and where to look. Every child process stops at the end or on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import random
+import secrets
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from connectors.embedded import ManagedProcess, embedded_stack, free_port
+from connectors.kafka import admin_config, producer_config
+from connectors.topics import Topics, create_topics
+from engine.settings import Settings
+
+HOT_SKUS = {"FLASH-1": 300, "FLASH-2": 200, "FLASH-3": 120}
+PRESELL_SKU = "PRE-1"
+PRESELL_ON_HAND = 20
+PRESELL_LOT = 200
+LOCATION = "WH1"
+SHOPPERS = 48
+HOLD_TTL_S = 4
+
+
+@dataclass
+class Tally:
+    """What the shoppers and the output consumer saw (updated from several threads)."""
+
+    reservations: Counter[str] = field(default_factory=Counter)
+    alerts: Counter[str] = field(default_factory=Counter)
+    triggers: int = 0
+    events_sent: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, what: str) -> None:
+        with self.lock:
+            self.reservations[what] += 1
+
+
+def _now_rfc3339(delta: timedelta = timedelta()) -> str:
+    return (datetime.now(UTC) + delta).isoformat().replace("+00:00", "Z")
+
+
+def _event(kind: str, **payload: Any) -> bytes:
+    return orjson.dumps({"event_id": f"demo-{uuid.uuid4().hex}", "type": kind, "occurred_at": _now_rfc3339(), **payload})
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def _engine(running: Settings, token_roles: dict[str, list[str]]) -> Iterator[tuple[str, str]]:
+    """The flow and the API as child processes; yields (api base URL, flow metrics URL)."""
+    recovery = tempfile.mkdtemp(prefix="atp-demo-recovery-")
+    env = {
+        **os.environ,
+        "ATP_REDIS_URL": running.redis_url,
+        "ATP_KAFKA_BOOTSTRAP": running.kafka_bootstrap,
+        "ATP_API_TOKENS": orjson.dumps(token_roles).decode(),
+        "ATP_RECOVERY_DIR": recovery,
+        "ATP_SNAPSHOT_INTERVAL_S": "2",
+        "ATP_SWEEP_INTERVAL_S": "0.5",
+    }
+    flow_port = free_port()
+    flow = ManagedProcess(
+        "flow",
+        lambda port: [sys.executable, "-m", "engine.flow", "--log-level", "WARNING"],
+        lambda port: _http_ok(f"http://127.0.0.1:{port}/metrics"),
+        env={**env, "ATP_FLOW_METRICS_PORT": str(flow_port)},
+        port=flow_port,
+    )
+    api = ManagedProcess(
+        "api",
+        lambda port: [sys.executable, "-c", "from engine.cli import main; main()", "serve",
+                      "--port", str(port), "--log-level", "warning"],
+        lambda port: _http_ok(f"http://127.0.0.1:{port}/healthz"),
+        env=env,
+    )
+    with flow, api:
+        yield f"http://127.0.0.1:{api.port}", f"http://127.0.0.1:{flow_port}/metrics"
+
+
+class _Producer:
+    """The demo's own idempotent producer: catalogue stock and the order system's order.placed."""
+
+    def __init__(self, running: Settings, tally: Tally) -> None:
+        from confluent_kafka import Producer
+
+        self._producer = Producer(producer_config(running))
+        self._tally = tally
+        self.topics = Topics()
+
+    def send(self, topic: str, key: str, value: bytes) -> None:
+        self._producer.produce(topic, key=key.encode(), value=value)
+        self._producer.poll(0)
+        with self._tally.lock:
+            self._tally.events_sent += 1
+
+    def flush(self) -> None:
+        self._producer.flush(15)
+
+
+def _load_catalogue(api: httpx.Client, producer: _Producer) -> None:
+    for sku, stock in HOT_SKUS.items():
+        policy = {"mode": "strict", "order_cap": 2, "customer_limit": 2, "low_stock": stock // 5,
+                  "quotas": {"marketplace": stock // 4}}
+        api.put(f"/v1/policies/{sku}", json=policy).raise_for_status()
+        producer.send(producer.topics.adjustments, sku,
+                      _event("stock.counted", sku=sku, location=LOCATION, on_hand=stock, reason="cycle count"))
+    api.put(f"/v1/policies/{PRESELL_SKU}", json={"mode": "presell", "cap_pm": 500, "order_cap": 3,
+                                                  "low_stock": 10}).raise_for_status()
+    producer.send(producer.topics.adjustments, PRESELL_SKU,
+                  _event("stock.counted", sku=PRESELL_SKU, location=LOCATION, on_hand=PRESELL_ON_HAND))
+    producer.send(producer.topics.inbound, PRESELL_SKU,
+                  _event("inbound.created", inbound_id="PO-DEMO-1", sku=PRESELL_SKU, location=LOCATION,
+                         qty=PRESELL_LOT, eta=_now_rfc3339(timedelta(days=3)), supplier_id="SUP-DEMO"))
+    producer.flush()
+    deadline = time.monotonic() + 60
+    want = dict(HOT_SKUS) | {PRESELL_SKU: PRESELL_ON_HAND}
+    while time.monotonic() < deadline:
+        seen = {sku: api.get(f"/v1/atp/{sku}").json().get("on_hand") for sku in want}
+        if seen == want:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the flow did not apply the catalogue within 60 s (saw {seen})")
+
+
+async def _shopper(base: str, token: str, stop: float, tally: Tally, producer: _Producer, seed: int) -> None:
+    rng = random.Random(seed)
+    skus = [*HOT_SKUS, PRESELL_SKU]
+    weights = [3, 2, 1, 1]
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10.0) as http:
+        while time.monotonic() < stop:
+            sku = rng.choices(skus, weights)[0]
+            rid = f"demo-{uuid.uuid4().hex[:16]}"
+            body = {"lines": [{"sku": sku, "qty": rng.randint(1, 2)}], "ttl_seconds": HOLD_TTL_S,
+                    "channel": rng.choice(["web", "web", "app", "marketplace"]),
+                    "customer_id": f"cust-{rng.randint(1, 4000)}"}
+            started = time.perf_counter()
+            try:
+                resp = await http.post("/v1/reservations", json=body, headers={"Idempotency-Key": rid})
+            except httpx.HTTPError:
+                tally.count("error")
+                continue
+            with tally.lock:
+                tally.latencies_ms.append((time.perf_counter() - started) * 1000)
+            if resp.status_code == 409:
+                tally.count("refused")
+                continue
+            if resp.status_code != 201:
+                tally.count("error")
+                continue
+            tally.count("held")
+            roll = rng.random()
+            if roll < 0.7:
+                done = await http.post(f"/v1/reservations/{rid}/confirm")
+                if done.status_code == 200:
+                    tally.count("confirmed")
+                    # What the order system does next: the order enters the log.
+                    line = body["lines"][0]
+                    producer.send(producer.topics.orders, sku, _event(
+                        "order.placed", order_id=rid, channel=body["channel"],
+                        lines=[{"sku": line["sku"], "qty": line["qty"]}]))
+            elif roll < 0.9:
+                if (await http.post(f"/v1/reservations/{rid}/release")).status_code == 200:
+                    tally.count("released")
+            else:
+                tally.count("left_to_expire")
+
+
+def _consume_outputs(running: Settings, topics: Topics, tally: Tally, stop: threading.Event) -> None:
+    """Count what the flow emits on the alert and replenishment topics."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**admin_config(running), "group.id": f"atp-demo-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(timeout=10)
+        parts = [TopicPartition(name, p, 0) for name in (topics.alerts, topics.replenishment)
+                 for p in meta.topics[name].partitions]
+        consumer.assign(parts)
+        while not stop.is_set():
+            for msg in consumer.consume(500, 0.2):
+                if msg.error() or msg.value() is None:
+                    continue
+                if msg.topic() == topics.replenishment:
+                    with tally.lock:
+                        tally.triggers += 1
+                    continue
+                body = orjson.loads(msg.value())
+                with tally.lock:
+                    tally.alerts[f"{body.get('kind')}:{body.get('status')}"] += 1
+    finally:
+        consumer.close()
+
+
+def _render(tally: Tally, positions: dict[str, dict[str, Any]], elapsed: float, duration: float) -> Table:
+    table = Table(title=f"atp demo — flash sale {elapsed:4.0f}/{duration:.0f} s", show_lines=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    with tally.lock:
+        res = dict(tally.reservations)
+        alerts = sum(tally.alerts.values())
+        triggers, sent = tally.triggers, tally.events_sent
+    for key in ("held", "refused", "confirmed", "released", "left_to_expire", "error"):
+        table.add_row(f"reservations {key}", str(res.get(key, 0)))
+    table.add_row("events sent (catalogue + orders)", str(sent))
+    table.add_row("alerts / triggers received", f"{alerts} / {triggers}")
+    for sku, pos in positions.items():
+        table.add_row(f"ATP {sku}", f"{pos.get('atp')} (held {pos.get('held')}, committed {pos.get('committed')})")
+    return table
+
+
+def run_demo(settings: Settings, duration_s: float = 60.0, keep_running: bool = False,
+             as_json: bool = False, stream_events: int | None = None) -> dict[str, Any]:
+    """Run the demo end to end; returns (and prints) the summary."""
+    console = Console(stderr=as_json)
+    token = secrets.token_urlsafe(24)
+    roles = {hashlib.sha256(token.encode()).hexdigest(): ["read", "reserve", "operate"]}
+    settings = settings.model_copy(update={"api_tokens": roles})
+    tally = Tally()
+    topics = Topics()
+    with embedded_stack(settings) as running:
+        create_topics(admin_config(running), topics, partitions=running.topic_partitions)
+        console.print(f"[dim]Redis {running.redis_url} · broker {running.kafka_bootstrap}[/dim]")
+        with _engine(running, roles) as (base, flow_metrics):
+            console.print(f"[dim]API {base}/docs · flow metrics {flow_metrics}[/dim]")
+            producer = _Producer(running, tally)
+            api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=10.0)
+            _load_catalogue(api, producer)
+            stop_outputs = threading.Event()
+            outputs = threading.Thread(target=_consume_outputs, args=(running, topics, tally, stop_outputs),
+                                       daemon=True)
+            outputs.start()
+            stream = threading.Thread(target=_stream, args=(running, topics, stream_events or int(400 * duration_s)),
+                                      daemon=True)
+            stream.start()
+            summary = _flash_sale(base, token, api, producer, tally, duration_s, console)
+            stream.join(timeout=60)
+            _settle(console)
+            stop_outputs.set()
+            outputs.join(timeout=10)
+            summary.update(_summary(api, running, tally, base, flow_metrics))
+            api.close()
+            producer.flush()
+            del producer  # librdkafka must let go before the broker stops
+            _print_summary(summary, console, as_json)
+            if keep_running:
+                console.print("[bold]Services keep running; Ctrl-C stops them.[/bold]")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(1)
+    return summary
+
+
+def _stream(running: Settings, topics: Topics, n: int) -> None:
+    """The simulated order / inbound / receipt / adjustment stream (with a few bad messages)."""
+    from engine.simulate import produce
+
+    produce(running, topics, n=n, seed=7, skus=40, bad_fraction=0.01, progress=False)
+
+
+def _flash_sale(base: str, token: str, api: httpx.Client, producer: _Producer, tally: Tally,
+                duration_s: float, console: Console) -> dict[str, Any]:
+    started = time.monotonic()
+    stop = started + duration_s
+    positions: dict[str, dict[str, Any]] = {}
+
+    async def sale() -> None:
+        shoppers = [asyncio.create_task(_shopper(base, token, stop, tally, producer, i)) for i in range(SHOPPERS)]
+        with Live(_render(tally, positions, 0, duration_s), console=console, refresh_per_second=4) as live:
+            while not all(s.done() for s in shoppers):
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(httpx.HTTPError):
+                    resp = await asyncio.to_thread(api.post, "/v1/atp/query", json={"skus": [*HOT_SKUS, PRESELL_SKU]})
+                    positions.update({p["sku"]: p for p in resp.json().get("positions", [])})
+                live.update(_render(tally, positions, time.monotonic() - started, duration_s))
+        await asyncio.gather(*shoppers, return_exceptions=True)
+
+    asyncio.run(sale())
+    producer.flush()
+    return {"duration_s": round(time.monotonic() - started, 1)}
+
+
+def _settle(console: Console) -> None:
+    """Give the flow a moment to apply the tail and the holds left to expire time to lapse."""
+    console.print("[dim]letting the stream settle and unconfirmed holds expire…[/dim]")
+    time.sleep(HOLD_TTL_S + 2)
+
+
+def _summary(api: httpx.Client, running: Settings, tally: Tally, base: str, flow_metrics: str) -> dict[str, Any]:
+    import redis
+
+    from engine.store.invariants import check_invariants
+
+    body = api.post("/v1/atp/query", json={"skus": [*HOT_SKUS, PRESELL_SKU]}).json()
+    positions = {p["sku"]: p for p in body.get("positions", [])}
+    client = redis.Redis.from_url(running.redis_url)
+    try:
+        violations = check_invariants(client)
+    finally:
+        client.close()
+    # Oversold: units promised beyond what the policy allows, on the SKUs only checkouts touch.
+    oversold = sum(max(0, -int(p["atp"])) + int(p.get("oversold", 0)) for p in positions.values())
+    with tally.lock:
+        lat = sorted(tally.latencies_ms)
+        res = dict(tally.reservations)
+        alerts = dict(tally.alerts)
+        triggers, sent = tally.triggers, tally.events_sent
+    return {
+        "reservations_ok": res.get("held", 0),
+        "reservations_refused": res.get("refused", 0),
+        "reservations_confirmed": res.get("confirmed", 0),
+        "reservations_released": res.get("released", 0),
+        "reservations_left_to_expire": res.get("left_to_expire", 0),
+        "http_errors": res.get("error", 0),
+        "hold_p50_ms": round(lat[len(lat) // 2], 2) if lat else None,
+        "hold_p99_ms": round(lat[int(len(lat) * 0.99)], 2) if lat else None,
+        "oversold": oversold,
+        "invariant_violations": violations,
+        "alerts_emitted": sum(alerts.values()),
+        "alerts_by_kind": alerts,
+        "triggers_emitted": triggers,
+        "events_sent": sent,
+        "atp": {sku: {k: p.get(k) for k in ("atp", "on_hand", "in_transit", "held", "committed")}
+                for sku, p in positions.items()},
+        "api_docs": f"{base}/docs",
+        "metrics": [f"{base}/metrics", flow_metrics],
+    }
+
+
+def _print_summary(summary: dict[str, Any], console: Console, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+        sys.stdout.flush()
+        return
+    table = Table(title="atp demo — summary")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key in ("duration_s", "reservations_ok", "reservations_refused", "reservations_confirmed",
+                "reservations_released", "reservations_left_to_expire", "http_errors", "hold_p50_ms",
+                "hold_p99_ms", "oversold", "alerts_emitted", "triggers_emitted", "events_sent"):
+        table.add_row(key, str(summary.get(key)))
+    for sku, pos in summary["atp"].items():
+        table.add_row(f"ATP {sku}", str(pos))
+    table.add_row("invariant violations", str(len(summary["invariant_violations"])))
+    table.add_row("API docs", summary["api_docs"])
+    table.add_row("metrics", " ".join(summary["metrics"]))
+    console.print(table)
