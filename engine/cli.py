@@ -520,7 +520,8 @@ def _services(settings: Settings, what: str) -> Iterator[Settings]:
         with embedded_stack(settings) as running:
             create_topics(admin_config(running), Topics(), partitions=running.topic_partitions)
             err_console.print(
-                f"[dim]{what}: embedded services — Redis {running.redis_url}, broker {running.kafka_bootstrap}[/dim]"
+                f"[dim]{what}: embedded services — Redis {running.redis_url}, broker {running.kafka_bootstrap}[/dim]",
+                soft_wrap=True,
             )
             yield running
     except EmbeddedError as exc:
@@ -551,15 +552,46 @@ def serve(
 
 
 @app.command()
-def flow() -> None:
-    """Run the stream: input topics → validate → apply in Redis → alerts and triggers."""
-    settings = load_settings()
+def flow(
+    workers: Annotated[int | None, typer.Option("--workers", "-w", help="worker threads (ATP_WORKERS)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="messages per batch (ATP_BATCH_SIZE)")] = None,
+    recovery_dir: Annotated[str | None, typer.Option(help="bytewax recovery directory (ATP_RECOVERY_DIR)")] = None,
+    snapshot_interval: Annotated[
+        float | None, typer.Option(help="seconds between snapshots (ATP_SNAPSHOT_INTERVAL_S)")
+    ] = None,
+    topic_prefix: Annotated[str, typer.Option(help="prefix of every topic name")] = "",
+    topic_suffix: Annotated[str, typer.Option(help="suffix of every topic name")] = "",
+    until_end: Annotated[bool, typer.Option(help="stop once every input partition is read to its end")] = False,
+    metrics: Annotated[bool, typer.Option(help="serve /metrics on ATP_FLOW_METRICS_PORT")] = True,
+    log_level: Annotated[str, typer.Option(help="DEBUG / INFO / WARNING / ERROR")] = "INFO",
+) -> None:
+    """Run the stream: input topics → validate → apply in Redis → alerts and triggers (Ctrl-C drains)."""
+    import logging
+
+    from connectors.topics import Topics
+    from engine.flow.runner import FlowConfigError, run_flow
+
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        _bad(f"bad --log-level {log_level!r}: one of DEBUG, INFO, WARNING, ERROR")
     try:
-        from engine.flow.runner import run_flow
-    except ImportError as exc:
-        raise CliError(f"the flow is not available: {exc}") from exc
+        topics = Topics(prefix=topic_prefix, suffix=topic_suffix)
+    except ValueError as exc:
+        _bad(str(exc))
+    overrides = {"workers": workers, "batch_size": batch_size, "recovery_dir": recovery_dir,
+                 "snapshot_interval_s": snapshot_interval}
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise CliError(_settings_problem(exc), EXIT_BAD_ARGUMENT) from exc
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with _services(settings, "flow") as running:
-        run_flow(running)
+        try:
+            run_flow(running, topics, until_end=until_end, serve_metrics=metrics)
+        except FlowConfigError as exc:
+            raise CliError(f"cannot run the flow: {exc}") from exc
+        except KeyboardInterrupt:
+            err_console.print("flow stopped")
 
 
 @app.command()
@@ -581,6 +613,7 @@ def topics_create(
     partitions: Annotated[int | None, typer.Option(help="default: ATP_TOPIC_PARTITIONS", min=1, max=1024)] = None,
     prefix: Annotated[str, typer.Option(help="prefix of every topic name")] = "",
     suffix: Annotated[str, typer.Option(help="suffix of every topic name")] = "",
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the broker", min=0.5, max=300)] = 10.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Create the engine's topics that do not exist yet."""
@@ -598,7 +631,7 @@ def topics_create(
         raise CliError("no broker configured: set ATP_KAFKA_BOOTSTRAP")
     try:
         created = create_topics(
-            admin_config(settings), names, partitions=partitions or settings.topic_partitions, timeout_s=15.0
+            admin_config(settings), names, partitions=partitions or settings.topic_partitions, timeout_s=timeout
         )
     except KafkaException as exc:
         raise CliError(f"cannot create topics on {settings.kafka_bootstrap}: {_one_line(str(exc))}") from exc

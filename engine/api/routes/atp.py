@@ -42,9 +42,6 @@ async def get_atp(request: Request, sku: SkuPath, location: LocationQuery = None
 async def query_atp(request: Request, body: AtpQueryIn) -> OrjsonResponse:
     """Positions of up to 1000 SKUs (one pipelined round trip), in the order asked."""
     skus = list(dict.fromkeys(body.skus))
-    if body.location is None:
-        by_sku = await request.app.state.client.atp_many(skus)
-        positions = [by_sku[sku] for sku in skus]
-    else:  # the client answers for all locations; the store can narrow a batch to one
-        positions = await request.app.state.store.positions(skus, body.location)
+    by_sku = await request.app.state.client.atp_many(skus, body.location)
+    positions = [by_sku[sku] for sku in skus]
     return OrjsonResponse({"positions": [position_view(p, body.location) for p in positions]})
