@@ -125,7 +125,7 @@ function H.ship(p)
     end
     drop_empty(line)
     if #line.alloc == 0 then line.state = 'shipped' end
-    line_dirty[line.rid] = true
+    mark(line.rid)
   end
   return { status = 'ok', line = wire(line) }
 end
@@ -135,23 +135,23 @@ function H.order_placed(p)
   local line = get_line(rid)
   if line and line.state == 'held' then
     local out = op_confirm(rid)
-    return { status = out.status, line = out.line }
+    return { status = out.status, line = wire(out.line) }
   end
   if line and (line.state == 'committed' or line.state == 'shipped') then
     return { status = 'duplicate', reason = line.state, line = wire(line) }
   end
-  -- the order's customer does not count against customer_limit (as in the oracle)
   local out = hold_one({ rid = rid, qty = p.qty, loc = p.loc, ttl_ms = 600000, channel = p.channel,
-                         customer = '', commit = true }, true)
+                         customer = p.customer or '', commit = true }, true)
   if out.status == 'refused' then
     return { status = 'refused', reason = out.reason, available = out.available }
   end
-  return { status = out.status, line = out.line }
+  return { status = out.status, line = wire(out.line) }
 end
 
 function H.order_cancelled(p)
   local out = op_release(p.rid)
   out.rid = nil
+  if out.line then out.line = wire(out.line) end
   return out
 end
 

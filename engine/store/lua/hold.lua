@@ -8,12 +8,15 @@
 --       | {status: conflict, rid, line}
 
 expire_due()
+local rids = {}
+for i = 3, #ARGV, 7 do rids[#rids + 1] = ARGV[i] end
+prefetch_lines(rids)
 local replies = {}
 for i = 3, #ARGV, 7 do
-  replies[#replies + 1] = hold_one({
+  replies[#replies + 1] = reply_json(hold_one({
     rid = ARGV[i], qty = tonumber(ARGV[i + 1]), loc = ARGV[i + 2], ttl_ms = tonumber(ARGV[i + 3]),
     channel = ARGV[i + 4], customer = ARGV[i + 5], commit = ARGV[i + 6] == '1',
-  }, false)
+  }, false))
 end
 flush()
-return cjson.encode(replies)
+return '[' .. table.concat(replies, ',') .. ']'

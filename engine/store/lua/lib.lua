@@ -179,29 +179,56 @@ end
 ----------------------------------------------------------------------------- lines
 
 local lines = {}       -- rid -> line, or false when known absent / deleted
+local line_json = {}   -- rid -> json of the line as it is now (nil once it changed)
 local line_dirty = {}
 local line_gone = {}
 local all_lines_loaded = false
 
-local function get_line(rid)
-  local l = lines[rid]
-  if l == nil then
-    local raw = redis.call('HGET', K.res, rid)
-    if raw then l = cjson.decode(raw) else l = false end
-    lines[rid] = l
+local function got_line(rid, raw)
+  if raw then
+    lines[rid] = cjson.decode(raw)
+    line_json[rid] = raw
+  else
+    lines[rid] = false
   end
-  return l or nil
+end
+
+local function get_line(rid)
+  if lines[rid] == nil then got_line(rid, redis.call('HGET', K.res, rid)) end
+  return lines[rid] or nil
+end
+
+-- load the lines of many rids with HMGET (the batch and expiry paths)
+local function prefetch_lines(rids)
+  local want = {}
+  for _, rid in ipairs(rids) do
+    if lines[rid] == nil then want[#want + 1] = rid end
+  end
+  local i = 1
+  while i <= #want do
+    local last = math.min(#want, i + 999)
+    local vals = redis.call('HMGET', K.res, unpack(want, i, last))
+    for j = i, last do got_line(want[j], vals[j - i + 1]) end
+    i = last + 1
+  end
+end
+
+-- the line changed: write it back, and its old json is stale
+local function mark(rid)
+  line_dirty[rid] = true
+  line_json[rid] = nil
 end
 
 local function put_line(line)
   lines[line.rid] = line
-  line_dirty[line.rid] = true
+  mark(line.rid)
   line_gone[line.rid] = nil
 end
 
 local function delete_line(rid)
   lines[rid] = false
   line_dirty[rid] = nil
+  line_json[rid] = nil
   line_gone[rid] = true
 end
 
@@ -209,9 +236,38 @@ local function load_all_lines()
   if all_lines_loaded then return end
   local flat = redis.call('HGETALL', K.res)
   for i = 1, #flat, 2 do
-    if lines[flat[i]] == nil then lines[flat[i]] = cjson.decode(flat[i + 1]) end
+    if lines[flat[i]] == nil then got_line(flat[i], flat[i + 1]) end
   end
   all_lines_loaded = true
+end
+
+local function encode_line(line)
+  local s = line_json[line.rid]
+  if not s then
+    s = cjson.encode(line)
+    line_json[line.rid] = s
+  end
+  return s
+end
+
+-- expiry index changes, written by flush (rid -> score / true)
+local exp_set, exp_del = {}, {}
+local function exp_add(rid, ms)
+  exp_set[rid] = ms
+  exp_del[rid] = nil
+end
+local function exp_remove(rid)
+  exp_del[rid] = true
+  exp_set[rid] = nil
+end
+
+-- a reply {status, rid, reason?, line?} as json, the line as it is now; ids are validated by
+-- the store ([A-Za-z0-9._:-]) and need no escaping
+local function reply_json(r)
+  if not r.line then return cjson.encode(r) end
+  local head = '{"status":"' .. r.status .. '","rid":"' .. r.rid .. '"'
+  if r.reason then head = head .. ',"reason":"' .. r.reason .. '"' end
+  return head .. ',"line":' .. encode_line(r.line) .. '}'
 end
 
 local function is_live(line)
@@ -436,7 +492,7 @@ local function book(line, allocs)
     if line.state == 'held' then b.hd = b.hd + q else b.cm = b.cm + q end
     merge(line.alloc, a)
   end
-  line_dirty[line.rid] = true
+  mark(line.rid)
 end
 
 -- remove q units of one allocation entry from the pool and bucket counters
@@ -457,7 +513,7 @@ local function unbook(line, a, q)
   end
   if line.state == 'held' then b.hd = b.hd - q else b.cm = b.cm - q end
   a[4] = a[4] - q
-  line_dirty[line.rid] = true
+  mark(line.rid)
 end
 
 local function return_units(line)
@@ -499,12 +555,13 @@ local function expire_due()
   local due = redis.call('ZRANGEBYSCORE', K.exp, '-inf', NOW)
   if #due == 0 then return 0 end
   local n = 0
+  prefetch_lines(due)
   for _, rid in ipairs(due) do
     local line = get_line(rid)
     if line and line.state == 'held' and line.expires_ms > 0 and line.expires_ms <= NOW then
       return_units(line)
       line.state = 'expired'
-      line_dirty[rid] = true
+      mark(rid)
       n = n + 1
     end
   end
@@ -519,7 +576,7 @@ local function hold_one(r, replace_dead)
   local existing = get_line(r.rid)
   if existing and not (replace_dead and (existing.state == 'released' or existing.state == 'expired')) then
     local same = existing.qty == r.qty and existing.loc == r.loc
-    return { status = same and 'duplicate' or 'conflict', rid = r.rid, line = wire(existing) }
+    return { status = same and 'duplicate' or 'conflict', rid = r.rid, line = existing }
   end
   local reason = nil
   if pol.order_cap > 0 and r.qty > pol.order_cap then
@@ -548,16 +605,16 @@ local function hold_one(r, replace_dead)
   book(line, allocs)
   usage(line, r.qty)
   line.atp_after = atp_of(r.loc)
-  if not r.commit then redis.call('ZADD', K.exp, line.expires_ms, r.rid) end
-  return { status = 'ok', rid = r.rid, line = wire(line) }
+  if not r.commit then exp_add(r.rid, line.expires_ms) end
+  return { status = 'ok', rid = r.rid, line = line }
 end
 
 local function op_confirm(rid)
   local line = get_line(rid)
   if not line then return { status = 'not_found', rid = rid } end
-  if line.state == 'committed' then return { status = 'duplicate', rid = rid, line = wire(line) } end
+  if line.state == 'committed' then return { status = 'duplicate', rid = rid, line = line } end
   if line.state ~= 'held' then
-    return { status = 'refused', rid = rid, reason = line.state, line = wire(line) }
+    return { status = 'refused', rid = rid, reason = line.state, line = line }
   end
   for _, a in ipairs(line.alloc) do
     local b = loc_touch(a[3])
@@ -566,37 +623,37 @@ local function op_confirm(rid)
   end
   line.state = 'committed'
   line.expires_ms = 0
-  line_dirty[rid] = true
-  redis.call('ZREM', K.exp, rid)
-  return { status = 'ok', rid = rid, line = wire(line) }
+  mark(rid)
+  exp_remove(rid)
+  return { status = 'ok', rid = rid, line = line }
 end
 
 local function op_release(rid)
   local line = get_line(rid)
   if not line then return { status = 'not_found', rid = rid } end
   if line.state == 'released' or line.state == 'expired' then
-    return { status = 'duplicate', rid = rid, line = wire(line) }
+    return { status = 'duplicate', rid = rid, line = line }
   end
   if line.state == 'shipped' then
-    return { status = 'refused', rid = rid, reason = 'shipped', line = wire(line) }
+    return { status = 'refused', rid = rid, reason = 'shipped', line = line }
   end
   return_units(line)
   line.state = 'released'
   line.expires_ms = 0
-  line_dirty[rid] = true
-  redis.call('ZREM', K.exp, rid)
-  return { status = 'ok', rid = rid, line = wire(line) }
+  mark(rid)
+  exp_remove(rid)
+  return { status = 'ok', rid = rid, line = line }
 end
 
 local function op_rollback(rid)
   local line = get_line(rid)
   if not line then return { status = 'not_found', rid = rid } end
   if line.state == 'shipped' then
-    return { status = 'refused', rid = rid, reason = 'shipped', line = wire(line) }
+    return { status = 'refused', rid = rid, reason = 'shipped', line = line }
   end
   if is_live(line) then return_units(line) end
   delete_line(rid)
-  redis.call('ZREM', K.exp, rid)
+  exp_remove(rid)
   return { status = 'ok', rid = rid }
 end
 
@@ -604,12 +661,12 @@ local function op_extend(rid, ttl_ms)
   local line = get_line(rid)
   if not line then return { status = 'not_found', rid = rid } end
   if line.state ~= 'held' then
-    return { status = 'refused', rid = rid, reason = line.state, line = wire(line) }
+    return { status = 'refused', rid = rid, reason = line.state, line = line }
   end
   line.expires_ms = NOW + ttl_ms
-  line_dirty[rid] = true
-  redis.call('ZADD', K.exp, line.expires_ms, rid)
-  return { status = 'ok', rid = rid, line = wire(line) }
+  mark(rid)
+  exp_add(rid, line.expires_ms)
+  return { status = 'ok', rid = rid, line = line }
 end
 
 ----------------------------------------------------------------------------- rebalance
@@ -696,7 +753,7 @@ local function redate()
     local new = repromise(line)
     if new ~= line.promised_ms then
       line.promised_ms = new
-      line_dirty[rid] = true
+      mark(rid)
     end
     if new > old then slipped[#slipped + 1] = { rid = rid, old_ms = old, new_ms = new, seq = line.seq } end
   end
@@ -750,12 +807,22 @@ local function flush()
   set, del = {}, {}
   for rid in pairs(line_dirty) do
     set[#set + 1] = rid
-    set[#set + 1] = cjson.encode(lines[rid])
+    set[#set + 1] = encode_line(lines[rid])
   end
   for rid in pairs(line_gone) do del[#del + 1] = rid end
   if #set > 0 then call_chunked('HSET', K.res, set, 2) end
   if #del > 0 then call_chunked('HDEL', K.res, del, 1) end
 
+  set, del = {}, {}
+  for rid in pairs(exp_del) do del[#del + 1] = rid end
+  for rid, ms in pairs(exp_set) do
+    set[#set + 1] = ms
+    set[#set + 1] = rid
+  end
+  if #del > 0 then call_chunked('ZREM', K.exp, del, 1) end
+  if #set > 0 then call_chunked('ZADD', K.exp, set, 2) end
+
   if seq_value then redis.call('SET', K.seq, seq_value) end
   loc_dirty, lot_dirty, lot_gone, line_dirty, line_gone = {}, {}, {}, {}, {}
+  exp_set, exp_del = {}, {}
 end

@@ -19,7 +19,7 @@ elseif op == 'rollback' then
 elseif op == 'get' then
   local line = get_line(rid)
   if line then
-    reply = { status = 'ok', rid = rid, line = wire(line) }
+    reply = { status = 'ok', rid = rid, line = line }
   else
     reply = { status = 'not_found', rid = rid }
   end
@@ -27,5 +27,6 @@ else
   flush()
   return redis.error_reply('ERR unknown reservation op ' .. tostring(op))
 end
+reply = reply_json(reply)
 flush()
-return cjson.encode(reply)
+return reply
