@@ -481,11 +481,8 @@ def policy_set(
             first = exc.errors(include_url=False)[0]
             field = ".".join(str(p) for p in first["loc"])
             _bad(f"bad --{field.replace('_', '-')}: {first['msg']}")
-        from engine.store.wire import POLICY_DEFAULTS
-
-        wire = {k: v for k, v in policy.to_wire().items() if k in POLICY_DEFAULTS}
         try:
-            store.set_policy(sku, wire)
+            store.set_policy(sku, policy.to_wire())
         except ValueError as exc:
             _bad(str(exc))
         raw = store.get_policy(sku)

@@ -33,7 +33,6 @@ from engine.api.routes import atp, health, ops, reservations
 from engine.client import AsyncAtpClient
 from engine.settings import Settings
 from engine.store.store import AsyncStore
-from engine.store.wire import POLICY_DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +128,6 @@ def create_app(
     app.state.publisher = publisher
     app.state.topics = topics or Topics()
     app.state.tokens = TokenTable.from_settings(settings.api_tokens)
-    app.state.policy_fields = frozenset(POLICY_DEFAULTS)
     app.state.ping_redis = redis.ping
     if not settings.api_tokens:
         log.warning("no API tokens configured (ATP_API_TOKENS): every /v1 call will be refused with 401")

@@ -148,7 +148,7 @@ class ReservationOut(BaseModel):
     """A reservation: its state, lines, allocations and promised dates."""
 
     reservation_id: str
-    state: str = Field(description="held / committed / shipped / released / expired")
+    state: str = Field(description="held / committed / shipped / released / expired; partial if lines differ")
     promised_ms: int = Field(description="latest promised date over the lines")
     promised_at: str | None
     expires_ms: int = Field(description="earliest expiry of a held line; 0 = none")

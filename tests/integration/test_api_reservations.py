@@ -168,7 +168,8 @@ async def test_policy_round_trip_changes_atp(store: Any, settings: Settings, top
     async with in_process(make_app(settings, topics)) as api:
         default = await api.get("/v1/policies/POL-1", headers=bearer(ADMIN))
         assert default.status_code == 200 and default.json()["mode"] == "strict"
-        policy = {"mode": "presell", "cap_pm": 500, "safety": 5, "order_cap": 2, "quotas": {"web": 10}}
+        policy = {"mode": "presell", "cap_pm": 500, "safety": 5, "order_cap": 2, "quotas": {"web": 10},
+                  "pack_size": 12, "lead_time_days": 3.5}
         put = await api.put("/v1/policies/POL-1", json=policy, headers=bearer(OPERATOR))
         assert put.status_code == 200, put.text
         assert {k: put.json()[k] for k in policy} == policy
@@ -209,3 +210,26 @@ async def test_adjustments_and_counts_are_published_not_applied(
     assert isinstance(count, StockCounted)
     assert (count.sku, count.location, count.on_hand) == ("ADJ-1", "default", 8)
     assert all(m["key"] == "ADJ-1" for m in messages)
+
+
+async def test_the_app_sweeps_expired_holds_in_the_background(
+    store: Any, settings: Settings, topics: Topics
+) -> None:
+    import anyio
+
+    from engine import metrics
+    from engine.api import create_app
+    from tests.integration.api_harness import api_settings
+
+    seed(store, "SWEEP-1", 5)
+    expired_before = metrics.HOLDS_EXPIRED._value.get()
+    app = create_app(api_settings(settings, sweep_interval_s=0.2), topics=topics, sweep=True)
+    async with in_process(app) as api:
+        made = await api.post("/v1/reservations", json={"lines": [{"sku": "SWEEP-1", "qty": 2}], "ttl_seconds": 1},
+                              headers={"Idempotency-Key": "sweep-1", **bearer(RESERVER)})
+        assert made.status_code == 201
+        with anyio.fail_after(10):
+            while metrics.HOLDS_EXPIRED._value.get() < expired_before + 1:
+                await anyio.sleep(0.1)
+    assert figures(store, "SWEEP-1")["held"] == 0
+    assert store.get_line("SWEEP-1", "sweep-1")["line"]["state"] == "expired"

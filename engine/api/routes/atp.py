@@ -18,6 +18,7 @@ router = APIRouter(prefix="/v1/atp", tags=["atp"], dependencies=[Depends(require
 _ERRORS = {
     401: {"model": ErrorOut, "description": "no or unknown token"},
     403: {"model": ErrorOut, "description": "token lacks the read role"},
+    413: {"model": ErrorOut, "description": "body larger than max_body_bytes"},
     422: {"model": InvalidOut, "description": "invalid SKU or location"},
     503: {"model": ErrorOut, "description": "the state store is unavailable; retry"},
 }

@@ -32,6 +32,7 @@ SkuPath = Annotated[str, Path(pattern=SKU_PATTERN, description="SKU")]
 _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "no or unknown token"},
     403: {"model": ErrorOut, "description": "token lacks the role"},
+    413: {"model": ErrorOut, "description": "body larger than max_body_bytes"},
     422: {"model": InvalidOut, "description": "invalid input"},
     503: {"model": ErrorOut, "description": "a backend is unavailable; retry"},
 }
@@ -43,11 +44,6 @@ def _stored_policy(raw: dict[str, Any]) -> Policy:
     """The stored policy as the full model (fields the store does not keep take defaults)."""
     known = set(Policy.model_fields)
     return Policy.model_validate({k: v for k, v in raw.items() if k in known})
-
-
-def _policy_for_store(policy: Policy, store_fields: frozenset[str]) -> dict[str, Any]:
-    wire = policy.to_wire()
-    return {k: v for k, v in wire.items() if k in store_fields}
 
 
 @router.get(
@@ -75,7 +71,7 @@ async def put_policy(request: Request, sku: SkuPath, body: Policy) -> OrjsonResp
     re-balanced against the new policy at once; see docs/semantics.md for the fields."""
     store = request.app.state.store
     try:
-        await store.set_policy(sku, _policy_for_store(body, request.app.state.policy_fields))
+        await store.set_policy(sku, body.to_wire())
     except ValueError as exc:
         raise ApiError(422, "invalid_request", str(exc), reasons=[]) from exc
     raw = await store.get_policy(sku)

@@ -58,6 +58,7 @@ _AUTH: dict[int | str, dict[str, Any]] = {
 }
 _BAD_RID = {422: {"model": InvalidOut, "description": "invalid reservation id or body"}}
 _NOT_FOUND = {404: {"model": ErrorOut, "description": "no such reservation"}}
+_TOO_LARGE = {413: {"model": ErrorOut, "description": "body larger than max_body_bytes"}}
 _NOT_ALLOWED = {409: {"model": NotAllowedOut, "description": "not possible in the reservation's state"}}
 
 
@@ -77,6 +78,7 @@ def _record(op: str, result: Result, started: float) -> None:
     response_model=ReservationOut,
     responses={
         **_AUTH,
+        **_TOO_LARGE,
         409: {"model": RefusedOut, "description": "refused whole: not enough ATP, or a flash-sale guard"},
         422: {"model": InvalidOut, "description": "invalid body or key; or the key was used with other lines"},
     },
@@ -185,7 +187,7 @@ async def _lifecycle(request: Request, op: str, change: Change, rid: str, *args:
     return _op_result(rid, result)
 
 
-_LIFECYCLE_RESPONSES = {**_AUTH, **_BAD_RID, **_NOT_FOUND, **_NOT_ALLOWED}
+_LIFECYCLE_RESPONSES = {**_AUTH, **_BAD_RID, **_NOT_FOUND, **_NOT_ALLOWED, **_TOO_LARGE}
 
 
 @router.post(
