@@ -33,6 +33,7 @@ from engine.api.routes import atp, health, ops, reservations
 from engine.client import AsyncAtpClient
 from engine.settings import Settings
 from engine.store.store import AsyncStore
+from engine.store.sweeper import sweep_forever
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,6 @@ its roles: `read` (ATP, reservations, policies), `reserve` (hold / confirm / rel
 extend; implies `read`), `operate` (policies, adjustments, counts; implies `read`).
 Errors are JSON `{"error": code, "detail": ...}`.
 """
-
-
-async def _sweep_forever(store: AsyncStore, interval_s: float) -> None:
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            metrics.record_holds_expired(int(await store.sweep()))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # Redis away: keep trying; the scripts also expire lazily
-            log.warning("hold sweep failed: %r", exc)
 
 
 def create_app(
@@ -95,7 +85,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         publisher.start()
         sweeper = (
-            asyncio.create_task(_sweep_forever(store, settings.sweep_interval_s), name="atp-hold-sweeper")
+            asyncio.create_task(
+                sweep_forever(store, settings.sweep_interval_s, on_expired=metrics.record_holds_expired),
+                name="atp-hold-sweeper",
+            )
             if sweep
             else None
         )

@@ -10,6 +10,7 @@ event is in the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -130,4 +131,6 @@ class EventPublisher:
         left = self._producer.flush(timeout_s)
         if left:
             log.error("%d events still undelivered at shutdown", left)
+        with contextlib.suppress(Exception):  # release librdkafka's threads and sockets now, not at GC
+            self._producer.close()
         return int(left)

@@ -9,6 +9,7 @@ answers; then the same key with different lines → 422 ``idempotency_conflict``
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
 from typing import Any
@@ -74,6 +75,30 @@ async def test_r1_thousand_concurrent_http_holds_on_atp_100_exactly_100_succeed(
     assert after["atp"] == 0
     assert after["held"] == 100
     print(f"R1 over HTTP: 1000 holds in {elapsed:.2f} s ({1000 / elapsed:.0f} req/s)")
+
+
+async def test_r1_variant_holds_of_1_to_5_units_never_promise_more_than_100(
+    redis: Any, redis_url: str, settings: Settings, topics: Topics
+) -> None:
+    sku = "HOT-HTTP-2"
+    store = sync_store(redis_url, settings)
+    seed(store, sku, 100)
+    rng = random.Random(5)
+    qtys = [rng.randint(1, 5) for _ in range(400)]
+    with served(make_app(settings, topics)) as base_url:
+        async with _http(base_url) as client:
+            replies = await asyncio.gather(
+                *(
+                    client.post("/v1/reservations", json={"lines": [{"sku": sku, "qty": q}]},
+                                headers={"Idempotency-Key": f"r1v-{i}"})
+                    for i, q in enumerate(qtys)
+                )
+            )
+    assert {r.status_code for r in replies} <= {201, 409}
+    won = sum(q for q, r in zip(qtys, replies, strict=True) if r.status_code == 201)
+    assert 95 < won <= 100  # small holds keep fitting until fewer than 5 units are left
+    after = figures(store, sku)
+    assert after["held"] == won and after["atp"] == 100 - won
 
 
 async def test_r3_same_key_fifty_times_concurrently_is_one_reservation_with_identical_answers(
