@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,8 +184,8 @@ def _reservation(status: str, rid: str, lines: list[ReservedLine]) -> Reservatio
     )
 
 
-def _combine(rid: str, replies: list[tuple[str, dict[str, Any]]]) -> Result:
-    """One result from the per-SKU op replies of a lifecycle call."""
+def _combine(rid: str, replies: list[tuple[str, dict[str, Any]]], op: str = "") -> Result:
+    """One result from the per-SKU op replies of a lifecycle call (``get_line``: status ok)."""
     lines = [ReservedLine.from_wire(r["line"]) for _sku, r in replies if "line" in r]
     found = [(sku, r) for sku, r in replies if r["status"] != "not_found"]
     if not found:
@@ -193,8 +193,32 @@ def _combine(rid: str, replies: list[tuple[str, dict[str, Any]]]) -> Result:
     for sku, r in found:
         if r["status"] in ("refused", "conflict"):
             return Refusal("refused", rid, r.get("reason", r["status"]), sku=sku, lines=sorted(lines, key=lambda ln: ln.sku))
-    status = "ok" if any(r["status"] == "ok" for _sku, r in found) else "duplicate"
+    status = "ok" if op == "get_line" or any(r["status"] == "ok" for _sku, r in found) else "duplicate"
     return _reservation(status, rid, lines)
+
+
+def _index_value(skus: list[str]) -> bytes:
+    return orjson.dumps(sorted(skus))
+
+
+def _held(rid: str, held: list[tuple[str, dict[str, Any]]]) -> Reservation:
+    status = "ok" if any(r["status"] == "ok" for _s, r in held) else "duplicate"
+    return _reservation(status, rid, [ReservedLine.from_wire(r["line"]) for _s, r in held])
+
+
+def _delete_many(redis: Any, keys: list[str]) -> None:
+    # one DEL per key in one pipeline: the keys live in different cluster slots
+    pipe = redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.delete(key)
+    pipe.execute()
+
+
+async def _adelete_many(redis: Any, keys: list[str]) -> None:
+    pipe = redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.delete(key)
+    await pipe.execute()
 
 
 def _decode_index(raw: Any) -> list[str] | None:
@@ -212,21 +236,34 @@ def _decode_index(raw: Any) -> list[str] | None:
 # --------------------------------------------------------------------------- coalescing
 
 
-class _Waiter:
-    __slots__ = ("req", "event", "reply", "error", "lead")
+@dataclass(frozen=True)
+class HoldItem:
+    """One hold waiting for its batch: the request, and the reservation-index key to claim
+    (``SET NX``) in the same round trip — None when the caller claimed it already (sagas)."""
 
-    def __init__(self, req: HoldRequest) -> None:
-        self.req = req
+    req: HoldRequest
+    claim: tuple[str, bytes] | None = None
+
+
+# (whether the claim created the index key — None without a claim, the hold reply)
+HoldOutcome = tuple[bool | None, dict[str, Any]]
+
+
+class _Waiter:
+    __slots__ = ("item", "event", "outcome", "error", "lead")
+
+    def __init__(self, item: HoldItem) -> None:
+        self.item = item
         self.event = threading.Event()
-        self.reply: dict[str, Any] | None = None
+        self.outcome: HoldOutcome | None = None
         self.error: BaseException | None = None
         self.lead = False
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> HoldOutcome:
         if self.error is not None:
             raise self.error
-        assert self.reply is not None
-        return self.reply
+        assert self.outcome is not None
+        return self.outcome
 
 
 class _SkuQueue:
@@ -240,20 +277,20 @@ class _SkuQueue:
 class SyncCoalescer:
     """Leader/follower batching of holds per SKU across threads.
 
-    The first caller on an idle SKU leads: it sends every waiting request (up to ``max_batch``)
-    in one ``hold_batch`` call; requests arriving meanwhile wait, and the oldest of them is
-    promoted to lead the next batch. So at most one script call per SKU is in flight per client.
+    The first caller on an idle SKU leads: it sends every waiting item (up to ``max_batch``) with
+    one ``send(sku, items)`` call; items arriving meanwhile wait, and the oldest of them is
+    promoted to lead the next batch. So at most one batch per SKU is in flight per client.
     """
 
-    def __init__(self, store: Store, max_batch: int = 256) -> None:
-        self._store = store
+    def __init__(self, send: Callable[[str, list[HoldItem]], list[HoldOutcome]], max_batch: int = 256) -> None:
+        self._send = send
         self._max = max_batch
         self._lock = threading.Lock()
         self._queues: dict[str, _SkuQueue] = {}
 
-    def hold(self, sku: str, req: HoldRequest) -> dict[str, Any]:
-        """The hold reply of ``req``, sent together with concurrent holds of the same SKU."""
-        me = _Waiter(req)
+    def hold(self, sku: str, item: HoldItem) -> HoldOutcome:
+        """The outcome of ``item``, sent together with concurrent holds of the same SKU."""
+        me = _Waiter(item)
         with self._lock:
             q = self._queues.get(sku)
             if q is None:
@@ -274,13 +311,13 @@ class SyncCoalescer:
             batch = q.pending[: self._max]
             del q.pending[: self._max]
         try:
-            replies = self._store.hold_batch(sku, [w.req for w in batch])
+            outcomes = self._send(sku, [w.item for w in batch])
         except BaseException as exc:  # every waiter of the batch sees the failure
             for w in batch:
                 w.error = exc
         else:
-            for w, reply in zip(batch, replies, strict=True):
-                w.reply = reply
+            for w, outcome in zip(batch, outcomes, strict=True):
+                w.outcome = outcome
         with self._lock:
             if q.pending:
                 successor = q.pending[0]
@@ -296,17 +333,18 @@ class SyncCoalescer:
 
 
 class AsyncCoalescer:
-    """Per-SKU queues of holds drained by one task per SKU while requests keep coming."""
+    """Per-SKU queues of holds, drained by one task per SKU while requests keep coming."""
 
-    def __init__(self, store: AsyncStore, max_batch: int = 256) -> None:
-        self._store = store
+    def __init__(self, send: Callable[[str, list[HoldItem]], Awaitable[list[HoldOutcome]]],
+                 max_batch: int = 256) -> None:
+        self._send = send
         self._max = max_batch
-        self._queues: dict[str, list[tuple[HoldRequest, asyncio.Future[dict[str, Any]]]]] = {}
+        self._queues: dict[str, list[tuple[HoldItem, asyncio.Future[HoldOutcome]]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def hold(self, sku: str, req: HoldRequest) -> dict[str, Any]:
-        """The hold reply of ``req``, sent together with concurrent holds of the same SKU."""
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    async def hold(self, sku: str, item: HoldItem) -> HoldOutcome:
+        """The outcome of ``item``, sent together with concurrent holds of the same SKU."""
+        fut: asyncio.Future[HoldOutcome] = asyncio.get_running_loop().create_future()
         queue = self._queues.get(sku)
         if queue is None:
             # no batch in flight: this caller starts the drain
@@ -314,30 +352,48 @@ class AsyncCoalescer:
             task = asyncio.create_task(self._drain(sku, queue))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        queue.append((req, fut))
+        queue.append((item, fut))
         return await fut
 
-    async def _drain(self, sku: str, queue: list[tuple[HoldRequest, asyncio.Future[dict[str, Any]]]]) -> None:
+    async def _drain(self, sku: str, queue: list[tuple[HoldItem, asyncio.Future[HoldOutcome]]]) -> None:
         try:
             while queue:
                 batch = queue[: self._max]
                 del queue[: self._max]
                 try:
-                    replies = await self._store.hold_batch(sku, [req for req, _ in batch])
+                    outcomes = await self._send(sku, [item for item, _ in batch])
                 except Exception as exc:
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(exc)
                 else:
-                    for (_, fut), reply in zip(batch, replies, strict=True):
+                    for (_, fut), outcome in zip(batch, outcomes, strict=True):
                         if not fut.done():
-                            fut.set_result(reply)
+                            fut.set_result(outcome)
         finally:
             if self._queues.get(sku) is queue:
                 del self._queues[sku]
             for _, fut in queue:  # only after a cancellation of the drain itself
                 if not fut.done():
                     fut.set_exception(RuntimeError("hold batch cancelled"))
+
+
+def _claims_of(items: list[HoldItem]) -> list[tuple[str, bytes]]:
+    return [it.claim for it in items if it.claim is not None]
+
+
+def _outcomes(items: list[HoldItem], created: list[bool], replies: list[dict[str, Any]]) -> list[HoldOutcome]:
+    flags = iter(created)
+    return [(next(flags) if it.claim is not None else None, reply) for it, reply in zip(items, replies, strict=True)]
+
+
+def _unclaim(items: list[HoldItem], outcomes: list[HoldOutcome]) -> list[str]:
+    """Index keys this batch created for holds that were refused: a refusal leaves no trace."""
+    return [
+        it.claim[0]
+        for it, (created, reply) in zip(items, outcomes, strict=True)
+        if created and it.claim is not None and reply["status"] in ("refused", "conflict")
+    ]
 
 
 # --------------------------------------------------------------------------- the clients
@@ -379,7 +435,7 @@ class AtpClient(_ClientBase):
         super().__init__(prefix, default_ttl_s, max_batch)
         self.redis = redis
         self.store = Store(redis, prefix, now_ms)
-        self._coalescer = SyncCoalescer(self.store, max_batch) if coalesce else None
+        self._coalescer = SyncCoalescer(self._send, max_batch) if coalesce else None
 
     # --- ATP
 
@@ -405,12 +461,14 @@ class AtpClient(_ClientBase):
         reqs = self._requests(reservation_id, lines, ttl_s, channel, customer_id)
         rid = reservation_id
         skus = list(reqs)
+        if len(skus) == 1:
+            return self._hold_single(rid, skus[0], reqs[skus[0]])
         created, conflict = self._claim(rid, skus)
         if conflict is not None:
             return conflict
         held: list[tuple[str, dict[str, Any]]] = []
         for sku in skus:
-            reply = self._hold_one(sku, reqs[sku])
+            _, reply = self._hold_item(sku, HoldItem(reqs[sku]))
             if reply["status"] in ("ok", "duplicate"):
                 held.append((sku, reply))
                 continue
@@ -419,12 +477,8 @@ class AtpClient(_ClientBase):
                     self.store.rollback(done_sku, rid)
             if created:
                 self.redis.delete(self._index(rid))
-            if reply["status"] == "conflict":
-                return Refusal("conflict", rid, "conflict", sku=sku, lines=[ReservedLine.from_wire(reply["line"])])
-            available = self._available(reqs, sku, reply["available"])
-            return Refusal("refused", rid, reply["reason"], sku=sku, available=available)
-        status = "ok" if any(r["status"] == "ok" for _s, r in held) else "duplicate"
-        return _reservation(status, rid, [ReservedLine.from_wire(r["line"]) for _s, r in held])
+            return self._refusal(rid, reqs, sku, reply)
+        return _held(rid, held)
 
     def confirm(self, reservation_id: str) -> Result:
         """Held → committed on every line."""
@@ -440,51 +494,77 @@ class AtpClient(_ClientBase):
 
     def get_reservation(self, reservation_id: str) -> Result:
         """The reservation (status ok) or a ``Refusal`` with status not_found."""
-        result = self._each(reservation_id, "get_line")
-        if isinstance(result, Reservation) and result.status != "ok":
-            return Reservation(**{**result.__dict__, "status": "ok"})
-        return result
+        return self._each(reservation_id, "get_line")
 
     def close(self) -> None:
         """Nothing to stop (the redis client stays the caller's)."""
 
     # --- internals
 
-    def _hold_one(self, sku: str, req: HoldRequest) -> dict[str, Any]:
+    def _send(self, sku: str, items: list[HoldItem]) -> list[HoldOutcome]:
+        """One batch: claim the index keys and hold, in one round trip; unclaim the refused."""
+        created, replies = self.store.hold_batch_claiming(sku, [it.req for it in items], _claims_of(items))
+        outcomes = _outcomes(items, created, replies)
+        stale = _unclaim(items, outcomes)
+        if stale:
+            _delete_many(self.redis, stale)
+        return outcomes
+
+    def _hold_item(self, sku: str, item: HoldItem) -> HoldOutcome:
         if self._coalescer is not None:
-            return self._coalescer.hold(sku, req)
-        return self.store.hold_batch(sku, [req])[0]
+            return self._coalescer.hold(sku, item)
+        return self._send(sku, [item])[0]
+
+    def _hold_single(self, rid: str, sku: str, req: HoldRequest) -> Result:
+        key = self._index(rid)
+        created, reply = self._hold_item(sku, HoldItem(req, (key, _index_value([sku]))))
+        if reply["status"] in ("ok", "duplicate") and not created:
+            # the id was known already: it must name this SKU alone
+            existing = _decode_index(self.redis.get(key))
+            if existing is None:
+                self.redis.set(key, _index_value([sku]))
+            elif existing != [sku]:
+                if reply["status"] == "ok":
+                    self.store.rollback(sku, rid)
+                return self._conflict(rid, existing)
+        if reply["status"] in ("ok", "duplicate"):
+            return _held(rid, [(sku, reply)])
+        return self._refusal(rid, {sku: req}, sku, reply)
 
     def _claim(self, rid: str, skus: list[str]) -> tuple[bool, Refusal | None]:
         """Write the reservation's SKU list; (created, conflict refusal or None)."""
         key = self._index(rid)
-        value = orjson.dumps(skus)
+        value = _index_value(skus)
         if self.redis.set(key, value, nx=True):
             return True, None
         existing = _decode_index(self.redis.get(key))
         if existing == skus:
             return False, None
         if existing:
-            lines = [r["line"] for s in existing if (r := self.store.get_line(s, rid))["status"] == "ok"]
-            if lines:
-                return False, Refusal("conflict", rid, "conflict",
-                                      lines=[ReservedLine.from_wire(ln) for ln in lines])
+            conflict = self._conflict(rid, existing)
+            if conflict.lines:
+                return False, conflict
         self.redis.set(key, value)  # stale index (a refusal that left it behind): take it over
         return True, None
 
-    def _available(self, reqs: dict[str, HoldRequest], short_sku: str, short_available: int) -> dict[str, int]:
-        out = {short_sku: short_available}
-        for sku, req in reqs.items():
-            if sku != short_sku:
-                out[sku] = self.store.position(sku, req.loc or None)["atp"]
-        return out
+    def _conflict(self, rid: str, skus: list[str]) -> Refusal:
+        lines = [r["line"] for s in skus if (r := self.store.get_line(s, rid))["status"] == "ok"]
+        return Refusal("conflict", rid, "conflict", lines=[ReservedLine.from_wire(ln) for ln in lines])
+
+    def _refusal(self, rid: str, reqs: dict[str, HoldRequest], sku: str, reply: dict[str, Any]) -> Refusal:
+        if reply["status"] == "conflict":
+            return Refusal("conflict", rid, "conflict", sku=sku, lines=[ReservedLine.from_wire(reply["line"])])
+        available = {sku: reply["available"]}
+        for other, req in reqs.items():
+            if other != sku:
+                available[other] = self.store.position(other, req.loc or None)["atp"]
+        return Refusal("refused", rid, reply["reason"], sku=sku, available=available)
 
     def _each(self, rid: str, op: str, *args: int) -> Result:
-        raw = self.redis.get(self._index(rid))
-        skus = _decode_index(raw)
+        skus = _decode_index(self.redis.get(self._index(rid)))
         if not skus:
             return Refusal("not_found", rid, "not_found")
-        return _combine(rid, [(sku, getattr(self.store, op)(sku, rid, *args)) for sku in skus])
+        return _combine(rid, [(sku, getattr(self.store, op)(sku, rid, *args)) for sku in skus], op)
 
 
 class AsyncAtpClient(_ClientBase):
@@ -496,7 +576,7 @@ class AsyncAtpClient(_ClientBase):
         super().__init__(prefix, default_ttl_s, max_batch)
         self.redis = redis
         self.store = AsyncStore(redis, prefix, now_ms)
-        self._coalescer = AsyncCoalescer(self.store, max_batch) if coalesce else None
+        self._coalescer = AsyncCoalescer(self._send, max_batch) if coalesce else None
 
     async def atp(self, sku: str, location: str | None = None) -> dict[str, Any]:
         """See ``AtpClient.atp``."""
@@ -514,12 +594,14 @@ class AsyncAtpClient(_ClientBase):
         reqs = self._requests(reservation_id, lines, ttl_s, channel, customer_id)
         rid = reservation_id
         skus = list(reqs)
+        if len(skus) == 1:
+            return await self._hold_single(rid, skus[0], reqs[skus[0]])
         created, conflict = await self._claim(rid, skus)
         if conflict is not None:
             return conflict
         held: list[tuple[str, dict[str, Any]]] = []
         for sku in skus:
-            reply = await self._hold_one(sku, reqs[sku])
+            _, reply = await self._hold_item(sku, HoldItem(reqs[sku]))
             if reply["status"] in ("ok", "duplicate"):
                 held.append((sku, reply))
                 continue
@@ -528,12 +610,8 @@ class AsyncAtpClient(_ClientBase):
                     await self.store.rollback(done_sku, rid)
             if created:
                 await self.redis.delete(self._index(rid))
-            if reply["status"] == "conflict":
-                return Refusal("conflict", rid, "conflict", sku=sku, lines=[ReservedLine.from_wire(reply["line"])])
-            available = await self._available(reqs, sku, reply["available"])
-            return Refusal("refused", rid, reply["reason"], sku=sku, available=available)
-        status = "ok" if any(r["status"] == "ok" for _s, r in held) else "duplicate"
-        return _reservation(status, rid, [ReservedLine.from_wire(r["line"]) for _s, r in held])
+            return await self._refusal(rid, reqs, sku, reply)
+        return _held(rid, held)
 
     async def confirm(self, reservation_id: str) -> Result:
         """See ``AtpClient.confirm``."""
@@ -549,46 +627,74 @@ class AsyncAtpClient(_ClientBase):
 
     async def get_reservation(self, reservation_id: str) -> Result:
         """See ``AtpClient.get_reservation``."""
-        result = await self._each(reservation_id, "get_line")
-        if isinstance(result, Reservation) and result.status != "ok":
-            return Reservation(**{**result.__dict__, "status": "ok"})
-        return result
+        return await self._each(reservation_id, "get_line")
 
-    async def _hold_one(self, sku: str, req: HoldRequest) -> dict[str, Any]:
+    async def aclose(self) -> None:
+        """Nothing to stop (the redis client stays the caller's)."""
+
+    async def _send(self, sku: str, items: list[HoldItem]) -> list[HoldOutcome]:
+        created, replies = await self.store.hold_batch_claiming(sku, [it.req for it in items], _claims_of(items))
+        outcomes = _outcomes(items, created, replies)
+        stale = _unclaim(items, outcomes)
+        if stale:
+            await _adelete_many(self.redis, stale)
+        return outcomes
+
+    async def _hold_item(self, sku: str, item: HoldItem) -> HoldOutcome:
         if self._coalescer is not None:
-            return await self._coalescer.hold(sku, req)
-        return (await self.store.hold_batch(sku, [req]))[0]
+            return await self._coalescer.hold(sku, item)
+        return (await self._send(sku, [item]))[0]
+
+    async def _hold_single(self, rid: str, sku: str, req: HoldRequest) -> Result:
+        key = self._index(rid)
+        created, reply = await self._hold_item(sku, HoldItem(req, (key, _index_value([sku]))))
+        if reply["status"] in ("ok", "duplicate") and not created:
+            existing = _decode_index(await self.redis.get(key))
+            if existing is None:
+                await self.redis.set(key, _index_value([sku]))
+            elif existing != [sku]:
+                if reply["status"] == "ok":
+                    await self.store.rollback(sku, rid)
+                return await self._conflict(rid, existing)
+        if reply["status"] in ("ok", "duplicate"):
+            return _held(rid, [(sku, reply)])
+        return await self._refusal(rid, {sku: req}, sku, reply)
 
     async def _claim(self, rid: str, skus: list[str]) -> tuple[bool, Refusal | None]:
         key = self._index(rid)
-        value = orjson.dumps(skus)
+        value = _index_value(skus)
         if await self.redis.set(key, value, nx=True):
             return True, None
         existing = _decode_index(await self.redis.get(key))
         if existing == skus:
             return False, None
         if existing:
-            lines = []
-            for s in existing:
-                r = await self.store.get_line(s, rid)
-                if r["status"] == "ok":
-                    lines.append(r["line"])
-            if lines:
-                return False, Refusal("conflict", rid, "conflict",
-                                      lines=[ReservedLine.from_wire(ln) for ln in lines])
+            conflict = await self._conflict(rid, existing)
+            if conflict.lines:
+                return False, conflict
         await self.redis.set(key, value)
         return True, None
 
-    async def _available(self, reqs: dict[str, HoldRequest], short_sku: str, short_available: int) -> dict[str, int]:
-        out = {short_sku: short_available}
-        for sku, req in reqs.items():
-            if sku != short_sku:
-                out[sku] = (await self.store.position(sku, req.loc or None))["atp"]
-        return out
+    async def _conflict(self, rid: str, skus: list[str]) -> Refusal:
+        lines = []
+        for s in skus:
+            r = await self.store.get_line(s, rid)
+            if r["status"] == "ok":
+                lines.append(ReservedLine.from_wire(r["line"]))
+        return Refusal("conflict", rid, "conflict", lines=lines)
+
+    async def _refusal(self, rid: str, reqs: dict[str, HoldRequest], sku: str, reply: dict[str, Any]) -> Refusal:
+        if reply["status"] == "conflict":
+            return Refusal("conflict", rid, "conflict", sku=sku, lines=[ReservedLine.from_wire(reply["line"])])
+        available = {sku: reply["available"]}
+        for other, req in reqs.items():
+            if other != sku:
+                available[other] = (await self.store.position(other, req.loc or None))["atp"]
+        return Refusal("refused", rid, reply["reason"], sku=sku, available=available)
 
     async def _each(self, rid: str, op: str, *args: int) -> Result:
         skus = _decode_index(await self.redis.get(self._index(rid)))
         if not skus:
             return Refusal("not_found", rid, "not_found")
         replies = [(sku, await getattr(self.store, op)(sku, rid, *args)) for sku in skus]
-        return _combine(rid, replies)
+        return _combine(rid, replies, op)

@@ -109,3 +109,44 @@ async def acall_many(client: Any, calls: Sequence[Call]) -> list[Any]:
         if isinstance(r, Exception):
             raise r
     return list(results)
+
+
+def call_after_sets(client: Any, sets: Sequence[tuple[str, bytes]], call: Call) -> tuple[list[bool], Any]:
+    """``SET key value NX`` for each of ``sets``, then one script call, in one pipelined round trip.
+
+    Returns (whether each SET created its key, the script's result). A NOSCRIPT is retried as EVAL.
+    """
+    script, keys, args = call
+    pipe = client.pipeline(transaction=False)
+    for key, value in sets:
+        pipe.set(key, value, nx=True)
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+    results = pipe.execute(raise_on_error=False)
+    last = results[-1]
+    if isinstance(last, NoScriptError):
+        last = client.eval(script.source, len(keys), *keys, *args)
+    for r in results[:-1]:
+        if isinstance(r, Exception):
+            raise r
+    if isinstance(last, Exception):
+        raise last
+    return [bool(r) for r in results[:-1]], last
+
+
+async def acall_after_sets(client: Any, sets: Sequence[tuple[str, bytes]], call: Call) -> tuple[list[bool], Any]:
+    """Async twin of ``call_after_sets``."""
+    script, keys, args = call
+    pipe = client.pipeline(transaction=False)
+    for key, value in sets:
+        pipe.set(key, value, nx=True)
+    pipe.evalsha(script.sha, len(keys), *keys, *args)
+    results = await pipe.execute(raise_on_error=False)
+    last = results[-1]
+    if isinstance(last, NoScriptError):
+        last = await client.eval(script.source, len(keys), *keys, *args)
+    for r in results[:-1]:
+        if isinstance(r, Exception):
+            raise r
+    if isinstance(last, Exception):
+        raise last
+    return [bool(r) for r in results[:-1]], last

@@ -120,6 +120,17 @@ class Store(_Base):
         """
         return self._run(self._hold_call(sku, requests))
 
+    def hold_batch_claiming(
+        self, sku: str, requests: Sequence[HoldRequest], claims: Sequence[tuple[str, bytes]]
+    ) -> tuple[list[bool], list[dict[str, Any]]]:
+        """``SET key value NX`` for each claim, then ``hold_batch``, in one round trip.
+
+        The client claims its reservation-index keys this way (other slots than the SKU's, so
+        not inside the script). Returns (whether each claim created its key, the hold replies).
+        """
+        created, raw = scripts.call_after_sets(self.redis, claims, self._hold_call(sku, requests))
+        return created, decode_reply(raw)
+
     def confirm(self, sku: str, rid: str) -> dict[str, Any]:
         """held → committed. Op reply ``{status, rid, line?, reason?}``."""
         return self._run(self._op_call("confirm", sku, rid))
@@ -210,6 +221,13 @@ class AsyncStore(_Base):
     async def hold_batch(self, sku: str, requests: Sequence[HoldRequest]) -> list[dict[str, Any]]:
         """See ``Store.hold_batch``."""
         return await self._run(self._hold_call(sku, requests))
+
+    async def hold_batch_claiming(
+        self, sku: str, requests: Sequence[HoldRequest], claims: Sequence[tuple[str, bytes]]
+    ) -> tuple[list[bool], list[dict[str, Any]]]:
+        """See ``Store.hold_batch_claiming``."""
+        created, raw = await scripts.acall_after_sets(self.redis, claims, self._hold_call(sku, requests))
+        return created, decode_reply(raw)
 
     async def confirm(self, sku: str, rid: str) -> dict[str, Any]:
         """See ``Store.confirm``."""

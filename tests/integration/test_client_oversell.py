@@ -169,13 +169,13 @@ def test_coalescing_really_batches_concurrent_holds(redis: Any, redis_url: str, 
     put_stock(redis)
     client = AtpClient(sync_client(redis_url, redis_cluster_mode))
     sizes: list[int] = []
-    real = client.store.hold_batch
+    real = client.store.hold_batch_claiming
 
-    def counting(sku: str, requests: Any) -> Any:
+    def counting(sku: str, requests: Any, claims: Any) -> Any:
         sizes.append(len(requests))
-        return real(sku, requests)
+        return real(sku, requests, claims)
 
-    client.store.hold_batch = counting  # type: ignore[method-assign]
+    client.store.hold_batch_claiming = counting  # type: ignore[method-assign]
     with ThreadPoolExecutor(max_workers=100) as pool:
         results = list(pool.map(lambda i: client.hold(f"b-{i}", [(SKU, 1, None)]), range(300)))
     assert sum(isinstance(r, Reservation) for r in results) == STOCK
