@@ -1,0 +1,100 @@
+"""The alert step's replay memo: observations as first applied, kept in Redis for a while.
+
+Why it exists is explained in ``engine.flow.alert_monitor``. Here: the key of a memo, and its
+JSON form (never pickle — Redis content must not be able to run code in the flow).
+
+Key: ``<prefix>-am:{<sku>}:<topic>:<partition>:<offset>`` — the outcome's id, with the SKU's hash
+tag so it lives in the SKU's cluster slot. The ``-am`` namespace sits beside the engine's own keys
+(``<prefix>:…``): memos are a replay aid with a TTL, not inventory state, and they hold clock
+readings (promised dates), so they stay out of state digests and the invariant checks.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from engine.domain.observation import AtRisk, ClosedLot, LocationFigures, Observation, PositionFigures, Slip
+from engine.flow.alert_monitor import Memo, PolicyKnobs
+from engine.store.keys import validate_prefix, validate_sku
+
+MEMO_VERSION = 1
+_SOURCE = re.compile(r"[A-Za-z0-9._-]{1,249}:[0-9]{1,10}")
+_MAX_OFFSET = 2**53 - 1
+
+
+class MemoError(ValueError):
+    """A stored memo that cannot be read back (then the replay goes on without it)."""
+
+
+def memo_key(prefix: str, sku: str, source: str, offset: int) -> str:
+    """The key of the memo of (``sku``, ``source`` = ``topic:partition``, ``offset``); raises
+    ``ValueError`` for any part that is not a valid identifier."""
+    validate_prefix(prefix)
+    validate_sku(sku)
+    if not isinstance(source, str) or _SOURCE.fullmatch(source) is None:
+        raise ValueError(f"invalid source {source!r} (must be topic:partition)")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= _MAX_OFFSET:
+        raise ValueError(f"invalid offset {offset!r}")
+    return f"{prefix}-am:{{{sku}}}:{source}:{offset}"
+
+
+def encode_memo(memo: Memo) -> bytes:
+    """The stored form of ``memo`` (JSON)."""
+    return orjson.dumps({"v": MEMO_VERSION, "obs": memo.observation, "knobs": memo.knobs})
+
+
+def decode_memo(raw: bytes | str) -> Memo:
+    """A memo from its stored form; raises ``MemoError`` when it is not one."""
+    try:
+        data = orjson.loads(raw)
+        if not isinstance(data, dict) or data.get("v") != MEMO_VERSION:
+            raise MemoError(f"unknown memo version {data.get('v') if isinstance(data, dict) else data!r}")
+        return Memo(_observation(data["obs"]), _knobs(data["knobs"]))
+    except MemoError:
+        raise
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MemoError(f"unreadable memo: {exc}") from exc
+
+
+def _knobs(d: dict[str, Any]) -> PolicyKnobs:
+    low, pack, lead = d["low_stock"], d["pack_size"], d["lead_time_days"]
+    if type(low) is not int or type(pack) is not int or not isinstance(lead, int | float):
+        raise MemoError("bad policy knobs")
+    return PolicyKnobs(low, pack, float(lead))
+
+
+def _position(d: dict[str, Any] | None) -> PositionFigures | None:
+    if d is None:
+        return None
+    return PositionFigures(
+        atp=int(d["atp"]),
+        oversold=int(d["oversold"]),
+        locations={loc: LocationFigures(**figs) for loc, figs in sorted(d["locations"].items())},
+    )
+
+
+def _observation(d: dict[str, Any]) -> Observation:
+    lot = d["lot"]
+    return Observation(
+        sku=validate_sku(d["sku"]),
+        command=str(d["command"]),
+        occurred_ms=int(d["occurred_ms"]),
+        event_id=str(d["event_id"]),
+        status=str(d["status"]),
+        reason=str(d["reason"]),
+        position=_position(d["position"]),
+        at_risk=tuple(AtRisk(**a) for a in d["at_risk"]),
+        slipped=tuple(Slip(**s) for s in d["slipped"]),
+        location=str(d["location"]),
+        qty=int(d["qty"]),
+        rid=str(d["rid"]),
+        channel=str(d["channel"]),
+        available=int(d["available"]),
+        inbound_id=str(d["inbound_id"]),
+        eta_ms=int(d["eta_ms"]),
+        supplier=str(d["supplier"]),
+        lot=ClosedLot(**lot) if lot is not None else None,
+    )

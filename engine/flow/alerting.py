@@ -1,0 +1,398 @@
+"""Alerts and replenishment triggers in the flow: the extra that ``run_flow`` attaches to the outcomes.
+
+```
+outcomes (sku, Outcome)
+  └► alert_prefetch   one pipelined read per batch: the SKUs' policies (cached), memos of replays
+  └► alert_monitor    per SKU, bytewax state: sku_monitor.observe, lateness ticks  (alert_monitor.py)
+  └► alert_publish    one pipelined write per batch: memos of new observations; metrics
+       ├► alerts ─────────────────────────────────────────────┬─► inventory.alerts (key = SKU)
+       ├► triggers ───────────────────────────────────────────│─► inventory.replenishment (key = SKU)
+       └► receipts, lot changes ► supplier_stats (per supplier) ┤   (supplier_monitor.py)
+                                     └► reliability_write: the store's ``reliability`` command
+```
+
+Outputs go through the flow's idempotent producer (``engine.flow.sinks``): at least once, and a
+message written again after a crash or a replay carries the same ``alert_id`` / ``trigger_id``
+(the memo — ``alert_memo.py`` — makes a replayed tail produce the same messages). Consumers
+dedupe alerts on ``(alert_id, status, revision)`` and triggers on ``trigger_id``.
+
+The alert step runs after the store applied a batch, so its Redis round trips (prefetch and
+publish) are per batch, never per event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import bytewax.operators as op
+import orjson
+from bytewax.outputs import Sink
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from connectors.topics import Topics
+from engine import metrics
+from engine.domain.outputs import Alert, ReplenishmentTrigger
+from engine.domain.policy import Policy
+from engine.domain.suppliers import SupplierParams
+from engine.flow.alert_memo import MemoError, decode_memo, encode_memo, memo_key
+from engine.flow.alert_monitor import (
+    Emitted,
+    Memo,
+    MonitorConfig,
+    PolicyKnobs,
+    Seen,
+    SkuLogic,
+    SupplierMessage,
+    wall_clock_ms,
+)
+from engine.flow.dataflow import Extra, FlowStreams, OutcomeItem
+from engine.flow.records import Outcome
+from engine.flow.sinks import KafkaMessage, KafkaOutput
+from engine.flow.supplier_monitor import ReliabilityWrite, SupplierLogic
+from engine.store.keys import sku_keys
+from engine.store.store import Store
+from engine.store.wire import SupplyCommand
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_TRANSIENT: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+try:  # cluster-only transient states
+    from redis.exceptions import ClusterDownError, TryAgainError
+
+    _TRANSIENT += (ClusterDownError, TryAgainError)
+except ImportError:  # pragma: no cover
+    pass
+
+_POLICY_CACHE_MAX = 200_000
+"""Cached SKU policies per worker before the cache starts over (bounds memory on huge catalogues)."""
+
+
+@dataclass(frozen=True)
+class AlertingOptions:
+    """Tuning of the alert steps (the rule thresholds themselves come from settings and policies)."""
+
+    ticks: bool = True
+    """Wake quiet SKUs when an open lot comes due (``inbound_late`` without events)."""
+    memo_ttl_s: int = 86_400
+    """How long a memo stays: the longest a replay may lag behind the first pass and still give
+    the same messages (a crash restart needs seconds; a deliberate replay of the log, its age)."""
+    policy_refresh_s: float = 30.0
+    """How often a SKU's policy is read again (policy changes come through the ops API, not the log)."""
+    replay_quiet_s: float = 60.0
+    retry_for_s: float = 60.0
+    """How long Redis may be unreachable before the step fails (and the flow stops)."""
+    clock_ms: Callable[[], int] = wall_clock_ms
+    """The wall clock of the ticks (tests pass a fake one)."""
+
+    def __post_init__(self) -> None:
+        if self.memo_ttl_s < 1 or self.policy_refresh_s <= 0 or self.replay_quiet_s < 0 or self.retry_for_s < 0:
+            raise ValueError("memo_ttl_s ≥ 1, policy_refresh_s > 0, replay_quiet_s ≥ 0, retry_for_s ≥ 0")
+
+
+# --- sinks ---------------------------------------------------------------------------------------
+
+
+def encode_alert(alert: Alert) -> KafkaMessage:
+    """Key = SKU, value = the alert JSON, headers to route without decoding."""
+    headers = [
+        ("alert.id", alert.alert_id.encode()),
+        ("alert.kind", alert.kind.encode()),
+        ("alert.status", alert.status.encode()),
+    ]
+    return alert.message_key(), alert.to_json(), headers
+
+
+def encode_trigger(trigger: ReplenishmentTrigger) -> KafkaMessage:
+    """Key = SKU, value = the trigger JSON."""
+    return trigger.message_key(), trigger.to_json(), [("trigger.id", trigger.trigger_id.encode())]
+
+
+def alerts_sink(conf: Mapping[str, Any], topic: str) -> KafkaOutput[Alert]:
+    """``Alert`` items to ``topic`` (idempotent producer)."""
+    return KafkaOutput(conf, topic, encode_alert)
+
+
+def triggers_sink(conf: Mapping[str, Any], topic: str) -> KafkaOutput[ReplenishmentTrigger]:
+    """``ReplenishmentTrigger`` items to ``topic`` (idempotent producer)."""
+    return KafkaOutput(conf, topic, encode_trigger)
+
+
+# --- the steps that talk to Redis ----------------------------------------------------------------
+
+
+class _RedisStep:
+    """A batch mapper with one store per worker thread (built lazily: stores hold sockets) and
+    retries while Redis is unreachable."""
+
+    def __init__(self, store_factory: Callable[[], Store], retry_for_s: float) -> None:
+        self._factory = store_factory
+        self._retry_for_s = retry_for_s
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_local"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def store(self) -> Store:
+        store = getattr(self._local, "store", None)
+        if store is None:
+            store = self._local.store = self._factory()
+        return store
+
+    def retrying(self, fn: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self._retry_for_s
+        delay = 0.05
+        while True:
+            try:
+                return fn()
+            except _TRANSIENT as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("Redis unavailable (%s); retrying in %.2fs", exc, delay)
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+
+def _is_replay(o: Outcome) -> bool:
+    return o.status == "duplicate" and o.reply.get("reason") == "offset"
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Prefetch(_RedisStep):
+    """``(sku, Outcome)`` batch → ``(sku, Seen)``: the SKUs' policy knobs and the replays' memos."""
+
+    def __init__(self, store_factory: Callable[[], Store], options: AlertingOptions) -> None:
+        super().__init__(store_factory, options.retry_for_s)
+        self._refresh_s = options.policy_refresh_s
+        self._policies: dict[str, tuple[PolicyKnobs, float]] = {}
+
+    def __call__(self, batch: list[OutcomeItem]) -> list[tuple[str, Seen]]:
+        items = [o for sku, o in batch if sku]  # sku "" = a cancel of an unknown reservation
+        if not items:
+            return []
+        store = self.store()
+        now = time.monotonic()
+        if len(self._policies) > _POLICY_CACHE_MAX:
+            self._policies.clear()
+        stale = sorted({o.sku for o in items if now - self._policies.get(o.sku, (None, -1e18))[1] > self._refresh_s})
+        replays: dict[str, tuple[Outcome, str]] = {}
+        for o in items:
+            if _is_replay(o):
+                try:
+                    replays[o.outcome_id] = (o, memo_key(store.prefix, o.sku, o.source, o.offset))
+                except ValueError as exc:
+                    log.warning("no memo for %s: %s", o.outcome_id, exc)
+        if stale or replays:
+            keys = [sku_keys(sku, store.prefix).pol for sku in stale] + [k for _, k in replays.values()]
+            values = self.retrying(lambda: _get_many(store.redis, keys))
+            self._remember_policies(stale, values[: len(stale)], now)
+            memos = self._read_memos(list(replays.values()), values[len(stale):])
+        else:
+            memos = {}
+        return [(o.sku, Seen(o, self._policies[o.sku][0], memos.get(o.outcome_id))) for o in items]
+
+    def _remember_policies(self, skus: list[str], raws: list[Any], now: float) -> None:
+        for sku, raw in zip(skus, raws, strict=True):
+            try:
+                policy = Policy.from_wire(orjson.loads(raw)) if raw is not None else Policy()
+            except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+                log.warning("unreadable policy of %s (%s); the alert rules use the defaults", sku, exc)
+                policy = Policy()
+            self._policies[sku] = (PolicyKnobs.of(policy), now)
+
+    @staticmethod
+    def _read_memos(replays: list[tuple[Outcome, str]], raws: list[Any]) -> dict[str, Memo]:
+        memos: dict[str, Memo] = {}
+        for (o, key), raw in zip(replays, raws, strict=True):
+            if raw is None:
+                continue
+            try:
+                memo = decode_memo(raw)
+            except MemoError as exc:
+                log.warning("ignoring memo %s: %s", key, exc)
+                continue
+            if memo.observation.sku != o.sku or memo.observation.event_id != o.event_id:
+                log.warning("ignoring memo %s: it is of another event (%s)", key, memo.observation.event_id)
+                continue
+            memos[o.outcome_id] = memo
+        return memos
+
+
+class Publish(_RedisStep):
+    """``(sku, Emitted)`` batch → alerts, triggers and supplier messages, after storing the memos."""
+
+    def __init__(self, store_factory: Callable[[], Store], options: AlertingOptions) -> None:
+        super().__init__(store_factory, options.retry_for_s)
+        self._ttl_s = options.memo_ttl_s
+
+    def __call__(self, batch: list[tuple[str, Emitted]]) -> list[Alert | ReplenishmentTrigger | SupplierMessage]:
+        memos: list[tuple[str, bytes]] = []
+        for _, e in batch:
+            if e.memo is not None and e.memo_of is not None:
+                o = e.memo_of
+                try:
+                    memos.append((memo_key(self.store().prefix, o.sku, o.source, o.offset), encode_memo(e.memo)))
+                except ValueError as exc:
+                    log.warning("cannot keep a memo of %s: %s", o.outcome_id, exc)
+        if memos:
+            store = self.store()
+            self.retrying(lambda: _set_many(store.redis, memos, self._ttl_s))
+        out: list[Alert | ReplenishmentTrigger | SupplierMessage] = []
+        for _, e in batch:
+            for alert in e.alerts:
+                metrics.record_alert(alert.kind, alert.status)
+            if e.triggers:
+                metrics.record_replenishment_trigger(len(e.triggers))
+            out += e.alerts
+            out += e.triggers
+            out += e.supplier
+        return out
+
+
+class WriteReliability(_RedisStep):
+    """Applies ``ReliabilityWrite`` items to the SKUs whose policy uses reliability, skipping those
+    that already hold the figure (a replay writes nothing)."""
+
+    def __call__(self, batch: list[ReliabilityWrite]) -> list[Any]:
+        if not batch:
+            return []
+        store = self.store()
+
+        def read() -> list[Any]:
+            pipe = store.redis.pipeline(transaction=False)
+            for w in batch:
+                keys = sku_keys(w.sku, store.prefix)
+                pipe.get(keys.pol)
+                pipe.hget(keys.srel, w.supplier)
+            return list(pipe.execute())
+
+        values = self.retrying(read)
+        commands = []
+        for i, w in enumerate(batch):
+            raw_policy, raw_rel = values[2 * i], _text(values[2 * i + 1])
+            try:
+                uses = raw_policy is not None and bool(orjson.loads(raw_policy).get("use_reliability"))
+            except (orjson.JSONDecodeError, AttributeError):
+                uses = False
+            current = int(raw_rel) if raw_rel is not None and raw_rel.isdigit() else 1000
+            if uses and current != w.rel_pm:
+                commands.append(
+                    SupplyCommand(
+                        sku=w.sku,
+                        cmd="reliability",
+                        payload={"supplier": w.supplier, "rel_pm": w.rel_pm},
+                        event_id=w.event_id,
+                        reason="supplier reliability",
+                        ref=f"supplier:{w.supplier}",
+                    )
+                )
+        if commands:
+            self.retrying(lambda: store.apply(commands))
+            for c in commands:
+                log.info("reliability of %s at %s set to %d‰", c.payload["supplier"], c.sku, c.payload["rel_pm"])
+        return []
+
+
+def _get_many(client: Any, keys: list[str]) -> list[Any]:
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
+    return list(pipe.execute())
+
+
+def _set_many(client: Any, entries: list[tuple[str, bytes]], ttl_s: int) -> None:
+    pipe = client.pipeline(transaction=False)
+    for key, value in entries:
+        pipe.set(key, value, ex=ttl_s)
+    pipe.execute()
+
+
+# --- wiring --------------------------------------------------------------------------------------
+
+
+def attach_alerting(
+    streams: FlowStreams,
+    *,
+    settings: Any,
+    store_factory: Callable[[], Store],
+    alert_output: Sink[Alert],
+    trigger_output: Sink[ReplenishmentTrigger],
+    options: AlertingOptions = AlertingOptions(),  # frozen: one shared default is safe
+) -> None:
+    """Attach the alert, replenishment and supplier steps to ``streams.outcomes``.
+
+    ``settings`` gives the rule defaults (``engine.settings.Settings``); the SKUs' policies are read
+    from the store. Alerts go to ``alert_output``, triggers to ``trigger_output``.
+    """
+    seen = op.flat_map_batch("alert_prefetch", streams.outcomes, Prefetch(store_factory, options))
+    monitor = MonitorConfig(
+        settings, ticks=options.ticks, replay_quiet_s=options.replay_quiet_s, clock_ms=options.clock_ms
+    )
+    emitted = op.stateful_batch("alert_monitor", seen, SkuLogic.builder(monitor))  # type: ignore[arg-type]
+    published = op.flat_map_batch("alert_publish", emitted, Publish(store_factory, options))
+    alerts_or_not = op.branch("alert_split", published, _is_alert)
+    triggers_or_supplier = op.branch("trigger_split", alerts_or_not.falses, _is_trigger)
+    by_supplier = op.key_on("supplier_key", triggers_or_supplier.falses, _supplier_of)  # type: ignore[arg-type]
+    supplier_out = op.stateful_batch(
+        "supplier_stats", by_supplier, SupplierLogic.builder(SupplierParams.from_settings(settings))
+    )
+    supplier_items = op.branch("supplier_split", op.key_rm("supplier_unkey", supplier_out), _is_alert)
+    op.flat_map_batch(
+        "reliability_write", supplier_items.falses, WriteReliability(store_factory, options.retry_for_s)
+    )
+    every_alert = op.merge("alerts_merge", alerts_or_not.trues, supplier_items.trues)
+    op.output("alerts_out", every_alert, alert_output)  # type: ignore[arg-type]
+    op.output("replenishment_out", triggers_or_supplier.trues, trigger_output)  # type: ignore[arg-type]
+
+
+def alerting_extra(
+    settings: Any,
+    topics: Topics,
+    store_factory: Callable[[], Store],
+    options: AlertingOptions = AlertingOptions(),
+) -> Extra:
+    """The production extra: alerts to ``topics.alerts``, triggers to ``topics.replenishment``, on the
+    broker of ``settings``."""
+    conf = settings.kafka_config()
+
+    def extra(streams: FlowStreams) -> None:
+        attach_alerting(
+            streams,
+            settings=settings,
+            store_factory=store_factory,
+            alert_output=alerts_sink(conf, topics.alerts),
+            trigger_output=triggers_sink(conf, topics.replenishment),
+            options=options,
+        )
+
+    return extra
+
+
+def _is_alert(item: object) -> bool:
+    return isinstance(item, Alert)
+
+
+def _is_trigger(item: object) -> bool:
+    return isinstance(item, ReplenishmentTrigger)
+
+
+def _supplier_of(item: SupplierMessage) -> str:
+    return item.supplier
