@@ -1,0 +1,214 @@
+"""``python -m loadtest [names] [--json out.json]`` — run the checkout-side benchmarks.
+
+Names: p1 (flash_sale), p2 (http_sale), p4 (atp_query), p5 (memory), p6 (script_cost), or all
+(the default). E1 / E16 (the machine's limits) always run first. Progress goes to stderr; stdout
+gets the whole result as one JSON document, also kept in loadtest/results/ with a PNG plot.
+
+Exit codes: 0 the run finished (targets met or not; see ``summary``), 1 a benchmark could not
+run (its entry carries ``error``), 2 bad arguments, 3 ``--fail-on-miss`` and a target was missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from loadtest.atp_query import AtpQueryConfig, run_atp_query
+from loadtest.flash_sale import FlashSaleConfig, run_flash_sale
+from loadtest.http_sale import HttpSaleConfig, run_http_sale
+from loadtest.limits import Limits, measure_limits
+from loadtest.memory import MemoryConfig, run_memory
+from loadtest.progress import bench_progress, console
+from loadtest.report import summary_rows, write_results
+from loadtest.script_cost import ScriptCostConfig, run_script_cost
+from loadtest.target import TargetError, redis_target
+
+ALIASES = {
+    "p1": "P1", "flash_sale": "P1", "p2": "P2", "http_sale": "P2", "p4": "P4", "atp_query": "P4",
+    "p5": "P5", "memory": "P5", "p6": "P6", "script_cost": "P6",
+}  # fmt: skip
+ORDER = ("P1", "P6", "P4", "P5", "P2")  # P6 reads P1's server figures; P2 (the longest) last
+
+
+def parse_names(names: Sequence[str]) -> list[str]:
+    """Benchmark ids in run order; raises ``ValueError`` naming an unknown one."""
+    if not names or "all" in names:
+        return list(ORDER)
+    chosen = set()
+    for name in names:
+        key = ALIASES.get(name.lower())
+        if key is None:
+            raise ValueError(f"unknown benchmark {name!r}; known: all, {', '.join(sorted(ALIASES))}")
+        chosen.add(key)
+    return [b for b in ORDER if b in chosen]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("names", nargs="*", help="benchmarks to run (default: all)")
+    p.add_argument("--json", type=Path, help="also write the result JSON here")
+    p.add_argument("--redis-url", help="a loopback Redis to use instead of an embedded one (default: ATP_REDIS_URL)")
+    p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few seconds each")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--fail-on-miss", action="store_true", help="exit 3 when a target is missed")
+    p.add_argument("--e1-requests", type=int, default=50_000)
+    p.add_argument("--e16-requests", type=int, default=100_000)
+    p.add_argument("--p1-stock", type=int, default=FlashSaleConfig.stock)
+    p.add_argument("--p1-demand", type=int, default=FlashSaleConfig.demand)
+    p.add_argument("--p1-callers", type=int, default=FlashSaleConfig.callers, help="concurrent callers per process")
+    p.add_argument("--p1-procs", type=int, default=FlashSaleConfig.procs)
+    p.add_argument("--p1-mode", choices=("async", "threads"), default=FlashSaleConfig.mode)
+    p.add_argument("--p1-qty-max", type=int, default=FlashSaleConfig.qty_max, help="holds of 1..N units")
+    p.add_argument("--p1-seconds", type=float, default=FlashSaleConfig.duration_s)
+    p.add_argument("--p2-connections", type=int, default=HttpSaleConfig.connections)
+    p.add_argument("--p2-step-seconds", type=float, default=HttpSaleConfig.step_s)
+    p.add_argument("--p2-measure-seconds", type=float, default=HttpSaleConfig.measure_s)
+    p.add_argument("--p4-skus", type=int, default=AtpQueryConfig.skus)
+    p.add_argument("--p4-seconds", type=float, default=AtpQueryConfig.duration_s)
+    p.add_argument("--p5-positions", type=int, default=MemoryConfig.positions)
+    return p
+
+
+def _configs(a: argparse.Namespace) -> dict[str, Any]:
+    if a.quick:
+        return {
+            "e1": 10_000, "e16": 20_000,
+            "P1": FlashSaleConfig(stock=5_000, demand=20_000, callers=a.p1_callers, procs=a.p1_procs,
+                                  mode=a.p1_mode, qty_max=a.p1_qty_max, duration_s=5.0),
+            "P2": HttpSaleConfig(connections=a.p2_connections, probe_s=2.0, fractions=(0.5, 1.0), step_s=1.5,
+                                 measure_s=3.0),
+            "P4": AtpQueryConfig(skus=a.p4_skus, queries=1_000, duration_s=2.0),
+            "P5": MemoryConfig(positions=2_000),
+            "P6": ScriptCostConfig(batch=32, calls_single=3_000, calls_batched=150),
+        }  # fmt: skip
+    return {
+        "e1": a.e1_requests, "e16": a.e16_requests,
+        "P1": FlashSaleConfig(stock=a.p1_stock, demand=a.p1_demand, callers=a.p1_callers, procs=a.p1_procs,
+                              mode=a.p1_mode, qty_max=a.p1_qty_max, duration_s=a.p1_seconds),
+        "P2": HttpSaleConfig(connections=a.p2_connections, step_s=a.p2_step_seconds, measure_s=a.p2_measure_seconds),
+        "P4": AtpQueryConfig(skus=a.p4_skus, duration_s=a.p4_seconds),
+        "P5": MemoryConfig(positions=a.p5_positions),
+        "P6": ScriptCostConfig(),
+    }  # fmt: skip
+
+
+def _machine(client: Any) -> dict[str, Any]:
+    server = client.info("server")
+    load = os.getloadavg()
+    cpus = os.cpu_count()
+    return {
+        "cpus": cpus,
+        "loadavg_at_start": [round(x, 2) for x in load],
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "redis_version": server.get("redis_version"),
+        "summary": f"{cpus} CPUs, load {load[0]:.1f} at start, Redis {server.get('redis_version')}",
+    }
+
+
+def _guarded(results: dict[str, Any], key: str, fn: Callable[[], Any]) -> Any:
+    """Run one benchmark; a failure is recorded under its key and the run goes on."""
+    try:
+        value = fn()
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        results[key] = {"name": key, "error": f"{type(exc).__name__}: {exc}"}
+        if os.environ.get("ATP_DEBUG"):
+            traceback.print_exc()
+        console.print(f"[red]{key} failed: {type(exc).__name__}: {exc}[/red]")
+        return None
+    return value
+
+
+def _print_summary(rows: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="loadtest summary")
+    for col in ("bench", "figure", "value", "vs", "ratio", "target", "met"):
+        table.add_column(col)
+    for r in rows:
+        value = r["value"]
+        shown = " / ".join(f"{v:,.3g}" for v in value) if isinstance(value, list) else (
+            f"{value:,.1f}" if isinstance(value, float) else str(value))
+        met = "" if r["met"] is None else ("[green]yes[/green]" if r["met"] else "[red]no[/red]")
+        table.add_row(r["bench"], r["figure"], f"{shown} {r['unit']}".strip(), r["vs"] or "",
+                      "" if r["ratio"] is None else f"{r['ratio']:.3f}", r["target"] or "", met)
+    console.print(table)
+
+
+def run(names: list[str], cfg: dict[str, Any], redis_url: str | None, quiet: bool) -> dict[str, Any]:
+    """Run the limits and the chosen benchmarks; return the results document."""
+    results: dict[str, Any] = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "benchmarks": names}
+    t0 = time.monotonic()
+    with redis_target(redis_url) as target, bench_progress(quiet) as progress:
+        client = target.client()
+        results["machine"] = _machine(client)
+        client.close()
+        results["target"] = {"redis": "embedded" if target.embedded else "ATP_REDIS_URL", "key_prefix": target.prefix}
+        limits: Limits | None = _guarded(results, "limits", lambda: measure_limits(target, progress, cfg["e1"], cfg["e16"]))
+        if limits is not None:
+            results["limits"] = limits.to_dict()
+        e1 = limits.e1.rps if limits else 0.0
+        e16 = limits.e16.rps if limits else 0.0
+        for name in names:
+            if name == "P1":
+                out = _guarded(results, name, lambda: run_flash_sale(target, cfg["P1"], progress, e1_rps=e1))
+            elif name == "P6":
+                if limits is None:
+                    results[name] = {"name": name, "error": "needs E1, which could not run"}
+                    continue
+                p1 = results.get("P1") if "error" not in results.get("P1", {"error": 1}) else None
+                out = _guarded(results, name, lambda p1=p1: run_script_cost(target, cfg["P6"], progress, limits.e1, p1))
+            elif name == "P4":
+                out = _guarded(results, name, lambda: run_atp_query(target, cfg["P4"], progress, e16_rps=e16))
+            elif name == "P5":
+                out = _guarded(results, name, lambda: run_memory(target, cfg["P5"], progress))
+            else:
+                out = _guarded(results, name, lambda: run_http_sale(target, cfg["P2"], progress, e1_rps=e1))
+            if out is not None:
+                results[name] = out
+    results["seconds"] = round(time.monotonic() - t0, 1)
+    results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["summary"] = summary_rows(results)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        names = parse_names(args.names)
+        cfg = _configs(args)
+    except ValueError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"python -m loadtest: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        results = run(names, cfg, args.redis_url, args.quiet)
+    except TargetError as exc:
+        print(f"python -m loadtest: error: {exc}", file=sys.stderr)
+        return 1
+    kept, png = write_results(results, args.json)
+    print(json.dumps(results, default=str))
+    _print_summary(results["summary"])
+    console.print(f"results: {kept}" + (f"  plot: {png}" if png else "") + (f"  copy: {args.json}" if args.json else ""))
+    failed = [k for k in ["limits", *names] if isinstance(results.get(k), dict) and "error" in results[k]]
+    if failed:
+        return 1
+    if args.fail_on_miss and any(r["met"] is False for r in results["summary"]):
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

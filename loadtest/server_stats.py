@@ -1,0 +1,101 @@
+"""What the Redis server itself says about a phase of a benchmark: per-command call counts and
+time (``INFO commandstats``), its own CPU time (``INFO cpu``) and memory (``INFO memory``).
+
+``usec`` in commandstats is wall-clock time inside the command (for EVALSHA: the whole script,
+including the commands it calls), so on a busy machine it also counts time the server thread
+was preempted. The server's CPU time per call is the figure that stays honest under load; both
+are reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CommandStat:
+    calls: int
+    usec: int
+
+
+def command_stats(client: Any) -> dict[str, CommandStat]:
+    """``INFO commandstats`` as command name (lower case, e.g. ``evalsha``) -> calls and usec."""
+    out: dict[str, CommandStat] = {}
+    for key, value in client.info("commandstats").items():
+        name = key.removeprefix("cmdstat_")
+        out[name] = CommandStat(int(value["calls"]), int(value["usec"]))
+    return out
+
+
+def server_cpu_s(client: Any) -> float:
+    """CPU seconds (user + system) the server process has used since it started."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def used_memory(client: Any) -> int:
+    """``used_memory`` in bytes."""
+    return int(client.info("memory")["used_memory"])
+
+
+@dataclass(frozen=True)
+class PhaseStats:
+    """Server-side figures of one phase: commands run (with calls and usec) and CPU seconds."""
+
+    commands: dict[str, CommandStat]
+    cpu_s: float
+
+    def calls(self, command: str) -> int:
+        stat = self.commands.get(command)
+        return stat.calls if stat else 0
+
+    def usec(self, command: str) -> int:
+        stat = self.commands.get(command)
+        return stat.usec if stat else 0
+
+    def usec_per_call(self, command: str) -> float:
+        calls = self.calls(command)
+        return self.usec(command) / calls if calls else 0.0
+
+    def cpu_us_per(self, units: int) -> float:
+        """Server CPU microseconds per unit of work (per call, per hold, ...)."""
+        return self.cpu_s * 1e6 / units if units else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cpu_s": round(self.cpu_s, 4),
+            "commands": {
+                name: {"calls": s.calls, "usec": s.usec,
+                       "usec_per_call": round(s.usec / s.calls, 3) if s.calls else 0.0}
+                for name, s in sorted(self.commands.items())
+            },
+        }  # fmt: skip
+
+
+class ServerMeter:
+    """Measure a phase: ``CONFIG RESETSTAT`` and a CPU reading on entry, both read on exit.
+
+    ``RESETSTAT`` clears the server's command statistics for everyone; the benchmarks run on their
+    own (embedded) server by default, so nothing else is disturbed.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.result: PhaseStats | None = None
+        self._cpu0 = 0.0
+
+    def __enter__(self) -> ServerMeter:
+        self.client.config_resetstat()
+        self._cpu0 = server_cpu_s(self.client)
+        return self
+
+    def snapshot(self) -> PhaseStats:
+        """The figures so far (the phase goes on)."""
+        stats = command_stats(self.client)
+        stats.pop("config", None)  # our own RESETSTAT
+        stats.pop("info", None)  # our own readings
+        return PhaseStats(stats, server_cpu_s(self.client) - self._cpu0)
+
+    def __exit__(self, *exc: object) -> None:
+        self.result = self.snapshot()
