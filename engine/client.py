@@ -592,6 +592,7 @@ class AsyncAtpClient(_ClientBase):
                    customer_id: str | None = None) -> Result:
         """See ``AtpClient.hold``."""
         reqs = self._requests(reservation_id, lines, ttl_s, channel, customer_id)
+        await self.store.ready()
         rid = reservation_id
         skus = list(reqs)
         if len(skus) == 1:
@@ -693,6 +694,7 @@ class AsyncAtpClient(_ClientBase):
         return Refusal("refused", rid, reply["reason"], sku=sku, available=available)
 
     async def _each(self, rid: str, op: str, *args: int) -> Result:
+        await self.store.ready()
         skus = _decode_index(await self.redis.get(self._index(rid)))
         if not skus:
             return Refusal("not_found", rid, "not_found")

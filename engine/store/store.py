@@ -9,10 +9,12 @@ Every method validates its arguments (``ValueError`` with the reason) before any
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from engine.store import scripts
 from engine.store.keys import (
@@ -215,74 +217,108 @@ class Store(_Base):
 class AsyncStore(_Base):
     """Asynchronous store over ``redis.asyncio.Redis`` / ``RedisCluster``; same methods as ``Store``."""
 
+    def __init__(self, redis: Any, prefix: str = DEFAULT_PREFIX, now_ms: Clock = None) -> None:
+        super().__init__(redis, prefix, now_ms)
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+
+    async def ready(self) -> None:
+        """Initialise a cluster client once, before concurrent use.
+
+        redis-py's async cluster client initialises itself lazily on first use; when many tasks
+        trigger that together it breaks connections under them ("Connection closed by server").
+        """
+        if self._ready:
+            return
+        async with self._ready_lock:
+            if not self._ready:
+                if isinstance(self.redis, AsyncRedisCluster):
+                    await self.redis.initialize()
+                self._ready = True
+
     async def _run(self, call: scripts.Call) -> Any:
         return decode_reply(await scripts.acall(self.redis, *call))
 
     async def hold_batch(self, sku: str, requests: Sequence[HoldRequest]) -> list[dict[str, Any]]:
         """See ``Store.hold_batch``."""
+        await self.ready()
         return await self._run(self._hold_call(sku, requests))
 
     async def hold_batch_claiming(
         self, sku: str, requests: Sequence[HoldRequest], claims: Sequence[tuple[str, bytes]]
     ) -> tuple[list[bool], list[dict[str, Any]]]:
         """See ``Store.hold_batch_claiming``."""
+        await self.ready()
         created, raw = await scripts.acall_after_sets(self.redis, claims, self._hold_call(sku, requests))
         return created, decode_reply(raw)
 
     async def confirm(self, sku: str, rid: str) -> dict[str, Any]:
         """See ``Store.confirm``."""
+        await self.ready()
         return await self._run(self._op_call("confirm", sku, rid))
 
     async def release(self, sku: str, rid: str) -> dict[str, Any]:
         """See ``Store.release``."""
+        await self.ready()
         return await self._run(self._op_call("release", sku, rid))
 
     async def extend(self, sku: str, rid: str, ttl_ms: int) -> dict[str, Any]:
         """See ``Store.extend``."""
+        await self.ready()
         return await self._run(self._op_call("extend", sku, rid, ttl_ms))
 
     async def rollback(self, sku: str, rid: str) -> dict[str, Any]:
         """See ``Store.rollback``."""
+        await self.ready()
         return await self._run(self._op_call("rollback", sku, rid))
 
     async def get_line(self, sku: str, rid: str) -> dict[str, Any]:
         """See ``Store.get_line``."""
+        await self.ready()
         return await self._run(self._op_call("get", sku, rid))
 
     async def position(self, sku: str, location: str | None = None) -> dict[str, Any]:
         """See ``Store.position``."""
+        await self.ready()
         return await self._run(self._position_call(sku, location))
 
     async def positions(self, skus: Sequence[str], location: str | None = None) -> list[dict[str, Any]]:
         """See ``Store.positions``."""
+        await self.ready()
         calls = [self._position_call(s, location) for s in skus]
         return [decode_reply(r) for r in await scripts.acall_many(self.redis, calls)]
 
     async def apply(self, commands: Sequence[SupplyCommand]) -> list[dict[str, Any]]:
         """See ``Store.apply``."""
+        await self.ready()
         calls = self._apply_calls(commands)
         return [decode_reply(r) for r in await scripts.acall_many(self.redis, calls)]
 
     async def set_policy(self, sku: str, policy: dict[str, Any]) -> dict[str, Any]:
         """See ``Store.set_policy``."""
+        await self.ready()
         return (await self.apply([self._policy_command(sku, policy)]))[0]
 
     async def get_policy(self, sku: str) -> dict[str, Any]:
         """See ``Store.get_policy``."""
+        await self.ready()
         return self._decode_policy(await self.redis.get(sku_keys(sku, self.prefix).pol))
 
     async def dump(self, sku: str) -> dict[str, Any]:
         """See ``Store.dump``."""
+        await self.ready()
         return self._fill_policy(await self._run(self._call("dump", sku)))
 
     async def journal(self, sku: str, limit: int = 200) -> list[dict[str, Any]]:
         """See ``Store.journal``."""
+        await self.ready()
         check_int(limit, "limit", 1, 200)
         raw = await self.redis.lrange(sku_keys(sku, self.prefix).jrnl, 0, limit - 1)
         return [orjson.loads(r) for r in raw]
 
     async def sweep(self, max_skus: int = 10_000) -> int:
         """See ``Store.sweep``."""
+        await self.ready()
         check_int(max_skus, "max_skus", 1, 10**9)
         seen: set[str] = set()
         async for key in self.redis.scan_iter(match=exp_scan_pattern(self.prefix), count=1000):

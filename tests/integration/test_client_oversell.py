@@ -45,7 +45,8 @@ def put_stock(redis: Any, qty: int = STOCK) -> None:
 
 def connected_clients(redis: Any, cluster: bool) -> int:
     if cluster:
-        return sum(int(v["connected_clients"]) for v in redis.info("clients").values())
+        per_node = redis.info("clients", target_nodes=redis_lib.RedisCluster.PRIMARIES)
+        return sum(int(v["connected_clients"]) for v in per_node.values())
     return int(redis.info("clients")["connected_clients"])
 
 
