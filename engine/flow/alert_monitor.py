@@ -42,7 +42,7 @@ from bytewax.operators import StatefulBatchLogic
 from engine import metrics
 from engine.domain import alerts as alert_rules
 from engine.domain.ids import DEFAULT_LOCATION
-from engine.domain.observation import Observation, ObservationError
+from engine.domain.observation import TICK, Observation, ObservationError
 from engine.domain.outputs import Alert, ReplenishmentTrigger
 from engine.domain.policy import Policy
 from engine.domain.sku_monitor import RulePolicies, SkuMonitor, observe
@@ -242,7 +242,7 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
             return None
         policies = self.cfg.policies(knobs)
 
-        late = self._late_before(obs.occurred_ms, policies)
+        late = self._late_before(obs, policies)
         mon = st.monitor
         lots_before = dict(mon.alerts.lots)
         open_before = _open_positions(mon)
@@ -299,13 +299,15 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
                 dues.append(lot.eta_ms + grace_ms + 1)
         return dues
 
-    def _late_before(self, at_ms: int, policies: RulePolicies) -> tuple[Alert, ...]:
-        """Fire the lots due before ``at_ms`` ahead of the observation at ``at_ms``."""
+    def _late_before(self, obs: Observation, policies: RulePolicies) -> tuple[Alert, ...]:
+        """Fire the lots already due at ``obs``'s event time, ahead of ``obs`` (credited to its event)."""
         st = self.state
         assert st is not None
+        at_ms = obs.occurred_ms
         if not any(due <= at_ms for due in self._due_lots(policies.alerts.inbound_grace_ms)):
             return ()
-        st.monitor.alerts, fired = alert_rules.tick(st.monitor.alerts, at_ms, policies.alerts)
+        clock = Observation(sku=obs.sku, command=TICK, occurred_ms=at_ms, event_id=obs.event_id)
+        st.monitor.alerts, fired = alert_rules.evaluate(st.monitor.alerts, clock, at_ms, policies.alerts)
         return tuple(fired)
 
     def _next_due(self) -> int | None:
