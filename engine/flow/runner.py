@@ -2,9 +2,9 @@
 
 Delivery: with ``recovery_dir`` set, bytewax snapshots the input offsets every
 ``snapshot_interval_s``; a restarted flow resumes from the last snapshot and re-applies the tail
-after it, which the store's per-partition offset watermark turns into no-ops. Outputs (the DLQ)
-are at least once with the same ids. Without ``recovery_dir`` a restart reads the log from the
-beginning (also a no-op catch-up, only slower).
+after it, which the store's per-partition offset watermark turns into no-ops. Outputs (the DLQ,
+alerts, replenishment triggers) are at least once with the same ids. Without ``recovery_dir`` a
+restart reads the log from the beginning (also a no-op catch-up, only slower).
 
 Shutdown: SIGTERM or Ctrl-C (when ``run_flow`` runs on the main thread), or ``stop_event`` set
 by the caller, ends the input; in-flight batches finish, outputs flush, a final snapshot is
@@ -32,6 +32,7 @@ from bytewax.run import cli_main
 
 from connectors.topics import ADJUSTMENTS, INBOUND, INPUT_TOPICS, ORDERS, RECEIPTS, Topics
 from engine import metrics
+from engine.flow.alerting import alerting_extra
 from engine.flow.dataflow import Extra, OutcomeItem, build_flow
 from engine.flow.sinks import dlq_sink
 from engine.flow.source import KafkaInput
@@ -86,8 +87,10 @@ def flow_from_settings(
     outcome_sink: Sink[OutcomeItem] | None = None,
     extras: Sequence[Extra] = (),
     workers: int | None = None,
+    alerting: bool = True,
 ) -> Dataflow:
-    """The production dataflow: ``KafkaInput`` over the input topics, the store, the DLQ topic."""
+    """The production dataflow: ``KafkaInput`` over the input topics, the store, the DLQ topic, and
+    (``alerting``) the alert and replenishment steps writing to their topics."""
     if not settings.kafka_bootstrap:
         raise FlowConfigError("no broker configured: set ATP_KAFKA_BOOTSTRAP (or run through `atp flow`)")
     if not settings.redis_url:
@@ -103,10 +106,13 @@ def flow_from_settings(
         stop_event=stop_event,
         single_group=n_workers == 1,
     )
+    store_factory = functools.partial(make_store, settings)
+    if alerting:
+        extras = (alerting_extra(settings, topics, store_factory), *extras)
     return build_flow(
         FLOW_ID,
         source,
-        functools.partial(make_store, settings),
+        store_factory,
         topic_bases(topics),
         dlq_sink(conf, topics.dlq),
         outcome_sink,
@@ -123,6 +129,7 @@ def run_flow(
     outcome_sink: Sink[OutcomeItem] | None = None,
     extras: Sequence[Extra] = (),
     serve_metrics: bool = True,
+    alerting: bool = True,
 ) -> None:
     """Run the flow in this process with ``settings.workers`` worker threads until it ends.
 
@@ -132,7 +139,7 @@ def run_flow(
     """
     stop = stop_event or threading.Event()
     flow = flow_from_settings(
-        settings, topics, stop, until_end=until_end, outcome_sink=outcome_sink, extras=extras
+        settings, topics, stop, until_end=until_end, outcome_sink=outcome_sink, extras=extras, alerting=alerting
     )
     recovery = prepare_recovery(settings.recovery_dir, settings.workers) if settings.recovery_dir else None
     if serve_metrics and settings.flow_metrics_port:
