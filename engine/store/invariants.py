@@ -41,22 +41,60 @@ def _promisable(lot: dict[str, Any], policy: dict[str, Any], rel: dict[str, int]
     return lot["qty"] * policy["cap_pm"] * r // 1_000_000
 
 
+_READS = 8  # pipelined reads per SKU, in the order _check_state() unpacks them
+
+
+def _queue_reads(pipe: Any, k: Any) -> None:
+    pipe.hgetall(k.loc)
+    pipe.hgetall(k.lots)
+    pipe.hgetall(k.res)
+    pipe.get(k.pol)
+    pipe.hgetall(k.srel)
+    pipe.hgetall(k.cust)
+    pipe.hgetall(k.chan)
+    pipe.zrange(k.exp, 0, -1, withscores=True)
+
+
+def _now_ms(client: Any) -> int:
+    secs, micros = client.time()
+    return int(secs) * 1000 + int(micros) // 1000
+
+
 def check_sku(client: Any, sku: str, prefix: str = DEFAULT_PREFIX) -> list[str]:
     """Violations of one SKU's invariants (empty list when it is consistent)."""
-    k = sku_keys(sku, prefix)
+    return _check_many(client, [sku], prefix)
+
+
+def _check_many(client: Any, skus: list[str], prefix: str) -> list[str]:
+    """Check a chunk of SKUs with two pipelined round trips (reads, then positions)."""
+    keys = [sku_keys(sku, prefix) for sku in skus]
+    pipe = client.pipeline(transaction=False)
+    for k in keys:
+        _queue_reads(pipe, k)
+    raw = pipe.execute()
+    now = _now_ms(client)
+    script = scripts.load_scripts()["position"]
+    positions = scripts.call_many(client, [(script, k.all, [k.sku, now, "", 1]) for k in keys])
     out: list[str] = []
+    for i, sku in enumerate(skus):
+        out.extend(_check_state(sku, raw[i * _READS:(i + 1) * _READS], decode_reply(positions[i]), now))
+    return out
+
+
+def _check_state(sku: str, raw: list[Any], pos: dict[str, Any], now: int) -> list[str]:
+    out: list[str] = []
+    loc_raw, lots_raw, res_raw, raw_pol, srel_raw, cust_raw, chan_raw, exp_raw = raw
     buckets: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(("oh", "hd", "cm", "oa", "ba", "st"), 0))
-    for field, value in client.hgetall(k.loc).items():
+    for field, value in loc_raw.items():
         loc, _, bucket = _text(field).rpartition("|")
         buckets[loc][bucket] = int(value)
-    lots = {_text(i): orjson.loads(v) for i, v in client.hgetall(k.lots).items()}
-    lines = {_text(r): orjson.loads(v) for r, v in client.hgetall(k.res).items()}
-    raw_pol = client.get(k.pol)
+    lots = {_text(i): orjson.loads(v) for i, v in lots_raw.items()}
+    lines = {_text(r): orjson.loads(v) for r, v in res_raw.items()}
     policy = normalize_policy(orjson.loads(raw_pol) if raw_pol else {})
-    rel = {_text(s): int(v) for s, v in client.hgetall(k.srel).items()}
-    customers = {_text(c): int(v) for c, v in client.hgetall(k.cust).items()}
-    channels = {_text(c): int(v) for c, v in client.hgetall(k.chan).items()}
-    expiring = {_text(r): float(s) for r, s in client.zrange(k.exp, 0, -1, withscores=True)}
+    rel = {_text(s): int(v) for s, v in srel_raw.items()}
+    customers = {_text(c): int(v) for c, v in cust_raw.items()}
+    channels = {_text(c): int(v) for c, v in chan_raw.items()}
+    expiring = {_text(r): float(s) for r, s in exp_raw}
 
     for lot in lots.values():
         buckets[lot["loc"]]  # a lot names its location
@@ -128,11 +166,7 @@ def check_sku(client: Any, sku: str, prefix: str = DEFAULT_PREFIX) -> list[str]:
     if channels != {c: n for c, n in chan_used.items() if n}:
         out.append(f"{sku}: channel usage {channels} != live+shipped lines {dict(chan_used)}")
 
-    # ATP formula, against what the position script reports (read-only call, explicit now)
-    secs, micros = client.time()
-    now = int(secs) * 1000 + int(micros) // 1000
-    script = scripts.load_scripts()["position"]
-    pos = decode_reply(scripts.call(client, script, k.all, [sku, now, "", 1]))
+    # ATP formula, against what the position script reports (read-only, same now)
     for loc, b in buckets.items():
         pit = sum(_promisable(lot, policy, rel, now) for lot in lots.values() if lot["loc"] == loc)
         atp = b["oh"] + pit - b["cm"] - b["hd"] - policy["safety"]
@@ -154,6 +188,7 @@ def check_invariants(redis_client: Any, prefix: str = DEFAULT_PREFIX) -> list[st
     """
     validate_prefix(prefix)
     problems: list[str] = []
-    for sku in _skus(redis_client, prefix):
-        problems.extend(check_sku(redis_client, sku, prefix))
+    skus = _skus(redis_client, prefix)
+    for i in range(0, len(skus), 200):
+        problems.extend(_check_many(redis_client, skus[i:i + 200], prefix))
     return problems
