@@ -94,6 +94,7 @@ def run_atp_query(target: Target, cfg: AtpQueryConfig, progress: Progress, e16_r
     summary = summarize(lat)
     positions_per_s = len(lat) * cfg.skus / took
     calls = phase.calls("evalsha")
+    profile = _position_profile(target, names)
     return {
         "name": "P4",
         "config": cfg.__dict__,
@@ -109,6 +110,24 @@ def run_atp_query(target: Target, cfg: AtpQueryConfig, progress: Progress, e16_r
         "script_usec_per_query": round(phase.usec("evalsha") / len(lat), 1),
         "server_cpu_us_per_query": round(phase.cpu_us_per(len(lat)), 1),
         "script_calls": calls,
+        "position_script_profile": profile,
         "server": phase.to_dict(),
         "series": [i.__dict__ for i in time_series([e - starts[0] for e in ends], lat, [True] * len(lat), 0.0, 0.5)],
     }
+
+
+def _position_profile(target: Target, names: list[str], rounds: int = 20) -> dict[str, Any]:
+    """Where a position call's time goes: the instrumented copy of position.lua (see P6)."""
+    from engine.store import scripts
+    from engine.store.keys import sku_keys
+    from loadtest.script_cost import PROFILE_NOTE, instrumented, profile_segments
+
+    source = instrumented(scripts._read("lib"), scripts._read("position"), work="position figures")
+    calls = ((sku_keys(sku, target.prefix).all, [sku, 0, ""]) for _ in range(rounds) for sku in names)
+    client = target.client()
+    try:
+        out = profile_segments(client, source, calls)
+    finally:
+        client.close()
+    out["note"] = PROFILE_NOTE
+    return out

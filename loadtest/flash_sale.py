@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import random
+import resource
 import threading
 import time
 from dataclasses import dataclass
@@ -170,7 +171,8 @@ def _worker(job: _Job, done: Any, out: Any) -> None:
             history = asyncio.run(_async_sale(job, done, errors))
         else:
             history = _threaded_sale(job, done, errors)
-        out.send(("ok", (history, errors)))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        out.send(("ok", (history, errors, usage.ru_utime + usage.ru_stime)))
     except BaseException as exc:  # report, never hang the parent
         out.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -214,8 +216,10 @@ def run_flash_sale(target: Target, cfg: FlashSaleConfig, progress: Progress, nam
         raise RuntimeError(f"{name}: worker failed: {errors[0]}")
     history = History()
     error_kinds: dict[str, int] = {}
-    for _status, (part, kinds) in results:
+    client_cpu_s = 0.0
+    for _status, (part, kinds, cpu_s) in results:
         history.extend(part)
+        client_cpu_s += cpu_s
         for kind, n in kinds.items():
             error_kinds[kind] = error_kinds.get(kind, 0) + n
     position = store.position(sku)
@@ -224,6 +228,10 @@ def run_flash_sale(target: Target, cfg: FlashSaleConfig, progress: Progress, nam
     phase = meter.result
     report = _report(name, cfg, history, position, phase, e1_rps)
     report["error_kinds"] = error_kinds
+    # Who limits the rate: the client processes' CPU per hold (start-up included) and the share
+    # of the sale's wall time Redis spent inside the hold script.
+    report["client_cpu_us_per_hold"] = round(client_cpu_s * 1e6 / max(len(history), 1), 1)
+    report["redis_script_busy_fraction"] = round(phase.usec("evalsha") / 1e6 / max(report["duration_s"], 1e-9), 3)
     return report
 
 

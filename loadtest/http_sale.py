@@ -1,5 +1,6 @@
 """P2 — a flash sale through the HTTP API, many clients.
 
+0. single client: one keep-alive connection, one request at a time — the latency floor;
 1. probe: ``connections`` keep-alive clients send holds back to back — a first estimate X of
    the saturating rate;
 2. sweep: an open-loop arrival rate of 0.25, 0.5, 0.75, 1.0 and 1.25 × X, a few seconds each;
@@ -92,20 +93,20 @@ def run_http_sale(target: Target, cfg: HttpSaleConfig, progress: Progress, e1_rp
     """Start broker + API, run probe, sweep and measurement; return the report."""
     steps: list[dict[str, Any]] = []
     series: list[dict[str, Any]] = []
-    n_steps = 2 + len(cfg.fractions)
+    n_steps = 3 + len(cfg.fractions)
     task = progress.add_task("P2: HTTP flash sale (probe, sweep, 80 %)", total=n_steps)
     ctx = mp.get_context("spawn")
     with broker_bootstrap() as bootstrap, api_server(target, bootstrap) as api, \
             ProcessPoolExecutor(max_workers=1, mp_context=ctx) as driver:
 
-        def run(label: str, mode: str, duration: float, rate: float = 0.0) -> dict[str, Any]:
+        def run(label: str, mode: str, duration: float, rate: float = 0.0, connections: int = 0) -> dict[str, Any]:
             expected = rate * duration if mode == "open" else 0
             if mode == "closed":  # the stock is sized after the fact: use the probe's estimate or a guess
                 expected = max(1000.0, duration * 3000)
             stock = max(50, math.ceil(expected * cfg.stock_fraction))
             name = f"P2-{label}"
             store = stock_sku(target, name, stock)
-            step = Step(mode=mode, duration_s=duration, connections=cfg.connections, sku=target.sku(name),
+            step = Step(mode=mode, duration_s=duration, connections=connections or cfg.connections, sku=target.sku(name),
                         rid_prefix=target.rid(f"{name}-"), rate=rate)
             cpu0 = process_cpu_s(api.pid)
             res = driver.submit(run_step, api.host, api.port, api.token, step).result()
@@ -120,6 +121,8 @@ def run_http_sale(target: Target, cfg: HttpSaleConfig, progress: Progress, e1_rp
         # warm-up: imports, connections, script cache of the server
         driver.submit(run_step, api.host, api.port, api.token,
                       Step("closed", 1.0, 8, target.sku("P2-warm"), target.rid("P2-warm-"))).result()
+        # one client, one request at a time: the latency floor of the whole path
+        steps.append(run("single-client", "closed", cfg.step_s, connections=1))
         probe = run("probe", "closed", cfg.probe_s)
         steps.append(probe["report"])
         estimate = probe["report"]["achieved_rps"]
@@ -144,6 +147,7 @@ def run_http_sale(target: Target, cfg: HttpSaleConfig, progress: Progress, e1_rp
         "rps": m["achieved_rps"],
         "p50_ms": m["latency"]["p50_ms"],
         "p99_ms": p99,
+        "single_client": {k: steps[0][k] for k in ("achieved_rps", "latency", "api_cpu_us_per_request")},
         "ratio_rps_vs_e1": ratio(m["achieved_rps"], e1_rps),
         "ratio_saturating_vs_e1": ratio(saturating, e1_rps),
         "target": f"p99 <= {TARGET_P99_MS} ms at {cfg.measure_fraction:.0%} of the saturating rate",

@@ -16,9 +16,11 @@ Figures:
 
 from __future__ import annotations
 
+import itertools
 import re
 import statistics
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,12 +65,13 @@ class ScriptCostConfig:
             raise ValueError("call counts must be at least 10")
 
 
-def instrumented(lib: str, hold: str) -> str:
-    """An instrumented copy of lib.lua + hold.lua that returns ``[segment, µs, …]`` (pure).
+def instrumented(lib: str, entry: str, work: str = "requests (checks, allocation, line json)") -> str:
+    """An instrumented copy of lib.lua + an entry script that returns ``[segment, µs, …]`` (pure).
 
     A segment ends at every section separator of lib.lua (named after the section it closes),
-    after ``expire_due()``, before ``flush()`` and before the final ``return`` of hold.lua.
-    Whatever cannot be found is merged into the next segment.
+    after the entry's ``expire_due()`` line, before its ``flush()`` and before its final
+    ``return`` (the entry's segments are named ``entry: …``; ``work`` names the one between lazy
+    expiry and write-back). Whatever cannot be found is merged into the next segment.
     """
     parts = []
     last = 0
@@ -80,15 +83,15 @@ def instrumented(lib: str, hold: str) -> str:
         last = m.start()
     parts.append(lib[last:])
     parts.append(f"\n__P.mark({_lua_str(name)})\n")
-    entry = hold
     returns = list(re.finditer(r"^return .*$", entry, flags=re.M))
     if returns:
         r = returns[-1]
-        entry = entry[: r.start()] + "__P.mark('hold: write back (flush)')\nlocal __reply = " + \
-            r.group(0)[len("return "):] + "\n__P.mark('hold: reply encoding')\n" + entry[r.end():]
-    entry = re.sub(r"^(flush\(\)\s*)$", r"__P.mark('hold: requests (checks, allocation, line json)')\n\1", entry,
+        entry = entry[: r.start()] + "__P.mark('entry: write back (flush)')\nlocal __reply = " + \
+            r.group(0)[len("return "):] + "\n__P.mark('entry: reply encoding')\n" + entry[r.end():]
+    entry = re.sub(r"^(flush\(\)\s*)$", lambda m: f"__P.mark({_lua_str('entry: ' + work)})\n{m.group(1)}", entry,
                    count=1, flags=re.M)
-    entry = re.sub(r"^(expire_due\(\)\s*)$", r"\1\n__P.mark('hold: lazy expiry')", entry, count=1, flags=re.M)
+    entry = re.sub(r"^((?!local function).*\bexpire_due\(\).*)$", r"\1\n__P.mark('entry: lazy expiry')", entry,
+                   count=1, flags=re.M)
     return _MARKER + "".join(parts) + "\n" + entry + _MARKER_RETURN
 
 
@@ -166,8 +169,44 @@ def call_costs(target: Target, cfg: ScriptCostConfig, progress: Progress) -> dic
     return out
 
 
+def profile_segments(client: Any, source: str, calls: Iterator[tuple[list[str], list[Any]]]) -> dict[str, Any]:
+    """Run the instrumented ``source`` once per ``(keys, args)`` (16 per pipelined round trip)
+    and return the median and mean microseconds of each segment, in script order."""
+    sha = client.script_load(source)
+    samples: dict[str, list[float]] = {}
+    order: list[str] = []
+    n = 0
+    while True:
+        chunk = list(itertools.islice(calls, 16))
+        if not chunk:
+            break
+        pipe = client.pipeline(transaction=False)
+        for keys, args in chunk:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        n += len(chunk)
+        for flat in pipe.execute():
+            for i in range(0, len(flat), 2):
+                seg = flat[i].decode() if isinstance(flat[i], bytes) else str(flat[i])
+                if seg not in samples:
+                    samples[seg] = []
+                    order.append(seg)
+                samples[seg].append(float(flat[i + 1]))
+    segments = [{"segment": s, "median_us": statistics.median(samples[s]),
+                 "mean_us": round(statistics.fmean(samples[s]), 2)} for s in order]  # fmt: skip
+    return {
+        "calls": n,
+        "sum_of_medians_us": round(sum(s["median_us"] for s in segments), 1),
+        "segments": segments,
+        "largest": [s["segment"] for s in sorted(segments, key=lambda s: -s["median_us"])[:4]],
+    }
+
+
+PROFILE_NOTE = ("each segment also pays one TIME call (see '(one clock reading)'); 'lib: <section>' is the "
+                "shared prelude, run on every call: building that section's closures and loading state")
+
+
 def segment_profile(target: Target, cfg: ScriptCostConfig, progress: Progress) -> dict[str, Any]:
-    """Median microseconds per segment of the instrumented script, with 1 and ``batch`` holds."""
+    """Median microseconds per segment of the instrumented hold script, with 1 and ``batch`` holds."""
     from engine.store import scripts
     from engine.store.store import HoldRequest
 
@@ -177,40 +216,19 @@ def segment_profile(target: Target, cfg: ScriptCostConfig, progress: Progress) -
     for holds in (1, cfg.batch):
         name = f"P6-prof-{holds}"
         store = stock_sku(target, name, HUGE_STOCK)
-        client = store.redis
-        sha = client.script_load(source)
         sku = target.sku(name)
-        calls = cfg.profile_calls if holds == 1 else max(10, cfg.profile_calls // 10)
-        samples: dict[str, list[float]] = {}
-        order: list[str] = []
-        n = 0
-        while n < calls:
-            pipe = client.pipeline(transaction=False)
-            for _ in range(min(16, calls - n)):
+        count = cfg.profile_calls if holds == 1 else max(10, cfg.profile_calls // 10)
+
+        def calls(holds: int = holds, count: int = count, store: Any = store, sku: str = sku) -> Iterator[Any]:
+            for n in range(count):
                 reqs = [HoldRequest(rid=target.rid(f"pf{holds}-{n}-{i}"), qty=1) for i in range(holds)]
                 _s, keys, args = store._hold_call(sku, reqs)
-                pipe.evalsha(sha, len(keys), *keys, *args)
-                n += 1
-            for flat in pipe.execute():
-                for i in range(0, len(flat), 2):
-                    seg = flat[i].decode() if isinstance(flat[i], bytes) else str(flat[i])
-                    if seg not in samples:
-                        samples[seg] = []
-                        order.append(seg)
-                    samples[seg].append(float(flat[i + 1]))
-        client.close()
-        segments = [{"segment": s, "median_us": statistics.median(samples[s]),
-                     "mean_us": round(statistics.fmean(samples[s]), 2)} for s in order]  # fmt: skip
-        total = sum(s["median_us"] for s in segments)
-        out[f"{holds}_holds_per_call"] = {
-            "calls": calls,
-            "sum_of_medians_us": round(total, 1),
-            "segments": segments,
-            "largest": [s["segment"] for s in sorted(segments, key=lambda s: -s["median_us"])[:4]],
-        }
+                yield keys, args
+
+        out[f"{holds}_holds_per_call"] = profile_segments(store.redis, source, calls())
+        store.redis.close()
         progress.advance(task)
-    out["note"] = ("each segment also pays one TIME call (see '(one clock reading)'); 'lib: <section>' "
-                   "is the prelude run on every call: building that section's closures and loading state")
+    out["note"] = PROFILE_NOTE
     return out
 
 

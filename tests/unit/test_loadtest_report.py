@@ -206,11 +206,11 @@ def test_instrumented_script_marks_every_section_and_step() -> None:
     marks = re.findall(r"__P\.mark\('([^']*)'\)", src)
     assert marks == [
         "start", "(one clock reading)", "lib: header", "lib: policy", "lib: write back",
-        "hold: lazy expiry", "hold: requests (checks, allocation, line json)",
-        "hold: write back (flush)", "hold: reply encoding",
+        "entry: lazy expiry", "entry: requests (checks, allocation, line json)",
+        "entry: write back (flush)", "entry: reply encoding",
     ]
     # the entry still runs its statements in order, and returns the marks instead of the reply
-    assert src.index("expire_due()") < src.index("'hold: lazy expiry'") < src.index("\nflush()")
+    assert src.index("expire_due()") < src.index("'entry: lazy expiry'") < src.index("\nflush()")
     assert "local __reply = cjson.encode(replies)" in src
     assert src.rstrip().endswith("return __out")
     assert src.index("redis.replicate_commands()") < src.index("'lib: header'")
@@ -219,7 +219,7 @@ def test_instrumented_script_marks_every_section_and_step() -> None:
 def test_instrumented_script_merges_steps_it_cannot_find() -> None:
     src = instrumented(LIB, "local x = 1\nreturn x\n")
     marks = re.findall(r"__P\.mark\('([^']*)'\)", src)
-    assert "hold: lazy expiry" not in marks and "hold: reply encoding" in marks
+    assert "entry: lazy expiry" not in marks and "entry: reply encoding" in marks
 
 
 # --------------------------------------------------------------------------- HTTP requests, names, summary
@@ -261,3 +261,14 @@ def test_summary_rows_compare_with_limits_and_targets() -> None:
     p4 = rows[4]
     assert p4["value"] == [1.0, 3.0] and p4["met"] is False and p4["target"] == "p99 <= 2 ms"
     assert rows[5]["vs"] == "E16" and rows[5]["ratio"] == 0.5
+
+
+def test_instrumented_position_script_marks_a_guarded_expiry_and_names_its_work() -> None:
+    entry = "if ARGV[4] ~= '1' then expire_due() end\nlocal reply = position(nil)\nflush()\nreturn cjson.encode(reply)\n"
+    src = instrumented(LIB + "local function expire_due() end\n", entry, work="position figures")
+    marks = re.findall(r"__P\.mark\('([^']*)'\)", src)
+    assert marks[-4:] == ["entry: lazy expiry", "entry: position figures", "entry: write back (flush)",
+                          "entry: reply encoding"]
+    # the library's own definition of expire_due is not mistaken for the call
+    assert src.count("__P.mark('entry: lazy expiry')") == 1
+    assert src.index("then expire_due() end") < src.index("'entry: lazy expiry'")
