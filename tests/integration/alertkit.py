@@ -122,6 +122,32 @@ def scenario() -> list[Event]:
     return [*history(), *flash_sale(), *restock_and_presale(), *slip_short_recover()]
 
 
+EXPECTED = [
+    ("demand_surge", "firing", "WH1", 1),      # 30 units in 24 h against 19.2/day before
+    ("low_stock", "firing", "WH1", 1),         # ATP 20 ≤ 20
+    ("stockout", "firing", "WH1", 1),          # ATP 0
+    ("order_unfulfillable", "firing", "s-12", 1),
+    ("low_stock", "resolved", "WH1", 1),       # lot L1 (presell): ATP 80 > 22
+    ("stockout", "resolved", "WH1", 1),
+    ("promise_slipped", "firing", "L1", 1),    # L1's ETA day 9 → day 12
+    ("demand_surge", "resolved", "WH1", 1),    # the window moved past the sale
+    ("promise_at_risk", "firing", "", 1),      # L1 arrived with 10 of 80
+    ("low_stock", "firing", "WH1", 2),
+    ("stockout", "firing", "WH1", 2),          # ATP −10
+    ("oversold", "firing", "WH1", 1),
+    ("promise_at_risk", "resolved", "", 1),    # 100 units found
+    ("low_stock", "resolved", "WH1", 2),
+    ("stockout", "resolved", "WH1", 2),
+    ("oversold", "resolved", "WH1", 1),
+]
+"""The scenario's alert transitions of FLASH-1, in order: ``transitions()`` of what is published."""
+
+TRIGGERS = [(1, "ev-s-03", 40, 20), (2, "ev-L1-slip", 60, 190), (3, "ev-L1-rcpt", -10, 70)]
+"""The scenario's triggers: (episode, event, IP, qty). d, σ from the closed days (8, 12; then 85 on
+the sale day; then 8 days without orders), L = 4 (policy), z(0.95), R = 1, pack 10:
+⌈(50.70 − 40)/10⌉·10 = 20, ⌈(248.37 − 60)/10⌉·10 = 190, ⌈(58.06 + 10)/10⌉·10 = 70."""
+
+
 class Feed:
     """Turns events into ``RawMessage``s with increasing offsets per topic (partition 0), as the
     flow's Kafka input would deliver them."""
