@@ -1,0 +1,191 @@
+"""The per-SKU alert logic of the flow, driven directly (no dataflow, no I/O): fresh outcomes, replays
+with and without a memo, what gets memoised, lateness ticks, snapshots."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from engine.domain.outputs import Alert
+from engine.flow.alert_monitor import (
+    Emitted,
+    LotChange,
+    MonitorConfig,
+    PolicyKnobs,
+    Seen,
+    SkuLogic,
+)
+from engine.flow.records import Outcome
+from engine.settings import Settings
+
+DAY = 86_400_000
+T0 = 1_893_456_000_000
+SRC = "inventory.adjustments:0"
+KNOBS = PolicyKnobs(low_stock=10)
+
+
+class Clock:
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+def position(atp: int, on_hand: int | None = None, short: int = 0) -> dict[str, Any]:
+    oh = atp if on_hand is None else on_hand
+    loc = {"on_hand": oh, "safety": 0, "held": 0, "committed": oh - atp, "in_transit": 0,
+           "promisable_in_transit": 0, "atp": atp, "oh_alloc": 0, "bo_alloc": 0, "short": short}
+    return {"sku": "A", "atp": atp, "oversold": short, "locations": {"WH1": loc}}
+
+
+def outcome(offset: int, cmd: str, payload: dict[str, Any], reply: dict[str, Any], t: int = T0,
+            source: str = SRC) -> Outcome:
+    return Outcome(sku="A", event_id=f"e{offset}", event_type="x", cmd=cmd, payload=payload, source=source,
+                   offset=offset, occurred_ms=t, reply={"at_risk": [], "slipped": [], **reply})
+
+
+def count(offset: int, on_hand: int, status: str = "ok", t: int = T0) -> Outcome:
+    reply = {"status": status, "position": position(on_hand)}
+    if status == "duplicate":
+        reply["reason"] = "offset"
+    return outcome(offset, "count", {"loc": "WH1", "on_hand": on_hand}, reply, t)
+
+
+def logic(clock: Clock | None = None, state: bytes | None = None) -> SkuLogic:
+    cfg = MonitorConfig(Settings.model_construct(), clock_ms=clock or Clock(T0), replay_quiet_s=60)
+    return SkuLogic.builder(cfg)(state)
+
+
+def feed(lg: SkuLogic, *seen: Seen) -> list[Emitted]:
+    out, discard = lg.on_batch(list(seen))
+    assert discard is False  # a SKU's rule state is never dropped
+    return list(out)
+
+
+def kinds(emitted: list[Emitted]) -> list[tuple[str, str]]:
+    return [(a.kind, a.status) for e in emitted for a in e.alerts]
+
+
+def test_a_fresh_transition_is_published_and_memoised_and_a_quiet_outcome_is_neither() -> None:
+    lg = logic()
+    quiet = feed(lg, Seen(count(0, 50), KNOBS))
+    low = feed(lg, Seen(count(1, 5), KNOBS))
+
+    assert quiet == []
+    assert kinds(low) == [("low_stock", "firing")]
+    assert low[0].memo is not None and low[0].memo_of is not None and low[0].memo_of.offset == 1
+    assert low[0].memo.knobs == KNOBS and low[0].memo.observation.position is not None
+
+
+def test_a_missed_replay_with_its_memo_gives_the_first_pass_again_from_the_restored_state() -> None:
+    first = logic()
+    feed(first, Seen(count(0, 50), KNOBS))
+    snapshot = first.snapshot()
+    fired = feed(first, Seen(count(1, 5), KNOBS))
+    memo = fired[0].memo
+
+    restored = logic(state=snapshot)
+    # Redis is ahead: the store answers "duplicate" with today's position (ATP 50 again).
+    replayed = feed(restored, Seen(count(1, 50, status="duplicate"), KNOBS, memo))
+
+    assert [a.to_json() for a in replayed[0].alerts] == [a.to_json() for a in fired[0].alerts]
+    assert replayed[0].memo is None  # a replay writes no memo
+    later = feed(restored, Seen(count(2, 50), KNOBS))
+    assert [(a.kind, a.status, a.alert_id) for a in later[0].alerts] == [
+        ("low_stock", "resolved", fired[0].alerts[0].alert_id)
+    ]
+
+
+def test_a_missed_replay_without_a_memo_judges_no_position_and_a_known_duplicate_is_news() -> None:
+    lg = logic()
+    feed(lg, Seen(count(5, 50), KNOBS))
+    missed = feed(lg, Seen(count(6, 5, status="duplicate"), KNOBS))  # beyond offset 5: never observed
+    known = feed(lg, Seen(count(4, 5, status="duplicate"), KNOBS))  # at or below 5: its position is news
+
+    assert missed == []
+    assert kinds(known) == [("low_stock", "firing")]
+
+
+def test_replies_the_command_alone_cannot_rebuild_are_memoised() -> None:
+    lg = logic()
+    refused = outcome(0, "order_placed", {"rid": "o1", "qty": 3, "loc": "", "channel": "web"},
+                      {"status": "refused", "reason": "insufficient", "available": 0, "position": position(0)},
+                      source="inventory.orders:0")
+    placed_elsewhere = outcome(
+        1, "order_placed", {"rid": "o2", "qty": 1, "loc": "", "channel": "web"},
+        {"status": "ok", "position": position(20, on_hand=21),
+         "line": {"alloc": [["oh", "WH1", "WH1", 1]]}}, source="inventory.orders:0")
+    out = feed(lg, Seen(refused, KNOBS), Seen(placed_elsewhere, KNOBS))
+
+    assert [e.memo_of.event_id for e in out if e.memo_of] == ["e0", "e1"]
+    assert out[1].memo is not None and out[1].memo.observation.location == "WH1"
+
+
+def test_lots_opened_and_closed_are_told_to_the_supplier_step() -> None:
+    lg = logic()
+    created = outcome(0, "inbound_created",
+                      {"inbound_id": "L1", "loc": "WH1", "qty": 10, "eta_ms": T0 + DAY, "supplier": "S1"},
+                      {"status": "ok", "position": position(0)}, source="inventory.inbound:0")
+    received = outcome(0, "receipt", {"loc": "WH1", "qty": 4, "inbound_id": "L1"},
+                       {"status": "ok", "position": position(4),
+                        "lot": {"inbound_id": "L1", "qty": 10, "eta_ms": T0 + DAY, "supplier": "S1"}},
+                       t=T0 + DAY, source="inventory.receipts:0")
+    out = feed(lg, Seen(created, KNOBS), Seen(received, KNOBS))
+
+    messages = [m for e in out for m in e.supplier]
+    assert messages[:2] == [LotChange("S1", "A", "L1", True), LotChange("S1", "A", "L1", False)]
+    receipt = messages[2]
+    assert (receipt.supplier, receipt.expected_qty, receipt.received_qty, receipt.received_ms) == (
+        "S1", 10, 4, T0 + DAY
+    )
+
+
+def lot_logic(clock: Clock) -> SkuLogic:
+    lg = logic(clock)
+    created = outcome(0, "inbound_created",
+                      {"inbound_id": "L1", "loc": "WH1", "qty": 10, "eta_ms": T0 + DAY, "supplier": "S1"},
+                      {"status": "ok", "position": position(100)}, source="inventory.inbound:0")
+    feed(lg, Seen(created, KNOBS))
+    return lg
+
+
+def test_a_quiet_sku_is_woken_at_its_lots_due_time_and_the_tick_fires_inbound_late() -> None:
+    clock = Clock(T0)
+    lg = lot_logic(clock)
+    wake = lg.notify_at()
+    assert wake is not None
+    expected = datetime.now(UTC) + timedelta(milliseconds=DAY + 1)
+    assert abs((wake - expected).total_seconds()) < 5
+
+    early, discard = lg.on_notify()
+    assert list(early) == [] and discard is False  # not due yet: nothing
+    clock.ms = T0 + 2 * DAY
+    out, _ = lg.on_notify()
+    alerts: list[Alert] = [a for e in out for a in e.alerts]
+    assert [(a.kind, a.status, a.subject, a.occurred_ms, a.event_id) for a in alerts] == [
+        ("inbound_late", "firing", "L1", T0 + DAY + 1, "")
+    ]
+    assert lg.notify_at() is None  # the only lot is late already: nothing left to wake for
+
+
+def test_ticks_wait_while_a_sku_replays_until_the_replay_has_been_quiet() -> None:
+    clock = Clock(T0 + 2 * DAY)
+    lg = lot_logic(clock)
+    feed(lg, Seen(count(9, 100, status="duplicate"), KNOBS))  # a missed duplicate: replaying
+    wake = lg.notify_at()
+    assert wake is not None and wake > datetime.now(UTC) + timedelta(seconds=50)
+    assert list(lg.on_notify()[0]) == []
+
+    clock.ms += 61_000
+    assert [(a.kind, a.status) for e in lg.on_notify()[0] for a in e.alerts] == [("inbound_late", "firing")]
+
+
+def test_a_snapshot_restores_the_whole_state() -> None:
+    lg = lot_logic(Clock(T0))
+    feed(lg, Seen(count(3, 5), KNOBS))
+    restored = logic(state=lg.snapshot())
+
+    assert restored.state == lg.state
+    assert restored.state is not None and restored.state.offsets == {"inventory.inbound:0": 0, SRC: 3}
+    assert restored.state.knobs == KNOBS
