@@ -47,18 +47,22 @@ class Step:
 
 @dataclass
 class StepResult:
-    """Per request: scheduled time (open loop; = start in closed loop), start, end
-    (``time.monotonic()``) and HTTP status (0 = no answer)."""
+    """Per request: scheduled time (open loop; = start in closed loop), when the driver got to
+    it (``began``: late when the driver itself was starved of CPU), when it was sent (``start``,
+    after waiting for a free connection), ``end`` (all ``time.monotonic()``) and the HTTP status
+    (0 = no answer)."""
 
     t0: float = 0.0
     sched: array = field(default_factory=lambda: array("d"))
+    began: array = field(default_factory=lambda: array("d"))
     start: array = field(default_factory=lambda: array("d"))
     end: array = field(default_factory=lambda: array("d"))
     status: array = field(default_factory=lambda: array("h"))
     errors: dict[str, int] = field(default_factory=dict)
 
-    def record(self, sched: float, start: float, end: float, status: int) -> None:
+    def record(self, sched: float, began: float, start: float, end: float, status: int) -> None:
         self.sched.append(sched)
+        self.began.append(began)
         self.start.append(start)
         self.end.append(end)
         self.status.append(status)
@@ -169,12 +173,12 @@ def _raw(host: str, port: int, token: str, step: Step, i: int) -> bytes:
 
 
 async def _one(pool: _Pool, raw: bytes, sched: float, out: StepResult) -> None:
-    start = time.monotonic()
+    began = start = time.monotonic()
     try:
         conn = await pool.get()
     except Exception as exc:
         out.error(exc)
-        out.record(sched, start, time.monotonic(), 0)
+        out.record(sched, began, start, time.monotonic(), 0)
         return
     start = time.monotonic()
     try:
@@ -182,9 +186,9 @@ async def _one(pool: _Pool, raw: bytes, sched: float, out: StepResult) -> None:
     except Exception as exc:
         out.error(exc)
         pool.discard(conn)
-        out.record(sched, start, time.monotonic(), 0)
+        out.record(sched, began, start, time.monotonic(), 0)
         return
-    out.record(sched, start, time.monotonic(), status)
+    out.record(sched, began, start, time.monotonic(), status)
     if keep:
         pool.put(conn)
     else:
@@ -241,11 +245,11 @@ async def _closed_loop(host: str, port: int, token: str, step: Step) -> StepResu
                 status, keep = await asyncio.wait_for(conn.request(raw), REQUEST_TIMEOUT_S)
             except Exception as exc:
                 out.error(exc)
-                out.record(start, start, time.monotonic(), 0)
+                out.record(start, start, start, time.monotonic(), 0)
                 conn.close()
                 conn = None
                 continue
-            out.record(start, start, time.monotonic(), status)
+            out.record(start, start, start, time.monotonic(), status)
             if not keep:
                 conn.close()
                 conn = None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 __all__ = ["Progress", "bench_progress", "console"]
 
-console = Console(stderr=True)
+# Not a terminal (a log file, CI): wide enough that the summary table keeps one line per row.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def bench_progress(quiet: bool = False) -> Progress:

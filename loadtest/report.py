@@ -25,6 +25,11 @@ def _row(bench: str, figure: str, value: Any, unit: str, limit: str | None = Non
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Headline figures of every benchmark that ran, in QUALITY.md order (pure)."""
     rows = []
+    for name in ("limits", "P1", "P2", "P4", "P5", "P6"):
+        entry = results.get(name)
+        if isinstance(entry, dict) and "error" in entry:
+            rows.append(_row(name, "could not run", entry["error"], ""))
+    results = {k: v for k, v in results.items() if not (isinstance(v, dict) and "error" in v)}
     lim = results.get("limits") or {}
     for name in ("E1", "E16"):
         e = lim.get(name)

@@ -272,3 +272,9 @@ def test_instrumented_position_script_marks_a_guarded_expiry_and_names_its_work(
     # the library's own definition of expire_due is not mistaken for the call
     assert src.count("__P.mark('entry: lazy expiry')") == 1
     assert src.index("then expire_due() end") < src.index("'entry: lazy expiry'")
+
+
+def test_a_benchmark_that_could_not_run_is_one_row_with_its_error() -> None:
+    rows = summary_rows({"P2": {"name": "P2", "error": "RuntimeError: the API exited with 1"}})
+    assert rows == [{"bench": "P2", "figure": "could not run", "value": "RuntimeError: the API exited with 1",
+                     "unit": "", "vs": None, "ratio": None, "target": None, "met": None}]
