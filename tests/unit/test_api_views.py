@@ -1,0 +1,73 @@
+"""The API's JSON bodies and reservation events, built from client records (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from engine.api.reservation_events import encode, reservation_event
+from engine.api.views import position_view, reservation_view, rfc3339
+from engine.client import Allocation, Reservation, ReservedLine
+
+T0 = 1_735_718_400_000  # 2025-01-01T08:00:00Z
+
+
+def reservation(state: str = "held", expires_ms: int = T0 + 60_000) -> Reservation:
+    lines = [
+        ReservedLine("B", 2, "WH1", state, expires_ms, T0, 5, [Allocation("oh", "WH1", "WH1", 2)]),
+        ReservedLine("A", 3, None, state, expires_ms, T0 + 86_400_000, 0,
+                     [Allocation("oh", "WH1", "WH1", 1), Allocation("lot", "PO-7", "WH2", 2)]),
+    ]
+    return Reservation("ok", "R1", state, lines, T0 + 86_400_000, expires_ms, {"A": 0, "B": 5})
+
+
+def test_times_are_rfc3339_utc_and_zero_means_none() -> None:
+    assert rfc3339(T0) == "2025-01-01T08:00:00.000Z"
+    assert rfc3339(0) is None
+
+
+def test_reservation_view_orders_lines_and_names_allocations() -> None:
+    view = reservation_view(reservation())
+    assert [line["sku"] for line in view["lines"]] == ["A", "B"]
+    assert view["promised_at"] == "2025-01-02T08:00:00.000Z"
+    assert view["expires_at"] == "2025-01-01T08:01:00.000Z"
+    first = view["lines"][0]
+    assert first["location"] is None
+    assert first["allocations"][1] == {"kind": "lot", "ref": "PO-7", "location": "WH2", "qty": 2}
+
+
+def test_position_view_keeps_the_location_asked_and_fills_dates() -> None:
+    wire = {"sku": "A", "on_hand": 5, "safety": 0, "held": 1, "committed": 0, "in_transit": 10,
+            "promisable_in_transit": 8, "atp": 12, "promisable_now": 4, "next_promise_ms": T0, "oversold": 0,
+            "locations": {"WH1": {"on_hand": 5, "safety": 0, "held": 1, "committed": 0, "in_transit": 10,
+                                  "promisable_in_transit": 8, "atp": 12, "oh_alloc": 1, "bo_alloc": 0,
+                                  "short": 0}}}
+    view = position_view(wire, "WH1")
+    assert view["location"] == "WH1" and view["atp"] == 12
+    assert view["next_promise_at"] == "2025-01-01T08:00:00.000Z"
+    assert view["locations"]["WH1"]["oh_alloc"] == 1
+
+
+@pytest.mark.parametrize("change", ["held", "confirmed", "released"])
+def test_event_ids_are_deterministic_per_change(change: str) -> None:
+    event = reservation_event(change, reservation(), channel="web", occurred_at=datetime(2025, 1, 1, tzinfo=UTC))
+    assert event["event_id"] == f"res:R1:{change}"
+    assert event["type"] == f"reservation.{change}"
+    assert event["occurred_at"] == "2025-01-01T00:00:00.000Z"
+    assert event["channel"] == "web" and event["customer_id"] is None
+    assert orjson.loads(encode(event)) == event
+    assert "expires_at" not in event["lines"][0]
+
+
+def test_each_extension_has_its_own_event_id() -> None:
+    first = reservation_event("extended", reservation(expires_ms=T0 + 60_000))
+    second = reservation_event("extended", reservation(expires_ms=T0 + 120_000))
+    assert first["event_id"] == f"res:R1:extended:{T0 + 60_000}"
+    assert first["event_id"] != second["event_id"]
+
+
+def test_unknown_change_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown reservation change"):
+        reservation_event("shipped", reservation())  # type: ignore[arg-type]
