@@ -223,10 +223,9 @@ class _GroupPartition(StatefulSourcePartition[RawMessage, ResumeState]):
     # --- internals -------------------------------------------------------------------------
 
     def _poll(self) -> None:
-        room = self._max_buffer - sum(len(b) for b in self._buf.values())
-        if room <= 0:
-            return
-        for msg in self._consumer.consume(min(room, self._batch_size * 2), 0):
+        # Always poll: the merge may be waiting for a partition whose messages are in the queue.
+        # Partitions far ahead are paused instead (see _flow_control), which bounds the buffers.
+        for msg in self._consumer.consume(self._batch_size * 2, 0):
             err = msg.error()
             source = f"{msg.topic()}:{msg.partition()}"
             if err is not None:
@@ -272,8 +271,10 @@ class _GroupPartition(StatefulSourcePartition[RawMessage, ResumeState]):
         return out
 
     def _flow_control(self) -> None:
-        # A partition far ahead of the others would grow its buffer without bound: pause its fetching.
-        high, low = self._max_buffer // 2, self._max_buffer // 4
+        # A partition far ahead of the others would grow its buffer without bound: pause its
+        # fetching until the merge caught up. Never pause one that is empty (the merge may wait on it).
+        high = max(self._batch_size, self._max_buffer // len(self._sources))
+        low = high // 2
         for (topic, part), source in zip(self._members, self._sources, strict=True):
             size = len(self._buf[source])
             if size > high and source not in self._paused:
