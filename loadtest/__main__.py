@@ -1,7 +1,8 @@
 """``python -m loadtest [names] [--json out.json]`` — run the checkout-side benchmarks.
 
 Names: p1 (flash_sale), p2 (http_sale), p4 (atp_query), p5 (memory), p6 (script_cost), or all
-(the default). E1 / E16 (the machine's limits) always run first. Progress goes to stderr; stdout
+(the default). E1 / E16 (the machine's limits) always run first, and
+E1 once more at the end (``limits.E1_end``, ``limits.e1_drift``: how much the machine's speed moved). Progress goes to stderr; stdout
 gets the whole result as one JSON document, also kept in loadtest/results/ with a PNG plot.
 
 Exit codes: 0 the run finished (targets met or not; see ``summary``), 1 a benchmark could not
@@ -24,7 +25,7 @@ from typing import Any
 from loadtest.atp_query import AtpQueryConfig, run_atp_query
 from loadtest.flash_sale import FlashSaleConfig, run_flash_sale
 from loadtest.http_sale import HttpSaleConfig, run_http_sale
-from loadtest.limits import Limits, measure_limits
+from loadtest.limits import Limits, measure_limits, run_limit
 from loadtest.memory import MemoryConfig, run_memory
 from loadtest.progress import bench_progress, console
 from loadtest.report import summary_rows, write_results
@@ -177,6 +178,12 @@ def run(names: list[str], cfg: dict[str, Any], redis_url: str | None, quiet: boo
                 out = _guarded(results, name, lambda: run_http_sale(target, cfg["P2"], progress, e1_rps=e1))
             if out is not None:
                 results[name] = out
+        if limits is not None and names:
+            # E1 once more: how much the machine's own speed drifted while the benchmarks ran
+            end = _guarded(results, "limits_end", lambda: run_limit(target, "E1-end", 1, cfg["e1"], progress))
+            if end is not None:
+                results["limits"]["E1_end"] = end.to_dict()
+                results["limits"]["e1_drift"] = round(end.rps / limits.e1.rps - 1, 3) if limits.e1.rps else None
     results["seconds"] = round(time.monotonic() - t0, 1)
     results["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["summary"] = summary_rows(results)

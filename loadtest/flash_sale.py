@@ -36,8 +36,9 @@ class FlashSaleConfig:
 
     stock: int = 50_000
     demand: int = 250_000
-    callers: int = 256
-    procs: int = 1
+    # Two client processes (two checkout servers) on the hot SKU, each coalescing its own callers.
+    callers: int = 128
+    procs: int = 2
     mode: str = "async"  # async | threads
     qty_max: int = 1
     max_batch: int = 256

@@ -36,6 +36,11 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         if e:
             rows.append(_row(name, "hold script calls/s (redis-benchmark)", e["rps"], "calls/s"))
             rows.append(_row(name, "script time per call (commandstats)", e["script_usec_per_call"], "us"))
+    end = lim.get("E1_end")
+    if end:
+        start = (lim.get("E1") or {}).get("rps") or 0.0
+        rows.append(_row("E1", "again at the end of the run", end["rps"], "calls/s", "E1",
+                         round(end["rps"] / start, 3) if start else None))
     p1 = results.get("P1")
     if p1:
         rows.append(_row("P1", "successes/s while stock lasted", p1["successes_per_s"], "holds/s", "E1",
