@@ -29,6 +29,9 @@ from loadtest.server_stats import ServerMeter
 from loadtest.stats import ratio, summarize, time_series
 from loadtest.target import Target
 
+# start-up of a worker (imports, connections) plus the last calls in flight after the deadline
+WORKER_GRACE_S = 60.0
+
 
 @dataclass(frozen=True)
 class FlashSaleConfig:
@@ -204,13 +207,22 @@ def run_flash_sale(target: Target, cfg: FlashSaleConfig, progress: Progress, nam
             send.close()
             workers.append((proc, done, recv))
         results = []
-        for proc, _done, recv in workers:
-            while not recv.poll(0.2):
-                progress.update(task, completed=sum(d.value for _p, d, _r in workers))
-                if not proc.is_alive() and not recv.poll(0):
-                    raise RuntimeError(f"{name}: a worker process died (exit code {proc.exitcode})")
-            results.append(recv.recv())
-            proc.join()
+        give_up = time.monotonic() + cfg.duration_s + WORKER_GRACE_S
+        try:
+            for proc, _done, recv in workers:
+                while not recv.poll(0.2):
+                    progress.update(task, completed=sum(d.value for _p, d, _r in workers))
+                    if not proc.is_alive() and not recv.poll(0):
+                        raise RuntimeError(f"{name}: a worker process died (exit code {proc.exitcode})")
+                    if time.monotonic() > give_up:
+                        raise RuntimeError(f"{name}: workers still busy {WORKER_GRACE_S:.0f} s after the sale's end")
+                results.append(recv.recv())
+                proc.join()
+        finally:
+            for proc, _done, _recv in workers:
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join(5)
     progress.update(task, completed=sum(d.value for _p, d, _r in workers))
     errors = [r[1] for r in results if r[0] != "ok"]
     if errors:

@@ -30,6 +30,7 @@ HUGE_STOCK = 1_000_000_000
 # redis-benchmark reads -r with atoi: it must fit a C int. Repeated ids (a duplicate reply, nothing
 # booked) stay rare: about n² / (2 · RAND_RANGE), i.e. 2.5 in 100k calls.
 RAND_RANGE = 2_000_000_000
+BENCHMARK_TIMEOUT_S = 300.0
 
 
 class LimitsUnavailable(RuntimeError):
@@ -160,6 +161,10 @@ def run_limit(target: Target, name: str, pipeline: int, requests: int, progress:
         last_t, last_calls = t0, 0
         while proc.poll() is None:
             time.sleep(0.25)
+            if time.monotonic() - t0 > BENCHMARK_TIMEOUT_S:
+                proc.kill()
+                proc.wait()
+                raise RuntimeError(f"{name}: redis-benchmark still running after {BENCHMARK_TIMEOUT_S} s; stopped it")
             calls = meter.snapshot().calls("evalsha")
             now = time.monotonic()
             series.append((now - t0, (calls - last_calls) / (now - last_t)))

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from loadtest.limits import HUGE_STOCK, RAND_RANGE, ensure_redis_benchmark, stock_sku
+from loadtest.limits import BENCHMARK_TIMEOUT_S, HUGE_STOCK, RAND_RANGE, ensure_redis_benchmark, stock_sku
 from loadtest.progress import Progress
 from loadtest.server_stats import PhaseStats, ServerMeter
 from loadtest.target import Target
@@ -117,7 +117,7 @@ def _bench(target: Target, binary: str, source: str, sku_name: str, holds: int, 
         cmd += ["-a", target.password]
     cmd += ["EVALSHA", sha, str(len(keys)), *keys, *argv]
     with ServerMeter(client) as meter:
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=BENCHMARK_TIMEOUT_S)
     client.close()
     if done.returncode != 0:
         raise RuntimeError(f"redis-benchmark failed: {done.stderr.strip()[-300:]}")
