@@ -18,7 +18,7 @@ import functools
 import logging
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +26,7 @@ from types import FrameType
 from typing import Any
 
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
 from bytewax.outputs import Sink
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
@@ -35,7 +36,7 @@ from engine import metrics
 from engine.flow.alerting import alerting_extra
 from engine.flow.dataflow import Extra, OutcomeItem, build_flow
 from engine.flow.sinks import dlq_sink
-from engine.flow.source import KafkaInput
+from engine.flow.source import KafkaInput, RawMessage
 from engine.settings import Settings
 from engine.store.store import Store
 
@@ -88,9 +89,13 @@ def flow_from_settings(
     extras: Sequence[Extra] = (),
     workers: int | None = None,
     alerting: bool = True,
+    wrap_source: Callable[[KafkaInput], Source[RawMessage]] | None = None,
 ) -> Dataflow:
     """The production dataflow: ``KafkaInput`` over the input topics, the store, the DLQ topic, and
-    (``alerting``) the alert and replenishment steps writing to their topics."""
+    (``alerting``) the alert and replenishment steps writing to their topics.
+
+    ``wrap_source`` (tests) replaces the source by a wrapper around it, e.g. one that aborts.
+    """
     if not settings.kafka_bootstrap:
         raise FlowConfigError("no broker configured: set ATP_KAFKA_BOOTSTRAP (or run through `atp flow`)")
     if not settings.redis_url:
@@ -111,7 +116,7 @@ def flow_from_settings(
         extras = (alerting_extra(settings, topics, store_factory), *extras)
     return build_flow(
         FLOW_ID,
-        source,
+        wrap_source(source) if wrap_source is not None else source,
         store_factory,
         topic_bases(topics),
         dlq_sink(conf, topics.dlq),
@@ -130,6 +135,7 @@ def run_flow(
     extras: Sequence[Extra] = (),
     serve_metrics: bool = True,
     alerting: bool = True,
+    wrap_source: Callable[[KafkaInput], Source[RawMessage]] | None = None,
 ) -> None:
     """Run the flow in this process with ``settings.workers`` worker threads until it ends.
 
@@ -139,7 +145,8 @@ def run_flow(
     """
     stop = stop_event or threading.Event()
     flow = flow_from_settings(
-        settings, topics, stop, until_end=until_end, outcome_sink=outcome_sink, extras=extras, alerting=alerting
+        settings, topics, stop, until_end=until_end, outcome_sink=outcome_sink, extras=extras, alerting=alerting,
+        wrap_source=wrap_source,
     )
     recovery = prepare_recovery(settings.recovery_dir, settings.workers) if settings.recovery_dir else None
     if serve_metrics and settings.flow_metrics_port:
