@@ -18,7 +18,7 @@ import orjson
 from connectors.topics import Topics
 from engine.domain.events import format_time, from_ms
 
-BASE_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+BASE_MS = 1_893_456_000_000  # 2030-01-01T00:00:00Z: ETAs stay in the future of any wall clock here
 DAY_MS = 86_400_000
 LOCATIONS = ("WH1", "WH2")
 SUPPLIERS = ("SUP-A", "SUP-B", "SUP-C")
