@@ -1,0 +1,393 @@
+"""P3 — the stream: Kafka → flow → Redis with one worker, beside the machine's own limits.
+
+One run, in this order:
+
+1. **E16** — ``redis-benchmark -P 16`` of the engine's hold script (``loadtest.limits``), the Redis
+   side of the machine's limits.
+2. **produce** — N simulated events (``engine.simulate``) to fresh input topics.
+3. **K** — the raw confluent-kafka consume rate of the same events: one consumer, ``assign`` of
+   every input partition from offset 0, read to each partition's end (no parsing).
+4. **P3** — the flow with one worker reads the same topics from offset 0 to their end and applies
+   everything to Redis (``run_flow(..., until_end=True)``). Sampled every 0.5 s: events applied,
+   the consumer lag the flow reports. Lag back to 0 = every message of the backlog was consumed
+   (counted by (topic, partition, offset) through the outcome and DLQ streams).
+   ``--alerting`` runs the whole production flow (alert and replenishment steps too) instead of
+   the apply path alone.
+
+Prints one JSON document, keeps it in ``loadtest/results/stream-<stamp>.json`` with a PNG plot
+(matplotlib, the ``loadtest`` extra). Not a test: nothing here passes or fails.
+
+    .venv/bin/python -m loadtest.stream_bench [--events 20000] [--skus 200] [--batch-size 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from connectors.embedded import EmbeddedBroker
+from connectors.topics import Topics, create_topics
+from engine import metrics
+from engine.flow.dataflow import FlowStreams
+from engine.flow.runner import run_flow
+from engine.settings import Settings
+from engine.simulate import produce
+from loadtest.limits import LimitsUnavailable, run_limit
+from loadtest.progress import bench_progress
+from loadtest.target import Target, TargetError, redis_target, require_loopback
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SAMPLE_EVERY_S = 0.5
+P3_TARGET_EVENTS_PER_S = 50_000
+P3_TARGET_E16_RATIO = 0.2
+
+
+# --- the broker --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def broker(bootstrap: str | None) -> Iterator[str]:
+    """``bootstrap`` (loopback only), else ``ATP_KAFKA_BOOTSTRAP``, else an embedded broker."""
+    given = bootstrap or os.environ.get("ATP_KAFKA_BOOTSTRAP") or ""
+    if given:
+        for hostport in given.split(","):
+            require_loopback(hostport.rsplit(":", 1)[0])
+        yield given
+        return
+    with EmbeddedBroker() as server:
+        yield server.bootstrap
+
+
+# --- K: the raw consume rate -------------------------------------------------------------------
+
+
+def raw_consume(bootstrap: str, topics: Topics, expected: int, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Read every input partition from 0 to its end with one assign-mode consumer; no parsing."""
+    from confluent_kafka.admin import AdminClient
+
+    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+    tps = [TopicPartition(t, p, 0) for t in topics.inputs for p in sorted(meta.topics[t].partitions)]
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "stream-bench-raw", "enable.auto.commit": False,
+                         "enable.partition.eof": True, "fetch.wait.max.ms": 100})
+    started = time.perf_counter()
+    consumer.assign(tps)
+    count, size, ended, first = 0, 0, set(), None
+    try:
+        while len(ended) < len(tps) and time.perf_counter() - started < timeout_s:
+            for msg in consumer.consume(10_000, 0.2):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        ended.add((msg.topic(), msg.partition()))
+                    continue
+                if first is None:
+                    first = time.perf_counter()
+                ended.discard((msg.topic(), msg.partition()))
+                count += 1
+                size += len(msg.value() or b"")
+    finally:
+        consumer.close()
+    done = time.perf_counter()
+    streaming = done - (first or started)
+    return {
+        "messages": count, "bytes": size, "complete": count == expected,
+        "seconds": round(done - started, 3), "messages_per_s": round(count / (done - started), 1),
+        "streaming_seconds": round(streaming, 3),
+        "streaming_messages_per_s": round(count / streaming, 1) if streaming > 0 else None,
+    }  # fmt: skip
+
+
+# --- P3: the flow ------------------------------------------------------------------------------
+
+
+class _Seen:
+    """Counts the distinct input messages that reached the end of the flow (outcome or DLQ)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.messages: set[tuple[str, int]] = set()
+
+    def add(self, source: str, offset: int) -> None:
+        with self.lock:
+            self.messages.add((source, offset))
+
+
+class _SeenPartition(StatelessSinkPartition[Any]):
+    def __init__(self, seen: _Seen, of_outcome: bool) -> None:
+        self._seen = seen
+        self._of_outcome = of_outcome
+
+    def write_batch(self, items: list[Any]) -> None:
+        for item in items:
+            if self._of_outcome:
+                o = item[1]
+                self._seen.add(o.source, o.offset)
+            else:
+                self._seen.add(f"{item.topic}:{item.partition}", item.offset)
+
+
+class _SeenSink(DynamicSink[Any]):
+    def __init__(self, seen: _Seen, of_outcome: bool) -> None:
+        self._seen = seen
+        self._of_outcome = of_outcome
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _SeenPartition:
+        return _SeenPartition(self._seen, self._of_outcome)
+
+
+def _applied_total() -> float:
+    return sum(s.value for m in metrics.EVENTS.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+def _dlq_total() -> float:
+    return sum(s.value for m in metrics.DLQ.collect() for s in m.samples if s.name.endswith("_total"))
+
+
+def _lag(topics: Topics) -> float:
+    names = set(topics.inputs)
+    return sum(s.value for m in metrics.CONSUMER_LAG.collect() for s in m.samples if s.labels.get("topic") in names)
+
+
+def run_p3(settings: Settings, topics: Topics, expected: int, alerting: bool, server: Any) -> dict[str, Any]:
+    """The flow over the backlog, sampled; server-side script time from INFO commandstats."""
+    import bytewax.operators as op
+
+    seen = _Seen()
+
+    def count_messages(streams: FlowStreams) -> None:
+        op.output("bench_seen_outcomes", streams.outcomes, _SeenSink(seen, True))
+        op.output("bench_seen_dlq", streams.dlq, _SeenSink(seen, False))
+
+    series: list[dict[str, Any]] = []
+    stop = threading.Event()
+    applied0, dlq0 = _applied_total(), _dlq_total()
+
+    def sample() -> None:
+        t0 = time.perf_counter()
+        last_t, last_n = t0, 0.0
+        while not stop.wait(SAMPLE_EVERY_S):
+            now = time.perf_counter()
+            n = _applied_total() - applied0
+            with seen.lock:
+                messages = len(seen.messages)
+            series.append({"t_s": round(now - t0, 3), "commands": int(n), "messages": messages,
+                           "commands_per_s": round((n - last_n) / (now - last_t), 1), "lag": _lag(topics)})
+            last_t, last_n = now, n
+
+    server.config_resetstat()
+    cpu0 = _server_cpu(server)
+    sampler = threading.Thread(target=sample, daemon=True)
+    started = time.perf_counter()
+    sampler.start()
+    try:
+        run_flow(settings, topics, until_end=True, serve_metrics=False, alerting=alerting, extras=(count_messages,))
+    finally:
+        stop.set()
+        sampler.join()
+    seconds = time.perf_counter() - started
+    stats = server.info("commandstats")
+    cpu = _server_cpu(server) - cpu0
+    evalsha = stats.get("cmdstat_evalsha", {"calls": 0, "usec": 0})
+    evals = stats.get("cmdstat_eval", {"calls": 0, "usec": 0})
+    script_calls = int(evalsha["calls"]) + int(evals["calls"])
+    script_usec = int(evalsha["usec"]) + int(evals["usec"])
+    first_t = next((s["t_s"] for s in series if s["messages"] > 0), 0.0)
+    consumed = len(seen.messages)
+    streaming = seconds - first_t
+    return {
+        "alerting": alerting,
+        "events": expected,
+        "consumed_messages": consumed,
+        "lag_at_end": expected - consumed,
+        "commands_applied": int(_applied_total() - applied0),
+        "dlq_records": int(_dlq_total() - dlq0),
+        "seconds": round(seconds, 3),
+        "events_per_s": round(expected / seconds, 1),
+        "startup_s": first_t,
+        "streaming_events_per_s": round(consumed / streaming, 1) if streaming > 0 else None,
+        "server": {
+            "script_calls": script_calls,
+            "script_usec_per_call": round(script_usec / script_calls, 1) if script_calls else None,
+            "script_seconds": round(script_usec / 1e6, 3),
+            "server_cpu_s": round(cpu, 3),
+            "script_share_of_wall_time": round(script_usec / 1e6 / seconds, 3),
+        },
+        "series": series,
+    }
+
+
+def _server_cpu(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "benchmark": "P3 stream apply",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "config": {"events": args.events, "skus": args.skus, "batch_size": args.batch_size, "seed": args.seed,
+                   "partitions": args.partitions, "alerting": args.alerting, "e16_requests": args.e16_requests},
+    }
+    progress = bench_progress(args.quiet)
+    with progress, redis_target(args.redis_url) as target, broker(args.kafka_bootstrap) as bootstrap:
+        results["E16"] = _e16(target, progress, args.e16_requests)
+        prefix = f"lt{target.token}"  # every key of this run, deleted at the end
+        topics = Topics(suffix=f".bench{uuid.uuid4().hex[:8]}")
+        create_topics({"bootstrap.servers": bootstrap}, topics, partitions=args.partitions)
+        report = produce({"bootstrap.servers": bootstrap}, topics, args.events, seed=args.seed, skus=args.skus,
+                         progress=not args.quiet)
+        results["produce"] = {"messages": report.messages, "ok": report.ok, "seconds": round(report.elapsed_s, 3),
+                              "messages_per_s": round(report.rate, 1), "by_topic": report.by_topic}
+        results["K"] = raw_consume(bootstrap, topics, args.events)
+        settings = Settings(redis_url=target.url, kafka_bootstrap=bootstrap, key_prefix=prefix, workers=1,
+                            batch_size=args.batch_size, flow_metrics_port=0)
+        server = target.client()
+        try:
+            results["P3"] = run_p3(settings, topics, args.events, args.alerting, server)
+        finally:
+            _cleanup(server, prefix)
+            server.close()
+    results["summary"] = _summary(results)
+    return results
+
+
+def _e16(target: Target, progress: Any, requests: int) -> dict[str, Any]:
+    try:
+        return run_limit(target, "E16", 16, requests, progress).to_dict()
+    except (LimitsUnavailable, RuntimeError) as exc:
+        return {"error": str(exc)}
+
+
+def _cleanup(client: Any, prefix: str) -> None:
+    for pattern in (f"{prefix}:*", f"{prefix}-am:*"):
+        batch = list(client.scan_iter(match=pattern, count=1000))
+        for i in range(0, len(batch), 1000):
+            client.unlink(*batch[i:i + 1000])
+
+
+def _summary(results: dict[str, Any]) -> dict[str, Any]:
+    p3, k, e16 = results["P3"], results["K"], results.get("E16") or {}
+    rate = p3["events_per_s"]
+    e16_rps = e16.get("rps")
+    return {
+        "p3_events_per_s": rate,
+        "p3_streaming_events_per_s": p3["streaming_events_per_s"],
+        "k_raw_consume_messages_per_s": k["messages_per_s"],
+        "p3_over_k": round(rate / k["messages_per_s"], 4) if k["messages_per_s"] else None,
+        "e16_rps": e16_rps,
+        "p3_over_e16": round(rate / e16_rps, 4) if e16_rps else None,
+        "lag_back_to_0": p3["lag_at_end"] == 0,
+        "target_events_per_s": P3_TARGET_EVENTS_PER_S,
+        "target_e16_ratio": P3_TARGET_E16_RATIO,
+        "meets_target": bool(e16_rps) and rate >= P3_TARGET_EVENTS_PER_S and rate >= P3_TARGET_E16_RATIO * e16_rps,
+    }
+
+
+def write(results: dict[str, Any], out_dir: Path = RESULTS_DIR) -> tuple[Path, Path | None]:
+    """The JSON and, when matplotlib is there, a PNG: throughput and lag over time."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    png: Path | None = out_dir / f"stream-{stamp}.png"
+    try:
+        _plot(results, png)  # type: ignore[arg-type]
+    except ImportError as exc:
+        results["plot_error"] = f"no plot: {exc} (pip install -e '.[loadtest]')"
+        png = None
+    results["plot"] = str(png) if png else None
+    path = out_dir / f"stream-{stamp}.json"
+    path.write_text(json.dumps(results, indent=1, default=str))
+    return path, png
+
+
+def _plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p3, s = results["P3"], results["summary"]
+    series = p3["series"]
+    t = [x["t_s"] for x in series]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
+    fig.suptitle(f"P3 stream apply, one worker — {p3['events']:,} simulated events — {results['started_at']}", fontsize=11)
+    top.plot(t, [x["commands_per_s"] for x in series], label="store commands applied /s")
+    top.axhline(s["p3_events_per_s"], color="tab:green", linestyle="--", linewidth=1,
+                label=f"P3 mean {s['p3_events_per_s']:,.0f} events/s")
+    top.axhline(s["k_raw_consume_messages_per_s"], color="tab:orange", linestyle=":", linewidth=1,
+                label=f"K raw consume {s['k_raw_consume_messages_per_s']:,.0f} msg/s")
+    if s.get("e16_rps"):
+        top.axhline(s["e16_rps"], color="tab:purple", linestyle=":", linewidth=1, label=f"E16 {s['e16_rps']:,.0f}/s")
+    top.set_yscale("log")
+    top.set_ylabel("per second")
+    top.legend(fontsize=8)
+    bottom.plot(t, [x["lag"] for x in series], color="tab:red", label="consumer lag (flow's gauge)")
+    bottom.plot(t, [p3["events"] - x["messages"] for x in series], color="tab:blue", label="messages not yet through")
+    bottom.set_xlabel("s since the flow started")
+    bottom.set_ylabel("messages")
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _brief(results: dict[str, Any]) -> dict[str, Any]:
+    """The results without the time series (those are in the kept JSON)."""
+    out = {k: v for k, v in results.items() if k not in ("P3", "E16")}
+    out["P3"] = {k: v for k, v in results["P3"].items() if k != "series"}
+    out["E16"] = {k: v for k, v in results.get("E16", {}).items() if k not in ("series", "server")}
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m loadtest.stream_bench", description="P3: Kafka → flow → Redis, one worker")
+    p.add_argument("--events", type=int, default=20_000, help="simulated events to produce and apply")
+    p.add_argument("--skus", type=int, default=200, help="SKUs in the simulated catalogue (Zipf popularity)")
+    p.add_argument("--batch-size", type=int, default=500, help="the flow's batch size")
+    p.add_argument("--partitions", type=int, default=3, help="partitions per input topic")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--alerting", action="store_true", help="run the alert and replenishment steps too")
+    p.add_argument("--e16-requests", type=int, default=100_000)
+    p.add_argument("--redis-url", help="a loopback standalone Redis (default: embedded)")
+    p.add_argument("--kafka-bootstrap", help="a loopback broker (default: embedded)")
+    p.add_argument("--json", type=Path, help="also write the JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.events < 1 or args.skus < 1 or args.batch_size < 1 or args.partitions < 1:
+        print("stream_bench: --events, --skus, --batch-size and --partitions must be ≥ 1", file=sys.stderr)
+        return 2
+    try:
+        results = bench(args)
+    except TargetError as exc:
+        print(f"stream_bench: {exc}", file=sys.stderr)
+        return 1
+    path, png = write(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+    print(json.dumps(_brief(results), indent=1, default=str))
+    print(f"stream_bench: results in {path}" + (f", plot {png}" if png else ""), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
