@@ -23,6 +23,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="messages per batch (ATP_BATCH_SIZE)")
     p.add_argument("--recovery-dir", help="bytewax recovery directory (ATP_RECOVERY_DIR)")
     p.add_argument("--snapshot-interval", type=float, help="seconds between snapshots (ATP_SNAPSHOT_INTERVAL_S)")
+    p.add_argument("--process-id", "-i", type=int, help="this process's index (several processes)")
+    p.add_argument("--addresses", "-a", help="host:port of every process, ';'-separated, in process order")
     p.add_argument("--topic-prefix", default="", help="prefix of every topic name")
     p.add_argument("--topic-suffix", default="", help="suffix of every topic name")
     p.add_argument("--until-end", action="store_true", help="stop once every input partition is read to its end")
@@ -47,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"engine.flow: {exc}", file=sys.stderr)
         return 2
     try:
-        run_flow(settings, topics, until_end=args.until_end, serve_metrics=not args.no_metrics)
+        addresses = [a for a in args.addresses.split(";") if a] if args.addresses else None
+        run_flow(settings, topics, until_end=args.until_end, serve_metrics=not args.no_metrics,
+                 process_id=args.process_id, addresses=addresses)
     except FlowConfigError as exc:
         print(f"engine.flow: {exc}", file=sys.stderr)
         return 2

@@ -94,6 +94,8 @@ def flow_from_settings(
     """The production dataflow: ``KafkaInput`` over the input topics, the store, the DLQ topic, and
     (``alerting``) the alert and replenishment steps writing to their topics.
 
+    ``workers`` is the total over all processes (default ``settings.workers``): with one, the
+    source merges every input partition in one deterministic order (``KafkaInput``).
     ``wrap_source`` (tests) replaces the source by a wrapper around it, e.g. one that aborts.
     """
     if not settings.kafka_bootstrap:
@@ -136,33 +138,48 @@ def run_flow(
     serve_metrics: bool = True,
     alerting: bool = True,
     wrap_source: Callable[[KafkaInput], Source[RawMessage]] | None = None,
+    process_id: int | None = None,
+    addresses: Sequence[str] | None = None,
 ) -> None:
     """Run the flow in this process with ``settings.workers`` worker threads until it ends.
 
     It ends when ``stop_event`` is set, on SIGTERM / SIGINT (main thread only), or — with
     ``until_end`` — once every input partition is read to its end. Raises ``FlowConfigError``
     for unusable settings; any error inside the flow propagates after the workers stopped.
+
+    Several processes (bytewax ``-i`` / ``-a``): every process runs ``run_flow`` with the same
+    ``addresses`` (``host:port`` of each process, in process order) and its own ``process_id``;
+    they must share the recovery dir. Process ``i`` serves metrics on the base port + ``i``.
     """
+    if (process_id is None) != (addresses is None):
+        raise FlowConfigError("process_id and addresses go together (several processes), or neither")
+    if addresses is not None and not 0 <= (process_id or 0) < len(addresses):
+        raise FlowConfigError(f"process_id must be between 0 and {len(addresses) - 1}")
+    processes = len(addresses) if addresses else 1
     stop = stop_event or threading.Event()
     flow = flow_from_settings(
         settings, topics, stop, until_end=until_end, outcome_sink=outcome_sink, extras=extras, alerting=alerting,
-        wrap_source=wrap_source,
+        wrap_source=wrap_source, workers=settings.workers * processes,
     )
-    recovery = prepare_recovery(settings.recovery_dir, settings.workers) if settings.recovery_dir else None
+    recovery = (
+        prepare_recovery(settings.recovery_dir, settings.workers * processes) if settings.recovery_dir else None
+    )
     if serve_metrics and settings.flow_metrics_port:
         try:
-            port = metrics.serve_metrics(metrics.flow_metrics_port(settings.flow_metrics_port, 0))
+            port = metrics.serve_metrics(metrics.flow_metrics_port(settings.flow_metrics_port, process_id or 0))
             log.info("flow metrics on :%d/metrics", port)
         except OSError as exc:
             log.warning("cannot serve flow metrics on port %d: %s", settings.flow_metrics_port, exc)
     log.info(
-        "flow starting: %d worker(s), batch %d, recovery %s, snapshot every %.1fs",
-        settings.workers, settings.batch_size, settings.recovery_dir or "off", settings.snapshot_interval_s,
+        "flow starting: %d worker(s) x %d process(es), batch %d, recovery %s, snapshot every %.1fs",
+        settings.workers, processes, settings.batch_size, settings.recovery_dir or "off", settings.snapshot_interval_s,
     )
     with _stop_on_signals(stop):
         cli_main(
             flow,
             workers_per_process=settings.workers,
+            process_id=process_id,
+            addresses=list(addresses) if addresses else None,
             epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
             recovery_config=recovery,
         )

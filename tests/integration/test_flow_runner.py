@@ -1,0 +1,99 @@
+"""``python -m engine.flow`` as its own process: clean stop on SIGTERM, several processes, bad settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bytewax.testing import TestingSink
+
+from connectors.embedded import free_port
+from connectors.topics import Topics
+from engine.flow.records import Outcome
+from engine.flow.runner import run_flow
+from engine.settings import Settings
+from tests.chaos.workload import stream
+from tests.integration.flowkit import produce
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def flow_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("ATP_")}
+    env.update(ATP_CONFIG=os.devnull, ATP_REDIS_URL=settings.redis_url, ATP_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+               ATP_REDIS_CLUSTER=str(settings.redis_cluster).lower(), PYTHONPATH=str(ROOT), **extra)
+    return env
+
+
+def start(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "engine.flow", "--no-metrics", "--log-level", "WARNING", *args],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def rest(settings: Settings, topics: Topics) -> list[Outcome]:
+    outcomes: list[tuple[str, Outcome]] = []
+    run_flow(settings, topics, until_end=True, outcome_sink=TestingSink(outcomes), serve_metrics=False)
+    return [o for _, o in outcomes]
+
+
+def test_sigterm_drains_and_snapshots_so_a_restart_reapplies_nothing(
+    settings: Settings, topics: Topics, redis: Any, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    events = stream(4500, seed=3, topics=topics, skus=300)
+    produce(kafka_bootstrap, events[:4000])
+    settings = settings.model_copy(update={"recovery_dir": str(tmp_path / "rec"), "snapshot_interval_s": 30.0})
+    proc = start(flow_env(settings, ATP_RECOVERY_DIR=settings.recovery_dir, ATP_SNAPSHOT_INTERVAL_S="30"),
+                 "--topic-suffix", topics.suffix)  # tailing: it never ends by itself
+    deadline = time.monotonic() + 60
+    while not redis.exists("atp:{C-00000}:off"):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=30)
+    assert code == 0, proc.stdout.read() if proc.stdout else ""
+
+    produce(kafka_bootstrap, events[4000:])  # 500 new events
+    outcomes = rest(settings, topics)
+
+    # The snapshot interval is 30 s: only the final snapshot of the clean stop can explain a
+    # restart that resumes exactly after the last applied message, re-applying none of them.
+    assert [o for o in outcomes if o.reply.get("reason") == "offset"] == []
+    indexes = {int(o.event_id.rsplit("-", 1)[1]) for o in outcomes}
+    assert min(indexes) > 0 and max(indexes) >= 4000
+
+
+def test_two_processes_with_two_workers_each_apply_every_command_once(
+    settings: Settings, topics: Topics, redis: Any, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    produce(kafka_bootstrap, stream(3000, seed=5, topics=topics, skus=300))
+    env = flow_env(settings, ATP_RECOVERY_DIR=str(tmp_path / "rec"), ATP_WORKERS="2")
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    procs = [start(env, "--topic-suffix", topics.suffix, "--until-end", "-i", str(i), "-a", addresses)
+             for i in range(2)]
+    codes = [p.wait(timeout=120) for p in procs]
+    assert codes == [0, 0], [p.stdout.read() if p.stdout else "" for p in procs]
+
+    again = rest(settings, topics)  # the log once more, one worker, on top
+
+    assert len(again) > 2500
+    assert {o.status for o in again if o.sku} == {"duplicate"}  # nothing was left for this pass to do
+
+
+def test_unusable_settings_exit_with_code_2_and_say_why(settings: Settings) -> None:
+    env = flow_env(settings)
+    env["ATP_KAFKA_BOOTSTRAP"] = ""
+    done = subprocess.run([sys.executable, "-m", "engine.flow", "--no-metrics"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "ATP_KAFKA_BOOTSTRAP" in done.stderr
+
+    env = flow_env(settings, ATP_WORKERS="0")
+    done = subprocess.run([sys.executable, "-m", "engine.flow", "--no-metrics"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "workers" in done.stderr
