@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # Reservations.
     default_hold_ttl_s: int = Field(600, ge=1, le=86_400)
     sweep_interval_s: float = Field(1.0, gt=0)
+    reservation_retention_s: int = Field(
+        7 * 86_400, ge=1, le=3650 * 86_400,
+        description="released / expired / shipped reservation lines are purged this long after they ended",
+    )
 
     # Alerts and replenishment defaults (per-SKU policy overrides).
     low_stock_threshold: int = Field(10, ge=0)
