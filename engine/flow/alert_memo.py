@@ -60,10 +60,10 @@ def decode_memo(raw: bytes | str) -> Memo:
 
 
 def _knobs(d: dict[str, Any]) -> PolicyKnobs:
-    low, pack, lead = d["low_stock"], d["pack_size"], d["lead_time_days"]
-    if type(low) is not int or type(pack) is not int or not isinstance(lead, int | float):
+    low, pack, lead, uses = d["low_stock"], d["pack_size"], d["lead_time_days"], d["use_reliability"]
+    if type(low) is not int or type(pack) is not int or not isinstance(lead, int | float) or type(uses) is not bool:
         raise MemoError("bad policy knobs")
-    return PolicyKnobs(low, pack, float(lead))
+    return PolicyKnobs(low, pack, float(lead), uses)
 
 
 def _position(d: dict[str, Any] | None) -> PositionFigures | None:

@@ -67,10 +67,12 @@ class PolicyKnobs:
     low_stock: int = 0
     pack_size: int = 1
     lead_time_days: float = 0.0
+    use_reliability: bool = False
+    """Not a rule input: it tells the supplier step which SKUs want reliability write-backs."""
 
     @classmethod
     def of(cls, policy: Policy) -> PolicyKnobs:
-        return cls(policy.low_stock, policy.pack_size, float(policy.lead_time_days))
+        return cls(policy.low_stock, policy.pack_size, float(policy.lead_time_days), policy.use_reliability)
 
     def policy(self) -> Policy:
         return Policy(low_stock=self.low_stock, pack_size=self.pack_size, lead_time_days=self.lead_time_days)
@@ -96,13 +98,15 @@ class Seen:
 
 @dataclass(frozen=True, slots=True)
 class LotChange:
-    """A lot of ``supplier`` opened or closed at ``sku`` (the supplier step tracks which SKUs hold
-    lots of a supplier, to write its reliability back to them)."""
+    """A lot of ``supplier`` opened or closed at ``sku``, and whether the SKU's policy uses supplier
+    reliability (the supplier step writes its score back to the SKUs that hold its lots and use it).
+    A policy that starts or stops using reliability re-announces the SKU's open lots."""
 
     supplier: str
     sku: str
     inbound_id: str
     open: bool
+    uses_reliability: bool = False
 
 
 SupplierMessage = LotChange | SupplierReceipt
@@ -128,7 +132,7 @@ class MonitorState:
     offsets: dict[str, int] = field(default_factory=dict)
     """``topic:partition`` → the highest offset observed, to tell a missed duplicate from a known one."""
     knobs: PolicyKnobs = field(default_factory=PolicyKnobs)
-    """The policy of the latest fresh outcome (ticks and memo-less replays use it)."""
+    """The policy of the latest outcome (ticks and memo-less replays use it)."""
     replaying: bool = False
     replay_wall_ms: int = 0
     """Wall time of the latest missed duplicate."""
@@ -235,11 +239,14 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
                     sku=o.sku, command=o.cmd, args=o.payload, reply=o.reply,
                     occurred_ms=o.occurred_ms, event_id=o.event_id,
                 )
-                knobs = st.knobs = seen.knobs
+                knobs = seen.knobs
                 st.replaying = False
         except ObservationError as exc:  # a reply the rules cannot read: log it, keep the stream going
             log.error("alert rules skip %s (%s): %s", o.outcome_id, o.cmd, exc)
             return None
+        # A policy change is memoised, so a replay meets it at the same outcome.
+        policy_changed = knobs != st.knobs
+        previous, st.knobs = st.knobs, knobs
         policies = self.cfg.policies(knobs)
 
         late = self._late_before(obs, policies)
@@ -249,13 +256,17 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
         st.monitor, out = observe(mon, obs, policies)
         reopened = _open_positions(st.monitor) != open_before
 
-        supplier: list[SupplierMessage] = [
-            LotChange(lot.supplier, o.sku, lot_id, False)
+        uses = knobs.use_reliability
+        supplier: list[SupplierMessage] = []
+        if uses != previous.use_reliability:
+            supplier += [LotChange(lot.supplier, o.sku, lot_id, True, uses) for lot_id, lot in lots_before.items()]
+        supplier += [
+            LotChange(lot.supplier, o.sku, lot_id, False, uses)
             for lot_id, lot in lots_before.items()
             if lot_id not in st.monitor.alerts.lots
         ]
         supplier += [
-            LotChange(lot.supplier, o.sku, lot_id, True)
+            LotChange(lot.supplier, o.sku, lot_id, True, uses)
             for lot_id, lot in st.monitor.alerts.lots.items()
             if lot_id not in lots_before
         ]
@@ -265,7 +276,7 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
         memo = None
         if not missed:
             self._count_oversold(obs)
-            if out.alerts or out.triggers or reopened or _reply_mattered(obs, o):
+            if out.alerts or out.triggers or reopened or policy_changed or _reply_mattered(obs, o):
                 memo = Memo(obs, knobs)
         if not (late or out.alerts or out.triggers or supplier or memo):
             return None

@@ -6,11 +6,13 @@ supplier's lots (``SupplierReceipt``) and every lot of the supplier opened or cl
 ``supplier_unreliable``); the score is exported as ``atp_supplier_reliability``.
 
 Write-back: whenever the score's per-mille figure (``reliability_pm``) differs from the one last
-sent to a SKU that holds open lots of the supplier, a ``ReliabilityWrite`` goes out; the writer step
-applies it with the store's ``reliability`` command to the SKUs whose policy has
-``use_reliability`` (the hold script then discounts the supplier's lots). A SKU that opens a lot of
-an already-scored supplier gets the current figure at once. Each write carries a deterministic
-event id, so a write replayed after a crash is a duplicate in the store.
+sent to a SKU that holds open lots of the supplier and whose policy has ``use_reliability`` (as the
+SKU step saw it), a ``ReliabilityWrite`` goes out; the writer step checks the policy in Redis once
+more and applies it with the store's ``reliability`` command (the hold script then discounts the
+supplier's lots). Only those SKUs are tracked, so a receipt costs writes for the SKUs that asked for
+them, not for every SKU holding the supplier's lots. A SKU that opens a lot of an already-scored
+supplier (or starts using reliability) gets the current figure at once. Each write carries a
+deterministic event id, so a write replayed after a crash is a duplicate in the store.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class SupplierState:
     supplier: str
     stats: SupplierStats | None = None
     lots: dict[str, set[str]] = field(default_factory=dict)
-    """SKU → ids of its open lots from this supplier."""
+    """SKU → ids of its open lots from this supplier, for the SKUs whose policy uses reliability."""
     written: dict[str, int] = field(default_factory=dict)
     """SKU → the last per-mille figure sent to it."""
 
@@ -92,7 +94,7 @@ class SupplierLogic(StatefulBatchLogic[SupplierMessage, Alert | ReliabilityWrite
         return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _lot(self, st: SupplierState, msg: LotChange) -> list[ReliabilityWrite]:
-        if not msg.open:
+        if not (msg.open and msg.uses_reliability):
             ids = st.lots.get(msg.sku)
             if ids is not None:
                 ids.discard(msg.inbound_id)

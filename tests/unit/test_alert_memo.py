@@ -31,7 +31,7 @@ FULL = Observation(
 
 
 def test_a_memo_reads_back_as_the_same_observation_and_policy() -> None:
-    memo = Memo(FULL, PolicyKnobs(low_stock=20, pack_size=10, lead_time_days=4.5))
+    memo = Memo(FULL, PolicyKnobs(low_stock=20, pack_size=10, lead_time_days=4.5, use_reliability=True))
     assert decode_memo(encode_memo(memo)) == memo
 
 

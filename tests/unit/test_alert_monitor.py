@@ -69,12 +69,14 @@ def kinds(emitted: list[Emitted]) -> list[tuple[str, str]]:
 
 def test_a_fresh_transition_is_published_and_memoised_and_a_quiet_outcome_is_neither() -> None:
     lg = logic()
-    quiet = feed(lg, Seen(count(0, 50), KNOBS))
-    low = feed(lg, Seen(count(1, 5), KNOBS))
+    first = feed(lg, Seen(count(0, 50), KNOBS))  # the SKU's policy is news: kept for a replay
+    quiet = feed(lg, Seen(count(1, 40), KNOBS))
+    low = feed(lg, Seen(count(2, 5), KNOBS))
 
+    assert [e.alerts for e in first] == [()] and first[0].memo is not None
     assert quiet == []
     assert kinds(low) == [("low_stock", "firing")]
-    assert low[0].memo is not None and low[0].memo_of is not None and low[0].memo_of.offset == 1
+    assert low[0].memo is not None and low[0].memo_of is not None and low[0].memo_of.offset == 2
     assert low[0].memo.knobs == KNOBS and low[0].memo.observation.position is not None
 
 
@@ -139,6 +141,18 @@ def test_lots_opened_and_closed_are_told_to_the_supplier_step() -> None:
     assert (receipt.supplier, receipt.expected_qty, receipt.received_qty, receipt.received_ms) == (
         "S1", 10, 4, T0 + DAY
     )
+
+
+def test_a_policy_that_starts_using_reliability_re_announces_the_open_lots_and_is_memoised() -> None:
+    lg = logic()
+    created = outcome(0, "inbound_created",
+                      {"inbound_id": "L1", "loc": "WH1", "qty": 10, "eta_ms": T0 + DAY, "supplier": "S1"},
+                      {"status": "ok", "position": position(100)}, source="inventory.inbound:0")
+    feed(lg, Seen(created, KNOBS))
+    out = feed(lg, Seen(count(1, 100), PolicyKnobs(low_stock=10, use_reliability=True)))
+
+    assert [m for e in out for m in e.supplier] == [LotChange("S1", "A", "L1", True, True)]
+    assert out[0].memo is not None and out[0].memo.knobs.use_reliability is True
 
 
 def lot_logic(clock: Clock) -> SkuLogic:
