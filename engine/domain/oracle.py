@@ -437,9 +437,9 @@ class SkuBook:
         """Apply one supply command idempotently; returns the wire supply reply."""
         self.expire_due(now)
         if source and offset >= 0 and offset <= self.offsets.get(source, -1):
-            return self._supply_reply({"status": "duplicate", "reason": "offset"}, [], {}, now)
+            return self._supply_reply({"status": "duplicate", "reason": "offset"}, [], now)
         if event_id and event_id in self.recent_events:
-            return self._supply_reply({"status": "duplicate", "reason": "event_id"}, [], {}, now)
+            return self._supply_reply({"status": "duplicate", "reason": "event_id"}, [], now)
         if source and offset >= 0:
             self.offsets[source] = offset
         if event_id:
@@ -457,11 +457,9 @@ class SkuBook:
             line.promised_ms = new
             if new > old:
                 slipped.append({"rid": rid, "old_ms": old, "new_ms": new, "seq": line.seq})
-        return self._supply_reply(reply, slipped, old_promises, now)
+        return self._supply_reply(reply, slipped, now)
 
-    def _supply_reply(
-        self, reply: dict[str, Any], slipped: list[dict[str, Any]], _touched: dict[str, int], now: int
-    ) -> dict[str, Any]:
+    def _supply_reply(self, reply: dict[str, Any], slipped: list[dict[str, Any]], now: int) -> dict[str, Any]:
         at_risk = []
         if any(b.short for b in self.locs.values()):
             for line in self.lines.values():
@@ -508,14 +506,7 @@ class SkuBook:
         lot = self.lots.get(lid)
         if lot is None:
             return {"status": "not_found"}
-        for line in self._live_lines_newest_first():
-            for a in [a for a in line.alloc if a[0] == "lot" and a[1] == lid]:
-                q = a[3]
-                self._touch(touched, line)
-                self._unbook(line, a, q)
-                line.alloc = [x for x in line.alloc if x[3] > 0]
-                self._book(line, [["short", "", lot.loc, q]])
-        del self.lots[lid]
+        self._move_lot(lid, ["short", "", lot.loc], touched)
         return {"status": "ok"}
 
     def _cmd_receipt(self, p: dict[str, Any], now: int, touched: dict[str, int]) -> dict[str, Any]:
@@ -526,15 +517,19 @@ class SkuBook:
         lot = self.lots.get(lid) if lid else None
         if lot is not None:
             reply["lot"] = {"inbound_id": lid, "qty": lot.qty, "eta_ms": lot.eta_ms, "supplier": lot.supplier}
-            for line in self._live_lines_newest_first():
-                for a in [a for a in line.alloc if a[0] == "lot" and a[1] == lid]:
-                    q = a[3]
-                    self._touch(touched, line)
-                    self._unbook(line, a, q)
-                    line.alloc = [x for x in line.alloc if x[3] > 0]
-                    self._book(line, [["oh", loc, loc, q]])
-            del self.lots[lid]
+            self._move_lot(lid, ["oh", loc, loc], touched)
         return reply
+
+    def _move_lot(self, lid: str, to: list[Any], touched: dict[str, int]) -> None:
+        """Close a lot: every allocation on it becomes ``to`` ([kind, ref, loc]) for the same units."""
+        for line in self._live_lines_newest_first():
+            for a in [a for a in line.alloc if a[0] == "lot" and a[1] == lid]:
+                q = a[3]
+                self._touch(touched, line)
+                self._unbook(line, a, q)
+                line.alloc = [x for x in line.alloc if x[3] > 0]
+                self._book(line, [[*to, q]])
+        del self.lots[lid]
 
     def _cmd_adjust(self, p: dict[str, Any], now: int, touched: dict[str, int]) -> dict[str, Any]:
         b = self._loc(p["loc"])
