@@ -18,20 +18,20 @@ order somewhere other than its named/default location, it listed affected reserv
 opened/closed a replenishment position; every other missed outcome is rebuilt from the command
 alone (status ``ok``, no position), which leaves the state exactly as the first pass did.
 
-**Time.** ``inbound_late`` is judged in event time. Before each observation, open lots already
-due at its event time fire first (so a late receipt still yields its firing and resolved pair
-however the ticks fell), and a quiet SKU gets a tick (``notify_at``) at its next lot's due time
-on the wall clock. A tick advances only the lateness clock, to the due time itself, so its effect
-does not depend on when it ran. Ticks wait while a SKU is replaying (its last outcome was a missed
-duplicate) until ``replay_quiet_s`` passed without one, so a replay of old history does not call
-lots late that later events in the log will receive on time.
+**Time.** ``inbound_late`` is judged in event time. A lot is due at the first instant past its
+ETA + grace, and its lateness always fires *at* that instant, credited to no event: before an
+observation whose event time has passed it (so a late receipt still yields its firing and resolved
+pair), or at a tick of a quiet SKU once the stream time (``engine.flow.stream_clock``) has passed
+it. Either way the message is the same, and a replay of the log fires it at the same point in
+event time. Quiet SKUs with a lot to wait for are woken every ``tick_interval_s`` (not before the
+wall clock reaches the due instant: live, stream time is about the wall clock); at the end of a
+bounded run the stream time of the whole input is applied once more.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,22 +42,18 @@ from bytewax.operators import StatefulBatchLogic
 from engine import metrics
 from engine.domain import alerts as alert_rules
 from engine.domain.ids import DEFAULT_LOCATION
-from engine.domain.observation import TICK, Observation, ObservationError
+from engine.domain.observation import Observation, ObservationError
 from engine.domain.outputs import Alert, ReplenishmentTrigger
 from engine.domain.policy import Policy
 from engine.domain.sku_monitor import RulePolicies, SkuMonitor, observe
 from engine.domain.suppliers import SupplierReceipt
 from engine.flow.records import Outcome
+from engine.flow.stream_clock import StreamClock
 
 log = logging.getLogger(__name__)
 
 RETAIN = False
 """``StatefulBatchLogic`` "discard" flag: a SKU's rule state is kept for good (episode counters)."""
-
-
-def wall_clock_ms() -> int:
-    """Milliseconds since the epoch, from the system clock."""
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,19 +129,16 @@ class MonitorState:
     """``topic:partition`` → the highest offset observed, to tell a missed duplicate from a known one."""
     knobs: PolicyKnobs = field(default_factory=PolicyKnobs)
     """The policy of the latest outcome (ticks and memo-less replays use it)."""
-    replaying: bool = False
-    replay_wall_ms: int = 0
-    """Wall time of the latest missed duplicate."""
 
 
 @dataclass
 class MonitorConfig:
-    """What every SKU's logic shares: engine settings and the tick options."""
+    """What every SKU's logic shares: engine settings, the stream clock and the tick options."""
 
     settings: Any
+    stream: StreamClock = field(default_factory=StreamClock)
     ticks: bool = True
-    replay_quiet_s: float = 60.0
-    clock_ms: Callable[[], int] = wall_clock_ms
+    tick_interval_s: float = 10.0
     _policies: dict[PolicyKnobs, RulePolicies] = field(default_factory=dict, repr=False)
 
     def policies(self, knobs: PolicyKnobs) -> RulePolicies:
@@ -196,22 +189,20 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
         return out, RETAIN
 
     def on_notify(self) -> tuple[Iterable[Emitted], bool]:
-        return self._tick(), RETAIN
+        return self._tick(self.cfg.stream.now_ms()), RETAIN
 
     def on_eof(self) -> tuple[Iterable[Emitted], bool]:
-        return (), RETAIN
+        return self._tick(self.cfg.stream.now_ms(at_end=True)), RETAIN
 
     def notify_at(self) -> datetime | None:
-        st = self.state
-        if not self.cfg.ticks or st is None:
+        if not self.cfg.ticks or self.state is None:
             return None
         due = self._next_due()
         if due is None:
             return None
-        wake = due
-        if st.replaying:
-            wake = max(wake, st.replay_wall_ms + int(self.cfg.replay_quiet_s * 1000))
-        return datetime.now(UTC) + timedelta(milliseconds=max(0, wake - self.cfg.clock_ms()))
+        wall = self.cfg.stream.wall_ms()
+        wake = max(wall + int(self.cfg.tick_interval_s * 1000), due)
+        return datetime.now(UTC) + timedelta(milliseconds=wake - wall)
 
     def snapshot(self) -> bytes:
         # Pickled bytes are immutable, as bytewax requires, and cheaper than a deep copy.
@@ -232,15 +223,12 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
             if missed:
                 memo = seen.memo
                 obs, knobs = (memo.observation, memo.knobs) if memo else (replay_observation(o), st.knobs)
-                st.replaying = True
-                st.replay_wall_ms = self.cfg.clock_ms()
             else:
                 obs = Observation.from_reply(
                     sku=o.sku, command=o.cmd, args=o.payload, reply=o.reply,
                     occurred_ms=o.occurred_ms, event_id=o.event_id,
                 )
                 knobs = seen.knobs
-                st.replaying = False
         except ObservationError as exc:  # a reply the rules cannot read: log it, keep the stream going
             log.error("alert rules skip %s (%s): %s", o.outcome_id, o.cmd, exc)
             return None
@@ -249,7 +237,7 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
         previous, st.knobs = st.knobs, knobs
         policies = self.cfg.policies(knobs)
 
-        late = self._late_before(obs, policies)
+        late = self._fire_due(obs.occurred_ms, policies)
         mon = st.monitor
         lots_before = dict(mon.alerts.lots)
         open_before = _open_positions(mon)
@@ -310,15 +298,15 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
                 dues.append(lot.eta_ms + grace_ms + 1)
         return dues
 
-    def _late_before(self, obs: Observation, policies: RulePolicies) -> tuple[Alert, ...]:
-        """Fire the lots already due at ``obs``'s event time, ahead of ``obs`` (credited to its event)."""
+    def _fire_due(self, now_ms: int, policies: RulePolicies) -> tuple[Alert, ...]:
+        """Fire every open lot due by ``now_ms``, each at its own due instant (so the message is the
+        same whichever observation or tick gets there first)."""
         st = self.state
         assert st is not None
-        at_ms = obs.occurred_ms
-        if not any(due <= at_ms for due in self._due_lots(policies.alerts.inbound_grace_ms)):
-            return ()
-        clock = Observation(sku=obs.sku, command=TICK, occurred_ms=at_ms, event_id=obs.event_id)
-        st.monitor.alerts, fired = alert_rules.evaluate(st.monitor.alerts, clock, at_ms, policies.alerts)
+        fired: list[Alert] = []
+        for due in sorted({d for d in self._due_lots(policies.alerts.inbound_grace_ms) if d <= now_ms}):
+            st.monitor.alerts, alerts = alert_rules.tick(st.monitor.alerts, due, policies.alerts)
+            fired += alerts
         return tuple(fired)
 
     def _next_due(self) -> int | None:
@@ -327,21 +315,12 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
         dues = self._due_lots(self.cfg.policies(st.knobs).alerts.inbound_grace_ms)
         return min(dues) if dues else None
 
-    def _tick(self) -> list[Emitted]:
+    def _tick(self, now_ms: int) -> list[Emitted]:
         st = self.state
-        if st is None:
+        if st is None or not self.cfg.ticks:
             return []
-        now = self.cfg.clock_ms()
-        if st.replaying:
-            if now - st.replay_wall_ms < self.cfg.replay_quiet_s * 1000:
-                return []
-            st.replaying = False
-        policy = self.cfg.policies(st.knobs).alerts
-        due = [d for d in self._due_lots(policy.inbound_grace_ms) if d <= now]
-        if not due:
-            return []
-        st.monitor.alerts, fired = alert_rules.tick(st.monitor.alerts, max(due), policy)
-        return [Emitted(alerts=tuple(fired))] if fired else []
+        fired = self._fire_due(now_ms, self.cfg.policies(st.knobs))
+        return [Emitted(alerts=fired)] if fired else []
 
 
 def _open_positions(mon: SkuMonitor) -> frozenset[tuple[str, int]]:

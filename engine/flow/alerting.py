@@ -49,11 +49,11 @@ from engine.flow.alert_monitor import (
     Seen,
     SkuLogic,
     SupplierMessage,
-    wall_clock_ms,
 )
 from engine.flow.dataflow import Extra, FlowStreams, OutcomeItem
 from engine.flow.records import Outcome
 from engine.flow.sinks import KafkaMessage, KafkaOutput
+from engine.flow.stream_clock import StreamClock, wall_clock_ms
 from engine.flow.supplier_monitor import ReliabilityWrite, SupplierLogic
 from engine.store.keys import sku_keys
 from engine.store.store import Store
@@ -80,21 +80,27 @@ class AlertingOptions:
     """Tuning of the alert steps (the rule thresholds themselves come from settings and policies)."""
 
     ticks: bool = True
-    """Wake quiet SKUs when an open lot comes due (``inbound_late`` without events)."""
+    """Call a quiet SKU's lots late once the stream time passes their ETA (``inbound_late`` without
+    events of that SKU)."""
+    tick_interval_s: float = 10.0
+    """How often a quiet SKU with a lot to wait for looks at the stream time."""
+    idle_s: float = 60.0
+    """After this long without input, the stream time follows the wall clock."""
     memo_ttl_s: int = 86_400
     """How long a memo stays: the longest a replay may lag behind the first pass and still give
     the same messages (a crash restart needs seconds; a deliberate replay of the log, its age)."""
     policy_refresh_s: float = 30.0
     """How often a SKU's policy is read again (policy changes come through the ops API, not the log)."""
-    replay_quiet_s: float = 60.0
     retry_for_s: float = 60.0
     """How long Redis may be unreachable before the step fails (and the flow stops)."""
-    clock_ms: Callable[[], int] = wall_clock_ms
-    """The wall clock of the ticks (tests pass a fake one)."""
+    wall_ms: Callable[[], int] = wall_clock_ms
+    """The wall clock (tests pass a fake one)."""
 
     def __post_init__(self) -> None:
-        if self.memo_ttl_s < 1 or self.policy_refresh_s <= 0 or self.replay_quiet_s < 0 or self.retry_for_s < 0:
-            raise ValueError("memo_ttl_s ≥ 1, policy_refresh_s > 0, replay_quiet_s ≥ 0, retry_for_s ≥ 0")
+        if (self.memo_ttl_s < 1 or self.policy_refresh_s <= 0 or self.tick_interval_s <= 0 or self.idle_s < 0
+                or self.retry_for_s < 0):
+            raise ValueError("need memo_ttl_s ≥ 1, policy_refresh_s > 0, tick_interval_s > 0, idle_s ≥ 0, "
+                             "retry_for_s ≥ 0")
 
 
 # --- sinks ---------------------------------------------------------------------------------------
@@ -179,15 +185,17 @@ def _text(value: Any) -> str | None:
 class Prefetch(_RedisStep):
     """``(sku, Outcome)`` batch → ``(sku, Seen)``: the SKUs' policy knobs and the replays' memos."""
 
-    def __init__(self, store_factory: Callable[[], Store], options: AlertingOptions) -> None:
+    def __init__(self, store_factory: Callable[[], Store], options: AlertingOptions, stream: StreamClock) -> None:
         super().__init__(store_factory, options.retry_for_s)
         self._refresh_s = options.policy_refresh_s
+        self._stream = stream
         self._policies: dict[str, tuple[PolicyKnobs, float]] = {}
 
     def __call__(self, batch: list[OutcomeItem]) -> list[tuple[str, Seen]]:
         items = [o for sku, o in batch if sku]  # sku "" = a cancel of an unknown reservation
         if not items:
             return []
+        self._stream.saw(max(o.occurred_ms for o in items))
         store = self.store()
         now = time.monotonic()
         if len(self._policies) > _POLICY_CACHE_MAX:
@@ -342,10 +350,9 @@ def attach_alerting(
     ``settings`` gives the rule defaults (``engine.settings.Settings``); the SKUs' policies are read
     from the store. Alerts go to ``alert_output``, triggers to ``trigger_output``.
     """
-    seen = op.flat_map_batch("alert_prefetch", streams.outcomes, Prefetch(store_factory, options))
-    monitor = MonitorConfig(
-        settings, ticks=options.ticks, replay_quiet_s=options.replay_quiet_s, clock_ms=options.clock_ms
-    )
+    stream = StreamClock(options.idle_s, options.wall_ms)  # one per process: shared by its workers
+    seen = op.flat_map_batch("alert_prefetch", streams.outcomes, Prefetch(store_factory, options, stream))
+    monitor = MonitorConfig(settings, stream, ticks=options.ticks, tick_interval_s=options.tick_interval_s)
     emitted = op.stateful_batch("alert_monitor", seen, SkuLogic.builder(monitor))  # type: ignore[arg-type]
     published = op.flat_map_batch("alert_publish", emitted, Publish(store_factory, options))
     alerts_or_not = op.branch("alert_split", published, _is_alert)

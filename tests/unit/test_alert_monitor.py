@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from engine.domain.outputs import Alert
 from engine.flow.alert_monitor import (
     Emitted,
     LotChange,
@@ -16,6 +15,7 @@ from engine.flow.alert_monitor import (
     SkuLogic,
 )
 from engine.flow.records import Outcome
+from engine.flow.stream_clock import StreamClock
 from engine.settings import Settings
 
 DAY = 86_400_000
@@ -52,8 +52,9 @@ def count(offset: int, on_hand: int, status: str = "ok", t: int = T0) -> Outcome
     return outcome(offset, "count", {"loc": "WH1", "on_hand": on_hand}, reply, t)
 
 
-def logic(clock: Clock | None = None, state: bytes | None = None) -> SkuLogic:
-    cfg = MonitorConfig(Settings.model_construct(), clock_ms=clock or Clock(T0), replay_quiet_s=60)
+def logic(clock: Clock | None = None, state: bytes | None = None, stream: StreamClock | None = None) -> SkuLogic:
+    stream = stream or StreamClock(idle_s=3600, wall_ms=clock or Clock(T0))
+    cfg = MonitorConfig(Settings.model_construct(), stream, tick_interval_s=10)
     return SkuLogic.builder(cfg)(state)
 
 
@@ -155,8 +156,8 @@ def test_a_policy_that_starts_using_reliability_re_announces_the_open_lots_and_i
     assert out[0].memo is not None and out[0].memo.knobs.use_reliability is True
 
 
-def lot_logic(clock: Clock) -> SkuLogic:
-    lg = logic(clock)
+def lot_logic(clock: Clock, stream: StreamClock | None = None) -> SkuLogic:
+    lg = logic(clock, stream=stream)
     created = outcome(0, "inbound_created",
                       {"inbound_id": "L1", "loc": "WH1", "qty": 10, "eta_ms": T0 + DAY, "supplier": "S1"},
                       {"status": "ok", "position": position(100)}, source="inventory.inbound:0")
@@ -164,35 +165,63 @@ def lot_logic(clock: Clock) -> SkuLogic:
     return lg
 
 
-def test_a_quiet_sku_is_woken_at_its_lots_due_time_and_the_tick_fires_inbound_late() -> None:
+def late(emitted: list[Emitted]) -> list[tuple[str, str, int, str]]:
+    return [(a.status, a.subject, a.occurred_ms, a.event_id) for e in emitted for a in e.alerts
+            if a.kind == "inbound_late"]
+
+
+def test_a_quiet_sku_wakes_and_calls_its_lot_late_once_the_stream_time_has_passed_the_eta() -> None:
     clock = Clock(T0)
-    lg = lot_logic(clock)
+    stream = StreamClock(idle_s=3600, wall_ms=clock)
+    lg = lot_logic(clock, stream)
     wake = lg.notify_at()
-    assert wake is not None
-    expected = datetime.now(UTC) + timedelta(milliseconds=DAY + 1)
-    assert abs((wake - expected).total_seconds()) < 5
+    assert wake is not None  # live (stream time ≈ wall clock): no sooner than the due instant
+    assert abs((wake - (datetime.now(UTC) + timedelta(milliseconds=DAY + 1))).total_seconds()) < 5
 
+    clock.ms = T0 + 30 * DAY  # the wall clock says a month later, but the stream is still at T0
+    stream.saw(T0)
     early, discard = lg.on_notify()
-    assert list(early) == [] and discard is False  # not due yet: nothing
-    clock.ms = T0 + 2 * DAY
+    assert list(early) == [] and discard is False
+    assert lg.notify_at() is not None  # old history: look again every tick interval
+
+    stream.saw(T0 + 2 * DAY)  # other SKUs' events of day 2 ...
+    stream.saw(T0 + 2 * DAY + 1)  # ... are delivered once the next batch comes in
     out, _ = lg.on_notify()
-    alerts: list[Alert] = [a for e in out for a in e.alerts]
-    assert [(a.kind, a.status, a.subject, a.occurred_ms, a.event_id) for a in alerts] == [
-        ("inbound_late", "firing", "L1", T0 + DAY + 1, "")
-    ]
-    assert lg.notify_at() is None  # the only lot is late already: nothing left to wake for
+    assert late(list(out)) == [("firing", "L1", T0 + DAY + 1, "")]  # at the due instant, of no event
+    assert lg.notify_at() is None  # nothing left to wait for
 
 
-def test_ticks_wait_while_a_sku_replays_until_the_replay_has_been_quiet() -> None:
-    clock = Clock(T0 + 2 * DAY)
-    lg = lot_logic(clock)
-    feed(lg, Seen(count(9, 100, status="duplicate"), KNOBS))  # a missed duplicate: replaying
-    wake = lg.notify_at()
-    assert wake is not None and wake > datetime.now(UTC) + timedelta(seconds=50)
-    assert list(lg.on_notify()[0]) == []
+def test_an_idle_stream_follows_the_wall_clock() -> None:
+    clock = Clock(T0)
+    stream = StreamClock(idle_s=60, wall_ms=clock)
+    lg = lot_logic(clock, stream)
+    clock.ms = T0 + DAY
+    stream.saw(T0)  # a batch of old events arrives when the wall clock is at the due instant
+    clock.ms += 30_000
+    assert late(list(lg.on_notify()[0])) == []  # input 30 s ago: the stream time is its event time
+    clock.ms += 30_000
+    assert late(list(lg.on_notify()[0])) == [("firing", "L1", T0 + DAY + 1, "")]
 
-    clock.ms += 61_000
-    assert [(a.kind, a.status) for e in lg.on_notify()[0] for a in e.alerts] == [("inbound_late", "firing")]
+
+def test_an_event_past_the_due_instant_fires_the_same_message_a_tick_would_then_its_own() -> None:
+    lg = lot_logic(Clock(T0))
+    receipt = outcome(0, "receipt", {"loc": "WH1", "qty": 10, "inbound_id": "L1"},
+                      {"status": "ok", "position": position(110),
+                       "lot": {"inbound_id": "L1", "qty": 10, "eta_ms": T0 + DAY, "supplier": "S1"}},
+                      t=T0 + 3 * DAY, source="inventory.receipts:0")
+    out = feed(lg, Seen(receipt, KNOBS))
+
+    assert late(out) == [("firing", "L1", T0 + DAY + 1, ""), ("resolved", "L1", T0 + 3 * DAY, "e0")]
+
+
+def test_the_end_of_a_bounded_run_applies_the_stream_time_of_all_its_input() -> None:
+    clock = Clock(T0)
+    stream = StreamClock(idle_s=3600, wall_ms=clock)
+    lg = lot_logic(clock, stream)
+    stream.saw(T0 + 2 * DAY)  # the last batch: not settled while the input goes on
+
+    assert late(list(lg.on_notify()[0])) == []
+    assert late(list(lg.on_eof()[0])) == [("firing", "L1", T0 + DAY + 1, "")]
 
 
 def test_a_snapshot_restores_the_whole_state() -> None:
