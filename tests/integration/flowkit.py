@@ -17,6 +17,8 @@ from confluent_kafka.admin import AdminClient
 
 # Line and journal fields that hold a reading of the clock (Redis TIME), not a result of the log.
 CLOCK_FIELDS = frozenset({"promised_ms", "expires_ms", "at"})
+# Sorted sets scored by a clock reading: hold expiries, and when a line reached its final state.
+CLOCK_SCORED = (":exp", ":dead")
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def _mask(value: Any) -> Any:
 def engine_state(client: Any, prefix: str = "atp", mask_clock: bool = False) -> dict[str, Any]:
     """Every key under ``prefix:`` with its type and content, JSON values parsed (so the key order
     inside a JSON object does not matter). ``mask_clock`` blanks fields that read the clock, and
-    the expiry scores, for comparing runs made at different times."""
+    the scores of sorted sets scored by it, for comparing runs made at different times."""
     state: dict[str, Any] = {}
     for raw_key in sorted(client.scan_iter(match=f"{prefix}:*", count=1000)):
         key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
@@ -145,11 +147,12 @@ def engine_state(client: Any, prefix: str = "atp", mask_clock: bool = False) -> 
 
 
 def mask_clock_fields(state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` with the clock readings blanked: ``CLOCK_FIELDS`` in JSON values, expiry scores."""
+    """``state`` with the clock readings blanked: ``CLOCK_FIELDS`` in JSON values, ``CLOCK_SCORED``
+    scores."""
     out: dict[str, Any] = {}
     for key, (kind, content) in state.items():
         if kind == "zset":
-            if key.endswith(":exp"):
+            if key.endswith(CLOCK_SCORED):
                 content = [[m, None] for m, _ in content]
         else:
             content = _mask(content)

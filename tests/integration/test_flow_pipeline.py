@@ -16,6 +16,7 @@ from engine.flow.dataflow import FlowStreams, build_flow
 from engine.flow.records import Outcome
 from engine.flow.runner import topic_bases
 from engine.flow.source import RawMessage
+from engine.store.keys import sku_keys
 from engine.store.store import Store
 
 T = Topics()
@@ -161,7 +162,9 @@ def test_messages_read_again_are_duplicates_and_change_nothing(redis: Any) -> No
 
 
 def test_a_command_the_store_rejects_goes_to_the_dlq_and_the_rest_of_the_batch_is_applied(redis: Any) -> None:
-    redis.set("atp:{BROKEN}:loc", "not a hash")  # every script call on BROKEN now fails (WRONGTYPE)
+    broken = sku_keys("BROKEN").all
+    for key in broken:  # every script call on BROKEN now fails (WRONGTYPE, or a JSON error)
+        redis.set(key, "not a hash")
     f = Feed()
     items = [
         f.event(T.adjustments, "e1", "stock.counted", sku="A", location="WH1", on_hand=10),
@@ -169,7 +172,7 @@ def test_a_command_the_store_rejects_goes_to_the_dlq_and_the_rest_of_the_batch_i
         f.event(T.adjustments, "e3", "stock.counted", sku="C", location="WH1", on_hand=5),
     ]
     outcomes, dlq = run(redis, items)
-    redis.delete("atp:{BROKEN}:loc")  # leave a keyspace the invariant check can read
+    redis.delete(*broken)  # leave a keyspace the invariant check can read
 
     assert [(d.reason, d.event_id, d.offset) for d in dlq] == [("apply_failed", "e2", 1)]
     assert dlq[0].original == items[1].value
