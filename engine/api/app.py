@@ -19,12 +19,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from connectors.kafka import producer_config
 from connectors.topics import Topics
 from engine import metrics
 from engine.api.auth import TokenTable
 from engine.api.errors import install_error_handlers
+from engine.api.hot_path import HotPath
 from engine.api.limits import BodySizeLimit
 from engine.api.observe import RequestMetrics
 from engine.api.publisher import EventPublisher
@@ -49,6 +51,25 @@ Errors are JSON `{"error": code, "detail": ...}`.
 """
 
 
+class AtpApi(FastAPI):
+    """The FastAPI app with the checkout hot path (``engine.api.hot_path``) in front of it.
+
+    ``reference`` is the plain FastAPI app: what serves every request the hot path leaves to it.
+    """
+
+    hot_path: HotPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.hot_path is not None and scope["type"] == "http":
+            await self.hot_path(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def reference(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve a request through FastAPI alone."""
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -58,13 +79,16 @@ def create_app(
     publisher: EventPublisher | None = None,
     topics: Topics | None = None,
     sweep: bool = True,
-) -> FastAPI:
+    hot_path: bool = True,
+) -> AtpApi:
     """The HTTP API over ``settings``' Redis and broker.
 
     ``redis`` is a ``redis.asyncio`` client (built from ``settings.redis_url`` when absent);
     ``store`` / ``client`` default to ones over it; ``publisher`` defaults to an idempotent
     producer on ``settings.kafka_bootstrap``; ``topics`` to the production names.
     ``sweep=False`` leaves expired holds to the scripts' lazy expiry and other sweepers.
+    ``hot_path=False`` serves every request through FastAPI — the reference the hot path
+    (``engine.api.hot_path``) must agree with.
     """
     owned: list[str] = []
     if redis is None:
@@ -108,7 +132,7 @@ def create_app(
             if "redis" in owned:
                 await redis.aclose()
 
-    app = FastAPI(
+    app = AtpApi(
         title="atp-engine",
         version=API_VERSION,
         description=_DESCRIPTION,
@@ -131,4 +155,6 @@ def create_app(
     # Outermost first: count every request, including the ones the size limit refuses.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)
+    if hot_path:
+        app.hot_path = HotPath(app.reference, app.state, settings.max_body_bytes)
     return app

@@ -14,6 +14,7 @@ Codes: ``unauthorized`` 401 · ``forbidden`` 403 · ``not_found`` 404 · ``metho
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -121,11 +122,6 @@ def invalid_request(reasons: list[dict[str, Any]]) -> OrjsonResponse:
     return error_response(422, "invalid_request", f"{where}{first['message']}", reasons=reasons)
 
 
-async def _on_api_error(request: Request, exc: Exception) -> OrjsonResponse:
-    assert isinstance(exc, ApiError)
-    return exc.response()
-
-
 async def _on_validation(request: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, RequestValidationError)
     return invalid_request(validation_reasons(exc.errors()))
@@ -144,15 +140,47 @@ async def _on_http(request: Request, exc: Exception) -> OrjsonResponse:
     return error_response(exc.status_code, code, detail, getattr(exc, "headers", None))
 
 
-async def _on_redis(request: Request, exc: Exception) -> OrjsonResponse:
+def _redis_unavailable(exc: Exception, method: str, path: str) -> OrjsonResponse:
     # The reason goes to the log, not to the caller: it may name hosts.
-    log.warning("redis error on %s %s: %r", request.method, request.url.path, exc)
+    log.warning("redis error on %s %s: %r", method, path, exc)
     return BackendUnavailable("the state store is unavailable; retry later").response()
 
 
-async def _on_os_error(request: Request, exc: Exception) -> OrjsonResponse:
-    log.warning("backend connection error on %s %s: %r", request.method, request.url.path, exc)
+def _backend_unavailable(exc: Exception, method: str, path: str) -> OrjsonResponse:
+    log.warning("backend connection error on %s %s: %r", method, path, exc)
     return BackendUnavailable("a backend is unavailable; retry later").response()
+
+
+def _api_error(exc: Exception, method: str, path: str) -> OrjsonResponse:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+#: Errors a route may raise once its input is valid, and their replies. Timeouts and refused
+#: connections surface as OSError subclasses in some clients.
+_RUNTIME_REPLIES: dict[type[Exception], Callable[[Exception, str, str], OrjsonResponse]] = {
+    ApiError: _api_error,
+    RedisError: _redis_unavailable,
+    ConnectionError: _backend_unavailable,
+    TimeoutError: _backend_unavailable,
+}
+
+
+def runtime_error_reply(exc: Exception, method: str, path: str) -> OrjsonResponse | None:
+    """The reply the app gives ``exc`` raised by a route — an ``ApiError``, or a 503 when Redis or
+    another backend failed — found like Starlette finds a handler (the closest class in the
+    exception's MRO). None for anything else: a bug, answered by the app's 500 handler."""
+    for cls in type(exc).__mro__:
+        reply = _RUNTIME_REPLIES.get(cls)
+        if reply is not None:
+            return reply(exc, method, path)
+    return None
+
+
+async def _on_runtime_error(request: Request, exc: Exception) -> OrjsonResponse:
+    reply = runtime_error_reply(exc, request.method, request.url.path)
+    assert reply is not None  # registered only for the classes in _RUNTIME_REPLIES
+    return reply
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> OrjsonResponse:
@@ -162,11 +190,8 @@ async def _on_unexpected(request: Request, exc: Exception) -> OrjsonResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error the app can raise to a JSON reply of the shape above."""
-    app.add_exception_handler(ApiError, _on_api_error)
+    for cls in _RUNTIME_REPLIES:
+        app.add_exception_handler(cls, _on_runtime_error)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
-    app.add_exception_handler(RedisError, _on_redis)
-    # Timeouts and refused connections surface as OSError subclasses in some clients.
-    app.add_exception_handler(ConnectionError, _on_os_error)
-    app.add_exception_handler(TimeoutError, _on_os_error)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 
+from engine.api import checkout
 from engine.api.auth import Role
 from engine.api.errors import OrjsonResponse
 from engine.api.guard import require
@@ -35,8 +36,7 @@ async def get_atp(request: Request, sku: SkuPath, location: LocationQuery = None
 
     An unknown SKU is not an error: it has nothing on hand and ATP 0.
     """
-    position = await request.app.state.client.atp(sku, location)
-    return OrjsonResponse(position_view(position, location))
+    return await checkout.position(request.app.state, sku, location)
 
 
 @router.post("/query", response_model=AtpQueryOut, responses=_ERRORS, summary="ATP of many SKUs")

@@ -1,0 +1,143 @@
+"""The checkout calls over the app's state, as plain functions: hold, confirm / release / extend,
+read a reservation, the ATP of one SKU.
+
+The FastAPI routes and the hot path (``engine.api.hot_path``) both call these with inputs
+already validated, so a request gets the same reply whichever of the two serves it. Each
+returns the reply or raises ``ApiError``; Redis and connection errors propagate to the
+caller's error mapping (``engine.api.errors``).
+
+``state`` is the app's ``app.state``: ``client`` (an ``AsyncAtpClient``), ``publisher`` and
+``topics``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from engine import metrics
+from engine.api.errors import ApiError, OrjsonResponse
+from engine.api.models import ReservationIn
+from engine.api.reservation_events import Change, encode, reservation_event
+from engine.api.views import position_view, reservation_body, reservation_view
+from engine.client import LineRequest, Refusal, Reservation, Result
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+Op = Literal["confirm", "release", "extend"]
+#: The event each lifecycle operation publishes when it changed something.
+CHANGE_OF: dict[str, Change] = {"confirm": "confirmed", "release": "released", "extend": "extended"}
+
+_REPLAYED = {REPLAYED_HEADER: "true"}
+
+
+def _publish(state: Any, change: Change, reservation: Reservation, **extra: str | None) -> None:
+    event = reservation_event(change, reservation, **extra)
+    state.publisher.publish(state.topics.reservations, reservation.reservation_id, encode(event))
+
+
+def _record(op: str, result: Result, started: float) -> None:
+    metrics.record_reservation(op, result.status, time.perf_counter() - started)
+
+
+async def hold(state: Any, rid: str, body: ReservationIn) -> OrjsonResponse:
+    """Hold every line of ``body`` under reservation id ``rid``, or none.
+
+    201 with the reservation (``Idempotent-Replayed: true`` on a repeat); raises ``ApiError``
+    409 ``refused`` or 422 ``idempotency_conflict`` / ``invalid_request``.
+    """
+    client = state.client
+    lines = [LineRequest(line.sku, line.qty, line.location) for line in body.lines]
+    started = time.perf_counter()
+    try:
+        result = await client.hold(
+            rid, lines, ttl_s=body.ttl_seconds, channel=body.channel, customer_id=body.customer_id
+        )
+    except ValueError as exc:  # e.g. lines of one SKU at two locations
+        metrics.record_reservation("hold", "error")
+        raise ApiError(
+            422, "invalid_request", str(exc), reasons=[{"field": "body.lines", "reason": "invalid", "message": str(exc)}]
+        ) from exc
+    _record("hold", result, started)
+    if isinstance(result, Reservation):
+        headers = _REPLAYED if result.status == "duplicate" else None
+        if result.status == "ok":
+            _publish(state, "held", result, channel=body.channel, customer_id=body.customer_id)
+        return OrjsonResponse(reservation_view(result), status_code=201, headers=headers)
+    if result.status == "conflict":
+        raise ApiError(
+            422,
+            "idempotency_conflict",
+            "this Idempotency-Key was already used with different lines",
+            reservation_id=rid,
+            reasons=[{"field": "header.Idempotency-Key", "reason": "idempotency_conflict",
+                      "message": "key already used with different lines"}],
+        )
+    raise await _refused(state, rid, body, result)
+
+
+async def _refused(state: Any, rid: str, body: ReservationIn, refusal: Refusal) -> ApiError:
+    available = dict(refusal.available)
+    missing = [line.sku for line in body.lines if line.sku not in available]
+    if missing:  # the client names what it saw; fill in the rest from the current position
+        positions = await state.client.atp_many(list(dict.fromkeys(missing)))
+        for sku, position in positions.items():
+            available[sku] = max(0, int(position.get("atp", 0)))
+    return ApiError(
+        409,
+        "refused",
+        f"not enough to promise: {refusal.reason}" + (f" on {refusal.sku}" if refusal.sku else ""),
+        reservation_id=rid,
+        reason=refusal.reason,
+        lines=[
+            {
+                "sku": line.sku,
+                "qty": line.qty,
+                "location": line.location,
+                "available": int(available.get(line.sku, 0)),
+                "reason": refusal.reason if refusal.sku in (None, line.sku) else None,
+            }
+            for line in body.lines
+        ],
+    )
+
+
+def _op_result(rid: str, result: Result) -> OrjsonResponse:
+    if isinstance(result, Reservation):
+        return OrjsonResponse(reservation_view(result))
+    if result.status == "not_found":
+        raise ApiError(404, "not_found", f"no reservation {rid!r}", reservation_id=rid)
+    current = None
+    if result.lines:
+        current = reservation_body(rid, result.reason, result.lines)
+    raise ApiError(
+        409,
+        "not_allowed",
+        f"the reservation is {result.reason}",
+        reservation_id=rid,
+        state=result.reason,
+        reservation=current,
+    )
+
+
+async def lifecycle(state: Any, op: Op, rid: str, *args: int) -> OrjsonResponse:
+    """Confirm, release or extend (``args`` = the new TTL in seconds) reservation ``rid``.
+
+    200 with the reservation; raises ``ApiError`` 404 ``not_found`` or 409 ``not_allowed``.
+    """
+    started = time.perf_counter()
+    result = await getattr(state.client, op)(rid, *args)
+    _record(op, result, started)
+    if isinstance(result, Reservation) and result.status == "ok":
+        _publish(state, CHANGE_OF[op], result)
+    return _op_result(rid, result)
+
+
+async def read_reservation(state: Any, rid: str) -> OrjsonResponse:
+    """200 with reservation ``rid``; raises ``ApiError`` 404 / 409 like ``lifecycle``."""
+    return _op_result(rid, await state.client.get_reservation(rid))
+
+
+async def position(state: Any, sku: str, location: str | None) -> OrjsonResponse:
+    """200 with the SKU's position (at ``location``, or over all locations when None)."""
+    return OrjsonResponse(position_view(await state.client.atp(sku, location), location))
