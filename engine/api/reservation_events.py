@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 import orjson
 
-from engine.api.views import line_view
-from engine.client import Reservation
+from engine.api.views import allocations_view
+from engine.client import Reservation, ReservedLine
 from engine.domain.events import format_time
 
 Change = Literal["held", "confirmed", "released", "extended"]
@@ -41,14 +41,11 @@ def reservation_event(
     if change not in CHANGES:
         raise ValueError(f"unknown reservation change {change!r}")
     rid = reservation.reservation_id
-    views = [line_view(line) for line in sorted(reservation.lines, key=lambda ln: ln.sku)]
+    views = [_line(line) for line in sorted(reservation.lines, key=lambda ln: ln.sku)]
     event_id = f"res:{rid}:{change}"
     if change == "extended":
         expires = min((v["expires_ms"] for v in views if v["expires_ms"] > 0), default=0)
         event_id = f"{event_id}:{expires}"
-    for view in views:
-        view.pop("expires_at", None)
-        view.pop("promised_at", None)
     return {
         "event_id": event_id,
         "type": f"reservation.{change}",
@@ -58,6 +55,20 @@ def reservation_event(
         "channel": channel,
         "customer_id": customer_id,
         "lines": views,
+    }
+
+
+def _line(line: ReservedLine) -> dict[str, Any]:
+    # The API's line body without its RFC 3339 twins (consumers have the *_ms fields).
+    return {
+        "sku": line.sku,
+        "qty": line.qty,
+        "location": line.location or None,
+        "state": line.state,
+        "expires_ms": line.expires_ms,
+        "promised_ms": line.promised_ms,
+        "atp_after": line.atp_after,
+        "allocations": allocations_view(line),
     }
 
 

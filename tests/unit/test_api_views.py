@@ -71,3 +71,24 @@ def test_each_extension_has_its_own_event_id() -> None:
 def test_unknown_change_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown reservation change"):
         reservation_event("shipped", reservation())  # type: ignore[arg-type]
+
+
+def test_rfc3339_agrees_with_format_time_across_the_cache() -> None:
+    from engine.api import views
+    from engine.domain.events import format_time, from_ms
+
+    samples = [1, 999, 1000, T0, T0 + 1, T0 + 999, T0 + 86_400_000 * 365 * 3 + 7, 253_402_300_799_999]
+    samples += [T0 + 1_000 * i + i % 1000 for i in range(views._SECONDS_KEPT + 10)]  # past the cache size
+    for ms in samples:
+        assert rfc3339(ms) == format_time(from_ms(ms)), ms
+    assert len(views._SECONDS) <= views._SECONDS_KEPT
+
+
+def test_event_lines_are_the_reply_lines_without_the_rfc3339_twins() -> None:
+    res = reservation()
+    reply_lines = reservation_view(res)["lines"]
+    event_lines = reservation_event("held", res)["lines"]
+    assert event_lines == [{k: v for k, v in line.items() if not k.endswith("_at")} for line in reply_lines]
+    assert [list(line) for line in event_lines] == [
+        [k for k in line if not k.endswith("_at")] for line in reply_lines
+    ]
