@@ -530,22 +530,21 @@ def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default: ATP_API_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default: ATP_API_PORT)", min=0, max=65535)] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    workers: Annotated[int, typer.Option(help="server processes on the port (one per spare core)", min=1, max=64)] = 1,
+    access_log: Annotated[bool, typer.Option(help="log every request (metrics count them anyway)")] = False,
 ) -> None:
     """Serve the HTTP API (embedded Redis/broker when ATP_REDIS_URL / ATP_KAFKA_BOOTSTRAP are empty)."""
-    import uvicorn
+    from engine.api.server import LOG_LEVELS
+    from engine.api.server import serve as serve_api
 
-    from engine.api import create_app
-
-    if log_level not in ("critical", "error", "warning", "info", "debug", "trace"):
-        _bad(f"bad --log-level {log_level!r}: one of critical, error, warning, info, debug, trace")
+    if log_level not in LOG_LEVELS:
+        _bad(f"bad --log-level {log_level!r}: one of {', '.join(LOG_LEVELS)}")
     settings = load_settings()
     bind_host = host or settings.api_host
     bind_port = settings.api_port if port is None else port
     _check_port_free(bind_host, bind_port)
     with _services(settings, "serve") as running:
-        api = create_app(running)
-        # loop/http "auto": uvloop and httptools when installed, asyncio and h11 otherwise.
-        uvicorn.run(api, host=bind_host, port=bind_port, log_level=log_level, loop="auto", http="auto")
+        serve_api(running, bind_host, bind_port, log_level=log_level, workers=workers, access_log=access_log)
 
 
 @app.command()
