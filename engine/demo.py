@@ -129,6 +129,11 @@ class _Producer:
     def flush(self) -> None:
         self._producer.flush(15)
 
+    def close(self) -> None:
+        """Flush and let librdkafka go (before the broker stops, or it logs disconnects)."""
+        self._producer.flush(15)
+        self._producer = None
+
 
 def _load_catalogue(api: httpx.Client, producer: _Producer) -> None:
     for sku, stock in HOT_SKUS.items():
@@ -242,10 +247,27 @@ def _render(tally: Tally, positions: dict[str, dict[str, Any]], elapsed: float, 
     return table
 
 
-def run_demo(settings: Settings, duration_s: float = 60.0, keep_running: bool = False,
-             as_json: bool = False, stream_events: int | None = None) -> dict[str, Any]:
-    """Run the demo end to end; returns (and prints) the summary."""
-    console = Console(stderr=as_json)
+@dataclass
+class DemoEngine:
+    """A running demo engine: the embedded services, the flow and the API, catalogue loaded."""
+
+    settings: Settings
+    topics: Topics
+    token: str
+    api_url: str
+    flow_metrics_url: str
+    api: httpx.Client
+    producer: _Producer
+    tally: Tally
+
+
+@contextlib.contextmanager
+def demo_engine(settings: Settings, console: Console | None = None) -> Iterator[DemoEngine]:
+    """Start everything (embedded Redis and broker, topics, flow, API) and load the catalogue.
+
+    Also used by the Prometheus test to scrape a real engine under load.
+    """
+    console = console or Console(stderr=True)
     token = secrets.token_urlsafe(24)
     roles = {hashlib.sha256(token.encode()).hexdigest(): ["read", "reserve", "operate"]}
     settings = settings.model_copy(update={"api_tokens": roles})
@@ -258,29 +280,46 @@ def run_demo(settings: Settings, duration_s: float = 60.0, keep_running: bool = 
             console.print(f"[dim]API {base}/docs · flow metrics {flow_metrics}[/dim]")
             producer = _Producer(running, tally)
             api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=10.0)
-            _load_catalogue(api, producer)
-            stop_outputs = threading.Event()
-            outputs = threading.Thread(target=_consume_outputs, args=(running, topics, tally, stop_outputs),
-                                       daemon=True)
-            outputs.start()
-            stream = threading.Thread(target=_stream, args=(running, topics, stream_events or int(400 * duration_s)),
-                                      daemon=True)
-            stream.start()
-            summary = _flash_sale(base, token, api, producer, tally, duration_s, console)
-            stream.join(timeout=60)
-            _settle(console)
-            stop_outputs.set()
-            outputs.join(timeout=10)
-            summary.update(_summary(api, running, tally, base, flow_metrics))
-            api.close()
-            producer.flush()
-            del producer  # librdkafka must let go before the broker stops
-            _print_summary(summary, console, as_json)
-            if keep_running:
-                console.print("[bold]Services keep running; Ctrl-C stops them.[/bold]")
-                with contextlib.suppress(KeyboardInterrupt):
-                    while True:
-                        time.sleep(1)
+            try:
+                _load_catalogue(api, producer)
+                yield DemoEngine(running, topics, token, base, flow_metrics, api, producer, tally)
+            finally:
+                api.close()
+                producer.close()
+
+
+def run_sale(engine: DemoEngine, duration_s: float, console: Console, *, live: bool = True,
+             stream_events: int | None = None) -> dict[str, Any]:
+    """The flash sale through the API beside the simulated stream; returns the summary."""
+    tally = engine.tally
+    stop_outputs = threading.Event()
+    outputs = threading.Thread(target=_consume_outputs, args=(engine.settings, engine.topics, tally, stop_outputs),
+                               daemon=True)
+    outputs.start()
+    n_stream = stream_events or int(400 * duration_s)
+    stream = threading.Thread(target=_stream, args=(engine.settings, engine.topics, n_stream), daemon=True)
+    stream.start()
+    summary = _flash_sale(engine, duration_s, console, live)
+    stream.join(timeout=60)
+    _settle(console)
+    stop_outputs.set()
+    outputs.join(timeout=10)
+    summary.update(_summary(engine))
+    return summary
+
+
+def run_demo(settings: Settings, duration_s: float = 60.0, keep_running: bool = False,
+             as_json: bool = False, stream_events: int | None = None) -> dict[str, Any]:
+    """Run the demo end to end; returns (and prints) the summary."""
+    console = Console(stderr=as_json)
+    with demo_engine(settings, console) as engine:
+        summary = run_sale(engine, duration_s, console, stream_events=stream_events)
+        _print_summary(summary, console, as_json)
+        if keep_running:
+            console.print("[bold]Services keep running; Ctrl-C stops them.[/bold]")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(1)
     return summary
 
 
@@ -291,21 +330,22 @@ def _stream(running: Settings, topics: Topics, n: int) -> None:
     produce(running, topics, n=n, seed=7, skus=40, bad_fraction=0.01, progress=False)
 
 
-def _flash_sale(base: str, token: str, api: httpx.Client, producer: _Producer, tally: Tally,
-                duration_s: float, console: Console) -> dict[str, Any]:
+def _flash_sale(engine: DemoEngine, duration_s: float, console: Console, live: bool) -> dict[str, Any]:
+    base, token, api, producer, tally = engine.api_url, engine.token, engine.api, engine.producer, engine.tally
     started = time.monotonic()
     stop = started + duration_s
     positions: dict[str, dict[str, Any]] = {}
 
     async def sale() -> None:
         shoppers = [asyncio.create_task(_shopper(base, token, stop, tally, producer, i)) for i in range(SHOPPERS)]
-        with Live(_render(tally, positions, 0, duration_s), console=console, refresh_per_second=4) as live:
+        with Live(_render(tally, positions, 0, duration_s), console=console, refresh_per_second=4,
+                  transient=not live) as display:
             while not all(s.done() for s in shoppers):
                 await asyncio.sleep(0.5)
                 with contextlib.suppress(httpx.HTTPError):
                     resp = await asyncio.to_thread(api.post, "/v1/atp/query", json={"skus": [*HOT_SKUS, PRESELL_SKU]})
                     positions.update({p["sku"]: p for p in resp.json().get("positions", [])})
-                live.update(_render(tally, positions, time.monotonic() - started, duration_s))
+                display.update(_render(tally, positions, time.monotonic() - started, duration_s))
         await asyncio.gather(*shoppers, return_exceptions=True)
 
     asyncio.run(sale())
@@ -319,11 +359,13 @@ def _settle(console: Console) -> None:
     time.sleep(HOLD_TTL_S + 2)
 
 
-def _summary(api: httpx.Client, running: Settings, tally: Tally, base: str, flow_metrics: str) -> dict[str, Any]:
+def _summary(engine: DemoEngine) -> dict[str, Any]:
     import redis
 
     from engine.store.invariants import check_invariants
 
+    api, running, tally, base, flow_metrics = (
+        engine.api, engine.settings, engine.tally, engine.api_url, engine.flow_metrics_url)
     body = api.post("/v1/atp/query", json={"skus": [*HOT_SKUS, PRESELL_SKU]}).json()
     positions = {p["sku"]: p for p in body.get("positions", [])}
     client = redis.Redis.from_url(running.redis_url)
