@@ -255,9 +255,10 @@ def test_after_crashes_every_output_is_there_and_a_message_written_twice_is_the_
     assert first, "the reference run wrote nothing here: the check would be empty"
     assert all(len(v) == 1 for v in first.values())
     missing, extra = sorted(set(first) - set(again)), sorted(set(again) - set(first))
-    assert not missing and not extra, (crash_run.context, f"{len(missing)} missing, e.g. {missing[:3]}",
-                                      f"{len(extra)} unexpected, e.g. {extra[:3]}",
-                                      _kinds(topic, topics, reference.outputs[topic], missing))
+    assert not missing and not extra, (
+        f"{len(missing)} of {len(first)} missing ({_kinds(topic, topics, reference.outputs[topic], missing)}), "
+        f"e.g. {missing[:3]}; {len(extra)} unexpected, e.g. {extra[:3]}; {crash_run.context}"
+    )
     changed = [i for i, values in again.items() if values != first[i]]
     assert not changed, (crash_run.context, "messages with the same id differ", changed[:5])
     assert len(crash_run.outputs[topic]) >= len(first)
