@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from engine.domain.ids import require_id, require_qty
+from engine.store.keys import decode_rid_index as _decode_index
 from engine.store.keys import rid_index_key
 from engine.store.store import AsyncStore, Clock, Store
 from engine.store.wire import HoldRequest
@@ -219,18 +220,6 @@ async def _adelete_many(redis: Any, keys: list[str]) -> None:
     for key in keys:
         pipe.delete(key)
     await pipe.execute()
-
-
-def _decode_index(raw: Any) -> list[str] | None:
-    if raw is None:
-        return None
-    try:
-        skus = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(skus, list) or not all(isinstance(s, str) for s in skus):
-        return None
-    return sorted(set(skus))
 
 
 # --------------------------------------------------------------------------- coalescing

@@ -105,6 +105,8 @@ class SkuBook:
     offsets: dict[str, int] = field(default_factory=dict)
     recent_events: deque[str] = field(default_factory=lambda: deque(maxlen=EVENT_LOG_SIZE))
     journal: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=JOURNAL_SIZE))
+    # rid -> when the line reached a final state (released, expired, shipped): the retention purge
+    ended_ms: dict[str, int] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ derived figures
 
@@ -315,6 +317,7 @@ class SkuBook:
             line = self.lines[rid]
             self._return_units(line)
             line.state = "expired"
+            self.ended_ms[rid] = now
         return [rid for _exp, rid in due]
 
     # ------------------------------------------------------------------ checkout operations
@@ -342,6 +345,7 @@ class SkuBook:
             reason = "insufficient"
         if reason:
             return {"status": "refused", "rid": req.rid, "reason": reason, "available": available}
+        self.ended_ms.pop(req.rid, None)  # a released or expired line is replaced
         allocs = self._allocate(req.qty, req.loc, now)
         self.seq += 1
         line = Line(
@@ -392,6 +396,7 @@ class SkuBook:
         self._return_units(line)
         line.state = "released"
         line.expires_ms = 0
+        self.ended_ms[rid] = now
         return {"status": "ok", "rid": rid, "line": line.wire()}
 
     def rollback(self, rid: str, now: int) -> dict[str, Any]:
@@ -404,6 +409,7 @@ class SkuBook:
         if line.state in LIVE:
             self._return_units(line)
         del self.lines[rid]
+        self.ended_ms.pop(rid, None)
         return {"status": "ok", "rid": rid}
 
     def extend(self, rid: str, ttl_ms: int, now: int) -> dict[str, Any]:
@@ -415,6 +421,21 @@ class SkuBook:
             return {"status": "refused", "rid": rid, "reason": line.state, "line": line.wire()}
         line.expires_ms = now + ttl_ms
         return {"status": "ok", "rid": rid, "line": line.wire()}
+
+    def purge(self, now: int, retention_ms: int) -> list[str]:
+        """The retention purge of this SKU: when a line reached a final state at or before
+        ``now - retention_ms`` (retention_ms ≥ 1), expire due holds, then delete every such line;
+        returns their ids. Usage of a purged shipped line stays counted: a customer limit does
+        not reset when the line's details go."""
+        cutoff = now - retention_ms
+        if not any(ended <= cutoff for ended in self.ended_ms.values()):
+            return []
+        self.expire_due(now)  # lines expiring now end after the cutoff
+        gone = sorted(rid for rid, ended in self.ended_ms.items() if ended <= cutoff)
+        for rid in gone:
+            del self.lines[rid]
+            del self.ended_ms[rid]
+        return gone
 
     def get_line(self, rid: str, now: int) -> dict[str, Any] | None:
         self.expire_due(now)
@@ -560,6 +581,7 @@ class SkuBook:
             line.alloc = [a for a in line.alloc if a[3] > 0]
             if not line.alloc:
                 line.state = "shipped"
+                self.ended_ms[line.rid] = now
         return {"status": "ok", "line": line.wire()}
 
     def _cmd_order_placed(self, p: dict[str, Any], now: int, touched: dict[str, int]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import orjson
 
 from engine.store import scripts
 from engine.store.keys import DEFAULT_PREFIX, sku_from_key, sku_keys, validate_prefix
-from engine.store.wire import decode_reply, normalize_policy
+from engine.store.wire import decode_line, decode_reply, normalize_policy
 
 _LIVE = ("held", "committed")
 
@@ -41,11 +41,13 @@ def _promisable(lot: dict[str, Any], policy: dict[str, Any], rel: dict[str, int]
     return lot["qty"] * policy["cap_pm"] * r // 1_000_000
 
 
-_READS = 8  # pipelined reads per SKU, in the order _check_state() unpacks them
+_READS = 9  # pipelined reads per SKU, in the order _check_state() unpacks them
+_BUCKETS = ("oh", "hd", "cm", "oa", "ba", "st")
+_FINAL = ("released", "expired", "shipped")
 
 
 def _queue_reads(pipe: Any, k: Any) -> None:
-    pipe.hgetall(k.loc)
+    pipe.hget(k.state, "!L")
     pipe.hgetall(k.lots)
     pipe.hgetall(k.res)
     pipe.get(k.pol)
@@ -53,6 +55,42 @@ def _queue_reads(pipe: Any, k: Any) -> None:
     pipe.hgetall(k.cust)
     pipe.hgetall(k.chan)
     pipe.zrange(k.exp, 0, -1, withscores=True)
+    pipe.zrange(k.dead, 0, -1)
+
+
+def location_buckets(raw: Any) -> dict[str, dict[str, int]]:
+    """The location buckets of a state hash's ``!L`` field: loc -> {oh, hd, cm, oa, ba, st}."""
+    if raw is None:
+        return {}
+    out = {}
+    for part in _text(raw).split("|")[1:]:
+        name, _, values = part.partition("=")
+        out[name] = dict(zip(_BUCKETS, (int(v) for v in values.split(",")), strict=True))
+    return out
+
+
+def encode_location_buckets(head: str, buckets: dict[str, dict[str, int]]) -> str:
+    """The ``!L`` field for ``head`` (``seq,applied,events``) and the buckets (for tests that
+    need to corrupt a bucket on purpose)."""
+    parts = [head] + [f"{name}=" + ",".join(str(b[k]) for k in _BUCKETS) for name, b in sorted(buckets.items())]
+    return "|".join(parts)
+
+
+def _lot(raw: Any) -> dict[str, Any]:
+    loc, qty, eta, supplier, alloc = _text(raw).split(",")
+    return {"loc": loc, "qty": int(qty), "eta_ms": int(eta), "supplier": supplier, "alloc": int(alloc)}
+
+
+def _usage(raw: dict[Any, Any]) -> tuple[dict[str, int], dict[str, int]]:
+    counted: dict[str, int] = {}
+    retired: dict[str, int] = {}
+    for field, value in raw.items():
+        name = _text(field)
+        if name.startswith("~"):
+            retired[name[1:]] = int(value)
+        else:
+            counted[name] = int(value)
+    return counted, retired
 
 
 def _now_ms(client: Any) -> int:
@@ -83,39 +121,43 @@ def _check_many(client: Any, skus: list[str], prefix: str) -> list[str]:
 
 def _check_state(sku: str, raw: list[Any], pos: dict[str, Any], now: int) -> list[str]:
     out: list[str] = []
-    loc_raw, lots_raw, res_raw, raw_pol, srel_raw, cust_raw, chan_raw, exp_raw = raw
-    buckets: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(("oh", "hd", "cm", "oa", "ba", "st"), 0))
-    for field, value in loc_raw.items():
-        loc, _, bucket = _text(field).rpartition("|")
-        buckets[loc][bucket] = int(value)
-    lots = {_text(i): orjson.loads(v) for i, v in lots_raw.items()}
-    lines = {_text(r): orjson.loads(v) for r, v in res_raw.items()}
+    loc_raw, lots_raw, res_raw, raw_pol, srel_raw, cust_raw, chan_raw, exp_raw, dead_raw = raw
+    buckets: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(_BUCKETS, 0))
+    buckets.update(location_buckets(loc_raw))
+    lots = {_text(i): _lot(v) for i, v in lots_raw.items()}
+    lines = {_text(r): decode_line(_text(r), sku, v) for r, v in res_raw.items()}
     policy = normalize_policy(orjson.loads(raw_pol) if raw_pol else {})
     rel = {_text(s): int(v) for s, v in srel_raw.items()}
-    customers = {_text(c): int(v) for c, v in cust_raw.items()}
-    channels = {_text(c): int(v) for c, v in chan_raw.items()}
-    expiring = {_text(r): float(s) for r, s in exp_raw}
+    # '~<id>': units of purged shipped lines, still counted in <id>'s usage
+    customers, cust_retired = _usage(cust_raw)
+    channels, chan_retired = _usage(chan_raw)
+    # the expiry index: members are space-separated rids; a rid may have stale entries
+    expiring: dict[str, set[float]] = defaultdict(set)
+    for member, score in exp_raw:
+        for r in _text(member).split():
+            expiring[r].add(float(score))
+    dead = {_text(r) for r in dead_raw}
 
     for lot in lots.values():
         buckets[lot["loc"]]  # a lot names its location
     # what the live lines say the counters must be
     want: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(("hd", "cm", "oa", "ba", "st"), 0))
     lot_alloc: dict[str, int] = defaultdict(int)
-    cust_used: dict[str, int] = defaultdict(int)
-    chan_used: dict[str, int] = defaultdict(int)
+    cust_used: dict[str, int] = defaultdict(int, cust_retired)
+    chan_used: dict[str, int] = defaultdict(int, chan_retired)
     for rid, line in lines.items():
         state = line["state"]
+        if (state in _FINAL) != (rid in dead):
+            out.append(f"{sku}: line {rid} in state {state} is {'not ' if rid not in dead else ''}in the "
+                       f"retention index")
         if state in _LIVE or state == "shipped":
             if line["customer"]:
                 cust_used[line["customer"]] += line["qty"]
             if line["channel"]:
                 chan_used[line["channel"]] += line["qty"]
-        if state == "held":
-            if expiring.get(rid) != line["expires_ms"]:
-                out.append(f"{sku}: held line {rid} expires at {line['expires_ms']} but the expiry index says "
-                           f"{expiring.get(rid)}")
-        elif rid in expiring:
-            out.append(f"{sku}: line {rid} in state {state} is still in the expiry index")
+        if state == "held" and line["expires_ms"] not in expiring.get(rid, ()):
+            out.append(f"{sku}: held line {rid} expires at {line['expires_ms']} but the expiry index has "
+                       f"{sorted(expiring.get(rid, ()))}")
         if state not in _LIVE:
             if state != "shipped" and line["alloc"]:
                 out.append(f"{sku}: {state} line {rid} still has allocations {line['alloc']}")

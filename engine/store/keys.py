@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import orjson
+
 from engine.domain.ids import ID_KINDS, require_id
 
 # fullmatch, never "$": Python's "$" also matches before a trailing newline.
@@ -52,9 +54,7 @@ def validate_prefix(prefix: object) -> str:
 
 
 # Order of the KEYS every script receives (lib.lua names them in the same order).
-KEY_NAMES: tuple[str, ...] = (
-    "loc", "lots", "res", "exp", "pol", "cust", "chan", "srel", "evt", "off", "jrnl", "seq",
-)
+KEY_NAMES: tuple[str, ...] = ("state", "lots", "res", "exp", "dead", "cust", "chan", "srel", "pol")
 
 
 @dataclass(frozen=True)
@@ -62,22 +62,42 @@ class SkuKeys:
     """All keys of one SKU; ``all`` is the KEYS list passed to every script, in ``KEY_NAMES`` order."""
 
     sku: str
-    loc: str   # hash "<loc>|<bucket>" -> int (buckets oh, hd, cm, oa, ba, st)
-    lots: str  # hash lot_id -> json {loc, qty, eta_ms, supplier, alloc}
-    res: str   # hash rid -> json line
-    exp: str   # zset rid -> expires_ms of held lines
-    pol: str   # string: json policy (absent = defaults)
-    cust: str  # hash customer -> live+shipped units
-    chan: str  # hash channel -> live+shipped units
-    srel: str  # hash supplier -> reliability per mille
-    evt: str   # zset of recent event ids
-    off: str   # hash source -> last applied offset
-    jrnl: str  # list of movement journal entries, newest first, capped
-    seq: str   # string: counter of created lines
+    state: str  # hash: '!L' counters + location buckets, '!P' compact policy, '@<source>' offsets,
+    #             'e<event_id>' recent-event log, 'j<k>' journal ring (see lua/lib.lua)
+    lots: str   # hash lot_id -> '<loc>,<qty>,<eta_ms>,<supplier>,<alloc>'
+    res: str    # hash rid -> json line
+    exp: str    # zset rid -> expires_ms of held lines
+    dead: str   # zset rid -> ms the line reached a final state (retention purge)
+    cust: str   # hash customer -> live+shipped units ('~<customer>': units of purged shipped lines)
+    chan: str   # hash channel -> live+shipped units (same)
+    srel: str   # hash supplier -> reliability per mille
+    pol: str    # string: json policy, complete (absent = defaults)
 
     @property
     def all(self) -> list[str]:
         return [getattr(self, name) for name in KEY_NAMES]
+
+    # The location buckets, line counter, offsets, event-id log and journal used to be keys of
+    # their own; they are fields of ``state`` now (one small hash per idle SKU).
+    @property
+    def loc(self) -> str:
+        return self.state
+
+    @property
+    def seq(self) -> str:
+        return self.state
+
+    @property
+    def off(self) -> str:
+        return self.state
+
+    @property
+    def evt(self) -> str:
+        return self.state
+
+    @property
+    def jrnl(self) -> str:
+        return self.state
 
 
 def sku_keys(sku: str, prefix: str = DEFAULT_PREFIX) -> SkuKeys:
@@ -95,16 +115,29 @@ def rid_index_key(rid: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}:rid:{{{rid}}}"
 
 
+def decode_rid_index(raw: object) -> list[str] | None:
+    """The sorted SKUs of a reservation-index value (a JSON list), or None when absent or malformed."""
+    if raw is None:
+        return None
+    try:
+        skus = orjson.loads(raw)  # type: ignore[arg-type]
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(skus, list) or not all(isinstance(s, str) for s in skus):
+        return None
+    return sorted(set(skus))
+
+
 def exp_scan_pattern(prefix: str = DEFAULT_PREFIX) -> str:
     """SCAN MATCH pattern of every SKU's expiry zset (used by the sweeper)."""
     validate_prefix(prefix)
     return f"{prefix}:{{*}}:exp"
 
 
-def loc_scan_pattern(prefix: str = DEFAULT_PREFIX) -> str:
-    """SCAN MATCH pattern of every SKU's location hash (used by the invariant checker)."""
+def dead_scan_pattern(prefix: str = DEFAULT_PREFIX) -> str:
+    """SCAN MATCH pattern of every SKU's zset of final-state lines (used by the retention purge)."""
     validate_prefix(prefix)
-    return f"{prefix}:{{*}}:loc"
+    return f"{prefix}:{{*}}:dead"
 
 
 def sku_from_key(key: str | bytes, prefix: str = DEFAULT_PREFIX) -> str | None:

@@ -1,6 +1,7 @@
 """Loading the Lua scripts and calling them by SHA, recovering from NOSCRIPT.
 
-Each entry script is ``lib.lua`` (the shared prelude) followed by the entry file. Calls go out as
+Each entry script is ``lib.lua`` (the shared prelude), the sections only that entry needs
+(``ops.lua``, ``figures.lua``, ``rebalance.lua``; see ``PRELUDES``), then the entry file. Calls go out as
 EVALSHA; when Redis answers NOSCRIPT (a restart, SCRIPT FLUSH, a new cluster node) the same call is
 sent once as EVAL with the source, which also caches the script on that node again.
 """
@@ -17,6 +18,16 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 ENTRY_SCRIPTS = ("hold", "reservation", "apply", "position", "sweep", "dump")
+# What goes in front of each entry file: Lua builds every function of a script on every call, so
+# an entry carries only the sections it uses.
+PRELUDES: dict[str, tuple[str, ...]] = {
+    "hold": ("lib",),
+    "reservation": ("lib", "ops"),
+    "apply": ("lib", "ops", "figures", "rebalance"),
+    "position": ("lib", "figures"),
+    "sweep": ("lib",),
+    "dump": ("lib",),
+}
 
 Arg = str | int
 
@@ -37,10 +48,10 @@ def _read(name: str) -> str:
 @lru_cache(maxsize=1)
 def load_scripts() -> dict[str, LuaScript]:
     """Every entry script, built once per process: name -> ``LuaScript``."""
-    lib = _read("lib")
     out = {}
     for name in ENTRY_SCRIPTS:
-        source = lib + "\n-- ==== entry: " + name + ".lua ====\n" + _read(name)
+        parts = [_read(part) for part in PRELUDES[name]]
+        source = "\n".join(parts) + "\n-- ==== entry: " + name + ".lua ====\n" + _read(name)
         out[name] = LuaScript(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
     return out
 

@@ -19,7 +19,10 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from engine.store import scripts
 from engine.store.keys import (
     DEFAULT_PREFIX,
+    dead_scan_pattern,
+    decode_rid_index,
     exp_scan_pattern,
+    rid_index_key,
     sku_from_key,
     sku_keys,
     validate_id,
@@ -33,11 +36,63 @@ from engine.store.wire import (
     SupplyCommand,
     _opt_location,
     check_int,
+    decode_hold_replies,
     decode_reply,
+    journal_entries,
     normalize_policy,
 )
 
 Clock = int | Callable[[], int] | None
+
+SWEEP_CHUNK = 100  # SKUs per pipelined round trip of the sweeper
+MAX_RETENTION_MS = 3650 * 86_400_000
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _oldest_score(entries: Any) -> float | None:
+    """The score of ``ZRANGE key 0 0 WITHSCORES`` (None for an empty zset)."""
+    return float(entries[0][1]) if entries else None
+
+
+class _IndexPlan:
+    """Which reservation-index keys a purge may delete: those whose every line is gone.
+
+    ``start`` gets ``{rid: purged skus}``; ``reads()`` lists the index keys to GET; ``checks(values)``
+    the ``(sku, rid)`` lines of other SKUs to test with HEXISTS; ``doomed(exists)`` the index keys
+    to delete. Pure: the stores do the I/O.
+    """
+
+    def __init__(self, prefix: str, purged: dict[str, set[str]]) -> None:
+        self.prefix = prefix
+        self.purged = purged
+        self.rids = sorted(purged)
+        self.pending: list[tuple[str, list[str]]] = []  # (rid, other skus to check)
+
+    def reads(self) -> list[str]:
+        return [rid_index_key(rid, self.prefix) for rid in self.rids]
+
+    def checks(self, values: list[Any]) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for rid, raw in zip(self.rids, values, strict=True):
+            skus = decode_rid_index(raw)
+            if not skus or not self.purged[rid] & set(skus):
+                continue  # no index, or one that names other SKUs: not ours to remove
+            others = [s for s in skus if s not in self.purged[rid]]
+            self.pending.append((rid, others))
+            out.extend((s, rid) for s in others)
+        return out
+
+    def doomed(self, exists: list[Any]) -> list[str]:
+        found = iter(exists)
+        out = []
+        for rid, others in self.pending:
+            alive = [bool(next(found)) for _ in others]
+            if not any(alive):
+                out.append(rid_index_key(rid, self.prefix))
+        return out
 
 
 class _Base:
@@ -103,6 +158,13 @@ class _Base:
     def _sku_of_exp_key(self, key: bytes | str) -> str | None:
         return sku_from_key(key, self.prefix)
 
+    def _sweep_call(self, sku: str, retention_ms: int = 0) -> scripts.Call:
+        return self._call("sweep", sku, retention_ms)
+
+    @staticmethod
+    def _check_retention(retention_ms: int) -> int:
+        return check_int(retention_ms, "retention_ms", 1, MAX_RETENTION_MS)
+
 
 class Store(_Base):
     """Synchronous store over ``redis.Redis`` / ``redis.RedisCluster``.
@@ -120,7 +182,7 @@ class Store(_Base):
         Returns one hold reply per request: ``{status: ok|duplicate, rid, line}``,
         ``{status: refused, rid, reason, available}`` or ``{status: conflict, rid, line}``.
         """
-        return self._run(self._hold_call(sku, requests))
+        return decode_hold_replies(sku, requests, scripts.call(self.redis, *self._hold_call(sku, requests)))
 
     def hold_batch_claiming(
         self, sku: str, requests: Sequence[HoldRequest], claims: Sequence[tuple[str, bytes]]
@@ -131,7 +193,7 @@ class Store(_Base):
         not inside the script). Returns (whether each claim created its key, the hold replies).
         """
         created, raw = scripts.call_after_sets(self.redis, claims, self._hold_call(sku, requests))
-        return created, decode_reply(raw)
+        return created, decode_hold_replies(sku, requests, raw)
 
     def confirm(self, sku: str, rid: str) -> dict[str, Any]:
         """held → committed. Op reply ``{status, rid, line?, reason?}``."""
@@ -184,8 +246,17 @@ class Store(_Base):
     def journal(self, sku: str, limit: int = 200) -> list[dict[str, Any]]:
         """The SKU's movement journal, newest first: ``{event_id, cmd, reason, ref, at}``."""
         check_int(limit, "limit", 1, 200)
-        raw = self.redis.lrange(sku_keys(sku, self.prefix).jrnl, 0, limit - 1)
-        return [orjson.loads(r) for r in raw]
+        return journal_entries(self.redis.hgetall(sku_keys(sku, self.prefix).state), limit)
+
+    def _scan_skus(self, pattern: str, max_skus: int) -> list[str]:
+        seen: set[str] = set()
+        for key in self.redis.scan_iter(match=pattern, count=1000):
+            sku = self._sku_of_exp_key(key)
+            if sku is not None:
+                seen.add(sku)
+                if len(seen) >= max_skus:
+                    break
+        return sorted(seen)
 
     def sweep(self, max_skus: int = 10_000) -> int:
         """Expire the due holds of every SKU that has holds (SCAN), up to ``max_skus`` SKUs.
@@ -193,25 +264,58 @@ class Store(_Base):
         Returns the number of lines expired.
         """
         check_int(max_skus, "max_skus", 1, 10**9)
-        seen: set[str] = set()
-        batch: list[str] = []
+        skus = self._scan_skus(exp_scan_pattern(self.prefix), max_skus)
         expired = 0
-        for key in self.redis.scan_iter(match=exp_scan_pattern(self.prefix), count=1000):
-            sku = self._sku_of_exp_key(key)
-            if sku is None or sku in seen:
-                continue
-            seen.add(sku)
-            batch.append(sku)
-            if len(batch) >= 100:
-                expired += self._sweep_batch(batch)
-                batch = []
-            if len(seen) >= max_skus:
-                break
-        return expired + self._sweep_batch(batch)
+        for i in range(0, len(skus), SWEEP_CHUNK):
+            calls = [self._sweep_call(s) for s in skus[i:i + SWEEP_CHUNK]]
+            expired += sum(int(r[0]) for r in scripts.call_many(self.redis, calls))
+        return expired
 
-    def _sweep_batch(self, skus: list[str]) -> int:
-        calls = [self._call("sweep", s) for s in skus]
-        return sum(int(r) for r in scripts.call_many(self.redis, calls))
+    def purge(self, retention_ms: int, max_skus: int = 10_000) -> int:
+        """Delete the lines that have been released, expired or shipped for ``retention_ms`` or
+        longer, in every SKU that has such lines (up to ``max_skus``), and the reservation index
+        of every reservation none of whose lines is left. Due holds are expired on the way.
+
+        Returns the number of lines deleted. A purged reservation id is unknown afterwards: the
+        same id starts a new reservation.
+        """
+        self._check_retention(retention_ms)
+        check_int(max_skus, "max_skus", 1, 10**9)
+        skus = self._scan_skus(dead_scan_pattern(self.prefix), max_skus)
+        if not skus:
+            return 0
+        cutoff = (self._now_arg() or _server_ms(self.redis.time())) - retention_ms
+        purged: dict[str, set[str]] = {}
+        for i in range(0, len(skus), SWEEP_CHUNK):
+            chunk = skus[i:i + SWEEP_CHUNK]
+            pipe = self.redis.pipeline(transaction=False)
+            for sku in chunk:
+                pipe.zrange(sku_keys(sku, self.prefix).dead, 0, 0, withscores=True)
+            due = [s for s, o in zip(chunk, pipe.execute(), strict=True)
+                   if (oldest := _oldest_score(o)) is not None and oldest <= cutoff]
+            results = scripts.call_many(self.redis, [self._sweep_call(s, retention_ms) for s in due])
+            for sku, reply in zip(due, results, strict=True):
+                for rid in reply[1:]:
+                    purged.setdefault(_text(rid), set()).add(sku)
+        self._forget_indexes(_IndexPlan(self.prefix, purged))
+        return sum(len(v) for v in purged.values())
+
+    def _forget_indexes(self, plan: _IndexPlan) -> None:
+        if not plan.rids:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for key in plan.reads():
+            pipe.get(key)
+        checks = plan.checks(pipe.execute())
+        pipe = self.redis.pipeline(transaction=False)
+        for sku, rid in checks:
+            pipe.hexists(sku_keys(sku, self.prefix).res, rid)
+        doomed = plan.doomed(pipe.execute() if checks else [])
+        if doomed:
+            pipe = self.redis.pipeline(transaction=False)
+            for key in doomed:  # one DEL per key: they live in different cluster slots
+                pipe.delete(key)
+            pipe.execute()
 
 
 class AsyncStore(_Base):
@@ -242,7 +346,7 @@ class AsyncStore(_Base):
     async def hold_batch(self, sku: str, requests: Sequence[HoldRequest]) -> list[dict[str, Any]]:
         """See ``Store.hold_batch``."""
         await self.ready()
-        return await self._run(self._hold_call(sku, requests))
+        return decode_hold_replies(sku, requests, await scripts.acall(self.redis, *self._hold_call(sku, requests)))
 
     async def hold_batch_claiming(
         self, sku: str, requests: Sequence[HoldRequest], claims: Sequence[tuple[str, bytes]]
@@ -250,7 +354,7 @@ class AsyncStore(_Base):
         """See ``Store.hold_batch_claiming``."""
         await self.ready()
         created, raw = await scripts.acall_after_sets(self.redis, claims, self._hold_call(sku, requests))
-        return created, decode_reply(raw)
+        return created, decode_hold_replies(sku, requests, raw)
 
     async def confirm(self, sku: str, rid: str) -> dict[str, Any]:
         """See ``Store.confirm``."""
@@ -313,26 +417,74 @@ class AsyncStore(_Base):
         """See ``Store.journal``."""
         await self.ready()
         check_int(limit, "limit", 1, 200)
-        raw = await self.redis.lrange(sku_keys(sku, self.prefix).jrnl, 0, limit - 1)
-        return [orjson.loads(r) for r in raw]
+        return journal_entries(await self.redis.hgetall(sku_keys(sku, self.prefix).state), limit)
+
+    async def _scan_skus(self, pattern: str, max_skus: int) -> list[str]:
+        seen: set[str] = set()
+        async for key in self.redis.scan_iter(match=pattern, count=1000):
+            sku = self._sku_of_exp_key(key)
+            if sku is not None:
+                seen.add(sku)
+                if len(seen) >= max_skus:
+                    break
+        return sorted(seen)
 
     async def sweep(self, max_skus: int = 10_000) -> int:
         """See ``Store.sweep``."""
         await self.ready()
         check_int(max_skus, "max_skus", 1, 10**9)
-        seen: set[str] = set()
-        async for key in self.redis.scan_iter(match=exp_scan_pattern(self.prefix), count=1000):
-            sku = self._sku_of_exp_key(key)
-            if sku is not None:
-                seen.add(sku)
-            if len(seen) >= max_skus:
-                break
+        skus = await self._scan_skus(exp_scan_pattern(self.prefix), max_skus)
         expired = 0
-        skus = sorted(seen)
-        for i in range(0, len(skus), 100):
-            calls = [self._call("sweep", s) for s in skus[i:i + 100]]
-            expired += sum(int(r) for r in await scripts.acall_many(self.redis, calls))
+        for i in range(0, len(skus), SWEEP_CHUNK):
+            calls = [self._sweep_call(s) for s in skus[i:i + SWEEP_CHUNK]]
+            expired += sum(int(r[0]) for r in await scripts.acall_many(self.redis, calls))
         return expired
+
+    async def purge(self, retention_ms: int, max_skus: int = 10_000) -> int:
+        """See ``Store.purge``."""
+        await self.ready()
+        self._check_retention(retention_ms)
+        check_int(max_skus, "max_skus", 1, 10**9)
+        skus = await self._scan_skus(dead_scan_pattern(self.prefix), max_skus)
+        if not skus:
+            return 0
+        cutoff = (self._now_arg() or _server_ms(await self.redis.time())) - retention_ms
+        purged: dict[str, set[str]] = {}
+        for i in range(0, len(skus), SWEEP_CHUNK):
+            chunk = skus[i:i + SWEEP_CHUNK]
+            pipe = self.redis.pipeline(transaction=False)
+            for sku in chunk:
+                pipe.zrange(sku_keys(sku, self.prefix).dead, 0, 0, withscores=True)
+            due = [s for s, o in zip(chunk, await pipe.execute(), strict=True)
+                   if (oldest := _oldest_score(o)) is not None and oldest <= cutoff]
+            results = await scripts.acall_many(self.redis, [self._sweep_call(s, retention_ms) for s in due])
+            for sku, reply in zip(due, results, strict=True):
+                for rid in reply[1:]:
+                    purged.setdefault(_text(rid), set()).add(sku)
+        await self._forget_indexes(_IndexPlan(self.prefix, purged))
+        return sum(len(v) for v in purged.values())
+
+    async def _forget_indexes(self, plan: _IndexPlan) -> None:
+        if not plan.rids:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for key in plan.reads():
+            pipe.get(key)
+        checks = plan.checks(await pipe.execute())
+        pipe = self.redis.pipeline(transaction=False)
+        for sku, rid in checks:
+            pipe.hexists(sku_keys(sku, self.prefix).res, rid)
+        doomed = plan.doomed(await pipe.execute() if checks else [])
+        if doomed:
+            pipe = self.redis.pipeline(transaction=False)
+            for key in doomed:
+                pipe.delete(key)
+            await pipe.execute()
+
+
+def _server_ms(time_reply: Any) -> int:
+    secs, micros = time_reply
+    return int(secs) * 1000 + int(micros) // 1000
 
 
 __all__ = ["AsyncStore", "HoldRequest", "POLICY_DEFAULTS", "Store", "SupplyCommand", "validate_sku"]

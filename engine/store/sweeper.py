@@ -1,8 +1,10 @@
-"""The background hold sweeper: expires due holds of SKUs nobody touches.
+"""The background sweeper: expires due holds of SKUs nobody touches, and purges ended lines.
 
 Every script expires the due holds of its SKU lazily; the sweeper covers the rest by calling
-``Store.sweep`` every ``interval_s`` seconds. A failed sweep (Redis away) is logged and retried at
-the next tick — nothing is lost, the holds stay due.
+``Store.sweep`` every ``interval_s`` seconds. Every ``purge_every_s`` seconds it also calls
+``Store.purge``: lines released, expired or shipped longer than the retention ago are deleted
+(with their reservation index), so the store does not grow forever. A failed pass (Redis away) is
+logged and retried at the next tick — nothing is lost, the holds stay due.
 """
 
 from __future__ import annotations
@@ -10,36 +12,62 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from engine.store.store import AsyncStore, Store
 
 log = logging.getLogger(__name__)
 
-OnExpired = Callable[[int], None]
+OnCount = Callable[[int], None]
+OnExpired = OnCount
+PURGE_EVERY_S = 60.0
+
+
+def default_retention_s() -> int:
+    """The configured retention of ended lines (``ATP_RESERVATION_RETENTION_S``, default 7 days)."""
+    from engine.settings import get_settings
+
+    return get_settings().reservation_retention_s
+
+
+def _retention_ms(retention_s: int | None) -> int:
+    seconds = default_retention_s() if retention_s is None else retention_s
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
+        raise ValueError(f"retention_s must be a positive integer, got {seconds!r}")
+    return seconds * 1000
 
 
 class Sweeper:
-    """A daemon thread calling ``store.sweep()`` every ``interval_s`` seconds.
+    """A daemon thread calling ``store.sweep()`` every ``interval_s`` seconds, and
+    ``store.purge()`` every ``purge_every_s`` seconds (the first tick purges too).
 
     ``on_expired(n)`` (e.g. a metrics counter) is called after each sweep with the number of
-    holds it expired. ``start()`` / ``stop()``; also a context manager.
+    holds it expired, ``on_purged(n)`` after each purge with the number of lines deleted.
+    ``retention_s`` None takes the setting. ``start()`` / ``stop()``; also a context manager.
     """
 
     def __init__(self, store: Store, interval_s: float = 1.0, on_expired: OnExpired | None = None,
-                 max_skus: int = 10_000) -> None:
-        if not interval_s > 0:
-            raise ValueError("interval_s must be > 0")
+                 max_skus: int = 10_000, retention_s: int | None = None,
+                 purge_every_s: float = PURGE_EVERY_S, on_purged: OnCount | None = None) -> None:
+        if not interval_s > 0 or not purge_every_s > 0:
+            raise ValueError("interval_s and purge_every_s must be > 0")
         self.store = store
         self.interval_s = interval_s
         self.on_expired = on_expired
+        self.on_purged = on_purged
         self.max_skus = max_skus
+        self.retention_ms = _retention_ms(retention_s)
+        self.purge_every_s = purge_every_s
         self.expired_total = 0
+        self.purged_total = 0
+        self._next_purge = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
-        """One sweep now; returns the number of holds expired (0 when Redis failed)."""
+        """One sweep now (and a purge when one is due); returns the number of holds expired
+        (0 when Redis failed)."""
         try:
             n = self.store.sweep(self.max_skus)
         except Exception as exc:  # Redis away: the next tick tries again
@@ -48,6 +76,21 @@ class Sweeper:
         self.expired_total += n
         if self.on_expired is not None:
             self.on_expired(n)
+        if time.monotonic() >= self._next_purge:
+            self.purge_now()
+        return n
+
+    def purge_now(self) -> int:
+        """Purge the lines that ended before the retention now; returns how many (0 on failure)."""
+        try:
+            n = self.store.purge(self.retention_ms, self.max_skus)
+        except Exception as exc:
+            log.warning("purge of ended reservation lines failed: %r", exc)
+            return 0
+        self._next_purge = time.monotonic() + self.purge_every_s
+        self.purged_total += n
+        if self.on_purged is not None:
+            self.on_purged(n)
         return n
 
     def _loop(self) -> None:
@@ -77,10 +120,14 @@ class Sweeper:
 
 
 async def sweep_forever(store: AsyncStore, interval_s: float = 1.0, on_expired: OnExpired | None = None,
-                        max_skus: int = 10_000) -> None:
-    """Sweep every ``interval_s`` seconds until cancelled (run it as a task)."""
-    if not interval_s > 0:
-        raise ValueError("interval_s must be > 0")
+                        max_skus: int = 10_000, retention_s: int | None = None,
+                        purge_every_s: float = PURGE_EVERY_S, on_purged: OnCount | None = None) -> None:
+    """Sweep every ``interval_s`` seconds and purge every ``purge_every_s`` seconds until
+    cancelled (run it as a task); ``retention_s`` None takes the setting."""
+    if not interval_s > 0 or not purge_every_s > 0:
+        raise ValueError("interval_s and purge_every_s must be > 0")
+    retention_ms = _retention_ms(retention_s)
+    next_purge = 0.0
     while True:
         await asyncio.sleep(interval_s)
         try:
@@ -92,3 +139,15 @@ async def sweep_forever(store: AsyncStore, interval_s: float = 1.0, on_expired: 
             continue
         if on_expired is not None:
             on_expired(n)
+        if time.monotonic() < next_purge:
+            continue
+        try:
+            purged = await store.purge(retention_ms, max_skus)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("purge of ended reservation lines failed: %r", exc)
+            continue
+        next_purge = time.monotonic() + purge_every_s
+        if on_purged is not None:
+            on_purged(purged)

@@ -6,6 +6,7 @@ oracle returns. Requests are validated here so that no bad value ever reaches a 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -217,9 +218,57 @@ class SupplyCommand:
             self.source,
             self.offset if self.source else -1,
             orjson.dumps(self.payload).decode(),
-            self.reason,
-            self.ref,
+            journal_note(self.reason, self.ref),
         ]
+
+
+# ---------------------------------------------------------------------------- the journal
+
+JOURNAL_SIZE = 200
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%25").replace("|", "%7C") if ("%" in text or "|" in text) else text
+
+
+def _unescape(text: str) -> str:
+    return text.replace("%7C", "|").replace("%25", "%") if "%" in text else text
+
+
+def journal_note(reason: str, ref: str) -> str:
+    """``reason|ref`` as apply.lua stores it in a journal entry ('%' and '|' escaped)."""
+    return _escape(reason) + "|" + _escape(ref)
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def state_counters(state: dict[Any, Any]) -> tuple[int, int, int]:
+    """(lines created, commands applied, event ids applied) from a SKU's state hash."""
+    raw = state.get("!L", state.get(b"!L"))
+    if raw is None:
+        return 0, 0, 0
+    head = _text(raw).split("|", 1)[0]
+    seq, applied, events = (int(x) for x in head.split(","))
+    return seq, applied, events
+
+
+def journal_entries(state: dict[Any, Any], limit: int = JOURNAL_SIZE) -> list[dict[str, Any]]:
+    """The movement journal, newest first, from a SKU's whole state hash (HGETALL):
+    ``{event_id, cmd, reason, ref, at}`` per applied command, at most ``limit``."""
+    fields = {_text(k): _text(v) for k, v in state.items()}
+    _seq, applied, _events = state_counters(fields)
+    ids = {v: k[1:] for k, v in fields.items() if k.startswith("e")}
+    out = []
+    for n in range(applied, max(0, applied - min(limit, JOURNAL_SIZE)), -1):
+        raw = fields.get(f"j{n % JOURNAL_SIZE}")
+        if raw is None:
+            continue
+        at, cmd, events, reason, ref = raw.split("|")
+        out.append({"event_id": ids.get(events, "") if events else "", "cmd": cmd,
+                    "reason": _unescape(reason), "ref": _unescape(ref), "at": int(at)})
+    return out
 
 
 _LIST_FIELDS = frozenset({"alloc", "at_risk", "slipped"})
@@ -234,6 +283,43 @@ def normalize_reply(value: Any) -> Any:
     if isinstance(value, list):
         return [normalize_reply(v) for v in value]
     return value
+
+
+def decode_line(rid: str, sku: str, raw: bytes | str) -> dict[str, Any]:
+    """The wire line (docs/semantics.md "line") of a line in its stored form
+    ``state|qty|loc|expires_ms|seq|channel|customer|promised_ms|atp_after|alloc`` (lua/lib.lua)."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    state, qty, loc, expires, seq, channel, customer, promised, atp, alloc = text.split("|")
+    entries: list[list[Any]] = []
+    if alloc:
+        for entry in alloc.split(";"):
+            kind, ref, at, q = entry.split(",")
+            entries.append([kind, ref, at, int(q)])
+    return {
+        "rid": rid, "sku": sku, "qty": int(qty), "loc": loc, "state": state, "expires_ms": int(expires),
+        "seq": int(seq), "channel": channel, "customer": customer, "alloc": entries,
+        "promised_ms": int(promised), "atp_after": int(atp),
+    }
+
+
+def decode_hold_replies(sku: str, requests: Sequence[HoldRequest],
+                        raw: Sequence[bytes | str]) -> list[dict[str, Any]]:
+    """The hold replies of docs/semantics.md from hold.lua's flat reply (status, payload per
+    request): ``{status: ok|duplicate|conflict, rid, line}`` or
+    ``{status: refused, rid, reason, available}``."""
+    if len(raw) != 2 * len(requests):
+        raise ValueError(f"hold script answered {len(raw)} items for {len(requests)} requests")
+    out = []
+    for i, req in enumerate(requests):
+        status = raw[2 * i]
+        status = status.decode() if isinstance(status, bytes) else status
+        payload = raw[2 * i + 1]
+        if status == "refused":
+            reason, _, available = (payload.decode() if isinstance(payload, bytes) else payload).partition(":")
+            out.append({"status": status, "rid": req.rid, "reason": reason, "available": int(available)})
+        else:
+            out.append({"status": status, "rid": req.rid, "line": decode_line(req.rid, sku, payload)})
+    return out
 
 
 def decode_reply(raw: bytes | str) -> Any:

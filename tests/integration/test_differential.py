@@ -2,7 +2,7 @@
 
 A hypothesis state machine drives one SKU through holds (batched), confirms, releases, extends,
 rollbacks, expiries (the clock moves), inbound lots, receipts, adjustments, counts, shipments,
-orders, policy and reliability changes, and the sweeper. After every step the reply of the
+orders, policy and reliability changes, the sweeper and the retention purge of ended lines. After every step the reply of the
 scripts must equal the oracle's reply, and the Redis state dump must equal the oracle's dump.
 """
 
@@ -120,6 +120,10 @@ def test_lua_scripts_match_the_oracle(r5_redis: redis_lib.Redis) -> None:
         def sweeper(self) -> None:
             self.store.sweep()
             self.book.expire_due(self.now)
+
+        @rule(retention=st.sampled_from([1, 5_000, 30_000]))
+        def purge(self, retention: int) -> None:
+            assert self.store.purge(retention) == len(self.book.purge(self.now, retention))
 
         @rule(lot=lots, loc=locs, qty=st.integers(1, 20), eta_days=st.integers(-1, 15), sup=st.sampled_from(["s1", "s2"]))
         def inbound_created(self, lot: str, loc: str, qty: int, eta_days: int, sup: str) -> None:

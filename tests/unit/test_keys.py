@@ -39,12 +39,12 @@ def test_all_keys_of_a_sku_share_one_cluster_slot(sku: str) -> None:
 
 
 def test_different_skus_usually_land_in_different_slots() -> None:
-    slots = {key_slot(sku_keys(f"sku{i}").loc.encode()) for i in range(50)}
+    slots = {key_slot(sku_keys(f"sku{i}").state.encode()) for i in range(50)}
     assert len(slots) > 40
 
 
 def test_prefix_is_validated_and_used() -> None:
-    assert sku_keys("A", "shop").loc == "shop:{A}:loc"
+    assert sku_keys("A", "shop").state == "shop:{A}:state"
     with pytest.raises(ValueError):
         sku_keys("A", "Bad-Prefix")
     with pytest.raises(ValueError):

@@ -1,18 +1,20 @@
 -- apply.lua — one supply command of one SKU, applied idempotently, after lazy expiry.
--- KEYS: the twelve keys of the SKU (see lib.lua)
+-- KEYS: the keys of the SKU (see lib.lua)
 -- ARGV: 1 sku, 2 now_ms (0 = TIME), 3 cmd, 4 event_id ('' = no event-id check),
 --       5 source ('topic:partition', '' = no offset check), 6 offset (-1 = none),
---       7 payload json (validated and completed by the store), 8 reason, 9 ref
+--       7 payload json (validated and completed by the store),
+--       8 journal note: reason|ref, each with '%' and '|' escaped by the store
 -- cmd: inbound_created | inbound_updated | inbound_cancelled | receipt | adjust | count | ship |
 --      order_placed | order_cancelled | policy | reliability
 -- Reply: json supply reply {status, reason?, at_risk: [{rid, short}],
 --        slipped: [{rid, old_ms, new_ms}], lot?, clamped?, line?, available?, position}
 --
--- A command whose offset is at or below the source's watermark, or whose event id is in the
--- recent-event log (last 1000), is a duplicate. Any other command records both, appends to the
--- journal (last 200) and is applied; all but ship / order_placed / order_cancelled rebalance.
+-- A command whose offset is at or below the source's watermark, or whose event id is one of the
+-- last 1000 applied, is a duplicate. Any other command records both, appends to the journal (last
+-- 200) and is applied; all but ship / order_placed / order_cancelled rebalance.
 
 local EVENT_LOG_SIZE = 1000
+local EVENT_TRIM_EVERY = 250
 local JOURNAL_SIZE = 200
 local REBALANCING = {
   inbound_created = true, inbound_updated = true, inbound_cancelled = true, receipt = true,
@@ -23,17 +25,17 @@ local H = {}
 
 function H.inbound_created(p)
   local id = p.inbound_id
-  if lots[id] then return { status = 'duplicate', reason = 'exists' } end
-  loc_get(p.loc)
-  lots[id] = { loc = p.loc, qty = p.qty, eta_ms = p.eta_ms, supplier = p.supplier, alloc = 0 }
-  lot_dirty[id] = true
-  lot_gone[id] = nil
+  local all = F.get_lots()
+  if all[id] then return { status = 'duplicate', reason = 'exists' } end
+  F.loc_get(p.loc)
+  all[id] = { loc = p.loc, qty = p.qty, eta_ms = p.eta_ms, supplier = p.supplier, alloc = 0 }
+  lot_chg[id] = true
   return { status = 'ok' }
 end
 
 local function lines_on_lot(id)
   local out = {}
-  for _, line in ipairs(live_lines(true)) do
+  for _, line in ipairs(F.live_lines(true)) do
     local entries = {}
     for _, a in ipairs(line.alloc) do
       if a[1] == 'lot' and a[2] == id then entries[#entries + 1] = a end
@@ -44,14 +46,14 @@ local function lines_on_lot(id)
 end
 
 function H.inbound_updated(p)
-  local lot = lots[p.inbound_id]
+  local lot = F.get_lots()[p.inbound_id]
   if not lot then return { status = 'not_found' } end
   if p.eta_ms ~= 0 then
-    for _, hit in ipairs(lines_on_lot(p.inbound_id)) do touch(hit.line) end
+    for _, hit in ipairs(lines_on_lot(p.inbound_id)) do F.touch(hit.line) end
     lot.eta_ms = p.eta_ms
   end
   if p.qty ~= 0 then lot.qty = p.qty end
-  lot_dirty[p.inbound_id] = true
+  lot_chg[p.inbound_id] = true
   return { status = 'ok' }
 end
 
@@ -62,39 +64,40 @@ local function move_lot_allocations(id, kind, loc)
     local line = hit.line
     for _, a in ipairs(hit.entries) do
       local q = a[4]
-      touch(line)
-      unbook(line, a, q)
-      drop_empty(line)
-      book(line, { { kind, kind == 'oh' and loc or '', loc, q } })
+      F.touch(line)
+      F.unbook(line, a, q)
+      F.drop_empty(line)
+      F.book(line, { { kind, kind == 'oh' and loc or '', loc, q } })
     end
   end
 end
 
 function H.inbound_cancelled(p)
   local id = p.inbound_id
-  local lot = lots[id]
+  local lot = F.get_lots()[id]
   if not lot then return { status = 'not_found' } end
   move_lot_allocations(id, 'short', lot.loc)
-  lot_delete(id)
+  F.lot_delete(id)
   return { status = 'ok' }
 end
 
 function H.receipt(p)
-  local b = loc_touch(p.loc)
+  local b = F.loc_touch(p.loc)
   b.oh = b.oh + p.qty
   local reply = { status = 'ok' }
   local id = p.inbound_id
-  local lot = id ~= '' and lots[id] or nil
+  local lot = id ~= '' and F.get_lots()[id] or nil
   if lot then
-    reply.lot = { inbound_id = id, qty = lot.qty, eta_ms = lot.eta_ms, supplier = lot.supplier }
+    reply.lot = '{"inbound_id":"' .. id .. '","qty":' .. lot.qty .. ',"eta_ms":' .. lot.eta_ms ..
+      ',"supplier":"' .. lot.supplier .. '"}'
     move_lot_allocations(id, 'oh', p.loc)
-    lot_delete(id)
+    F.lot_delete(id)
   end
   return reply
 end
 
 function H.adjust(p)
-  local b = loc_touch(p.loc)
+  local b = F.loc_touch(p.loc)
   local target = b.oh + p.delta
   b.oh = math.max(0, target)
   if target < 0 then return { status = 'ok', clamped = true } end
@@ -102,14 +105,14 @@ function H.adjust(p)
 end
 
 function H.count(p)
-  loc_touch(p.loc).oh = p.on_hand
+  F.loc_touch(p.loc).oh = p.on_hand
   return { status = 'ok' }
 end
 
 function H.ship(p)
-  local b = loc_touch(p.loc)
+  local b = F.loc_touch(p.loc)
   b.oh = math.max(0, b.oh - p.qty)
-  local line = get_line(p.rid)
+  local line = F.get_line(p.rid)
   if not line then return { status = 'ok' } end
   if line.state == 'committed' then
     local left = p.qty
@@ -118,93 +121,132 @@ function H.ship(p)
         if left == 0 then break end
         if a[1] == kind and a[4] > 0 then
           local q = math.min(left, a[4])
-          unbook(line, a, q)
+          F.unbook(line, a, q)
           left = left - q
         end
       end
     end
-    drop_empty(line)
-    if #line.alloc == 0 then line.state = 'shipped' end
-    mark(line.rid)
+    F.drop_empty(line)
+    if #line.alloc == 0 then
+      line.state = 'shipped'
+      dead_chg[line.rid] = NOW
+    end
+    F.mark(line.rid)
   end
-  return { status = 'ok', line = wire(line) }
+  return { status = 'ok', line = F.line_json(line) }
 end
 
 function H.order_placed(p)
   local rid = p.rid
-  local line = get_line(rid)
+  local line = F.get_line(rid)
   if line and line.state == 'held' then
-    local out = op_confirm(rid)
-    return { status = out.status, line = wire(out.line) }
+    local out = F.op_confirm(rid)
+    return { status = out.status, line = F.line_json(out.line) }
   end
   if line and (line.state == 'committed' or line.state == 'shipped') then
-    return { status = 'duplicate', reason = line.state, line = wire(line) }
+    return { status = 'duplicate', reason = line.state, line = F.line_json(line) }
   end
-  local out = hold_one({ rid = rid, qty = p.qty, loc = p.loc, ttl_ms = 600000, channel = p.channel,
-                         customer = p.customer or '', commit = true }, true)
-  if out.status == 'refused' then
-    return { status = 'refused', reason = out.reason, available = out.available }
+  local status, _, reason, available = F.hold_one(rid, p.qty, p.loc, 600000, p.channel,
+    p.customer or '', true, true)
+  if status == 'refused' then
+    return { status = 'refused', reason = reason, available = available }
   end
-  return { status = out.status, line = wire(out.line) }
+  return { status = status, line = F.line_json(F.get_line(rid)) }
 end
 
 function H.order_cancelled(p)
-  local out = op_release(p.rid)
-  out.rid = nil
-  if out.line then out.line = wire(out.line) end
-  return out
+  local out = F.op_release(p.rid)
+  local reply = { status = out.status, reason = out.reason }
+  if out.line then reply.line = F.line_json(out.line) end
+  return reply
+end
+
+-- the policy fields the scripts use, in the '!P' form parse_policy reads
+local function compact_policy(p)
+  local q = {}
+  for ch, v in pairs(p.quotas or {}) do q[#q + 1] = ch .. '=' .. v end
+  table.sort(q)
+  return table.concat({ p.mode, p.cap_pm, p.horizon_s, p.use_reliability and 1 or 0,
+    p.backorder_limit, p.backorder_days, p.safety, p.order_cap, p.customer_limit }, ',') ..
+    '|' .. table.concat(q, ',')
 end
 
 function H.policy(p)
   redis.call('SET', K.pol, cjson.encode(p.policy))
-  load_policy()
+  local compact = compact_policy(p.policy)
+  state_set['!P'] = compact
+  F.parse_policy(compact)
   return { status = 'ok' }
 end
 
 function H.reliability(p)
   redis.call('HSET', K.srel, p.supplier, p.rel_pm)
-  if rel then rel[p.supplier] = p.rel_pm end
+  if S.rel_loaded then rel[p.supplier] = p.rel_pm end
   return { status = 'ok' }
 end
 
-local function finish(reply, slipped)
-  reply.at_risk = at_risk()
-  reply.slipped = slipped
-  reply.position = position(nil)
-  flush()
-  return cjson.encode(reply)
+-- the reply as json; `r` holds lot and line as json already
+local function finish(r, slipped)
+  local risk = F.at_risk()
+  local out = { '{"status":"', r.status, '"' }
+  if r.reason then out[#out + 1] = ',"reason":"' .. r.reason .. '"' end
+  if r.available then out[#out + 1] = ',"available":' .. r.available end
+  if r.clamped then out[#out + 1] = ',"clamped":true' end
+  if r.lot then out[#out + 1] = ',"lot":' .. r.lot end
+  if r.line then out[#out + 1] = ',"line":' .. r.line end
+  local parts = {}
+  for i, a in ipairs(risk) do parts[i] = '{"rid":"' .. a.rid .. '","short":' .. a.short .. '}' end
+  out[#out + 1] = ',"at_risk":[' .. table.concat(parts, ',') .. ']'
+  parts = {}
+  for i, s in ipairs(slipped) do
+    parts[i] = '{"rid":"' .. s.rid .. '","old_ms":' .. s.old_ms .. ',"new_ms":' .. s.new_ms .. '}'
+  end
+  out[#out + 1] = ',"slipped":[' .. table.concat(parts, ',') .. ']'
+  out[#out + 1] = ',"position":' .. F.position_json(nil) .. '}'
+  F.flush()
+  return table.concat(out)
 end
 
-expire_due()
+-- drop the event-id fields that left the window (in bulk, every EVENT_TRIM_EVERY ids)
+local function trim_event_log()
+  local oldest = S.events - EVENT_LOG_SIZE
+  local flat = redis.call('HGETALL', K.state)
+  local gone = {}
+  for i = 1, #flat, 2 do
+    if string.byte(flat[i], 1) == 101 and tonumber(flat[i + 1]) <= oldest then gone[#gone + 1] = flat[i] end
+  end
+  if #gone > 0 then F.call_chunked('HDEL', K.state, gone, 1) end
+end
+
 local cmd, event_id, source = ARGV[3], ARGV[4], ARGV[5]
 local offset = tonumber(ARGV[6]) or -1
+local checks_offset = source ~= '' and offset >= 0
+local seen = F.load_state(checks_offset and '@' .. source or '!', event_id ~= '' and 'e' .. event_id or '!')
+F.expire_due()
 local handler = H[cmd]
 if not handler then
-  flush()
+  F.flush()
   return redis.error_reply('ERR unknown supply command ' .. tostring(cmd))
 end
 
-if source ~= '' and offset >= 0 then
-  local last = tonumber(redis.call('HGET', K.off, source) or '-1')
-  if offset <= last then return finish({ status = 'duplicate', reason = 'offset' }, {}) end
+if checks_offset and offset <= tonumber(seen[3] or '-1') then
+  return finish({ status = 'duplicate', reason = 'offset' }, {})
 end
-if event_id ~= '' and redis.call('ZSCORE', K.evt, event_id) then
+if event_id ~= '' and seen[4] and tonumber(seen[4]) > S.events - EVENT_LOG_SIZE then
   return finish({ status = 'duplicate', reason = 'event_id' }, {})
 end
 
-if source ~= '' and offset >= 0 then redis.call('HSET', K.off, source, ARGV[6]) end
+if checks_offset then state_set['@' .. source] = ARGV[6] end
 if event_id ~= '' then
-  local top = redis.call('ZREVRANGE', K.evt, 0, 0, 'WITHSCORES')
-  local order = 1
-  if #top > 0 then order = tonumber(top[2]) + 1 end
-  redis.call('ZADD', K.evt, order, event_id)
-  redis.call('ZREMRANGEBYRANK', K.evt, 0, -(EVENT_LOG_SIZE + 1))
+  S.events = S.events + 1
+  state_set['e' .. event_id] = S.events
+  if S.events > EVENT_LOG_SIZE and S.events % EVENT_TRIM_EVERY == 0 then trim_event_log() end
 end
-redis.call('LPUSH', K.jrnl, cjson.encode({
-  event_id = event_id, cmd = cmd, reason = ARGV[8], ref = ARGV[9], at = NOW,
-}))
-redis.call('LTRIM', K.jrnl, 0, JOURNAL_SIZE - 1)
+S.applied = S.applied + 1
+S.dirty = true
+state_set['j' .. (S.applied % JOURNAL_SIZE)] =
+  NOW .. '|' .. cmd .. '|' .. (event_id ~= '' and S.events or '') .. '|' .. ARGV[8]
 
 local reply = handler(cjson.decode(ARGV[7]))
-if REBALANCING[cmd] then rebalance() end
-return finish(reply, redate())
+if REBALANCING[cmd] then F.rebalance() end
+return finish(reply, F.redate())

@@ -1,25 +1,34 @@
 -- dump.lua — the state dump of one SKU, for tests. Reads only: no lazy expiry.
--- KEYS: the twelve keys of the SKU (see lib.lua)
+-- KEYS: the keys of the SKU (see lib.lua)
 -- ARGV: 1 sku, 2 now_ms (unused)
 -- Reply: json {locs: {loc: {on_hand, safety, held, committed, oh_alloc, bo_alloc, short}},
 --        lots: {id: lot}, lines: {rid: line}, customers: {id: units}, channels: {id: units},
 --        policy (as stored; the store fills in the defaults), reliability: {supplier: rel_pm}, seq}
 
-local out = { locs = {}, lots = lots, lines = {}, customers = {}, channels = {}, reliability = {} }
+F.load_state()
+local out = { locs = {}, lots = F.get_lots(), lines = {}, customers = {}, channels = {}, reliability = {} }
 for name, b in pairs(locs) do
   out.locs[name] = {
     on_hand = b.oh, safety = pol.safety, held = b.hd, committed = b.cm, oh_alloc = b.oa,
     bo_alloc = b.ba, short = b.st,
   }
 end
-load_all_lines()
+F.load_all_lines()
 for rid, line in pairs(lines) do
+  if line == true then line = F.get_line(rid) end
   if line then out.lines[rid] = line end
 end
-for who, v in pairs(hgetall_map(K.cust)) do out.customers[who] = tonumber(v) end
-for who, v in pairs(hgetall_map(K.chan)) do out.channels[who] = tonumber(v) end
-for who, v in pairs(hgetall_map(K.srel)) do out.reliability[who] = tonumber(v) end
+-- '~' fields are the units of purged shipped lines, not a customer or channel
+local function usage_map(flat, into)
+  for i = 1, #flat, 2 do
+    if string.sub(flat[i], 1, 1) ~= '~' then into[flat[i]] = tonumber(flat[i + 1]) end
+  end
+end
+usage_map(redis.call('HGETALL', K.cust), out.customers)
+usage_map(redis.call('HGETALL', K.chan), out.channels)
+local flat = redis.call('HGETALL', K.srel)
+for i = 1, #flat, 2 do out.reliability[flat[i]] = tonumber(flat[i + 1]) end
 local raw = redis.call('GET', K.pol)
 if raw then out.policy = cjson.decode(raw) else out.policy = {} end
-out.seq = tonumber(redis.call('GET', K.seq) or '0')
+out.seq = S.seq
 return cjson.encode(out)

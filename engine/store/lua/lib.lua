@@ -1,29 +1,54 @@
--- lib.lua — shared prelude, concatenated in front of every entry script at load time.
+-- lib.lua — shared prelude, concatenated in front of every entry script at load time; some
+-- entries also get ops.lua (reservation operations), figures.lua (the position) or rebalance.lua
+-- in between (engine/store/scripts.py PRELUDES). It only defines; each entry loads what it needs.
 --
 -- KEYS (every script, in this order; all carry the hash tag {sku}, so one cluster slot):
---   1 loc   hash "<loc>|<bucket>" -> int; buckets oh (on_hand, always present once the location
---           is named), hd (held), cm (committed), oa (oh_alloc), ba (bo_alloc), st (short);
---           zero buckets other than oh are not stored. Safety comes from the policy.
---   2 lots  hash lot_id -> json {loc, qty, eta_ms, supplier, alloc}
---   3 res   hash rid -> json line (docs/semantics.md "line")
---   4 exp   zset rid -> expires_ms of the held lines
---   5 pol   string json policy (absent = defaults)
---   6 cust  hash customer -> live+shipped units      7 chan  hash channel -> units
---   8 srel  hash supplier -> reliability per mille   9 evt   zset recent event ids (score = order)
---  10 off   hash source -> last applied offset      11 jrnl  list journal json, newest first
---  12 seq   string counter of created lines
+--   1 state hash, the SKU's small state:
+--       '!L'          '<seq>,<applied>,<events>|<loc>=<oh>,<hd>,<cm>,<oa>,<ba>,<st>|…' — counters
+--                     (lines created, commands applied, event ids applied) and each location's
+--                     buckets (on_hand, held, committed, oh_alloc, bo_alloc, short), by name
+--       '!P'          the policy fields the scripts use, compact (absent = defaults):
+--                     '<mode>,<cap_pm>,<horizon_s>,<use_rel 0|1>,<bo_limit>,<bo_days>,<safety>,
+--                     <order_cap>,<customer_limit>|<channel>=<quota>,…'
+--       '@<source>'   last applied offset of an input partition
+--       'e<event_id>' the recent-event log: the events counter when the id was applied (an id
+--                     counts while it is one of the last 1000; older fields are trimmed in bulk)
+--       'j<k>'        journal ring, k = applied mod 200: '<at>|<cmd>|<events counter or ''>|<note>'
+--                     (note = reason|ref, escaped by the store)
+--   2 lots  hash lot_id -> '<loc>,<qty>,<eta_ms>,<supplier>,<alloc>'
+--   3 res   hash rid -> the line, compact: '<state>|<qty>|<loc>|<expires_ms>|<seq>|<channel>|
+--           <customer>|<promised_ms>|<atp_after>|<alloc>', alloc = 'kind,ref,loc,qty' entries
+--           joined by ';' (wire shape: docs/semantics.md "line"; engine/store/wire.py decodes it)
+--   4 exp   zset, the expiry index: member = the rids (space separated) that were set to expire
+--           at its score, one member per call and time. A line confirmed, released or extended
+--           since is a stale entry: lazy expiry skips it (it checks the line), and every entry
+--           leaves the index once its time has passed.
+--   5 dead  zset rid -> ms when the line reached a final state (released, expired, shipped); the
+--           sweeper purges lines older than the retention
+--   6 cust  hash customer -> live+shipped units; '~<customer>' -> units of purged shipped lines
+--           (still counted, kept apart for the invariant checker)
+--   7 chan  hash channel -> units (same)
+--   8 srel  hash supplier -> reliability per mille
+--   9 pol   string json policy, complete (what readers outside the scripts use; kept in step
+--           with '!P' by the policy command)
 -- ARGV (every script): 1 sku, 2 now_ms (0 = Redis TIME; > 0 only from tests), then the entry's own.
 --
 -- Rules: docs/semantics.md, mirrored step by step from engine/domain/oracle.py so that replies and
 -- state are identical. Integer arithmetic only; strings are compared bytewise (Lua's "<" would use
--- the server's locale collation).
--- The prelude loads what it needs into the tables below, mutates them, and flush() writes back.
+-- the server's locale collation). Ids are validated by the store ([A-Za-z0-9._:-]), so JSON is
+-- written by concatenation without escaping; numbers stay below 1e14.
+-- Entries call F.load_state() first, change the tables below, and F.flush() writes back.
+--
+-- Cost: Lua builds every function of a script on every call. A function that captures a local
+-- declared before many other captured locals is expensive to build, so the functions live in one
+-- table F (declared last) and the call's state in a few tables; numbers that repeat are formatted
+-- once (F.num) and locations that did not change are written back as they were read.
 
 redis.replicate_commands()
 
 local K = {
-  loc = KEYS[1], lots = KEYS[2], res = KEYS[3], exp = KEYS[4], pol = KEYS[5], cust = KEYS[6],
-  chan = KEYS[7], srel = KEYS[8], evt = KEYS[9], off = KEYS[10], jrnl = KEYS[11], seq = KEYS[12],
+  state = KEYS[1], lots = KEYS[2], res = KEYS[3], exp = KEYS[4], dead = KEYS[5], cust = KEYS[6],
+  chan = KEYS[7], srel = KEYS[8], pol = KEYS[9],
 }
 local SKU = ARGV[1]
 local NOW = tonumber(ARGV[2]) or 0
@@ -32,10 +57,51 @@ if NOW <= 0 then
   NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local DAY_MS = 86400000
-local BUCKETS = { 'oh', 'hd', 'cm', 'oa', 'ba', 'st' }
+
+-- the call's state; tables are filled and changed in place, never replaced
+local S = {                 -- scalars
+  seq = 0, applied = 0, events = 0, -- counters kept in '!L'
+  dirty = false,            -- '!L' must be written back
+  names = false,            -- sorted location names (false = rebuild)
+  lots_loaded = false, rel_loaded = false, all_lines = false,
+}
+local pol = {}              -- the policy (F.load_state)
+local rel = {}              -- supplier -> rel_pm (F.reliability loads it)
+local locs = {}             -- name -> {oh, hd, cm, oa, ba, st}
+local loc_raw = {}          -- name -> its '!L' segment as read, until the location is touched
+local state_set = {}        -- further state fields to write: field -> value
+local lots = {}             -- id -> {loc, qty, eta_ms, supplier, alloc} (F.get_lots loads them)
+local lines = {}            -- rid -> line; false = known absent or deleted; true = created in
+                            -- this call, only its stored form is at hand (F.get_line decodes it)
+local line_raw = {}         -- rid -> the stored form of the line as it is now (nil once it changed)
+-- changes to write back: key -> true / value (write) or false (delete)
+local lot_chg, line_chg, dead_chg = {}, {}, {}
+local exp_add = {}          -- expires_ms -> rids to add to the expiry index
+local NUM = {}              -- number -> its decimal string
+-- the functions; the names listed here are built on every call (the rest on first use, see the
+-- end), listing them sizes the table once
+local F = {
+  num = false, blt = false, call_chunked = false, parse_policy = false, load_state = false,
+  sorted_loc_names = false, encode_state = false, loc_get = false, loc_touch = false,
+  get_lots = false, promisable = false, got_line = false, get_line = false, prefetch_lines = false,
+  decode_line = false, encode_alloc = false, encode_line = false, free_oh = false, bo_free = false, capacity = false,
+  atp_of = false, allocate = false, promise = false, book_new = false, expire_at = false,
+  expire_due = false, hold_one = false, write_zset = false, flush = false,
+}
+
+-- a whole number as a string, memoised: formatting a number costs more than a table lookup, and
+-- quantities, times and bucket values repeat within a call
+function F.num(n)
+  local s = NUM[n]
+  if not s then
+    s = string.format('%d', n)
+    NUM[n] = s
+  end
+  return s
+end
 
 -- bytewise "a < b" (Python's order for the ASCII ids we allow)
-local function blt(a, b)
+function F.blt(a, b)
   if a == b then return false end
   local la, lb = #a, #b
   local n = la < lb and la or lb
@@ -46,15 +112,8 @@ local function blt(a, b)
   return la < lb
 end
 
-local function hgetall_map(key)
-  local flat = redis.call('HGETALL', key)
-  local out = {}
-  for i = 1, #flat, 2 do out[flat[i]] = flat[i + 1] end
-  return out
-end
-
 -- redis.call with many arguments, chunked to stay inside Lua's C stack limit
-local function call_chunked(cmd, key, items, per)
+function F.call_chunked(cmd, key, items, per)
   local i, n = 1, #items
   while i <= n do
     local last = math.min(n, i + per * 500 - 1)
@@ -63,385 +122,273 @@ local function call_chunked(cmd, key, items, per)
   end
 end
 
------------------------------------------------------------------------------ policy
+----------------------------------------------------------------------------- state
 
-local POLICY_DEFAULTS = {
-  mode = 'strict', cap_pm = 1000, horizon_s = 0, use_reliability = false, backorder_limit = 0,
-  backorder_days = 14, safety = 0, order_cap = 0, customer_limit = 0, low_stock = 0,
-}
-local pol
-local function load_policy()
-  local raw = redis.call('GET', K.pol)
-  local p = {}
-  if raw then p = cjson.decode(raw) end
-  for k, v in pairs(POLICY_DEFAULTS) do
-    if p[k] == nil or p[k] == cjson.null then p[k] = v end
-  end
-  if type(p.quotas) ~= 'table' then p.quotas = {} end
-  pol = p
-end
-load_policy()
-
-local rel -- supplier -> rel_pm, loaded on first use
-local function reliability(supplier)
-  if not rel then
-    rel = {}
-    for s, v in pairs(hgetall_map(K.srel)) do rel[s] = tonumber(v) end
-  end
-  return rel[supplier] or 1000
+function F.parse_policy(raw)
+  local p = pol
+  p.mode, p.cap_pm, p.horizon_s, p.use_reliability, p.backorder_limit = 'strict', 1000, 0, false, 0
+  p.backorder_days, p.safety, p.order_cap, p.customer_limit, p.quotas = 14, 0, 0, 0, {}
+  if not raw then return end
+  local mode, cap, hor, use, bol, bod, saf, ocap, clim, q = string.match(raw,
+    '^(%a+),(%d+),(%d+),(%d),(%d+),(%d+),(%d+),(%d+),(%d+)|(.*)$')
+  p.mode, p.cap_pm, p.horizon_s, p.use_reliability = mode, tonumber(cap), tonumber(hor), use == '1'
+  p.backorder_limit, p.backorder_days, p.safety = tonumber(bol), tonumber(bod), tonumber(saf)
+  p.order_cap, p.customer_limit = tonumber(ocap), tonumber(clim)
+  for ch, v in string.gmatch(q, '([^,=]+)=(%d+)') do p.quotas[ch] = tonumber(v) end
 end
 
------------------------------------------------------------------------------ locations
-
-local locs = {}        -- name -> {oh, hd, cm, oa, ba, st}
-local loc_dirty = {}   -- name -> true
-local loc_names = nil  -- sorted names, rebuilt after a location appears
-do
-  local flat = redis.call('HGETALL', K.loc)
-  for i = 1, #flat, 2 do
-    local name, b = string.match(flat[i], '^(.*)|(%a%a)$')
-    if name then
-      local l = locs[name]
-      if not l then
-        l = { oh = 0, hd = 0, cm = 0, oa = 0, ba = 0, st = 0 }
-        locs[name] = l
-      end
-      l[b] = tonumber(flat[i + 1])
+-- read '!L' and '!P' (and any further state fields, returned from index 3 on)
+function F.load_state(...)
+  local vals = redis.call('HMGET', K.state, '!L', '!P', ...)
+  local raw = vals[1]
+  if raw then
+    local a, b, c = string.match(raw, '^(%d+),(%d+),(%d+)')
+    S.seq, S.applied, S.events = tonumber(a), tonumber(b), tonumber(c)
+    for seg, name, oh, hd, cm, oa, ba, st in string.gmatch(raw,
+        '|(([^=|]+)=(%-?%d+),(%-?%d+),(%-?%d+),(%-?%d+),(%-?%d+),(%-?%d+))') do
+      locs[name] = {
+        oh = tonumber(oh), hd = tonumber(hd), cm = tonumber(cm), oa = tonumber(oa),
+        ba = tonumber(ba), st = tonumber(st),
+      }
+      loc_raw[name] = seg
     end
   end
+  F.parse_policy(vals[2])
+  return vals
 end
 
-local function sorted_loc_names()
-  if not loc_names then
-    loc_names = {}
-    for name in pairs(locs) do loc_names[#loc_names + 1] = name end
-    table.sort(loc_names, blt)
+function F.sorted_loc_names()
+  local names = S.names
+  if not names then
+    names = {}
+    for name in pairs(locs) do names[#names + 1] = name end
+    if #names > 1 then table.sort(names, F.blt) end
+    S.names = names
   end
-  return loc_names
+  return names
+end
+
+function F.encode_state()
+  local parts = { string.format('%d,%d,%d', S.seq, S.applied, S.events) }
+  local names = F.sorted_loc_names()
+  for i = 1, #names do
+    local name = names[i]
+    local seg = loc_raw[name]
+    if not seg then
+      local b = locs[name]
+      seg = string.format('%s=%d,%d,%d,%d,%d,%d', name, b.oh, b.hd, b.cm, b.oa, b.ba, b.st)
+    end
+    parts[i + 1] = seg
+  end
+  return table.concat(parts, '|')
 end
 
 -- the buckets of a location, creating it (a named location stays for good)
-local function loc_get(name)
+function F.loc_get(name)
   local l = locs[name]
   if not l then
     l = { oh = 0, hd = 0, cm = 0, oa = 0, ba = 0, st = 0 }
     locs[name] = l
-    loc_dirty[name] = true
-    loc_names = nil
+    S.dirty = true
+    S.names = false
   end
   return l
 end
 
-local function loc_touch(name)
-  loc_dirty[name] = true
-  return loc_get(name)
+-- the buckets of a location that is about to change
+function F.loc_touch(name)
+  S.dirty = true
+  loc_raw[name] = nil
+  return locs[name] or F.loc_get(name)
 end
 
 ----------------------------------------------------------------------------- lots
 
-local lots = {}        -- id -> {loc, qty, eta_ms, supplier, alloc}
-local lot_dirty = {}   -- id -> true (written) ; lot_gone: id -> true (deleted)
-local lot_gone = {}
-do
-  local flat = redis.call('HGETALL', K.lots)
-  for i = 1, #flat, 2 do lots[flat[i]] = cjson.decode(flat[i + 1]) end
+function F.get_lots()
+  if not S.lots_loaded then
+    S.lots_loaded = true
+    local flat = redis.call('HGETALL', K.lots)
+    for i = 1, #flat, 2 do
+      local loc, qty, eta, sup, alloc = string.match(flat[i + 1], '^([^,]*),(%d+),(%d+),([^,]*),(%-?%d+)$')
+      lots[flat[i]] = {
+        loc = loc, qty = tonumber(qty), eta_ms = tonumber(eta), supplier = sup, alloc = tonumber(alloc),
+      }
+    end
+  end
+  return lots
 end
 
-local function promisable(lot)
+function F.promisable(lot)
   if pol.mode == 'strict' then return 0 end
   if pol.horizon_s > 0 and lot.eta_ms > NOW + pol.horizon_s * 1000 then return 0 end
   local r = 1000
-  if pol.use_reliability then r = reliability(lot.supplier) end
+  if pol.use_reliability then r = F.reliability(lot.supplier) end
   -- < 2^53, so the double quotient floors exactly
   return math.floor(lot.qty * pol.cap_pm * r / 1000000)
 end
 
--- lot ids at loc ('' = any) by (eta_ms, id)
-local function lots_in_order(loc)
-  local ids = {}
-  for id, lot in pairs(lots) do
-    if loc == '' or lot.loc == loc then ids[#ids + 1] = id end
-  end
-  table.sort(ids, function(a, b)
-    local ea, eb = lots[a].eta_ms, lots[b].eta_ms
-    if ea ~= eb then return ea < eb end
-    return blt(a, b)
-  end)
-  return ids
-end
-
-local function lot_delete(id)
-  lots[id] = nil
-  lot_dirty[id] = nil
-  lot_gone[id] = true
-end
-
 ----------------------------------------------------------------------------- lines
 
-local lines = {}       -- rid -> line, or false when known absent / deleted
-local line_json = {}   -- rid -> json of the line as it is now (nil once it changed)
-local line_dirty = {}
-local line_gone = {}
-local all_lines_loaded = false
+-- the line table of a stored line
+function F.decode_line(rid, raw)
+  local state, qty, loc, exp, seq, channel, customer, promised, atp, alloc = string.match(raw,
+    '^(%a+)|(%d+)|([^|]*)|(%d+)|(%d+)|([^|]*)|([^|]*)|(%d+)|(%-?%d+)|(.*)$')
+  local entries = {}
+  for kind, ref, at, q in string.gmatch(alloc, '([^,;]+),([^,;]*),([^,;]+),(%d+)') do
+    entries[#entries + 1] = { kind, ref, at, tonumber(q) }
+  end
+  return {
+    rid = rid, sku = SKU, qty = tonumber(qty), loc = loc, state = state, expires_ms = tonumber(exp),
+    seq = tonumber(seq), channel = channel, customer = customer, alloc = entries,
+    promised_ms = tonumber(promised), atp_after = tonumber(atp),
+  }
+end
 
-local function got_line(rid, raw)
+function F.got_line(rid, raw)
   if raw then
-    lines[rid] = cjson.decode(raw)
-    line_json[rid] = raw
+    lines[rid] = F.decode_line(rid, raw)
+    line_raw[rid] = raw
   else
     lines[rid] = false
   end
 end
 
-local function get_line(rid)
-  if lines[rid] == nil then got_line(rid, redis.call('HGET', K.res, rid)) end
-  return lines[rid] or nil
+-- the line of rid as a table, or nil
+function F.get_line(rid)
+  local line = lines[rid]
+  if line == nil then
+    F.got_line(rid, redis.call('HGET', K.res, rid))
+    line = lines[rid]
+  elseif line == true then
+    line = F.decode_line(rid, line_raw[rid])
+    lines[rid] = line
+  end
+  return line or nil
 end
 
 -- load the lines of many rids with HMGET (the batch and expiry paths)
-local function prefetch_lines(rids)
+function F.prefetch_lines(rids)
   local want = {}
-  for _, rid in ipairs(rids) do
-    if lines[rid] == nil then want[#want + 1] = rid end
+  for i = 1, #rids do
+    if lines[rids[i]] == nil then want[#want + 1] = rids[i] end
   end
   local i = 1
   while i <= #want do
     local last = math.min(#want, i + 999)
     local vals = redis.call('HMGET', K.res, unpack(want, i, last))
-    for j = i, last do got_line(want[j], vals[j - i + 1]) end
+    for j = i, last do
+      local raw = vals[j - i + 1]
+      if raw then F.got_line(want[j], raw) else lines[want[j]] = false end
+    end
     i = last + 1
   end
 end
 
--- the line changed: write it back, and its old json is stale
-local function mark(rid)
-  line_dirty[rid] = true
-  line_json[rid] = nil
-end
-
-local function put_line(line)
-  lines[line.rid] = line
-  mark(line.rid)
-  line_gone[line.rid] = nil
-end
-
-local function delete_line(rid)
-  lines[rid] = false
-  line_dirty[rid] = nil
-  line_json[rid] = nil
-  line_gone[rid] = true
-end
-
-local function load_all_lines()
-  if all_lines_loaded then return end
-  local flat = redis.call('HGETALL', K.res)
-  for i = 1, #flat, 2 do
-    if lines[flat[i]] == nil then got_line(flat[i], flat[i + 1]) end
+-- the allocations in the stored form ('kind,ref,loc,qty' joined by ';')
+function F.encode_alloc(alloc)
+  local n = #alloc
+  if n == 0 then return '' end
+  local num = F.num
+  if n == 1 then
+    local a = alloc[1]
+    return a[1] .. ',' .. a[2] .. ',' .. a[3] .. ',' .. num(a[4])
   end
-  all_lines_loaded = true
+  local parts = {}
+  for i = 1, n do
+    local a = alloc[i]
+    parts[i] = a[1] .. ',' .. a[2] .. ',' .. a[3] .. ',' .. num(a[4])
+  end
+  return table.concat(parts, ';')
 end
 
-local function encode_line(line)
-  local s = line_json[line.rid]
+-- the stored form of a line (what hold replies carry too)
+function F.encode_line(line)
+  local s = line_raw[line.rid]
   if not s then
-    s = cjson.encode(line)
-    line_json[line.rid] = s
+    local num = F.num
+    s = line.state .. '|' .. num(line.qty) .. '|' .. line.loc .. '|' .. num(line.expires_ms) .. '|' ..
+      line.seq .. '|' .. line.channel .. '|' .. line.customer .. '|' .. num(line.promised_ms) .. '|' ..
+      line.atp_after .. '|' .. F.encode_alloc(line.alloc)
+    line_raw[line.rid] = s
   end
   return s
 end
 
--- expiry index changes, written by flush (rid -> score / true)
-local exp_set, exp_del = {}, {}
-local function exp_add(rid, ms)
-  exp_set[rid] = ms
-  exp_del[rid] = nil
-end
-local function exp_remove(rid)
-  exp_del[rid] = true
-  exp_set[rid] = nil
-end
-
--- a reply {status, rid, reason?, line?} as json, the line as it is now; ids are validated by
--- the store ([A-Za-z0-9._:-]) and need no escaping
-local function reply_json(r)
-  if not r.line then return cjson.encode(r) end
-  local head = '{"status":"' .. r.status .. '","rid":"' .. r.rid .. '"'
-  if r.reason then head = head .. ',"reason":"' .. r.reason .. '"' end
-  return head .. ',"line":' .. encode_line(r.line) .. '}'
-end
-
-local function is_live(line)
-  return line.state == 'held' or line.state == 'committed'
-end
-
--- live lines sorted by seq (newest first when newest_first)
-local function live_lines(newest_first)
-  load_all_lines()
-  local out = {}
-  for _, line in pairs(lines) do
-    if line and is_live(line) then out[#out + 1] = line end
-  end
-  if newest_first then
-    table.sort(out, function(a, b) return a.seq > b.seq end)
-  else
-    table.sort(out, function(a, b) return a.seq < b.seq end)
-  end
-  return out
-end
-
--- a copy of the line for a reply (later changes in the same call must not show)
-local function wire(line)
-  local alloc = {}
-  for i, a in ipairs(line.alloc) do alloc[i] = { a[1], a[2], a[3], a[4] } end
-  return {
-    rid = line.rid, sku = line.sku, qty = line.qty, loc = line.loc, state = line.state,
-    expires_ms = line.expires_ms, seq = line.seq, channel = line.channel, customer = line.customer,
-    alloc = alloc, promised_ms = line.promised_ms, atp_after = line.atp_after,
-  }
-end
-
-local seq_value = nil
-local function next_seq()
-  if not seq_value then seq_value = tonumber(redis.call('GET', K.seq) or '0') end
-  seq_value = seq_value + 1
-  return seq_value
-end
-
------------------------------------------------------------------------------ usage
-
-local function used(key, who)
-  return tonumber(redis.call('HGET', key, who) or '0')
-end
-
-local function bump(key, who, delta)
-  if redis.call('HINCRBY', key, who, delta) == 0 then redis.call('HDEL', key, who) end
-end
-
-local function usage(line, delta)
-  if line.customer ~= '' then bump(K.cust, line.customer, delta) end
-  if line.channel ~= '' then bump(K.chan, line.channel, delta) end
-end
-
 ----------------------------------------------------------------------------- derived figures
 
-local function free_oh(name)
+function F.free_oh(name)
   local b = locs[name]
-  return math.max(0, b.oh - pol.safety - b.oa)
+  local free = b.oh - pol.safety - b.oa
+  return free > 0 and free or 0
 end
 
-local function bo_free()
+function F.bo_free()
   if pol.mode ~= 'backorder' then return 0 end
   local used_bo = 0
   for _, b in pairs(locs) do used_bo = used_bo + b.ba end
   return math.max(0, pol.backorder_limit - used_bo)
 end
 
-local function bo_location(loc)
-  if loc ~= '' then return loc end
-  local names = sorted_loc_names()
-  if #names > 0 then return names[1] end
-  return 'default'
-end
-
-local function capacity(loc)
+-- what a hold at loc ('' = any) may take; in strict mode no lot is promisable
+function F.capacity(loc)
   local total = 0
-  for name in pairs(locs) do
-    if loc == '' or loc == name then total = total + free_oh(name) end
-  end
-  for id, lot in pairs(lots) do
-    if loc == '' or lot.loc == loc then total = total + math.max(0, promisable(lot) - lot.alloc) end
-  end
-  return total + bo_free()
-end
-
--- the wire position (all locations, or only `location` when it is not nil)
-local function position(location)
   local safety = pol.safety
-  local pit, transit = {}, {}
-  for _, lot in pairs(lots) do
-    transit[lot.loc] = (transit[lot.loc] or 0) + lot.qty
-    pit[lot.loc] = (pit[lot.loc] or 0) + promisable(lot)
-  end
-  local names
-  if location == nil then
-    names = sorted_loc_names()
-  elseif locs[location] then
-    names = { location }
-  else
-    names = {}
-  end
-  local per = {}
-  local t = { on_hand = 0, safety = 0, held = 0, committed = 0, in_transit = 0, pit = 0, atp = 0,
-              now = 0, short = 0 }
-  for _, name in ipairs(names) do
-    local b = locs[name]
-    local p = pit[name] or 0
-    local it = transit[name] or 0
-    local atp = b.oh + p - b.cm - b.hd - safety
-    per[name] = {
-      on_hand = b.oh, safety = safety, held = b.hd, committed = b.cm, in_transit = it,
-      promisable_in_transit = p, atp = atp, oh_alloc = b.oa, bo_alloc = b.ba, short = b.st,
-    }
-    t.on_hand = t.on_hand + b.oh
-    t.safety = t.safety + safety
-    t.held = t.held + b.hd
-    t.committed = t.committed + b.cm
-    t.in_transit = t.in_transit + it
-    t.pit = t.pit + p
-    t.atp = t.atp + atp
-    t.now = t.now + free_oh(name)
-    t.short = t.short + b.st
-  end
-  local next_ms = 0
-  for _, id in ipairs(lots_in_order('')) do
-    local lot = lots[id]
-    if (location == nil or lot.loc == location) and promisable(lot) - lot.alloc > 0
-        and (next_ms == 0 or lot.eta_ms < next_ms) then
-      next_ms = lot.eta_ms
+  for name, b in pairs(locs) do
+    if loc == '' or loc == name then
+      local free = b.oh - safety - b.oa
+      if free > 0 then total = total + free end
     end
   end
-  return {
-    sku = SKU, on_hand = t.on_hand, safety = t.safety, held = t.held, committed = t.committed,
-    in_transit = t.in_transit, promisable_in_transit = t.pit, atp = t.atp,
-    promisable_now = t.now, next_promise_ms = next_ms, oversold = t.short, locations = per,
-  }
+  if pol.mode ~= 'strict' then
+    for _, lot in pairs(F.get_lots()) do
+      if loc == '' or lot.loc == loc then total = total + math.max(0, F.promisable(lot) - lot.alloc) end
+    end
+  end
+  if pol.mode == 'backorder' then total = total + F.bo_free() end
+  return total
 end
 
 -- ATP of one location, or of the SKU when loc is ''
-local function atp_of(loc)
+function F.atp_of(loc)
   local safety = pol.safety
   local total = 0
   if loc ~= '' and not locs[loc] then return 0 end
   for name, b in pairs(locs) do
     if loc == '' or name == loc then total = total + b.oh - b.cm - b.hd - safety end
   end
-  for _, lot in pairs(lots) do
-    if loc == '' or lot.loc == loc then total = total + promisable(lot) end
+  if pol.mode ~= 'strict' then
+    for _, lot in pairs(F.get_lots()) do
+      if loc == '' or lot.loc == loc then total = total + F.promisable(lot) end
+    end
   end
   return total
 end
 
 ----------------------------------------------------------------------------- allocation
 
--- take up to qty units FIFO at loc ('' = any): list of {kind, ref, loc, qty}
-local function allocate(qty, loc)
+-- take up to qty units FIFO at loc ('' = any): list of {kind, ref, loc, qty}, never listing a
+-- kind, ref and location twice
+function F.allocate(qty, loc)
   local out = {}
   local left = qty
-  for _, name in ipairs(sorted_loc_names()) do
+  local names = F.sorted_loc_names()
+  for i = 1, #names do
     if left == 0 then break end
+    local name = names[i]
     if loc == '' or name == loc then
-      local take = math.min(left, free_oh(name))
+      local take = math.min(left, F.free_oh(name))
       if take > 0 then
         out[#out + 1] = { 'oh', name, name, take }
         left = left - take
       end
     end
   end
-  if left > 0 then
-    for _, id in ipairs(lots_in_order(loc)) do
+  if left > 0 and pol.mode ~= 'strict' then
+    local all = F.get_lots()
+    for _, id in ipairs(F.lots_in_order(loc)) do
       if left == 0 then break end
-      local lot = lots[id]
-      local take = math.min(left, math.max(0, promisable(lot) - lot.alloc))
+      local lot = all[id]
+      local take = math.min(left, math.max(0, F.promisable(lot) - lot.alloc))
       if take > 0 then
         out[#out + 1] = { 'lot', id, lot.loc, take }
         left = left - take
@@ -449,84 +396,18 @@ local function allocate(qty, loc)
     end
   end
   if left > 0 then
-    local take = math.min(left, bo_free())
-    if take > 0 then out[#out + 1] = { 'bo', '', bo_location(loc), take } end
+    local take = math.min(left, F.bo_free())
+    if take > 0 then out[#out + 1] = { 'bo', '', F.bo_location(loc), take } end
   end
   return out
 end
 
--- add an allocation, folding it into an entry of the same kind, ref and location
-local function merge(allocs, new)
-  for _, a in ipairs(allocs) do
-    if a[1] == new[1] and a[2] == new[2] and a[3] == new[3] then
-      a[4] = a[4] + new[4]
-      return
-    end
-  end
-  allocs[#allocs + 1] = { new[1], new[2], new[3], new[4] }
-end
-
-local function drop_empty(line)
-  local kept = {}
-  for _, a in ipairs(line.alloc) do
-    if a[4] > 0 then kept[#kept + 1] = a end
-  end
-  line.alloc = kept
-end
-
--- add allocations to a live line and to the pool and bucket counters
-local function book(line, allocs)
-  for _, a in ipairs(allocs) do
-    local kind, ref, loc, q = a[1], a[2], a[3], a[4]
-    local b = loc_touch(loc)
-    if kind == 'oh' then
-      b.oa = b.oa + q
-    elseif kind == 'lot' then
-      lots[ref].alloc = lots[ref].alloc + q
-      lot_dirty[ref] = true
-    elseif kind == 'bo' then
-      b.ba = b.ba + q
-    else
-      b.st = b.st + q
-    end
-    if line.state == 'held' then b.hd = b.hd + q else b.cm = b.cm + q end
-    merge(line.alloc, a)
-  end
-  mark(line.rid)
-end
-
--- remove q units of one allocation entry from the pool and bucket counters
-local function unbook(line, a, q)
-  local kind, ref = a[1], a[2]
-  local b = loc_touch(a[3])
-  if kind == 'oh' then
-    b.oa = b.oa - q
-  elseif kind == 'lot' then
-    if lots[ref] then
-      lots[ref].alloc = lots[ref].alloc - q
-      lot_dirty[ref] = true
-    end
-  elseif kind == 'bo' then
-    b.ba = b.ba - q
-  else
-    b.st = b.st - q
-  end
-  if line.state == 'held' then b.hd = b.hd - q else b.cm = b.cm - q end
-  a[4] = a[4] - q
-  mark(line.rid)
-end
-
-local function return_units(line)
-  for _, a in ipairs(line.alloc) do unbook(line, a, a[4]) end
-  drop_empty(line)
-  usage(line, -line.qty)
-end
-
-local function promise(allocs)
+function F.promise(allocs)
   local p = NOW
-  for _, a in ipairs(allocs) do
+  for i = 1, #allocs do
+    local a = allocs[i]
     if a[1] == 'lot' then
-      p = math.max(p, lots[a[2]].eta_ms)
+      p = math.max(p, F.get_lots()[a[2]].eta_ms)
     elseif a[1] == 'bo' then
       p = math.max(p, NOW + pol.backorder_days * DAY_MS)
     end
@@ -534,295 +415,364 @@ local function promise(allocs)
   return p
 end
 
--- promised date from the line's supplied allocations, never later than needed
-local function repromise(line)
-  local base = 0
-  for _, a in ipairs(line.alloc) do
-    if a[1] == 'lot' then
-      base = math.max(base, lots[a[2]].eta_ms)
-    elseif a[1] == 'bo' then
-      base = math.max(base, NOW + pol.backorder_days * DAY_MS)
+-- book the allocations of a new line on the pool and bucket counters (held or committed)
+function F.book_new(allocs, held)
+  for i = 1, #allocs do
+    local a = allocs[i]
+    local kind, q, at = a[1], a[4], a[3]
+    local b = locs[at] or F.loc_get(at)
+    loc_raw[at] = nil
+    if kind == 'oh' then
+      b.oa = b.oa + q
+    elseif kind == 'lot' then
+      local lot = F.get_lots()[a[2]]
+      lot.alloc = lot.alloc + q
+      lot_chg[a[2]] = true
+    else
+      b.ba = b.ba + q
     end
+    if held then b.hd = b.hd + q else b.cm = b.cm + q end
   end
-  if base > 0 then return base end
-  return math.min(line.promised_ms, NOW)
+  S.dirty = true
 end
 
 ----------------------------------------------------------------------------- expiry
 
+-- index rid to expire at ms (F.flush writes one zset member per time)
+function F.expire_at(rid, ms)
+  local rids = exp_add[ms]
+  if rids then rids[#rids + 1] = rid else exp_add[ms] = { rid } end
+end
+
 -- expire every held line whose time has come, in (expires_ms, rid) order; returns how many
-local function expire_due()
+function F.expire_due()
   local due = redis.call('ZRANGEBYSCORE', K.exp, '-inf', NOW)
   if #due == 0 then return 0 end
-  local n = 0
-  prefetch_lines(due)
-  for _, rid in ipairs(due) do
-    local line = get_line(rid)
-    if line and line.state == 'held' and line.expires_ms > 0 and line.expires_ms <= NOW then
-      return_units(line)
-      line.state = 'expired'
-      mark(rid)
-      n = n + 1
+  local rids, seen = {}, {}
+  for _, member in ipairs(due) do
+    for rid in string.gmatch(member, '%S+') do
+      if not seen[rid] then
+        seen[rid] = true
+        rids[#rids + 1] = rid
+      end
     end
   end
+  F.prefetch_lines(rids)
+  local expiring = {}
+  for _, rid in ipairs(rids) do
+    local line = F.get_line(rid)
+    if line and line.state == 'held' and line.expires_ms > 0 and line.expires_ms <= NOW then
+      expiring[#expiring + 1] = line
+    end
+  end
+  local blt = F.blt
+  table.sort(expiring, function(a, b)
+    if a.expires_ms ~= b.expires_ms then return a.expires_ms < b.expires_ms end
+    return blt(a.rid, b.rid)
+  end)
+  for _, line in ipairs(expiring) do
+    F.return_units(line)
+    line.state = 'expired'
+    F.mark(line.rid)
+    dead_chg[line.rid] = NOW
+  end
   redis.call('ZREMRANGEBYSCORE', K.exp, '-inf', NOW)
-  return n
+  return #expiring
 end
 
 ----------------------------------------------------------------------------- operations
 
--- r = {rid, qty, loc, ttl_ms, channel, customer, commit}
-local function hold_one(r, replace_dead)
-  local existing = get_line(r.rid)
+-- one hold request: the status ('ok', 'duplicate', 'conflict' or 'refused'), then the line's stored
+-- form, or for a refusal nil, the reason and the capacity that was available
+function F.hold_one(rid, qty, loc, ttl_ms, channel, customer, commit, replace_dead)
+  local existing = F.get_line(rid)
   if existing and not (replace_dead and (existing.state == 'released' or existing.state == 'expired')) then
-    local same = existing.qty == r.qty and existing.loc == r.loc
-    return { status = same and 'duplicate' or 'conflict', rid = r.rid, line = existing }
+    if existing.qty == qty and existing.loc == loc then return 'duplicate', F.encode_line(existing) end
+    return 'conflict', F.encode_line(existing)
   end
   local reason = nil
-  if pol.order_cap > 0 and r.qty > pol.order_cap then
+  if pol.order_cap > 0 and qty > pol.order_cap then
     reason = 'order_cap'
-  elseif pol.customer_limit > 0 and r.customer ~= ''
-      and used(K.cust, r.customer) + r.qty > pol.customer_limit then
+  elseif pol.customer_limit > 0 and customer ~= ''
+      and F.used(K.cust, customer) + qty > pol.customer_limit then
     reason = 'customer_limit'
-  elseif r.channel ~= '' and pol.quotas[r.channel] ~= nil
-      and used(K.chan, r.channel) + r.qty > pol.quotas[r.channel] then
+  elseif channel ~= '' and pol.quotas[channel] ~= nil
+      and F.used(K.chan, channel) + qty > pol.quotas[channel] then
     reason = 'channel_quota'
   end
-  local available = capacity(r.loc)
-  if not reason and available < r.qty then reason = 'insufficient' end
-  if reason then
-    return { status = 'refused', rid = r.rid, reason = reason, available = available }
-  end
-  local allocs = allocate(r.qty, r.loc)
-  local line = {
-    rid = r.rid, sku = SKU, qty = r.qty, loc = r.loc,
-    state = r.commit and 'committed' or 'held',
-    expires_ms = r.commit and 0 or NOW + r.ttl_ms,
-    seq = next_seq(), channel = r.channel, customer = r.customer, alloc = {},
-    promised_ms = promise(allocs), atp_after = 0,
-  }
-  put_line(line)
-  book(line, allocs)
-  usage(line, r.qty)
-  line.atp_after = atp_of(r.loc)
-  if not r.commit then exp_add(r.rid, line.expires_ms) end
-  return { status = 'ok', rid = r.rid, line = line }
-end
-
-local function op_confirm(rid)
-  local line = get_line(rid)
-  if not line then return { status = 'not_found', rid = rid } end
-  if line.state == 'committed' then return { status = 'duplicate', rid = rid, line = line } end
-  if line.state ~= 'held' then
-    return { status = 'refused', rid = rid, reason = line.state, line = line }
-  end
-  for _, a in ipairs(line.alloc) do
-    local b = loc_touch(a[3])
-    b.hd = b.hd - a[4]
-    b.cm = b.cm + a[4]
-  end
-  line.state = 'committed'
-  line.expires_ms = 0
-  mark(rid)
-  exp_remove(rid)
-  return { status = 'ok', rid = rid, line = line }
-end
-
-local function op_release(rid)
-  local line = get_line(rid)
-  if not line then return { status = 'not_found', rid = rid } end
-  if line.state == 'released' or line.state == 'expired' then
-    return { status = 'duplicate', rid = rid, line = line }
-  end
-  if line.state == 'shipped' then
-    return { status = 'refused', rid = rid, reason = 'shipped', line = line }
-  end
-  return_units(line)
-  line.state = 'released'
-  line.expires_ms = 0
-  mark(rid)
-  exp_remove(rid)
-  return { status = 'ok', rid = rid, line = line }
-end
-
-local function op_rollback(rid)
-  local line = get_line(rid)
-  if not line then return { status = 'not_found', rid = rid } end
-  if line.state == 'shipped' then
-    return { status = 'refused', rid = rid, reason = 'shipped', line = line }
-  end
-  if is_live(line) then return_units(line) end
-  delete_line(rid)
-  exp_remove(rid)
-  return { status = 'ok', rid = rid }
-end
-
-local function op_extend(rid, ttl_ms)
-  local line = get_line(rid)
-  if not line then return { status = 'not_found', rid = rid } end
-  if line.state ~= 'held' then
-    return { status = 'refused', rid = rid, reason = line.state, line = line }
-  end
-  line.expires_ms = NOW + ttl_ms
-  mark(rid)
-  exp_add(rid, line.expires_ms)
-  return { status = 'ok', rid = rid, line = line }
-end
-
------------------------------------------------------------------------------ rebalance
-
--- remember a line's promised date before the command changed it (rid -> old ms)
-local touched, touched_order = {}, {}
-local function touch(line)
-  if touched[line.rid] == nil then
-    touched[line.rid] = line.promised_ms
-    touched_order[#touched_order + 1] = line.rid
-  end
-end
-
--- newest lines first give back up to `excess` units of the entries `matches` accepts
-local function shed(excess, matches)
-  if excess <= 0 then return end
-  for _, line in ipairs(live_lines(true)) do
-    local chosen = {}
-    for _, a in ipairs(line.alloc) do
-      if matches(a) then chosen[#chosen + 1] = a end
-    end
-    for _, a in ipairs(chosen) do
-      if excess == 0 then return end
-      local q = math.min(excess, a[4])
-      touch(line)
-      local loc = a[3]
-      unbook(line, a, q)
-      drop_empty(line)
-      book(line, { { 'short', '', loc, q } })
-      excess = excess - q
-    end
-  end
-end
-
-local function any_short()
-  for _, b in pairs(locs) do
-    if b.st ~= 0 then return true end
-  end
-  return false
-end
-
--- give back over-allocated supply (newest first), then re-fill shorts (oldest first)
-local function rebalance()
-  local safety = pol.safety
-  for _, name in ipairs(sorted_loc_names()) do
-    local b = locs[name]
-    shed(b.oa - math.max(0, b.oh - safety), function(a) return a[1] == 'oh' and a[3] == name end)
-  end
-  for _, id in ipairs(lots_in_order('')) do
-    local lot = lots[id]
-    shed(lot.alloc - promisable(lot), function(a) return a[1] == 'lot' and a[2] == id end)
-  end
-  local limit = 0
-  if pol.mode == 'backorder' then limit = pol.backorder_limit end
-  local bo_used = 0
-  for _, b in pairs(locs) do bo_used = bo_used + b.ba end
-  shed(bo_used - limit, function(a) return a[1] == 'bo' end)
-  if not any_short() then return end
-  for _, line in ipairs(live_lines(false)) do
-    local shorts = {}
-    for _, a in ipairs(line.alloc) do
-      if a[1] == 'short' then shorts[#shorts + 1] = a end
-    end
-    for _, a in ipairs(shorts) do
-      local got = allocate(a[4], line.loc)
-      if #got > 0 then
-        touch(line)
-        local n = 0
-        for _, g in ipairs(got) do n = n + g[4] end
-        unbook(line, a, n)
-        drop_empty(line)
-        book(line, got)
-      end
-    end
-  end
-end
-
--- re-date the touched lines; the ones now promised later, newest first
-local function redate()
-  local slipped = {}
-  for _, rid in ipairs(touched_order) do
-    local line = lines[rid]
-    local old = touched[rid]
-    local new = repromise(line)
-    if new ~= line.promised_ms then
-      line.promised_ms = new
-      mark(rid)
-    end
-    if new > old then slipped[#slipped + 1] = { rid = rid, old_ms = old, new_ms = new, seq = line.seq } end
-  end
-  table.sort(slipped, function(a, b) return a.seq > b.seq end)
-  for _, s in ipairs(slipped) do s.seq = nil end
-  return slipped
-end
-
--- live lines with short units, newest first
-local function at_risk()
-  local out = {}
-  if not any_short() then return out end
-  for _, line in ipairs(live_lines(true)) do
-    local short = 0
-    for _, a in ipairs(line.alloc) do
-      if a[1] == 'short' then short = short + a[4] end
-    end
-    if short > 0 then out[#out + 1] = { rid = line.rid, short = short } end
-  end
-  return out
+  local available = F.capacity(loc)
+  if not reason and available < qty then reason = 'insufficient' end
+  if reason then return 'refused', nil, reason, available end
+  if existing then dead_chg[rid] = false end -- a released or expired line is replaced
+  local allocs = F.allocate(qty, loc)
+  local seq = S.seq + 1
+  S.seq = seq
+  F.book_new(allocs, not commit)
+  if customer ~= '' or channel ~= '' then F.usage(customer, channel, qty) end
+  local num = F.num
+  local expires = commit and 0 or NOW + ttl_ms
+  local raw = (commit and 'committed|' or 'held|') .. num(qty) .. '|' .. loc .. '|' .. num(expires) .. '|' ..
+    seq .. '|' .. channel .. '|' .. customer .. '|' .. num(F.promise(allocs)) .. '|' .. F.atp_of(loc) ..
+    '|' .. F.encode_alloc(allocs)
+  lines[rid] = true
+  line_raw[rid] = raw
+  line_chg[rid] = true
+  if not commit then F.expire_at(rid, expires) end
+  return 'ok', raw
 end
 
 ----------------------------------------------------------------------------- write back
 
-local function flush()
+-- ZADD / ZREM the changes of an index zset (rid -> ms, or false to remove)
+function F.write_zset(key, chg)
+  if not next(chg) then return end
   local set, del = {}, {}
-  for name in pairs(loc_dirty) do
-    local b = locs[name]
-    for _, k in ipairs(BUCKETS) do
-      local v = b[k]
-      if v ~= 0 or k == 'oh' then
-        set[#set + 1] = name .. '|' .. k
-        set[#set + 1] = v
-      else
-        del[#del + 1] = name .. '|' .. k
-      end
+  local num = F.num
+  for rid, ms in pairs(chg) do
+    if ms then
+      set[#set + 1] = num(ms)
+      set[#set + 1] = rid
+    else
+      del[#del + 1] = rid
     end
   end
-  if #set > 0 then call_chunked('HSET', K.loc, set, 2) end
-  if #del > 0 then call_chunked('HDEL', K.loc, del, 1) end
-
-  set, del = {}, {}
-  for id in pairs(lot_dirty) do
-    set[#set + 1] = id
-    set[#set + 1] = cjson.encode(lots[id])
-  end
-  for id in pairs(lot_gone) do del[#del + 1] = id end
-  if #set > 0 then call_chunked('HSET', K.lots, set, 2) end
-  if #del > 0 then call_chunked('HDEL', K.lots, del, 1) end
-
-  set, del = {}, {}
-  for rid in pairs(line_dirty) do
-    set[#set + 1] = rid
-    set[#set + 1] = encode_line(lines[rid])
-  end
-  for rid in pairs(line_gone) do del[#del + 1] = rid end
-  if #set > 0 then call_chunked('HSET', K.res, set, 2) end
-  if #del > 0 then call_chunked('HDEL', K.res, del, 1) end
-
-  set, del = {}, {}
-  for rid in pairs(exp_del) do del[#del + 1] = rid end
-  for rid, ms in pairs(exp_set) do
-    set[#set + 1] = ms
-    set[#set + 1] = rid
-  end
-  if #del > 0 then call_chunked('ZREM', K.exp, del, 1) end
-  if #set > 0 then call_chunked('ZADD', K.exp, set, 2) end
-
-  if seq_value then redis.call('SET', K.seq, seq_value) end
-  loc_dirty, lot_dirty, lot_gone, line_dirty, line_gone = {}, {}, {}, {}, {}
-  exp_set, exp_del = {}, {}
+  if #del > 0 then F.call_chunked('ZREM', key, del, 1) end
+  if #set > 0 then F.call_chunked('ZADD', key, set, 2) end
 end
+
+-- write back everything that changed; once, at the end of the script
+function F.flush()
+  local set = {}
+  if S.dirty then
+    set[1] = '!L'
+    set[2] = F.encode_state()
+  end
+  for f, v in pairs(state_set) do
+    set[#set + 1] = f
+    set[#set + 1] = v
+  end
+  if #set > 0 then F.call_chunked('HSET', K.state, set, 2) end
+
+  if next(lot_chg) then
+    local num = F.num
+    set = {}
+    local del = {}
+    for id, write in pairs(lot_chg) do
+      if write then
+        local lot = lots[id]
+        set[#set + 1] = id
+        set[#set + 1] = lot.loc .. ',' .. num(lot.qty) .. ',' .. num(lot.eta_ms) .. ',' .. lot.supplier ..
+          ',' .. num(lot.alloc)
+      else
+        del[#del + 1] = id
+      end
+    end
+    if #set > 0 then F.call_chunked('HSET', K.lots, set, 2) end
+    if #del > 0 then F.call_chunked('HDEL', K.lots, del, 1) end
+  end
+
+  if next(line_chg) then
+    set = {}
+    local del = {}
+    for rid, write in pairs(line_chg) do
+      if write then
+        set[#set + 1] = rid
+        set[#set + 1] = line_raw[rid] or F.encode_line(lines[rid])
+      else
+        del[#del + 1] = rid
+      end
+    end
+    if #set > 0 then F.call_chunked('HSET', K.res, set, 2) end
+    if #del > 0 then F.call_chunked('HDEL', K.res, del, 1) end
+  end
+
+  if next(exp_add) then
+    set = {}
+    for ms, rids in pairs(exp_add) do
+      set[#set + 1] = F.num(ms)
+      set[#set + 1] = table.concat(rids, ' ')
+    end
+    F.call_chunked('ZADD', K.exp, set, 2)
+  end
+  F.write_zset(K.dead, dead_chg)
+end
+
+----------------------------------------------------------------------------- used less often
+
+-- The functions below are built on first use: most calls (a batch of fresh holds, a position)
+-- never need them, and building a function costs on every call.
+setmetatable(F, { __index = function(_, name)
+  setmetatable(F, nil)
+
+  function F.reliability(supplier)
+    if not S.rel_loaded then
+      S.rel_loaded = true
+      local flat = redis.call('HGETALL', K.srel)
+      for i = 1, #flat, 2 do rel[flat[i]] = tonumber(flat[i + 1]) end
+    end
+    return rel[supplier] or 1000
+  end
+
+  -- lot ids at loc ('' = any) by (eta_ms, id)
+  function F.lots_in_order(loc)
+    local all = F.get_lots()
+    local ids = {}
+    for id, lot in pairs(all) do
+      if loc == '' or lot.loc == loc then ids[#ids + 1] = id end
+    end
+    if #ids > 1 then
+      local blt = F.blt
+      table.sort(ids, function(a, b)
+        local ea, eb = all[a].eta_ms, all[b].eta_ms
+        if ea ~= eb then return ea < eb end
+        return blt(a, b)
+      end)
+    end
+    return ids
+  end
+
+  function F.lot_delete(id)
+    F.get_lots()[id] = nil
+    lot_chg[id] = false
+  end
+
+  function F.load_all_lines()
+    if S.all_lines then return end
+    S.all_lines = true
+    local flat = redis.call('HGETALL', K.res)
+    for i = 1, #flat, 2 do
+      if lines[flat[i]] == nil then F.got_line(flat[i], flat[i + 1]) end
+    end
+  end
+
+  -- the line changed: write it back, and its old stored form is stale
+  function F.mark(rid)
+    line_chg[rid] = true
+    line_raw[rid] = nil
+  end
+
+  function F.delete_line(rid)
+    lines[rid] = false
+    line_raw[rid] = nil
+    line_chg[rid] = false
+  end
+
+  -- the wire line as json (docs/semantics.md "line")
+  function F.line_json(line)
+    local num = F.num
+    local parts = {}
+    for i, a in ipairs(line.alloc) do
+      parts[i] = '["' .. a[1] .. '","' .. a[2] .. '","' .. a[3] .. '",' .. num(a[4]) .. ']'
+    end
+    return '{"rid":"' .. line.rid .. '","sku":"' .. SKU .. '","qty":' .. num(line.qty) ..
+      ',"loc":"' .. line.loc .. '","state":"' .. line.state .. '","expires_ms":' .. num(line.expires_ms) ..
+      ',"seq":' .. num(line.seq) .. ',"channel":"' .. line.channel .. '","customer":"' .. line.customer ..
+      '","alloc":[' .. table.concat(parts, ',') .. '],"promised_ms":' .. num(line.promised_ms) ..
+      ',"atp_after":' .. num(line.atp_after) .. '}'
+  end
+
+  -- a reply {status, rid, reason?, available?, line?} as json, the line as it is now
+  function F.reply_json(r)
+    local s = '{"status":"' .. r.status .. '","rid":"' .. r.rid .. '"'
+    if r.reason then s = s .. ',"reason":"' .. r.reason .. '"' end
+    if r.available then s = s .. ',"available":' .. F.num(r.available) end
+    if r.line then s = s .. ',"line":' .. F.line_json(r.line) end
+    return s .. '}'
+  end
+
+  function F.is_live(line)
+    return line.state == 'held' or line.state == 'committed'
+  end
+
+  function F.used(key, who)
+    return tonumber(redis.call('HGET', key, who) or '0')
+  end
+
+  function F.bump(key, who, delta)
+    if redis.call('HINCRBY', key, who, delta) == 0 then redis.call('HDEL', key, who) end
+  end
+
+  -- customer / channel usage += delta (either may be '': not counted)
+  function F.usage(customer, channel, delta)
+    if customer ~= '' then F.bump(K.cust, customer, delta) end
+    if channel ~= '' then F.bump(K.chan, channel, delta) end
+  end
+
+  function F.bo_location(loc)
+    if loc ~= '' then return loc end
+    local names = F.sorted_loc_names()
+    if #names > 0 then return names[1] end
+    return 'default'
+  end
+
+  -- add an allocation, folding it into an entry of the same kind, ref and location
+  function F.merge(allocs, new)
+    for _, a in ipairs(allocs) do
+      if a[1] == new[1] and a[2] == new[2] and a[3] == new[3] then
+        a[4] = a[4] + new[4]
+        return
+      end
+    end
+    allocs[#allocs + 1] = { new[1], new[2], new[3], new[4] }
+  end
+
+  function F.drop_empty(line)
+    local kept = {}
+    for _, a in ipairs(line.alloc) do
+      if a[4] > 0 then kept[#kept + 1] = a end
+    end
+    line.alloc = kept
+  end
+
+  -- add allocations to a live line and to the pool and bucket counters
+  function F.book(line, allocs)
+    for _, a in ipairs(allocs) do
+      local kind, ref, q = a[1], a[2], a[4]
+      local b = F.loc_touch(a[3])
+      if kind == 'oh' then
+        b.oa = b.oa + q
+      elseif kind == 'lot' then
+        local lot = F.get_lots()[ref]
+        lot.alloc = lot.alloc + q
+        lot_chg[ref] = true
+      elseif kind == 'bo' then
+        b.ba = b.ba + q
+      else
+        b.st = b.st + q
+      end
+      if line.state == 'held' then b.hd = b.hd + q else b.cm = b.cm + q end
+      F.merge(line.alloc, a)
+    end
+    F.mark(line.rid)
+  end
+
+  -- remove q units of one allocation entry from the pool and bucket counters
+  function F.unbook(line, a, q)
+    local kind, ref = a[1], a[2]
+    local b = F.loc_touch(a[3])
+    if kind == 'oh' then
+      b.oa = b.oa - q
+    elseif kind == 'lot' then
+      local lot = F.get_lots()[ref]
+      if lot then
+        lot.alloc = lot.alloc - q
+        lot_chg[ref] = true
+      end
+    elseif kind == 'bo' then
+      b.ba = b.ba - q
+    else
+      b.st = b.st - q
+    end
+    if line.state == 'held' then b.hd = b.hd - q else b.cm = b.cm - q end
+    a[4] = a[4] - q
+    F.mark(line.rid)
+  end
+
+  function F.return_units(line)
+    for _, a in ipairs(line.alloc) do F.unbook(line, a, a[4]) end
+    F.drop_empty(line)
+    F.usage(line.customer, line.channel, -line.qty)
+  end
+
+  return rawget(F, name)
+end })

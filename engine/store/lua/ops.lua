@@ -1,0 +1,68 @@
+-- ops.lua — the lifecycle operations on one reservation line (confirm, release, rollback,
+-- extend), loaded by reservation.lua and apply.lua (after lib.lua).
+-- KEYS / ARGV: those of lib.lua. Each returns an op reply table {status, rid, line?, reason?}.
+-- Lines leaving the held state stay in the expiry index as stale entries (see lib.lua).
+
+----------------------------------------------------------------------------- lifecycle
+
+function F.op_confirm(rid)
+  local line = F.get_line(rid)
+  if not line then return { status = 'not_found', rid = rid } end
+  if line.state == 'committed' then return { status = 'duplicate', rid = rid, line = line } end
+  if line.state ~= 'held' then
+    return { status = 'refused', rid = rid, reason = line.state, line = line }
+  end
+  for _, a in ipairs(line.alloc) do
+    local b = F.loc_touch(a[3])
+    b.hd = b.hd - a[4]
+    b.cm = b.cm + a[4]
+  end
+  line.state = 'committed'
+  line.expires_ms = 0
+  F.mark(rid)
+  return { status = 'ok', rid = rid, line = line }
+end
+
+function F.op_release(rid)
+  local line = F.get_line(rid)
+  if not line then return { status = 'not_found', rid = rid } end
+  if line.state == 'released' or line.state == 'expired' then
+    return { status = 'duplicate', rid = rid, line = line }
+  end
+  if line.state == 'shipped' then
+    return { status = 'refused', rid = rid, reason = 'shipped', line = line }
+  end
+  F.return_units(line)
+  line.state = 'released'
+  line.expires_ms = 0
+  F.mark(rid)
+  dead_chg[rid] = NOW
+  return { status = 'ok', rid = rid, line = line }
+end
+
+function F.op_rollback(rid)
+  local line = F.get_line(rid)
+  if not line then return { status = 'not_found', rid = rid } end
+  if line.state == 'shipped' then
+    return { status = 'refused', rid = rid, reason = 'shipped', line = line }
+  end
+  if F.is_live(line) then
+    F.return_units(line)
+  else
+    dead_chg[rid] = false
+  end
+  F.delete_line(rid)
+  return { status = 'ok', rid = rid }
+end
+
+function F.op_extend(rid, ttl_ms)
+  local line = F.get_line(rid)
+  if not line then return { status = 'not_found', rid = rid } end
+  if line.state ~= 'held' then
+    return { status = 'refused', rid = rid, reason = line.state, line = line }
+  end
+  line.expires_ms = NOW + ttl_ms
+  F.mark(rid)
+  F.expire_at(rid, line.expires_ms)
+  return { status = 'ok', rid = rid, line = line }
+end
