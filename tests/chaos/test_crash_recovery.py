@@ -173,11 +173,14 @@ def flow_process(settings: Settings, topics: Topics, log: Path) -> subprocess.Po
 
 def kill_while_running(proc: subprocess.Popen[bytes], after_s: float, log: Path) -> None:
     deadline = time.monotonic() + after_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"the flow exited ({proc.returncode}) before its kill:\n{log.read_text()[-2000:]}"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    try:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"the flow exited ({proc.returncode}) before its kill:\n{log.read_text()[-2000:]}"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 # --- the crash run and its checks ---------------------------------------------------------------

@@ -30,9 +30,26 @@ def flow_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def start(env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "engine.flow", "--no-metrics", "--log-level", "WARNING", *args],
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def start(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:  # a file, not a pipe: a chatty child must never block on a full pipe
+        return subprocess.Popen([sys.executable, "-m", "engine.flow", "--no-metrics", "--log-level", "WARNING", *args],
+                                env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Make sure the process is gone (a failed test must not leave a flow running)."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def output(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:] if log.exists() else ""
+
+
+def applied_any(redis: Any) -> bool:
+    """True once the flow applied something (any per-SKU key exists)."""
+    return any(True for _ in redis.scan_iter(match="atp:{*", count=100))
 
 
 def rest(settings: Settings, topics: Topics) -> list[Outcome]:
@@ -48,15 +65,18 @@ def test_sigterm_drains_and_snapshots_so_a_restart_reapplies_nothing(
     produce(kafka_bootstrap, events[:4000])
     settings = settings.model_copy(update={"recovery_dir": str(tmp_path / "rec"), "snapshot_interval_s": 30.0})
     proc = start(flow_env(settings, ATP_RECOVERY_DIR=settings.recovery_dir, ATP_SNAPSHOT_INTERVAL_S="30"),
-                 "--topic-suffix", topics.suffix)  # tailing: it never ends by itself
-    deadline = time.monotonic() + 60
-    while not redis.exists("atp:{C-00000}:off"):
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        time.sleep(0.1)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(timeout=30)
-    assert code == 0, proc.stdout.read() if proc.stdout else ""
+                 tmp_path / "flow.log", "--topic-suffix", topics.suffix)  # tailing: it never ends by itself
+    try:
+        deadline = time.monotonic() + 60
+        while not applied_any(redis):
+            assert time.monotonic() < deadline and proc.poll() is None, output(tmp_path / "flow.log")
+            time.sleep(0.1)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        stop(proc)
+    assert code == 0, output(tmp_path / "flow.log")
 
     produce(kafka_bootstrap, events[4000:])  # 500 new events
     outcomes = rest(settings, topics)
@@ -74,10 +94,15 @@ def test_two_processes_with_two_workers_each_apply_every_command_once(
     produce(kafka_bootstrap, stream(3000, seed=5, topics=topics, skus=300))
     env = flow_env(settings, ATP_RECOVERY_DIR=str(tmp_path / "rec"), ATP_WORKERS="2")
     addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
-    procs = [start(env, "--topic-suffix", topics.suffix, "--until-end", "-i", str(i), "-a", addresses)
+    logs = [tmp_path / f"flow-{i}.log" for i in range(2)]
+    procs = [start(env, logs[i], "--topic-suffix", topics.suffix, "--until-end", "-i", str(i), "-a", addresses)
              for i in range(2)]
-    codes = [p.wait(timeout=120) for p in procs]
-    assert codes == [0, 0], [p.stdout.read() if p.stdout else "" for p in procs]
+    try:
+        codes = [p.wait(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            stop(p)
+    assert codes == [0, 0], [output(log) for log in logs]
 
     again = rest(settings, topics)  # the log once more, one worker, on top
 
