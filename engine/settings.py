@@ -20,6 +20,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from engine.domain.ids import id_problem
+
+WATCH_LIMIT = 50
+"""Most SKUs on the watch list (``engine.metrics.WATCH_LIMIT`` is the same bound)."""
+
 
 def _config_file() -> Path | None:
     path = Path(os.environ.get("ATP_CONFIG", "atp.toml"))
@@ -79,6 +84,25 @@ class Settings(BaseSettings):
     service_level: float = Field(0.95, gt=0, lt=1)
     review_period_days: float = Field(1.0, gt=0)
     default_lead_time_days: float = Field(7.0, gt=0)
+
+    # Observability.
+    watch_skus: list[str] = Field(
+        default_factory=list,
+        max_length=WATCH_LIMIT,
+        description=f"SKUs whose ATP is exported per location (atp_watch_atp); JSON list in the env var, "
+        f"at most {WATCH_LIMIT}",
+    )
+
+    @field_validator("watch_skus")
+    @classmethod
+    def _watch_skus_valid(cls, v: list[str]) -> list[str]:
+        # Each watched SKU is a label value of its own series: malformed ones are refused here,
+        # duplicates dropped (order kept).
+        for sku in v:
+            problem = id_problem("sku", sku)
+            if problem is not None:
+                raise ValueError(f"watch_skus: {problem}")
+        return list(dict.fromkeys(v))
 
     @field_validator("api_tokens")
     @classmethod

@@ -101,6 +101,9 @@ def test_a_missing_config_file_means_defaults(monkeypatch: pytest.MonkeyPatch, t
         ("ATP_API_TOKENS", "not json"),
         ("ATP_API_TOKENS", '{"short": ["read"]}'),
         ("ATP_API_TOKENS", f'{{"{DIGEST}": ["admin"]}}'),
+        ("ATP_WATCH_SKUS", "FLASH-1"),
+        ("ATP_WATCH_SKUS", '["bad sku"]'),
+        ("ATP_WATCH_SKUS", "[" + ",".join(f'"S{i}"' for i in range(51)) + "]"),
     ],
 )
 def test_bad_env_values_raise_naming_the_field(monkeypatch: pytest.MonkeyPatch, env: str, value: str) -> None:
@@ -109,6 +112,12 @@ def test_bad_env_values_raise_naming_the_field(monkeypatch: pytest.MonkeyPatch, 
     with pytest.raises((ValidationError, ValueError)) as info:
         Settings()
     assert field in str(info.value)
+
+
+def test_watch_skus_is_a_json_list_without_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().watch_skus == []
+    monkeypatch.setenv("ATP_WATCH_SKUS", '["FLASH-1", "PRE-1", "FLASH-1"]')
+    assert Settings().watch_skus == ["FLASH-1", "PRE-1"]
 
 
 def test_bad_value_in_the_file_raises(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
