@@ -189,7 +189,6 @@ class Prefetch(_RedisStep):
         super().__init__(store_factory, options.retry_for_s)
         self._refresh_s = options.policy_refresh_s
         self._stream = stream
-        self._policies: dict[str, tuple[PolicyKnobs, float]] = {}
 
     def __call__(self, batch: list[OutcomeItem]) -> list[tuple[str, Seen]]:
         items = [o for sku, o in batch if sku]  # sku "" = a cancel of an unknown reservation
@@ -197,10 +196,9 @@ class Prefetch(_RedisStep):
             return []
         self._stream.saw(max(o.occurred_ms for o in items))
         store = self.store()
+        policies = self._policy_cache()
         now = time.monotonic()
-        if len(self._policies) > _POLICY_CACHE_MAX:
-            self._policies.clear()
-        stale = sorted({o.sku for o in items if now - self._policies.get(o.sku, (None, -1e18))[1] > self._refresh_s})
+        stale = sorted({o.sku for o in items if now - policies.get(o.sku, (None, -1e18))[1] > self._refresh_s})
         replays: dict[str, tuple[Outcome, str]] = {}
         for o in items:
             if _is_replay(o):
@@ -211,20 +209,30 @@ class Prefetch(_RedisStep):
         if stale or replays:
             keys = [sku_keys(sku, store.prefix).pol for sku in stale] + [k for _, k in replays.values()]
             values = self.retrying(lambda: _get_many(store.redis, keys))
-            self._remember_policies(stale, values[: len(stale)], now)
+            self._remember_policies(policies, stale, values[: len(stale)], now)
             memos = self._read_memos(list(replays.values()), values[len(stale):])
         else:
             memos = {}
-        return [(o.sku, Seen(o, self._policies[o.sku][0], memos.get(o.outcome_id))) for o in items]
+        return [(o.sku, Seen(o, policies[o.sku][0], memos.get(o.outcome_id))) for o in items]
 
-    def _remember_policies(self, skus: list[str], raws: list[Any], now: float) -> None:
+    def _policy_cache(self) -> dict[str, tuple[PolicyKnobs, float]]:
+        """This worker thread's SKU → (policy knobs, when read); started over when it grows too big."""
+        cache: dict[str, tuple[PolicyKnobs, float]] | None = getattr(self._local, "policies", None)
+        if cache is None or len(cache) > _POLICY_CACHE_MAX:
+            cache = self._local.policies = {}
+        return cache
+
+    @staticmethod
+    def _remember_policies(
+        cache: dict[str, tuple[PolicyKnobs, float]], skus: list[str], raws: list[Any], now: float
+    ) -> None:
         for sku, raw in zip(skus, raws, strict=True):
             try:
                 policy = Policy.from_wire(orjson.loads(raw)) if raw is not None else Policy()
             except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
                 log.warning("unreadable policy of %s (%s); the alert rules use the defaults", sku, exc)
                 policy = Policy()
-            self._policies[sku] = (PolicyKnobs.of(policy), now)
+            cache[sku] = (PolicyKnobs.of(policy), now)
 
     @staticmethod
     def _read_memos(replays: list[tuple[Outcome, str]], raws: list[Any]) -> dict[str, Memo]:
