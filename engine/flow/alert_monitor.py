@@ -14,9 +14,17 @@ number (an ``alert_id``) that was already published. So an outcome the monitor m
 its **memo**: the observation recorded when it was first applied (``engine.flow.alert_memo``),
 which gives back the same state and the same messages. An observation is memoised only when its
 reply mattered — it produced a message, its status was not ``ok``, it closed a lot, it placed an
-order somewhere other than its named/default location, it listed affected reservations, or it
-opened/closed a replenishment position; every other missed outcome is rebuilt from the command
-alone (status ``ok``, no position), which leaves the state exactly as the first pass did.
+order somewhere other than its named/default location, it listed affected reservations, it
+opened/closed a replenishment position, or the SKU's policy had changed; every other missed outcome
+is rebuilt from the command alone (status ``ok``, no position), which leaves the state exactly as
+the first pass did. A duplicate the monitor did observe (offset at or below what it saw) is judged
+as news: its position is today's, as any reply's.
+
+Limit: the memo is stored by the step after this one, so a process killed between the store
+applying a batch and that step (SIGKILL; bytewax's own abort finishes the batch first) loses the
+memos of that batch. Its outcomes then replay without position: stateful alerts fire at the SKU's
+next observation under the same ids (other content), one-shot alerts of that batch are lost. Only
+the store could close this gap, by keeping each command's reply with the command.
 
 **Time.** ``inbound_late`` is judged in event time. A lot is due at the first instant past its
 ETA + grace, and its lateness always fires *at* that instant, credited to no event: before an
