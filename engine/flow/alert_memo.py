@@ -12,6 +12,7 @@ readings (promised dates), so they stay out of state digests and the invariant c
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from typing import Any
 
 import orjson
@@ -42,8 +43,20 @@ def memo_key(prefix: str, sku: str, source: str, offset: int) -> str:
 
 
 def encode_memo(memo: Memo) -> bytes:
-    """The stored form of ``memo`` (JSON)."""
-    return orjson.dumps({"v": MEMO_VERSION, "obs": memo.observation, "knobs": memo.knobs})
+    """The stored form of ``memo``: JSON without the fields at their defaults (memos are many)."""
+    obs = memo.observation
+    data: dict[str, Any] = {
+        name: value for name in _OBS_FIELDS if (value := getattr(obs, name)) != _OBS_DEFAULTS[name]
+    }
+    data["sku"], data["command"], data["occurred_ms"] = obs.sku, obs.command, obs.occurred_ms
+    if obs.position is not None:
+        pos = obs.position
+        data["position"] = {
+            "atp": pos.atp,
+            "oversold": pos.oversold,
+            "locations": {loc: _nonzero(figs) for loc, figs in pos.locations.items()},
+        }
+    return orjson.dumps({"v": MEMO_VERSION, "obs": data, "knobs": memo.knobs})
 
 
 def decode_memo(raw: bytes | str) -> Memo:
@@ -57,6 +70,19 @@ def decode_memo(raw: bytes | str) -> Memo:
         raise
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MemoError(f"unreadable memo: {exc}") from exc
+
+
+_OBS_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in fields(Observation) if f.name not in ("sku", "command", "occurred_ms")
+}
+_OBS_FIELDS = tuple(name for name in _OBS_DEFAULTS if name != "position")
+
+
+def _nonzero(figs: LocationFigures) -> dict[str, int]:
+    return {name: value for name in _LOC_FIELDS if (value := getattr(figs, name))}
+
+
+_LOC_FIELDS = tuple(f.name for f in fields(LocationFigures))
 
 
 def _knobs(d: dict[str, Any]) -> PolicyKnobs:
@@ -77,24 +103,26 @@ def _position(d: dict[str, Any] | None) -> PositionFigures | None:
 
 
 def _observation(d: dict[str, Any]) -> Observation:
-    lot = d["lot"]
+    if not isinstance(d, dict):
+        raise MemoError("the observation is not an object")
+    lot = d.get("lot")
     return Observation(
         sku=validate_sku(d["sku"]),
         command=str(d["command"]),
         occurred_ms=int(d["occurred_ms"]),
-        event_id=str(d["event_id"]),
-        status=str(d["status"]),
-        reason=str(d["reason"]),
-        position=_position(d["position"]),
-        at_risk=tuple(AtRisk(**a) for a in d["at_risk"]),
-        slipped=tuple(Slip(**s) for s in d["slipped"]),
-        location=str(d["location"]),
-        qty=int(d["qty"]),
-        rid=str(d["rid"]),
-        channel=str(d["channel"]),
-        available=int(d["available"]),
-        inbound_id=str(d["inbound_id"]),
-        eta_ms=int(d["eta_ms"]),
-        supplier=str(d["supplier"]),
+        event_id=str(d.get("event_id", "")),
+        status=str(d.get("status", "ok")),
+        reason=str(d.get("reason", "")),
+        position=_position(d.get("position")),
+        at_risk=tuple(AtRisk(**a) for a in d.get("at_risk", ())),
+        slipped=tuple(Slip(**s) for s in d.get("slipped", ())),
+        location=str(d.get("location", "")),
+        qty=int(d.get("qty", 0)),
+        rid=str(d.get("rid", "")),
+        channel=str(d.get("channel", "")),
+        available=int(d.get("available", 0)),
+        inbound_id=str(d.get("inbound_id", "")),
+        eta_ms=int(d.get("eta_ms", 0)),
+        supplier=str(d.get("supplier", "")),
         lot=ClosedLot(**lot) if lot is not None else None,
     )

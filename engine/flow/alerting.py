@@ -86,9 +86,11 @@ class AlertingOptions:
     """How often a quiet SKU with a lot to wait for looks at the stream time."""
     idle_s: float = 60.0
     """After this long without input, the stream time follows the wall clock."""
-    memo_ttl_s: int = 86_400
+    memo_ttl_s: int = 600
     """How long a memo stays: the longest a replay may lag behind the first pass and still give
-    the same messages (a crash restart needs seconds; a deliberate replay of the log, its age)."""
+    the same messages (a restart from recovery replays the last seconds). Older replays publish
+    fewer messages, never a new id. Memory ≈ memos per second × TTL × ~450 bytes (a memo per
+    outcome that changed an alert, a trigger, a lot or a policy)."""
     policy_refresh_s: float = 30.0
     """How often a SKU's policy is read again (policy changes come through the ops API, not the log)."""
     retry_for_s: float = 60.0
