@@ -33,6 +33,7 @@ from engine.api.publisher import EventPublisher
 from engine.api.redis_conn import async_redis
 from engine.api.routes import atp, health, ops, reservations
 from engine.client import AsyncAtpClient
+from engine.observability.api import start_api_observer
 from engine.settings import Settings
 from engine.store.store import AsyncStore
 from engine.store.sweeper import sweep_forever
@@ -108,6 +109,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         publisher.start()
+        observer = start_api_observer(app.state)
         sweeper = (
             asyncio.create_task(
                 sweep_forever(store, settings.sweep_interval_s, on_expired=metrics.record_holds_expired),
@@ -119,6 +121,7 @@ def create_app(
         try:
             yield
         finally:
+            await observer.stop()
             if sweeper is not None:
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
