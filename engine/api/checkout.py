@@ -21,6 +21,7 @@ from engine.api.models import ReservationIn
 from engine.api.reservation_events import Change, encode, reservation_event
 from engine.api.views import position_view, reservation_body, reservation_view
 from engine.client import LineRequest, Refusal, Reservation, Result
+from engine.observability.api import note_hold, note_lifecycle
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -59,6 +60,7 @@ async def hold(state: Any, rid: str, body: ReservationIn) -> OrjsonResponse:
             422, "invalid_request", str(exc), reasons=[{"field": "body.lines", "reason": "invalid", "message": str(exc)}]
         ) from exc
     _record("hold", result, started)
+    note_hold(state, rid, result, body.ttl_seconds)
     if isinstance(result, Reservation):
         headers = _REPLAYED if result.status == "duplicate" else None
         if result.status == "ok":
@@ -128,6 +130,7 @@ async def lifecycle(state: Any, op: Op, rid: str, *args: int) -> OrjsonResponse:
     started = time.perf_counter()
     result = await getattr(state.client, op)(rid, *args)
     _record(op, result, started)
+    note_lifecycle(state, op, rid, result, args)
     if isinstance(result, Reservation) and result.status == "ok":
         _publish(state, CHANGE_OF[op], result)
     return _op_result(rid, result)
