@@ -37,6 +37,7 @@ from engine.flow.alerting import alerting_extra
 from engine.flow.dataflow import Extra, OutcomeItem, build_flow
 from engine.flow.sinks import dlq_sink
 from engine.flow.source import KafkaInput, RawMessage
+from engine.observability.flow import observe_flow
 from engine.settings import Settings
 from engine.store.store import Store
 
@@ -174,7 +175,7 @@ def run_flow(
         "flow starting: %d worker(s) x %d process(es), batch %d, recovery %s, snapshot every %.1fs",
         settings.workers, processes, settings.batch_size, settings.recovery_dir or "off", settings.snapshot_interval_s,
     )
-    with _stop_on_signals(stop):
+    with _stop_on_signals(stop), observe_flow(settings, probes=serve_metrics):
         cli_main(
             flow,
             workers_per_process=settings.workers,
