@@ -90,6 +90,7 @@ def _engine(running: Settings, token_roles: dict[str, list[str]]) -> Iterator[tu
         "ATP_RECOVERY_DIR": recovery,
         "ATP_SNAPSHOT_INTERVAL_S": "2",
         "ATP_SWEEP_INTERVAL_S": "0.5",
+        "ATP_WATCH_SKUS": orjson.dumps(list(HOT_SKUS)).decode(),
     }
     flow_port = free_port()
     flow = ManagedProcess(
