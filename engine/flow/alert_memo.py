@@ -11,7 +11,6 @@ readings (promised dates), so they stay out of state digests and the invariant c
 
 from __future__ import annotations
 
-import re
 from dataclasses import fields
 from typing import Any
 
@@ -20,10 +19,9 @@ import orjson
 from engine.domain.observation import AtRisk, ClosedLot, LocationFigures, Observation, PositionFigures, Slip
 from engine.flow.alert_monitor import Memo, PolicyKnobs
 from engine.store.keys import validate_prefix, validate_sku
+from engine.store.reply_stash import check_position
 
 MEMO_VERSION = 1
-_SOURCE = re.compile(r"[A-Za-z0-9._-]{1,249}:[0-9]{1,10}")
-_MAX_OFFSET = 2**53 - 1
 
 
 class MemoError(ValueError):
@@ -35,10 +33,7 @@ def memo_key(prefix: str, sku: str, source: str, offset: int) -> str:
     ``ValueError`` for any part that is not a valid identifier."""
     validate_prefix(prefix)
     validate_sku(sku)
-    if not isinstance(source, str) or _SOURCE.fullmatch(source) is None:
-        raise ValueError(f"invalid source {source!r} (must be topic:partition)")
-    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= _MAX_OFFSET:
-        raise ValueError(f"invalid offset {offset!r}")
+    check_position(source, offset)
     return f"{prefix}-am:{{{sku}}}:{source}:{offset}"
 
 

@@ -20,11 +20,14 @@ is rebuilt from the command alone (status ``ok``, no position), which leaves the
 the first pass did. A duplicate the monitor did observe (offset at or below what it saw) is judged
 as news: its position is today's, as any reply's.
 
-Limit: the memo is stored by the step after this one, so a process killed between the store
-applying a batch and that step (SIGKILL; bytewax's own abort finishes the batch first) loses the
-memos of that batch. Its outcomes then replay without position: stateful alerts fire at the SKU's
-next observation under the same ids (other content), one-shot alerts of that batch are lost. Only
-the store could close this gap, by keeping each command's reply with the command.
+**Killed mid-batch.** The memo is stored by the step after this one, so a process killed between
+the store applying a batch and that step (SIGKILL; bytewax's own abort finishes the batch first)
+leaves that batch without memos. The store closes this gap: ``apply.lua`` keeps each stream
+command's reply in the same script call (the *reply stash*, ``engine.store.reply_stash``). A
+missed outcome without a memo but with a stashed reply is judged as a first pass with that reply
+(same observation, same messages, and memoised as a first pass would be); the publish step deletes
+the stash of every outcome it stored the memo of (``Emitted.stash_of``), so only batches in flight
+keep one. Without memo and stash (both past their TTL), the outcome replays from the command alone.
 
 **Time.** ``inbound_late`` is judged in event time. A lot is due at the first instant past its
 ETA + grace, and its lateness always fires *at* that instant, credited to no event: before an
@@ -41,7 +44,7 @@ from __future__ import annotations
 import logging
 import pickle
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -93,11 +96,13 @@ class Memo:
 @dataclass(frozen=True, slots=True)
 class Seen:
     """One outcome on its way into the monitor, with what the prefetch step read for it: the SKU's
-    policy knobs and, for a ``duplicate`` by offset, its memo (None when there is none)."""
+    policy knobs and, for a ``duplicate`` by offset, its memo and the store's reply as first applied
+    (the reply stash; None when there is none)."""
 
     outcome: Outcome
     knobs: PolicyKnobs
     memo: Memo | None = None
+    stashed: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,13 +124,15 @@ SupplierMessage = LotChange | SupplierReceipt
 @dataclass(frozen=True, slots=True)
 class Emitted:
     """What one outcome (or tick) of a SKU produced. ``memo`` is to be stored under ``memo_of``'s
-    id before the messages are published."""
+    id before the messages are published; ``stash_of`` is an outcome whose stashed reply can go
+    once that memo is stored (every outcome judged from the store's own reply, even a quiet one)."""
 
     alerts: tuple[Alert, ...] = ()
     triggers: tuple[ReplenishmentTrigger, ...] = ()
     supplier: tuple[SupplierMessage, ...] = ()
     memo: Memo | None = None
     memo_of: Outcome | None = None
+    stash_of: Outcome | None = None
 
 
 @dataclass
@@ -155,6 +162,11 @@ class MonitorConfig:
         if found is None:
             found = self._policies[knobs] = RulePolicies.from_settings(self.settings, knobs.policy())
         return found
+
+
+def is_offset_duplicate(outcome: Outcome) -> bool:
+    """True for a command the store had applied already (a replay): ``duplicate`` by offset."""
+    return outcome.status == "duplicate" and outcome.reply.get("reason") == "offset"
 
 
 def replay_observation(outcome: Outcome) -> Observation:
@@ -224,9 +236,13 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
         if st is None:
             st = self.state = MonitorState(SkuMonitor.new(o.sku))
         last = st.offsets.get(o.source, -1)
-        missed = o.status == "duplicate" and o.reply.get("reason") == "offset" and o.offset > last
+        missed = is_offset_duplicate(o) and o.offset > last
         if o.offset > last:
             st.offsets[o.source] = o.offset
+        if missed and seen.memo is None and seen.stashed is not None:
+            # The first pass never got past the store (killed): this is the first pass.
+            o, missed = replace(o, reply=seen.stashed), False
+        stash_of = None if is_offset_duplicate(o) else o
         try:
             if missed:
                 memo = seen.memo
@@ -239,7 +255,7 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
                 knobs = seen.knobs
         except ObservationError as exc:  # a reply the rules cannot read: log it, keep the stream going
             log.error("alert rules skip %s (%s): %s", o.outcome_id, o.cmd, exc)
-            return None
+            return Emitted(stash_of=stash_of) if stash_of is not None else None
         # A policy change is memoised, so a replay meets it at the same outcome.
         policy_changed = knobs != st.knobs
         previous, st.knobs = st.knobs, knobs
@@ -274,7 +290,7 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
             self._count_oversold(obs)
             if out.alerts or out.triggers or reopened or policy_changed or _reply_mattered(obs, o):
                 memo = Memo(obs, knobs)
-        if not (late or out.alerts or out.triggers or supplier or memo):
+        if not (late or out.alerts or out.triggers or supplier or memo or stash_of):
             return None
         return Emitted(
             alerts=(*late, *out.alerts),
@@ -282,6 +298,7 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
             supplier=tuple(supplier),
             memo=memo,
             memo_of=o if memo is not None else None,
+            stash_of=stash_of,
         )
 
     def _count_oversold(self, obs: Observation) -> None:

@@ -2,9 +2,11 @@
 
 ```
 outcomes (sku, Outcome)
-  └► alert_prefetch   one pipelined read per batch: the SKUs' policies (cached), memos of replays
+  └► alert_prefetch   one pipelined read per batch: the SKUs' policies (cached), memos and stashed
+  │                   replies of replays
   └► alert_monitor    per SKU, bytewax state: sku_monitor.observe, lateness ticks  (alert_monitor.py)
-  └► alert_publish    one pipelined write per batch: memos of new observations; metrics
+  └► alert_publish    one pipelined write per batch: memos of new observations, then the deletion
+  │                   of their stashed replies; metrics
        ├► alerts ─────────────────────────────────────────────┬─► inventory.alerts (key = SKU)
        ├► triggers ───────────────────────────────────────────│─► inventory.replenishment (key = SKU)
        └► receipts, lot changes ► supplier_stats (per supplier) ┤   (supplier_monitor.py)
@@ -15,6 +17,14 @@ Outputs go through the flow's idempotent producer (``engine.flow.sinks``): at le
 message written again after a crash or a replay carries the same ``alert_id`` / ``trigger_id``
 (the memo — ``alert_memo.py`` — makes a replayed tail produce the same messages). Consumers
 dedupe alerts on ``(alert_id, status, revision)`` and triggers on ``trigger_id``.
+
+A process killed after the store applied a batch but before its memos were stored is covered by
+the reply stash (``engine.store.reply_stash``): the store keeps each stream command's reply in
+the script call that applied it; a replayed outcome with no memo is judged from that reply as the
+first pass would have been (the SKU's policy is the one read now: a policy change between the
+kill and the restart is seen one outcome early). Publish deletes the stash of every outcome it
+has judged, in the same pipeline right after the memos (per key: Redis Cluster-safe; memo and
+stash of an outcome share the SKU's slot, so the deletion never overtakes the memo).
 
 The alert step runs after the store applied a batch, so its Redis round trips (prefetch and
 publish) are per batch, never per event.
@@ -49,6 +59,7 @@ from engine.flow.alert_monitor import (
     Seen,
     SkuLogic,
     SupplierMessage,
+    is_offset_duplicate,
 )
 from engine.flow.dataflow import Extra, FlowStreams, OutcomeItem
 from engine.flow.records import Outcome
@@ -56,8 +67,9 @@ from engine.flow.sinks import KafkaMessage, KafkaOutput
 from engine.flow.stream_clock import StreamClock, wall_clock_ms
 from engine.flow.supplier_monitor import ReliabilityWrite, SupplierLogic
 from engine.store.keys import sku_keys
+from engine.store.reply_stash import stash_key
 from engine.store.store import Store
-from engine.store.wire import SupplyCommand
+from engine.store.wire import SupplyCommand, decode_reply
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +186,6 @@ class _RedisStep:
                 delay = min(2.0, delay * 2)
 
 
-def _is_replay(o: Outcome) -> bool:
-    return o.status == "duplicate" and o.reply.get("reason") == "offset"
-
-
 def _text(value: Any) -> str | None:
     if value is None:
         return None
@@ -185,7 +193,8 @@ def _text(value: Any) -> str | None:
 
 
 class Prefetch(_RedisStep):
-    """``(sku, Outcome)`` batch → ``(sku, Seen)``: the SKUs' policy knobs and the replays' memos."""
+    """``(sku, Outcome)`` batch → ``(sku, Seen)``: the SKUs' policy knobs, and the replays' memos and
+    stashed replies."""
 
     def __init__(self, store_factory: Callable[[], Store], options: AlertingOptions, stream: StreamClock) -> None:
         super().__init__(store_factory, options.retry_for_s)
@@ -201,21 +210,33 @@ class Prefetch(_RedisStep):
         policies = self._policy_cache()
         now = time.monotonic()
         stale = sorted({o.sku for o in items if now - policies.get(o.sku, (None, -1e18))[1] > self._refresh_s})
-        replays: dict[str, tuple[Outcome, str]] = {}
+        replays: list[_Replay] = []
         for o in items:
-            if _is_replay(o):
+            if is_offset_duplicate(o):
                 try:
-                    replays[o.outcome_id] = (o, memo_key(store.prefix, o.sku, o.source, o.offset))
+                    replays.append(_Replay(o, memo_key(store.prefix, o.sku, o.source, o.offset),
+                                           stash_key(store.prefix, o.sku, o.source, o.offset)))
                 except ValueError as exc:
                     log.warning("no memo for %s: %s", o.outcome_id, exc)
+        memos: dict[str, Memo] = {}
+        stashed: dict[str, dict[str, Any]] = {}
         if stale or replays:
-            keys = [sku_keys(sku, store.prefix).pol for sku in stale] + [k for _, k in replays.values()]
+            keys = [sku_keys(sku, store.prefix).pol for sku in stale]
+            for r in replays:
+                keys += (r.memo_key, r.stash_key)
             values = self.retrying(lambda: _get_many(store.redis, keys))
             self._remember_policies(policies, stale, values[: len(stale)], now)
-            memos = self._read_memos(list(replays.values()), values[len(stale):])
-        else:
-            memos = {}
-        return [(o.sku, Seen(o, policies[o.sku][0], memos.get(o.outcome_id))) for o in items]
+            rest = values[len(stale):]
+            for i, r in enumerate(replays):
+                memo = _read_memo(r, rest[2 * i])
+                if memo is not None:
+                    memos[r.outcome.outcome_id] = memo
+                elif (reply := _read_stash(r, rest[2 * i + 1])) is not None:
+                    stashed[r.outcome.outcome_id] = reply
+        return [
+            (o.sku, Seen(o, policies[o.sku][0], memos.get(o.outcome_id), stashed.get(o.outcome_id)))
+            for o in items
+        ]
 
     def _policy_cache(self) -> dict[str, tuple[PolicyKnobs, float]]:
         """This worker thread's SKU → (policy knobs, when read); started over when it grows too big."""
@@ -236,22 +257,44 @@ class Prefetch(_RedisStep):
                 policy = Policy()
             cache[sku] = (PolicyKnobs.of(policy), now)
 
-    @staticmethod
-    def _read_memos(replays: list[tuple[Outcome, str]], raws: list[Any]) -> dict[str, Memo]:
-        memos: dict[str, Memo] = {}
-        for (o, key), raw in zip(replays, raws, strict=True):
-            if raw is None:
-                continue
-            try:
-                memo = decode_memo(raw)
-            except MemoError as exc:
-                log.warning("ignoring memo %s: %s", key, exc)
-                continue
-            if memo.observation.sku != o.sku or memo.observation.event_id != o.event_id:
-                log.warning("ignoring memo %s: it is of another event (%s)", key, memo.observation.event_id)
-                continue
-            memos[o.outcome_id] = memo
-        return memos
+
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    outcome: Outcome
+    memo_key: str
+    stash_key: str
+
+
+def _read_memo(r: _Replay, raw: Any) -> Memo | None:
+    if raw is None:
+        return None
+    try:
+        memo = decode_memo(raw)
+    except MemoError as exc:
+        log.warning("ignoring memo %s: %s", r.memo_key, exc)
+        return None
+    if memo.observation.sku != r.outcome.sku or memo.observation.event_id != r.outcome.event_id:
+        log.warning("ignoring memo %s: it is of another event (%s)", r.memo_key, memo.observation.event_id)
+        return None
+    return memo
+
+
+def _read_stash(r: _Replay, raw: Any) -> dict[str, Any] | None:
+    """The stashed reply, if it is one the store could have kept for this command (never a
+    duplicate by offset, always with a position of this SKU)."""
+    if raw is None:
+        return None
+    try:
+        reply = decode_reply(raw)
+    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        log.warning("ignoring stashed reply %s: %s", r.stash_key, exc)
+        return None
+    position = reply.get("position") if isinstance(reply, dict) else None
+    if (not isinstance(position, dict) or position.get("sku") != r.outcome.sku
+            or not isinstance(reply.get("status"), str) or reply.get("reason") == "offset"):
+        log.warning("ignoring stashed reply %s: not a supply reply of %s", r.stash_key, r.outcome.sku)
+        return None
+    return reply
 
 
 class Publish(_RedisStep):
@@ -262,17 +305,25 @@ class Publish(_RedisStep):
         self._ttl_s = options.memo_ttl_s
 
     def __call__(self, batch: list[tuple[str, Emitted]]) -> list[Alert | ReplenishmentTrigger | SupplierMessage]:
+        prefix = self.store().prefix
         memos: list[tuple[str, bytes]] = []
+        stashes: list[str] = []
         for _, e in batch:
             if e.memo is not None and e.memo_of is not None:
                 o = e.memo_of
                 try:
-                    memos.append((memo_key(self.store().prefix, o.sku, o.source, o.offset), encode_memo(e.memo)))
+                    memos.append((memo_key(prefix, o.sku, o.source, o.offset), encode_memo(e.memo)))
                 except ValueError as exc:
                     log.warning("cannot keep a memo of %s: %s", o.outcome_id, exc)
-        if memos:
+            if e.stash_of is not None and e.stash_of.source:
+                o = e.stash_of
+                try:
+                    stashes.append(stash_key(prefix, o.sku, o.source, o.offset))
+                except ValueError as exc:
+                    log.warning("no stashed reply of %s to delete: %s", o.outcome_id, exc)
+        if memos or stashes:
             store = self.store()
-            self.retrying(lambda: _set_many(store.redis, memos, self._ttl_s))
+            self.retrying(lambda: _write_memos(store.redis, memos, stashes, self._ttl_s))
         out: list[Alert | ReplenishmentTrigger | SupplierMessage] = []
         for _, e in batch:
             for alert in e.alerts:
@@ -336,10 +387,14 @@ def _get_many(client: Any, keys: list[str]) -> list[Any]:
     return list(pipe.execute())
 
 
-def _set_many(client: Any, entries: list[tuple[str, bytes]], ttl_s: int) -> None:
+def _write_memos(client: Any, memos: list[tuple[str, bytes]], stashes: list[str], ttl_s: int) -> None:
+    """The memos, then the deletion of the stashed replies, in one pipeline (one key per command:
+    Cluster-safe; an outcome's memo and stash share a slot, so its stash never goes first)."""
     pipe = client.pipeline(transaction=False)
-    for key, value in entries:
+    for key, value in memos:
         pipe.set(key, value, ex=ttl_s)
+    for key in stashes:
+        pipe.delete(key)
     pipe.execute()
 
 

@@ -1,5 +1,5 @@
 """The per-SKU alert logic of the flow, driven directly (no dataflow, no I/O): fresh outcomes, replays
-with and without a memo, what gets memoised, lateness ticks, snapshots."""
+with and without a memo or a stashed reply, what gets memoised, lateness ticks, snapshots."""
 
 from __future__ import annotations
 
@@ -75,7 +75,9 @@ def test_a_fresh_transition_is_published_and_memoised_and_a_quiet_outcome_is_nei
     low = feed(lg, Seen(count(2, 5), KNOBS))
 
     assert [e.alerts for e in first] == [()] and first[0].memo is not None
-    assert quiet == []
+    # Only its stashed reply is to go: nothing to publish, nothing to memoise.
+    assert quiet == [Emitted(stash_of=quiet[0].stash_of)] and quiet[0].stash_of is not None
+    assert quiet[0].stash_of.offset == 1
     assert kinds(low) == [("low_stock", "firing")]
     assert low[0].memo is not None and low[0].memo_of is not None and low[0].memo_of.offset == 2
     assert low[0].memo.knobs == KNOBS and low[0].memo.observation.position is not None
@@ -108,6 +110,42 @@ def test_a_missed_replay_without_a_memo_judges_no_position_and_a_known_duplicate
 
     assert missed == []
     assert kinds(known) == [("low_stock", "firing")]
+    assert known[0].stash_of is None  # the store kept no reply of a duplicate by offset
+
+
+def test_a_missed_replay_with_a_stashed_reply_is_the_first_pass_the_crash_cut_short() -> None:
+    first = logic()
+    feed(first, Seen(count(0, 50), KNOBS))
+    snapshot = first.snapshot()
+    fired = feed(first, Seen(count(1, 5), KNOBS))
+    stashed = count(1, 5).reply  # what the store kept when it applied offset 1
+
+    # Killed before the memo was stored: the replay has the stash and no memo.
+    restored = logic(state=snapshot)
+    replayed = feed(restored, Seen(count(1, 50, status="duplicate"), KNOBS, stashed=stashed))
+
+    assert [a.to_json() for a in replayed[0].alerts] == [a.to_json() for a in fired[0].alerts]
+    assert replayed[0].memo == fired[0].memo  # memoised now, as the first pass would have
+    assert replayed[0].memo_of is not None and replayed[0].memo_of.reply == stashed
+    assert replayed[0].stash_of is not None and replayed[0].stash_of.offset == 1
+
+
+def test_a_memo_wins_over_a_stash_and_a_known_duplicate_ignores_both() -> None:
+    first = logic()
+    feed(first, Seen(count(0, 50), KNOBS))
+    snapshot = first.snapshot()
+    fired = feed(first, Seen(count(1, 5), KNOBS))
+    bogus = count(1, 30).reply  # never what the store kept: only the memo may be read
+
+    restored = logic(state=snapshot)
+    replayed = feed(restored, Seen(count(1, 50, status="duplicate"), KNOBS, fired[0].memo, bogus))
+    known = feed(restored, Seen(count(1, 5, status="duplicate"), KNOBS, stashed=bogus))
+
+    assert kinds(replayed) == [("low_stock", "firing")] and replayed[0].stash_of is None
+    assert replayed[0].memo is None
+    # Judged as news from its own reply (ATP 5 is still low: nothing new), never from the stash.
+    assert kinds(known) == [] and known[0].stash_of is None
+    assert known[0].memo is not None and known[0].memo.observation.status == "duplicate"
 
 
 def test_replies_the_command_alone_cannot_rebuild_are_memoised() -> None:
