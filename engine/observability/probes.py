@@ -1,18 +1,12 @@
-"""Is Redis up, is the broker up: probes that keep ``atp_dependency_up`` fresh in a process.
-
-``DependencyProbe`` is a daemon thread (the flow has no event loop of its own) that pings Redis
-and asks the broker for metadata every ``interval_s`` seconds, through clients of its own, so a
-process that stopped reaching a dependency shows 0 within one interval even while it is idle.
-"""
+"""Is Redis up, is the broker up: the probes behind ``atp_dependency_up`` in a process without an
+event loop (the flow; the API probes from its own loop, as ``/readyz`` does)."""
 
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from engine import metrics
-from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -38,58 +32,9 @@ def kafka_up(admin: Any, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
         return False
 
 
-class DependencyProbe:
-    """Probes Redis and the broker of ``settings`` every ``interval_s`` seconds (the first at once)
-    and sets ``atp_dependency_up``; ``start()`` / ``stop()``, or a context manager."""
-
-    def __init__(self, settings: Settings, interval_s: float = 5.0) -> None:
-        if not interval_s > 0:
-            raise ValueError("interval_s must be > 0")
-        self.settings = settings
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def probe_once(self, redis_client: Any, admin: Any) -> tuple[bool, bool]:
-        """One probe of both; returns (redis up, kafka up)."""
-        up = (redis_up(redis_client), kafka_up(admin))
-        metrics.set_dependency_up("redis", up[0])
-        metrics.set_dependency_up("kafka", up[1])
-        return up
-
-    def _run(self) -> None:
-        from confluent_kafka.admin import AdminClient
-
-        from connectors.kafka import admin_config
-        from engine.api.redis_conn import sync_redis
-
-        redis_client = sync_redis(self.settings)
-        admin = AdminClient(admin_config(self.settings))
-        try:
-            while True:
-                self.probe_once(redis_client, admin)
-                if self._stop.wait(self.interval_s):
-                    return
-        finally:
-            redis_client.close()
-
-    def start(self) -> DependencyProbe:
-        """Start the thread (idempotent)."""
-        if self._thread is None or not self._thread.is_alive():
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="atp-dependency-probe", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread and wait for it."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def __enter__(self) -> DependencyProbe:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+def probe_dependencies(redis_client: Any, admin: Any) -> tuple[bool, bool]:
+    """Probe both, set ``atp_dependency_up`` for each; returns (redis up, kafka up)."""
+    up = (redis_up(redis_client), kafka_up(admin))
+    metrics.set_dependency_up("redis", up[0])
+    metrics.set_dependency_up("kafka", up[1])
+    return up
