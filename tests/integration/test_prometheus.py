@@ -1,15 +1,16 @@
 """A real Prometheus scrapes a running engine; every dashboard query and rule returns data (DESIGN §6).
 
 Prometheus is Debian's package, installed by ``dashboards/install-prometheus.sh`` when missing; the
-only allowed skip is a machine where it cannot be installed. The engine side is the
-``engine_under_load`` fixture: one place to change when the real flow + API + simulated load
-replace the stand-in (see its docstring).
+only allowed skip is a machine where it cannot be installed. The engine is the real one: the flow
+and the API as child processes over embedded Redis and broker, under the demo's flash sale and
+simulated stream (the ``engine_under_load`` fixture).
 """
 
 from __future__ import annotations
 
+import io
 import math
-import random
+import os
 import shutil
 import socket
 import subprocess
@@ -18,18 +19,22 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import yaml
+from rich.console import Console
 
 from dashboards import build
-from engine import metrics
+from engine.demo import HOT_SKUS, demo_engine, run_sale
+from engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRAPE_INTERVAL_S = 1
 READY_TIMEOUT_S = 60
-WATCHED = ["FLASH-1", "FLASH-2"]
+SALE_S = 35
+WATCHED = list(HOT_SKUS)  # the demo's child processes watch its hot SKUs (ATP_WATCH_SKUS)
 
 
 @dataclass(frozen=True)
@@ -66,67 +71,68 @@ def prometheus_binaries() -> tuple[str, str]:
     return prometheus, promtool
 
 
-def _stand_in_activity(stop: threading.Event) -> None:
-    """Drive every engine metric the way the flow and API do, with a flash-sale shape."""
-    rng = random.Random(7)
-    metrics.configure_watch_list(WATCHED)
-    atp = {sku: 1000 for sku in WATCHED}
-    while not stop.is_set():
-        for _ in range(20):
-            sku = rng.choice(WATCHED)
-            ok = atp[sku] > 0 and rng.random() < 0.8
-            metrics.record_reservation("hold", "ok" if ok else "refused", rng.uniform(0.0004, 0.004))
-            metrics.observe_http("/v1/holds", "POST", 200 if ok else 409, rng.uniform(0.0006, 0.006))
-            if ok:
-                atp[sku] -= 1
-                metrics.set_watched_atp(sku, "default", atp[sku])
-        for op in ("confirm", "release", "extend"):
-            metrics.record_reservation(op, "ok", rng.uniform(0.0003, 0.002))
-        metrics.observe_hold_age(rng.uniform(5, 120), rng.choice(metrics.HOLD_ENDS))
-        metrics.record_holds_expired(rng.randint(0, 3))
-        metrics.set_expiry_lag(rng.uniform(0, 0.5))
-        batch = rng.randint(50, 500)
-        for event_type in ("order.placed", "receipt.posted", "inbound.created"):
-            metrics.record_event(event_type, "ok", batch // 3)
-        metrics.record_event("order.placed", "duplicate", 2)
-        metrics.observe_apply_batch(rng.uniform(0.002, 0.02), batch)
-        for partition in range(3):
-            metrics.set_consumer_lag("inventory.orders", partition, rng.randint(0, 200))
-        metrics.record_dlq(rng.choice(["bad_json", "unknown_type", "bad_sku"]))
-        metrics.set_dependency_up("redis", True)
-        metrics.set_dependency_up("kafka", True)
-        metrics.record_alert("low_stock", "firing")
-        metrics.record_alert("low_stock", "resolved")
-        if any(v <= 0 for v in atp.values()):
-            metrics.set_alerts_firing("stockout", sum(v <= 0 for v in atp.values()))
-        metrics.set_alerts_firing("inbound_late", 1)
-        metrics.record_replenishment_trigger()
-        metrics.set_supplier_reliability("SUP-A", 0.97)
-        metrics.set_supplier_reliability("SUP-B", 0.71)
-        metrics.set_drift(0, 0)
-        stop.wait(0.05)
+def _over_cap_shopper(api_url: str, token: str, sale: threading.Thread) -> None:
+    """While the sale runs, asks for more than the hot SKUs' per-order cap twice a second.
+
+    The demo's shoppers are refused only once a hot SKU sells out or a quota or customer limit
+    bites, which a slow machine may not reach within the sale; these holds are refused by the
+    engine (``order_cap``) whatever the machine's speed, so the refused-holds panels have a rate.
+    """
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=api_url, headers=headers, timeout=10) as http:
+        n = 0
+        while sale.is_alive():
+            n += 1
+            body = {"lines": [{"sku": next(iter(HOT_SKUS)), "qty": 3}], "ttl_seconds": 5}
+            resp = http.post("/v1/reservations", json=body, headers={"Idempotency-Key": f"over-cap-{n}"})
+            assert resp.status_code == 409 and resp.json()["reason"] == "order_cap", resp.text
+            sale.join(timeout=0.5)
 
 
 @pytest.fixture(scope="module")
-def engine_under_load() -> Iterator[dict[str, list[str]]]:
-    """Scrape targets by job name (``atp-flow``, ``atp-api``) of an engine kept busy during the test.
+def engine_under_load(redis_cluster_mode: bool) -> Iterator[dict[str, list[str]]]:
+    """Scrape targets by job name (``atp-flow``, ``atp-api``) of the real engine under a flash sale.
 
-    Stand-in for now: this process serves ``engine.metrics`` (as the flow does, via
-    ``serve_metrics``) while a thread drives every metric through the helpers. To switch to the
-    real engine, start ``atp flow`` (``ATP_FLOW_METRICS_PORT`` = a free port) and ``atp serve``
-    (``ATP_API_PORT`` = a free port) against the session's Redis and broker, run a short
-    ``atp simulate`` flash sale plus a few bad events in the background, and yield
-    ``{"atp-flow": [f"127.0.0.1:{flow_port}"], "atp-api": [f"127.0.0.1:{api_port}"]}``.
+    ``engine.demo.demo_engine`` starts its own embedded Redis and broker, the flow
+    (``python -m engine.flow``) and the API (``atp serve``) as child processes and loads the
+    catalogue; ``run_sale`` then runs checkouts through the HTTP API beside the simulated stream
+    (with a few bad messages, for the DLQ) in a background thread for ``SALE_S`` seconds, which
+    covers the module's queries. The demo's console output goes to an in-memory file.
     """
-    port = metrics.serve_metrics(0, addr="127.0.0.1")
-    stop = threading.Event()
-    worker = threading.Thread(target=_stand_in_activity, args=(stop,), daemon=True)
-    worker.start()
-    try:
-        yield {"atp-flow": [f"127.0.0.1:{port}"], "atp-api": [f"127.0.0.1:{port}"]}
-    finally:
-        stop.set()
-        worker.join(timeout=5)
+    with pytest.MonkeyPatch.context() as mp:
+        # The demo's own servers, not the developer's ATP_* settings or atp.toml.
+        for name in list(os.environ):
+            if name.upper().startswith("ATP_"):
+                mp.delenv(name)
+        mp.setenv("ATP_CONFIG", os.devnull)
+        settings = Settings(redis_url="", kafka_bootstrap="", redis_cluster=redis_cluster_mode)
+        console = Console(file=io.StringIO(), force_terminal=False, width=120)
+        with demo_engine(settings, console) as engine:
+            sale = threading.Thread(
+                target=run_sale, args=(engine, SALE_S, console), kwargs={"live": False}, daemon=True
+            )
+            sale.start()
+            over_cap: list[BaseException] = []
+
+            def refused_shopper() -> None:
+                try:
+                    _over_cap_shopper(engine.api_url, engine.token, sale)
+                except BaseException as exc:  # reported by the teardown
+                    over_cap.append(exc)
+
+            shopper = threading.Thread(target=refused_shopper, daemon=True)
+            shopper.start()
+            try:
+                yield {
+                    "atp-flow": [urlsplit(engine.flow_metrics_url).netloc],
+                    "atp-api": [urlsplit(engine.api_url).netloc],
+                }
+            finally:
+                # The sale ends by itself (its duration, the stream's tail, the holds' expiry).
+                sale.join(timeout=SALE_S + 120)
+                shopper.join(timeout=15)
+                assert not sale.is_alive(), "the flash sale did not end"
+                assert not over_cap, f"an over-cap hold was not refused as expected: {over_cap[0]!r}"
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +234,20 @@ def test_activity_shows_in_the_flash_sale_and_stream_panels(prometheus: Promethe
     )
     assert 0 < float(p99[0]["value"][1]) < 1
     watched = {r["metric"]["sku"] for r in _wait_for_data(prometheus, "max by (sku, location) (atp_watch_atp)")}
-    assert watched <= set(WATCHED) and watched
+    assert watched == set(WATCHED)
+    # Fresh, not the catalogue's figure: both processes re-read the watched positions (the holds
+    # that take the units go through the API, not the stream the flow applies).
+    hot, stock = next(iter(HOT_SKUS.items()))
+    _wait_for_data(prometheus, f'max(atp_watch_atp{{sku="{hot}"}}) < {stock}')
+    # Both processes probe Redis and the broker themselves (nobody calls /readyz here).
+    up = _wait_for_data(prometheus, "min by (job, dependency) (atp_dependency_up) == 1")
+    assert {(r["metric"]["job"], r["metric"]["dependency"]) for r in up} == {
+        (job, dep) for job in ("atp-flow", "atp-api") for dep in ("redis", "kafka")
+    }
+    ages = _wait_for_data(prometheus, "sum by (end) (increase(atp_hold_age_seconds_count[1m])) > 0")
+    assert {r["metric"]["end"] for r in ages} >= {"confirmed", "released"}
+    # Holds the shoppers left to expire are read back by the API once overdue.
+    _wait_for_data(prometheus, 'increase(atp_hold_age_seconds_count{end="expired"}[1m]) > 0')
 
 
 def test_every_rule_signal_returns_data_and_every_rule_evaluates(prometheus: Prometheus) -> None:
