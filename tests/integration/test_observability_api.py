@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,9 +11,11 @@ import pytest
 from connectors.topics import Topics
 from engine import metrics
 from engine.api import create_app
+from engine.api.redis_conn import sync_redis
 from engine.settings import Settings
+from engine.store.store import Store
 from engine.store.wire import HoldRequest
-from tests.integration.api_harness import RESERVER, api_settings, bearer, in_process, seed, sync_store
+from tests.integration.api_harness import RESERVER, api_settings, bearer, in_process, seed
 
 pytestmark = pytest.mark.anyio
 
@@ -22,8 +25,10 @@ def _sample(name: str, labels: dict[str, str] | None = None) -> float:
 
 
 @pytest.fixture
-def store(redis: Any, redis_url: str, settings: Settings) -> Any:
-    return sync_store(redis_url, settings)
+def store(redis: Any, settings: Settings) -> Iterator[Store]:
+    store = Store(sync_redis(settings), prefix=settings.key_prefix)  # a cluster client under R14
+    yield store
+    store.redis.close()
 
 
 def _app(settings: Settings, topics: Topics) -> Any:

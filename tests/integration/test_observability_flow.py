@@ -12,6 +12,7 @@ from confluent_kafka.admin import AdminClient
 
 from connectors.embedded import free_port
 from engine import metrics
+from engine.api.redis_conn import sync_redis
 from engine.observability.flow import observe_flow
 from engine.observability.probes import probe_dependencies
 from engine.settings import Settings
@@ -35,7 +36,7 @@ def _wait(condition: Any, what: str, timeout_s: float = 10) -> None:
 
 
 def test_probes_see_the_running_redis_and_broker(settings: Settings) -> None:
-    client = redis_lib.Redis.from_url(settings.redis_url)
+    client = sync_redis(settings)
     admin = AdminClient(settings.kafka_config())
     try:
         assert probe_dependencies(client, admin) == (True, True)
@@ -57,7 +58,7 @@ def test_probes_report_unreachable_dependencies_as_down() -> None:
 def test_observe_flow_sets_the_watch_list_drift_dependencies_and_watched_atp(
     settings: Settings, redis: Any
 ) -> None:
-    store = Store(redis_lib.Redis.from_url(settings.redis_url), prefix=settings.key_prefix)
+    store = Store(sync_redis(settings), prefix=settings.key_prefix)
     assert store.apply([SupplyCommand("FLOW-W1", "count", {"loc": "WH2", "on_hand": 9})])[0]["status"] == "ok"
     metrics.set_drift(3, 17)
     metrics.set_dependency_up("redis", False)
@@ -75,6 +76,7 @@ def test_observe_flow_sets_the_watch_list_drift_dependencies_and_watched_atp(
         assert _watched("FLOW-W2", "default") is None  # a SKU with no position has no series
     assert not any(t.name == "atp-flow-reporter" for t in threading.enumerate())
     metrics.configure_watch_list([])
+    store.redis.close()
 
 
 def test_observe_flow_without_probes_starts_no_thread(settings: Settings) -> None:
