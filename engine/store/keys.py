@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import orjson
 
@@ -54,7 +55,7 @@ def validate_prefix(prefix: object) -> str:
 
 
 # Order of the KEYS every script receives (lib.lua names them in the same order).
-KEY_NAMES: tuple[str, ...] = ("state", "lots", "res", "exp", "dead", "cust", "chan", "srel", "pol")
+KEY_NAMES: tuple[str, ...] = ("state", "lots", "res", "exp", "dead", "cust", "chan", "srel", "pol", "pos")
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,14 @@ class SkuKeys:
     state: str  # hash: '!L' counters + location buckets, '!P' compact policy, '@<source>' offsets,
     #             'e<event_id>' recent-event log, 'j<k>' journal ring (see lua/lib.lua)
     lots: str   # hash lot_id -> '<loc>,<qty>,<eta_ms>,<supplier>,<alloc>'
-    res: str    # hash rid -> json line
-    exp: str    # zset rid -> expires_ms of held lines
+    res: str    # hash rid -> line, compact (see lua/lib.lua)
+    exp: str    # zset, expiry index: member = space-separated rids, score = their expires_ms
     dead: str   # zset rid -> ms the line reached a final state (retention purge)
     cust: str   # hash customer -> live+shipped units ('~<customer>': units of purged shipped lines)
     chan: str   # hash channel -> live+shipped units (same)
     srel: str   # hash supplier -> reliability per mille
     pol: str    # string: json policy, complete (absent = defaults)
+    pos: str    # string: json position of all locations, kept until time could change it
 
     @property
     def all(self) -> list[str]:
@@ -102,10 +104,19 @@ class SkuKeys:
 
 def sku_keys(sku: str, prefix: str = DEFAULT_PREFIX) -> SkuKeys:
     """The keys of ``sku`` under ``prefix``; raises ``ValueError`` for a bad sku or prefix."""
+    if isinstance(sku, str) and isinstance(prefix, str):
+        return _sku_keys(sku, prefix)  # every call builds keys: remember the valid ones
+    return _build_sku_keys(sku, prefix)
+
+
+def _build_sku_keys(sku: str, prefix: str) -> SkuKeys:
     validate_sku(sku)
     validate_prefix(prefix)
     base = f"{prefix}:{{{sku}}}:"
     return SkuKeys(sku, *(base + name for name in KEY_NAMES))
+
+
+_sku_keys = lru_cache(maxsize=65_536)(_build_sku_keys)
 
 
 def rid_index_key(rid: str, prefix: str = DEFAULT_PREFIX) -> str:

@@ -1,7 +1,7 @@
 """Loading the Lua scripts and calling them by SHA, recovering from NOSCRIPT.
 
 Each entry script is ``lib.lua`` (the shared prelude), the sections only that entry needs
-(``ops.lua``, ``figures.lua``, ``rebalance.lua``; see ``PRELUDES``), then the entry file. Calls go out as
+(``ops.lua``, ``rebalance.lua``; see ``PRELUDES``), then the entry file. Calls go out as
 EVALSHA; when Redis answers NOSCRIPT (a restart, SCRIPT FLUSH, a new cluster node) the same call is
 sent once as EVAL with the source, which also caches the script on that node again.
 """
@@ -23,8 +23,8 @@ ENTRY_SCRIPTS = ("hold", "reservation", "apply", "position", "sweep", "dump")
 PRELUDES: dict[str, tuple[str, ...]] = {
     "hold": ("lib",),
     "reservation": ("lib", "ops"),
-    "apply": ("lib", "ops", "figures", "rebalance"),
-    "position": ("lib", "figures"),
+    "apply": ("lib", "ops", "rebalance"),
+    "position": ("lib",),
     "sweep": ("lib",),
     "dump": ("lib",),
 }

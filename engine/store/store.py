@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 
 from engine.store import scripts
 from engine.store.keys import (
@@ -29,6 +30,7 @@ from engine.store.keys import (
     validate_prefix,
     validate_sku,
 )
+from engine.store.reply_stash import stash_key
 from engine.store.wire import (
     MAX_TTL_MS,
     POLICY_DEFAULTS,
@@ -45,11 +47,22 @@ from engine.store.wire import (
 Clock = int | Callable[[], int] | None
 
 SWEEP_CHUNK = 100  # SKUs per pipelined round trip of the sweeper
+MAX_KEEP_REPLIES_S = 86_400
 MAX_RETENTION_MS = 3650 * 86_400_000
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _stash_key(prefix: str, command: SupplyCommand) -> str | None:
+    """The reply stash key of a command with a valid input position, else None."""
+    if not command.source or command.offset < 0:
+        return None
+    try:
+        return stash_key(prefix, command.sku, command.source, command.offset)
+    except ValueError:  # a source that is not topic:partition: nothing to replay by
+        return None
 
 
 def _oldest_score(entries: Any) -> float | None:
@@ -134,12 +147,25 @@ class _Base:
     def _position_call(self, sku: str, location: str | None) -> scripts.Call:
         return self._call("position", sku, _opt_location(location))
 
-    def _apply_calls(self, commands: Iterable[SupplyCommand]) -> list[scripts.Call]:
+    def _kept_position_keys(self, skus: Sequence[str], location: str | None) -> list[str] | None:
+        """The keys holding the kept positions of ``skus``, or None when a batch read must run the
+        scripts (a location asked for, or a test clock: the keys expire on Redis' own clock)."""
+        if _opt_location(location) or self.now_ms is not None:
+            return None
+        return [sku_keys(s, self.prefix).pos for s in skus]
+
+    def _apply_calls(self, commands: Iterable[SupplyCommand], keep_replies_s: int = 0) -> list[scripts.Call]:
+        check_int(keep_replies_s, "keep_replies_s", 0, MAX_KEEP_REPLIES_S)
         calls = []
         for c in commands:
             if not isinstance(c, SupplyCommand):
                 raise ValueError("apply takes SupplyCommand records")
-            calls.append(self._call("apply", c.sku, *c.argv()))
+            script, keys, args = self._call("apply", c.sku, *c.argv())
+            stash = _stash_key(self.prefix, c) if keep_replies_s else None
+            if stash is not None:  # the reply stash: one more key, in the SKU's slot
+                keys = [*keys, stash]
+                args.append(keep_replies_s)
+            calls.append((script, keys, args))
         return calls
 
     def _policy_command(self, sku: str, policy: dict[str, Any]) -> SupplyCommand:
@@ -220,16 +246,33 @@ class Store(_Base):
         return self._run(self._position_call(sku, location))
 
     def positions(self, skus: Sequence[str], location: str | None = None) -> list[dict[str, Any]]:
-        """Positions of several SKUs in one pipelined round trip, in the order given."""
-        calls = [self._position_call(s, location) for s in skus]
-        return [decode_reply(r) for r in scripts.call_many(self.redis, calls)]
+        """Positions of several SKUs, in the order given: one MGET of the positions the scripts keep
+        (all locations; per slot on a cluster), then one pipelined round trip of position scripts
+        for the SKUs that had none."""
+        keys = self._kept_position_keys(skus, location)
+        if keys is None:
+            raw: list[Any] = [None] * len(skus)
+        elif isinstance(self.redis, RedisCluster):
+            raw = self.redis.mget_nonatomic(keys)  # one MGET per slot, pipelined
+        else:
+            raw = self.redis.mget(keys)
+        missing = [i for i, r in enumerate(raw) if r is None]
+        if missing:
+            calls = [self._position_call(skus[i], location) for i in missing]
+            for i, r in zip(missing, scripts.call_many(self.redis, calls), strict=True):
+                raw[i] = r
+        return [decode_reply(r) for r in raw]
 
-    def apply(self, commands: Sequence[SupplyCommand]) -> list[dict[str, Any]]:
+    def apply(self, commands: Sequence[SupplyCommand], keep_replies_s: int = 0) -> list[dict[str, Any]]:
         """Apply supply commands (any SKUs) in one pipelined round trip; one supply reply each.
 
-        Commands of one SKU are applied in the order given.
+        Commands of one SKU are applied in the order given. ``keep_replies_s`` > 0: each command
+        with an input position (``source`` = ``topic:partition``, ``offset`` ≥ 0) that is applied
+        or refused as a duplicate by event id also keeps its reply under its stash key
+        (``engine.store.reply_stash``) for that many seconds, in the same script call.
         """
-        return [decode_reply(r) for r in scripts.call_many(self.redis, self._apply_calls(commands))]
+        calls = self._apply_calls(commands, keep_replies_s)
+        return [decode_reply(r) for r in scripts.call_many(self.redis, calls)]
 
     def set_policy(self, sku: str, policy: dict[str, Any]) -> dict[str, Any]:
         """Replace the SKU's policy (missing fields take defaults) and rebalance. Supply reply."""
@@ -389,13 +432,24 @@ class AsyncStore(_Base):
     async def positions(self, skus: Sequence[str], location: str | None = None) -> list[dict[str, Any]]:
         """See ``Store.positions``."""
         await self.ready()
-        calls = [self._position_call(s, location) for s in skus]
-        return [decode_reply(r) for r in await scripts.acall_many(self.redis, calls)]
+        keys = self._kept_position_keys(skus, location)
+        if keys is None:
+            raw: list[Any] = [None] * len(skus)
+        elif isinstance(self.redis, AsyncRedisCluster):
+            raw = await self.redis.mget_nonatomic(keys)
+        else:
+            raw = await self.redis.mget(keys)
+        missing = [i for i, r in enumerate(raw) if r is None]
+        if missing:
+            calls = [self._position_call(skus[i], location) for i in missing]
+            for i, r in zip(missing, await scripts.acall_many(self.redis, calls), strict=True):
+                raw[i] = r
+        return [decode_reply(r) for r in raw]
 
-    async def apply(self, commands: Sequence[SupplyCommand]) -> list[dict[str, Any]]:
+    async def apply(self, commands: Sequence[SupplyCommand], keep_replies_s: int = 0) -> list[dict[str, Any]]:
         """See ``Store.apply``."""
         await self.ready()
-        calls = self._apply_calls(commands)
+        calls = self._apply_calls(commands, keep_replies_s)
         return [decode_reply(r) for r in await scripts.acall_many(self.redis, calls)]
 
     async def set_policy(self, sku: str, policy: dict[str, Any]) -> dict[str, Any]:

@@ -95,9 +95,13 @@ class HoldRequest:
         if not isinstance(self.commit, bool):
             raise ValueError(f"commit must be a bool, got {self.commit!r}")
 
-    def argv(self) -> list[str | int]:
-        """The seven ARGV slots of this request in hold.lua."""
-        return [self.rid, self.qty, self.loc, self.ttl_ms, self.channel, self.customer, int(self.commit)]
+    def argv(self) -> list[str]:
+        """The two ARGV slots of this request in hold.lua: the rid and the terms."""
+        return [self.rid, self.terms()]
+
+    def terms(self) -> str:
+        """``qty|loc|ttl_ms|channel|customer|commit`` (hold.lua parses each distinct one once)."""
+        return f"{self.qty}|{self.loc}|{self.ttl_ms}|{self.channel}|{self.customer}|{int(self.commit)}"
 
 
 def normalize_policy(policy: dict[str, Any] | None) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 -- hold.lua — a batch of holds of one SKU (the coalesced hot path); each request all-or-nothing,
 -- processed in order, after lazy expiry.
 -- KEYS: the keys of the SKU (see lib.lua)
--- ARGV: 1 sku, 2 now_ms (0 = TIME), then 7 slots per request:
---       rid, qty, loc ('' = any), ttl_ms, channel ('' = none), customer ('' = none), commit (0|1)
+-- ARGV: 1 sku, 2 now_ms (0 = TIME), then 2 slots per request: rid, and the request's terms
+--       '<qty>|<loc ('' = any)>|<ttl_ms>|<channel ('' = none)>|<customer ('' = none)>|<commit 0|1>'
+--       (the terms of a batch mostly repeat: each distinct string is parsed once)
 -- Reply: array, two items per request, in order: status, then for ok | duplicate | conflict the
 --        line in its stored form (see lib.lua), for refused '<reason>:<available>'; the store
 --        builds the hold replies {status, rid, line} | {status: refused, rid, reason, available}
@@ -11,13 +12,20 @@ local flush = F.flush
 F.load_state()
 F.expire_due()
 local rids = {}
-for i = 3, #ARGV, 7 do rids[#rids + 1] = ARGV[i] end
+for i = 3, #ARGV, 2 do rids[#rids + 1] = ARGV[i] end
 F.prefetch_lines(rids)
 local out = {}
+local terms = {} -- terms string -> {qty, loc, ttl_ms, channel, customer, commit}
 local hold_one, num = F.hold_one, F.num
-for i = 3, #ARGV, 7 do
-  local status, raw, reason, available = hold_one(ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2],
-    tonumber(ARGV[i + 3]), ARGV[i + 4], ARGV[i + 5], ARGV[i + 6] == '1', false)
+for i = 3, #ARGV, 2 do
+  local t = terms[ARGV[i + 1]]
+  if not t then
+    local qty, loc, ttl, channel, customer, commit = string.match(ARGV[i + 1],
+      '^(%d+)|([^|]*)|(%d+)|([^|]*)|([^|]*)|([01])$')
+    t = { tonumber(qty), loc, tonumber(ttl), channel, customer, commit == '1' }
+    terms[ARGV[i + 1]] = t
+  end
+  local status, raw, reason, available = hold_one(ARGV[i], t[1], t[2], t[3], t[4], t[5], t[6], false)
   out[#out + 1] = status
   out[#out + 1] = raw or reason .. ':' .. num(available)
 end

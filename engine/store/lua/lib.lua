@@ -1,6 +1,7 @@
 -- lib.lua — shared prelude, concatenated in front of every entry script at load time; some
--- entries also get ops.lua (reservation operations), figures.lua (the position) or rebalance.lua
--- in between (engine/store/scripts.py PRELUDES). It only defines; each entry loads what it needs.
+-- entries also get ops.lua (reservation operations) or rebalance.lua in between
+-- (engine/store/scripts.py PRELUDES); lib.lua followed by hold.lua or position.lua alone is a
+-- whole script (the benchmarks profile it that way). It only defines; each entry loads what it needs.
 --
 -- KEYS (every script, in this order; all carry the hash tag {sku}, so one cluster slot):
 --   1 state hash, the SKU's small state:
@@ -31,6 +32,10 @@
 --   8 srel  hash supplier -> reliability per mille
 --   9 pol   string json policy, complete (what readers outside the scripts use; kept in step
 --           with '!P' by the policy command)
+--  10 pos   string, the position of all locations as json, kept by position.lua until the
+--           moment it could change by time alone (PXAT); deleted by every script that changes
+--           buckets, lots, the policy or an expiry. The store reads it with a plain GET.
+--  11 stash (apply.lua only, optional) the reply stash key of the command (engine/store/reply_stash.py)
 -- ARGV (every script): 1 sku, 2 now_ms (0 = Redis TIME; > 0 only from tests), then the entry's own.
 --
 -- Rules: docs/semantics.md, mirrored step by step from engine/domain/oracle.py so that replies and
@@ -48,7 +53,7 @@ redis.replicate_commands()
 
 local K = {
   state = KEYS[1], lots = KEYS[2], res = KEYS[3], exp = KEYS[4], dead = KEYS[5], cust = KEYS[6],
-  chan = KEYS[7], srel = KEYS[8], pol = KEYS[9],
+  chan = KEYS[7], srel = KEYS[8], pol = KEYS[9], pos = KEYS[10], stash = KEYS[11],
 }
 local SKU = ARGV[1]
 local NOW = tonumber(ARGV[2]) or 0
@@ -62,6 +67,7 @@ local DAY_MS = 86400000
 local S = {                 -- scalars
   seq = 0, applied = 0, events = 0, -- counters kept in '!L'
   dirty = false,            -- '!L' must be written back
+  pos_stale = false,        -- the kept position is out of date even if '!L' is not
   names = false,            -- sorted location names (false = rebuild)
   lots_loaded = false, rel_loaded = false, all_lines = false,
 }
@@ -595,12 +601,13 @@ function F.flush()
     F.call_chunked('ZADD', K.exp, set, 2)
   end
   F.write_zset(K.dead, dead_chg)
+  if S.dirty or S.pos_stale or next(lot_chg) then redis.call('DEL', K.pos) end
 end
 
 ----------------------------------------------------------------------------- used less often
 
--- The functions below are built on first use: most calls (a batch of fresh holds, a position)
--- never need them, and building a function costs on every call.
+-- The functions below are built on first use: most calls (a batch of fresh holds) never need
+-- them, and building a function costs on every call.
 setmetatable(F, { __index = function(_, name)
   setmetatable(F, nil)
 
@@ -772,6 +779,66 @@ setmetatable(F, { __index = function(_, name)
     for _, a in ipairs(line.alloc) do F.unbook(line, a, a[4]) end
     F.drop_empty(line)
     F.usage(line.customer, line.channel, -line.qty)
+  end
+
+  -- the wire position as json (all locations, or only `location` when it is not nil)
+  function F.position_json(location)
+    local num, promisable, free_oh = F.num, F.promisable, F.free_oh
+    local safety = pol.safety
+    local pit, transit = {}, {}
+    local next_ms = 0
+    for _, lot in pairs(F.get_lots()) do
+      local p = promisable(lot)
+      transit[lot.loc] = (transit[lot.loc] or 0) + lot.qty
+      pit[lot.loc] = (pit[lot.loc] or 0) + p
+      if (location == nil or lot.loc == location) and p - lot.alloc > 0
+          and (next_ms == 0 or lot.eta_ms < next_ms) then
+        next_ms = lot.eta_ms
+      end
+    end
+    local names
+    if location == nil then
+      names = F.sorted_loc_names()
+    elseif locs[location] then
+      names = { location }
+    else
+      names = {}
+    end
+    local per = {}
+    local oh, hd, cm, it, pt, atp, now, short = 0, 0, 0, 0, 0, 0, 0, 0
+    for i, name in ipairs(names) do
+      local b = locs[name]
+      local p = pit[name] or 0
+      local t = transit[name] or 0
+      local a = b.oh + p - b.cm - b.hd - safety
+      per[i] = '"' .. name .. '":{"on_hand":' .. num(b.oh) .. ',"safety":' .. num(safety) ..
+        ',"held":' .. num(b.hd) .. ',"committed":' .. num(b.cm) .. ',"in_transit":' .. num(t) ..
+        ',"promisable_in_transit":' .. num(p) .. ',"atp":' .. num(a) .. ',"oh_alloc":' .. num(b.oa) ..
+        ',"bo_alloc":' .. num(b.ba) .. ',"short":' .. num(b.st) .. '}'
+      oh, hd, cm, it, pt, atp = oh + b.oh, hd + b.hd, cm + b.cm, it + t, pt + p, atp + a
+      now, short = now + free_oh(name), short + b.st
+    end
+    return '{"sku":"' .. SKU .. '","on_hand":' .. num(oh) .. ',"safety":' .. num(safety * #names) ..
+      ',"held":' .. num(hd) .. ',"committed":' .. num(cm) .. ',"in_transit":' .. num(it) ..
+      ',"promisable_in_transit":' .. num(pt) .. ',"atp":' .. num(atp) .. ',"promisable_now":' .. num(now) ..
+      ',"next_promise_ms":' .. num(next_ms) .. ',"oversold":' .. num(short) ..
+      ',"locations":{' .. table.concat(per, ',') .. '}}'
+  end
+
+  -- keep the position json (all locations) until the first moment time alone could change it:
+  -- the earliest expiry in the index, a lot's ETA entering the horizon, or a minute from now
+  function F.keep_position(json)
+    local until_ms = NOW + 60000
+    local first = redis.call('ZRANGEBYSCORE', K.exp, '(' .. F.num(NOW), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if #first > 0 then until_ms = math.min(until_ms, tonumber(first[2])) end
+    if pol.mode ~= 'strict' and pol.horizon_s > 0 then
+      for _, lot in pairs(F.get_lots()) do
+        local enters = lot.eta_ms - pol.horizon_s * 1000
+        if enters > NOW then until_ms = math.min(until_ms, enters) end
+      end
+    end
+    -- a key lives while the server clock is <= its time: gone by the first moment of change
+    redis.call('SET', K.pos, json, 'PXAT', F.num(until_ms - 1))
   end
 
   return rawget(F, name)

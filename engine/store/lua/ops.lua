@@ -64,5 +64,6 @@ function F.op_extend(rid, ttl_ms)
   line.expires_ms = NOW + ttl_ms
   F.mark(rid)
   F.expire_at(rid, line.expires_ms)
+  S.pos_stale = true -- the kept position counted on the old expiry
   return { status = 'ok', rid = rid, line = line }
 end

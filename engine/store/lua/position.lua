@@ -5,12 +5,16 @@
 --       4 '1' = read only, no lazy expiry (the invariant checker), else absent
 -- Reply: json position {sku, on_hand, safety, held, committed, in_transit,
 --        promisable_in_transit, atp, promisable_now, next_promise_ms, oversold, locations}
+-- Computed on Redis TIME for all locations of a SKU that exists, the reply is also kept in the
+-- pos key (see lib.lua), where the store's batch reads find it.
 
 local flush = F.flush
-F.load_state()
-if ARGV[4] ~= '1' then F.expire_due() end
+local exists = F.load_state()[1]
+local readonly = ARGV[4] == '1'
+if not readonly then F.expire_due() end
 local where = ARGV[3]
 if where == '' then where = nil end
 local reply = F.position_json(where)
 flush()
+if where == nil and exists and not readonly and ARGV[2] == '0' then F.keep_position(reply) end
 return reply
