@@ -6,7 +6,9 @@ Per batch, in order:
    of ``order.placed`` events earlier in the same batch, plus the reservation index
    ``<prefix>:rid:{rid}`` (one pipelined read, only when the batch has such a cancel).
 2. All commands go to ``Store.apply`` in one pipelined round trip. Commands of one SKU keep
-   their order, so the store's per-partition offset watermark sees offsets ascending.
+   their order, so the store's per-partition offset watermark sees offsets ascending. With
+   ``keep_replies_s`` > 0 the store keeps each command's reply that long (the reply stash,
+   ``engine.store.reply_stash``), for the alert step to judge after a crash.
 3. Every ``order.placed`` records its SKUs in the reservation index (``SET NX`` with a TTL, one
    pipelined round trip) so that a later cancel without lines can find them.
 
@@ -68,19 +70,22 @@ class Applier:
         *,
         retry_for_s: float = 60.0,
         rid_index_ttl_s: int = RID_INDEX_TTL_S,
+        keep_replies_s: int = 0,
     ) -> None:
         self._factory = store_factory
         self._retry_for_s = retry_for_s
         self._ttl_s = rid_index_ttl_s
+        self._keep_s = keep_replies_s
         self._local = threading.local()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"factory": self._factory, "retry": self._retry_for_s, "ttl": self._ttl_s}
+        return {"factory": self._factory, "retry": self._retry_for_s, "ttl": self._ttl_s, "keep": self._keep_s}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._factory = state["factory"]
         self._retry_for_s = state["retry"]
         self._ttl_s = state["ttl"]
+        self._keep_s = state.get("keep", 0)
         self._local = threading.local()
 
     def store(self) -> Store:
@@ -195,13 +200,15 @@ class Applier:
     def _apply(self, store: Store, bound: list[Command], out: list[Applied]) -> list[dict[str, Any] | None]:
         supplies = [c.supply for c in bound]
         try:
-            return list(self._retrying(lambda: store.apply(supplies)))  # type: ignore[arg-type]
+            keep = self._keep_s
+            return list(self._retrying(lambda: store.apply(supplies, keep_replies_s=keep)))  # type: ignore[arg-type]
         except ResponseError as exc:
             log.error("a batch of %d commands failed (%s); applying one by one to isolate it", len(bound), exc)
         replies: list[dict[str, Any] | None] = []
         for c in bound:
             try:
-                replies.append(self._retrying(lambda c=c: store.apply([c.supply]))[0])  # type: ignore[list-item]
+                replies.append(self._retrying(
+                    lambda c=c: store.apply([c.supply], keep_replies_s=self._keep_s))[0])  # type: ignore[list-item]
             except ResponseError as exc:
                 sc = c.sku_command
                 out.append(dead_letter(c.raw, "apply_failed", str(exc)[:300], sc.event_type, sc.event_id))

@@ -33,6 +33,7 @@ from engine.flow.apply import Applier
 from engine.flow.parse import Parser
 from engine.flow.records import Command, Outcome
 from engine.flow.source import RawMessage
+from engine.store.reply_stash import STASH_TTL_S
 from engine.store.store import Store
 
 OutcomeItem = tuple[str, Outcome]
@@ -64,16 +65,20 @@ def add_pipeline(
     *,
     max_event_bytes: int = MAX_EVENT_BYTES,
     retry_for_s: float = 60.0,
+    keep_replies_s: int = STASH_TTL_S,
 ) -> FlowStreams:
     """Build input, parse and apply into ``flow``; returns the outcome and DLQ streams.
 
     ``topic_bases`` maps every full input topic name to its base name (``Topics.base_of``).
+    ``keep_replies_s``: how long the store keeps each command's reply for the alert step to read
+    after a crash (``engine.store.reply_stash``); 0 when no alert step runs.
     """
     raw = op.input("input", flow, source)
     parsed = op.flat_map_batch("parse", raw, Parser(topic_bases, max_event_bytes))
     split = op.branch("split_parsed", parsed, _is_dlq)
     commands: Stream[Command] = split.falses  # type: ignore[assignment]
-    applied = op.flat_map_batch("apply", commands, Applier(store_factory, retry_for_s=retry_for_s))
+    applier = Applier(store_factory, retry_for_s=retry_for_s, keep_replies_s=keep_replies_s)
+    applied = op.flat_map_batch("apply", commands, applier)
     split_applied = op.branch("split_applied", applied, _is_dlq)
     dlq = op.merge("dlq", split.trues, split_applied.trues)
     return FlowStreams(outcomes=split_applied.falses, dlq=dlq)  # type: ignore[arg-type]
@@ -90,13 +95,16 @@ def build_flow(
     extras: Sequence[Extra] = (),
     max_event_bytes: int = MAX_EVENT_BYTES,
     retry_for_s: float = 60.0,
+    keep_replies_s: int = STASH_TTL_S,
 ) -> Dataflow:
     """The whole dataflow. ``dlq_sink`` None drops DLQ records after counting them (tests only);
     ``outcome_sink`` receives ``(sku, Outcome)``; each of ``extras`` is called with the streams.
+    ``keep_replies_s``: see ``add_pipeline``.
     """
     flow = Dataflow(flow_id)
     streams = add_pipeline(
-        flow, source, store_factory, topic_bases, max_event_bytes=max_event_bytes, retry_for_s=retry_for_s
+        flow, source, store_factory, topic_bases, max_event_bytes=max_event_bytes, retry_for_s=retry_for_s,
+        keep_replies_s=keep_replies_s,
     )
     if dlq_sink is not None:
         op.output("dlq_out", streams.dlq, dlq_sink)

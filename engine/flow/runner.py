@@ -39,6 +39,7 @@ from engine.flow.sinks import dlq_sink
 from engine.flow.source import KafkaInput, RawMessage
 from engine.observability.flow import observe_flow
 from engine.settings import Settings
+from engine.store.reply_stash import STASH_TTL_S
 from engine.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ def flow_from_settings(
         dlq_sink(conf, topics.dlq),
         outcome_sink,
         extras=extras,
+        keep_replies_s=STASH_TTL_S if alerting else 0,  # only the alert step reads them
     )
 
 

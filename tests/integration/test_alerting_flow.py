@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import redis as redis_lib
 from bytewax.testing import TestingSink, TestingSource, run_main
 
 from connectors.topics import Topics
@@ -38,6 +39,7 @@ def run(
     options: AlertingOptions = NO_TICKS,
     outcomes: list[tuple[str, Outcome]] | None = None,
     batch_size: int = 100,
+    alerting: bool = True,
 ) -> tuple[list[Alert], list[ReplenishmentTrigger]]:
     alerts: list[Alert] = []
     triggers: list[ReplenishmentTrigger] = []
@@ -48,7 +50,7 @@ def run(
 
     flow = build_flow("alert-test", TestingSource(items, batch_size=batch_size), lambda: Store(redis),
                       topic_bases(T), None, TestingSink(outcomes) if outcomes is not None else None,
-                      extras=(extra,))
+                      extras=(extra,) if alerting else ())
     run_main(flow)
     return alerts, triggers
 
@@ -149,6 +151,33 @@ def test_without_memos_a_replay_publishes_fewer_messages_but_never_a_new_id(redi
 
     assert set(k.identities(again)) < set(k.identities(first))
     assert set(k.trigger_ids(again_triggers)) <= set(k.trigger_ids(first_triggers))
+
+
+def test_a_flow_killed_after_the_store_applied_publishes_the_same_messages_from_the_stashed_replies(
+    redis: Any,
+) -> None:
+    items = k.Feed(T).all(k.scenario())
+    set_policies(redis)
+    first_alerts, first_triggers = run(redis, items)
+    assert list(redis.scan_iter(match="atp-rp:*")) == []  # judged and memoised: no stash left
+    if isinstance(redis, redis_lib.RedisCluster):
+        redis.flushall(target_nodes=redis_lib.RedisCluster.PRIMARIES)
+    else:
+        redis.flushall()
+
+    # The same log again from scratch, but every batch dies between the store and the alert step:
+    # the store applied everything (and kept the replies), no memo was written.
+    set_policies(redis)
+    run(redis, items, alerting=False, outcomes=[])
+    assert list(redis.scan_iter(match="atp-am:*")) == []
+    assert list(redis.scan_iter(match="atp-rp:*"))
+
+    again_alerts, again_triggers = run(redis, items, batch_size=7)  # all duplicates by offset
+
+    assert [a.to_json() for a in again_alerts] == [a.to_json() for a in first_alerts]
+    assert [t.to_json() for t in again_triggers] == [t.to_json() for t in first_triggers]
+    assert list(redis.scan_iter(match="atp-rp:*")) == []  # judged now: the stash is gone
+    assert list(redis.scan_iter(match="atp-am:*"))  # and the memos are there for a later replay
 
 
 def test_an_event_sent_twice_counts_once_and_publishes_nothing_new(redis: Any) -> None:

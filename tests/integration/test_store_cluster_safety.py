@@ -58,6 +58,8 @@ def test_every_script_call_of_every_operation_stays_in_one_slot(redis: Any, monk
     store = Store(redis)
     store.apply([SupplyCommand("A", "count", {"loc": "X", "on_hand": 5}),
                  SupplyCommand("B", "count", {"loc": "X", "on_hand": 5})])
+    store.apply([SupplyCommand("A", "count", {"loc": "X", "on_hand": 6}, source="t:0", offset=1)],
+                keep_replies_s=60)  # the reply stash key joins the SKU's keys
     client = AtpClient(redis)
     client.hold("m1", [("A", 1, None), ("B", 1, None)])
     client.confirm("m1")

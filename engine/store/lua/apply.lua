@@ -1,9 +1,11 @@
 -- apply.lua — one supply command of one SKU, applied idempotently, after lazy expiry.
--- KEYS: the keys of the SKU (see lib.lua)
+-- KEYS: the keys of the SKU (see lib.lua), then, when ARGV 9 > 0, K.stash: the reply stash key
+--       '<prefix>-rp:{sku}:<source>:<offset>' (engine/store/reply_stash.py)
 -- ARGV: 1 sku, 2 now_ms (0 = TIME), 3 cmd, 4 event_id ('' = no event-id check),
 --       5 source ('topic:partition', '' = no offset check), 6 offset (-1 = none),
 --       7 payload json (validated and completed by the store),
---       8 journal note: reason|ref, each with '%' and '|' escaped by the store
+--       8 journal note: reason|ref, each with '%' and '|' escaped by the store,
+--       9 keep_s: seconds to keep the reply under the stash key (0 or absent = not kept)
 -- cmd: inbound_created | inbound_updated | inbound_cancelled | receipt | adjust | count | ship |
 --      order_placed | order_cancelled | policy | reliability
 -- Reply: json supply reply {status, reason?, at_risk: [{rid, short}],
@@ -11,7 +13,9 @@
 --
 -- A command whose offset is at or below the source's watermark, or whose event id is one of the
 -- last 1000 applied, is a duplicate. Any other command records both, appends to the journal (last
--- 200) and is applied; all but ship / order_placed / order_cancelled rebalance.
+-- 200) and is applied; all but ship / order_placed / order_cancelled rebalance. The reply of an
+-- applied command or of a duplicate by event id is kept under the stash key for keep_s seconds
+-- (a replay aid for the flow's alert step); a duplicate by offset writes nothing.
 
 local EVENT_LOG_SIZE = 1000
 local EVENT_TRIM_EVERY = 250
@@ -220,6 +224,13 @@ end
 
 local cmd, event_id, source = ARGV[3], ARGV[4], ARGV[5]
 local offset = tonumber(ARGV[6]) or -1
+local keep_s = tonumber(ARGV[9]) or 0
+
+-- the reply, kept under the stash key when asked to
+local function kept(reply)
+  if keep_s > 0 then redis.call('SET', K.stash, reply, 'EX', keep_s) end
+  return reply
+end
 local checks_offset = source ~= '' and offset >= 0
 local seen = F.load_state(checks_offset and '@' .. source or '!', event_id ~= '' and 'e' .. event_id or '!')
 F.expire_due()
@@ -233,7 +244,7 @@ if checks_offset and offset <= tonumber(seen[3] or '-1') then
   return finish({ status = 'duplicate', reason = 'offset' }, {})
 end
 if event_id ~= '' and seen[4] and tonumber(seen[4]) > S.events - EVENT_LOG_SIZE then
-  return finish({ status = 'duplicate', reason = 'event_id' }, {})
+  return kept(finish({ status = 'duplicate', reason = 'event_id' }, {}))
 end
 
 if checks_offset then state_set['@' .. source] = ARGV[6] end
@@ -249,4 +260,4 @@ state_set['j' .. (S.applied % JOURNAL_SIZE)] =
 
 local reply = handler(cjson.decode(ARGV[7]))
 if REBALANCING[cmd] then F.rebalance() end
-return finish(reply, F.redate())
+return kept(finish(reply, F.redate()))
