@@ -28,7 +28,7 @@ from engine.domain.ids import require_id, require_qty
 from engine.store.keys import decode_rid_index as _decode_index
 from engine.store.keys import rid_index_key
 from engine.store.store import AsyncStore, Clock, Store
-from engine.store.wire import HoldRequest
+from engine.store.wire import HoldRequest, checked_hold_request
 
 MAX_LINES = 100
 MAX_TTL_S = 86_400
@@ -204,6 +204,14 @@ def _index_value(skus: list[str]) -> bytes:
 
 def _held(rid: str, held: list[tuple[str, dict[str, Any]]]) -> Reservation:
     status = "ok" if any(r["status"] == "ok" for _s, r in held) else "duplicate"
+    if len(held) == 1:  # the common case: _reservation of one line, without the loops
+        line = ReservedLine.from_wire(held[0][1]["line"])
+        return Reservation(
+            status=status, reservation_id=rid, state=line.state, lines=[line],
+            promised_ms=line.promised_ms,
+            expires_ms=line.expires_ms if line.state == "held" else 0,
+            atp_after={line.sku: line.atp_after},
+        )
     return _reservation(status, rid, [ReservedLine.from_wire(r["line"]) for _s, r in held])
 
 
@@ -403,13 +411,18 @@ class _ClientBase:
         ttl_ms = _ttl_ms(self.default_ttl_s if ttl_s is None else ttl_s)
         ch = _opt("channel", channel)
         cust = _opt("customer_id", customer_id)
+        # every field is checked above (group_lines: sku, qty, location)
         return {
-            sku: HoldRequest(rid, qty, loc, ttl_ms, ch, cust)
+            sku: checked_hold_request(rid, qty, loc, ttl_ms, ch, cust)
             for sku, (qty, loc) in sorted(grouped.items())
         }
 
     def _index(self, rid: str) -> str:
         return rid_index_key(require_id("reservation_id", rid), self.prefix)
+
+    def _index_of_checked(self, rid: str) -> str:
+        """``_index`` of a reservation id this call has validated already."""
+        return f"{self.prefix}:rid:{{{rid}}}"
 
 
 class AtpClient(_ClientBase):
@@ -505,7 +518,7 @@ class AtpClient(_ClientBase):
         return self._send(sku, [item])[0]
 
     def _hold_single(self, rid: str, sku: str, req: HoldRequest) -> Result:
-        key = self._index(rid)
+        key = self._index_of_checked(rid)
         created, reply = self._hold_item(sku, HoldItem(req, (key, _index_value([sku]))))
         if reply["status"] in ("ok", "duplicate") and not created:
             # the id was known already: it must name this SKU alone
@@ -636,7 +649,7 @@ class AsyncAtpClient(_ClientBase):
         return (await self._send(sku, [item]))[0]
 
     async def _hold_single(self, rid: str, sku: str, req: HoldRequest) -> Result:
-        key = self._index(rid)
+        key = self._index_of_checked(rid)
         created, reply = await self._hold_item(sku, HoldItem(req, (key, _index_value([sku]))))
         if reply["status"] in ("ok", "duplicate") and not created:
             existing = _decode_index(await self.redis.get(key))

@@ -15,6 +15,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 ENTRY_SCRIPTS = ("hold", "reservation", "apply", "position", "sweep", "dump")
@@ -125,42 +127,106 @@ async def acall_many(client: Any, calls: Sequence[Call]) -> list[Any]:
     return list(results)
 
 
-def call_after_sets(client: Any, sets: Sequence[tuple[str, bytes]], call: Call) -> tuple[list[bool], Any]:
-    """``SET key value NX`` for each of ``sets``, then one script call, in one pipelined round trip.
+# Claims: ``SET key value NX`` per key, or on a standalone Redis one ``MSETNX`` of all of them (a
+# command per hold costs the client more than the hold costs Redis). MSETNX sets all or nothing;
+# when it finds a key taken, the keys are claimed one by one right after the script.
 
-    Returns (whether each SET created its key, the script's result). A NOSCRIPT is retried as EVAL.
-    """
-    script, keys, args = call
-    pipe = client.pipeline(transaction=False)
+
+def _standalone(client: Any) -> bool:
+    return not isinstance(client, (RedisCluster, AsyncRedisCluster))
+
+
+def _distinct(sets: Sequence[tuple[str, bytes]]) -> tuple[list[bool], dict[str, bytes]]:
+    """(whether each claim is the first of its key, the distinct key -> value)."""
+    first: list[bool] = []
+    distinct: dict[str, bytes] = {}
     for key, value in sets:
-        pipe.set(key, value, nx=True)
+        first.append(key not in distinct)
+        distinct.setdefault(key, value)
+    return first, distinct
+
+
+def _created(first: list[bool], sets: Sequence[tuple[str, bytes]], won: dict[str, bool]) -> list[bool]:
+    return [is_first and won[key] for is_first, (key, _value) in zip(first, sets, strict=True)]
+
+
+def _raise_errors(results: Sequence[Any]) -> None:
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+
+
+def call_after_sets(client: Any, sets: Sequence[tuple[str, bytes]], script_call: Call) -> tuple[list[bool], Any]:
+    """Claim each of ``sets`` (``SET key value NX``) and make one script call, in one pipelined
+    round trip (two when a claim was taken already on a standalone Redis).
+
+    Returns (whether each claim created its key — a key claimed twice in ``sets`` is created at
+    most by its first claim —, the script's result). A NOSCRIPT is retried as EVAL.
+    """
+    script, keys, args = script_call
+    if not sets:
+        return [], call(client, script, keys, args)
+    pipe = client.pipeline(transaction=False)
+    batched = _standalone(client) and len(sets) > 1
+    first, distinct = _distinct(sets)
+    if batched:
+        pipe.msetnx(distinct)
+    else:
+        for key, value in distinct.items():
+            pipe.set(key, value, nx=True)
     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
     results = pipe.execute(raise_on_error=False)
     last = results[-1]
     if isinstance(last, NoScriptError):
         last = client.eval(script.source, len(keys), *keys, *args)
-    for r in results[:-1]:
-        if isinstance(r, Exception):
-            raise r
+    _raise_errors(results[:-1])
     if isinstance(last, Exception):
         raise last
-    return [bool(r) for r in results[:-1]], last
+    if not batched:
+        won = dict(zip(distinct, (bool(r) for r in results[:-1]), strict=True))
+    elif results[0]:
+        won = dict.fromkeys(distinct, True)
+    else:
+        pipe = client.pipeline(transaction=False)
+        for key, value in distinct.items():
+            pipe.set(key, value, nx=True)
+        claimed = pipe.execute(raise_on_error=False)
+        _raise_errors(claimed)
+        won = dict(zip(distinct, (bool(r) for r in claimed), strict=True))
+    return _created(first, sets, won), last
 
 
-async def acall_after_sets(client: Any, sets: Sequence[tuple[str, bytes]], call: Call) -> tuple[list[bool], Any]:
+async def acall_after_sets(client: Any, sets: Sequence[tuple[str, bytes]],
+                           script_call: Call) -> tuple[list[bool], Any]:
     """Async twin of ``call_after_sets``."""
-    script, keys, args = call
+    script, keys, args = script_call
+    if not sets:
+        return [], await acall(client, script, keys, args)
     pipe = client.pipeline(transaction=False)
-    for key, value in sets:
-        pipe.set(key, value, nx=True)
+    batched = _standalone(client) and len(sets) > 1
+    first, distinct = _distinct(sets)
+    if batched:
+        pipe.msetnx(distinct)
+    else:
+        for key, value in distinct.items():
+            pipe.set(key, value, nx=True)
     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
     results = await pipe.execute(raise_on_error=False)
     last = results[-1]
     if isinstance(last, NoScriptError):
         last = await client.eval(script.source, len(keys), *keys, *args)
-    for r in results[:-1]:
-        if isinstance(r, Exception):
-            raise r
+    _raise_errors(results[:-1])
     if isinstance(last, Exception):
         raise last
-    return [bool(r) for r in results[:-1]], last
+    if not batched:
+        won = dict(zip(distinct, (bool(r) for r in results[:-1]), strict=True))
+    elif results[0]:
+        won = dict.fromkeys(distinct, True)
+    else:
+        pipe = client.pipeline(transaction=False)
+        for key, value in distinct.items():
+            pipe.set(key, value, nx=True)
+        claimed = await pipe.execute(raise_on_error=False)
+        _raise_errors(claimed)
+        won = dict(zip(distinct, (bool(r) for r in claimed), strict=True))
+    return _created(first, sets, won), last

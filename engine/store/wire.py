@@ -104,6 +104,22 @@ class HoldRequest:
         return f"{self.qty}|{self.loc}|{self.ttl_ms}|{self.channel}|{self.customer}|{int(self.commit)}"
 
 
+def checked_hold_request(rid: str, qty: int, loc: str, ttl_ms: int, channel: str, customer: str,
+                         commit: bool = False) -> HoldRequest:
+    """A ``HoldRequest`` from fields the caller has validated already (the checkout client, which
+    checks every line and id once): built without running the checks again."""
+    req = object.__new__(HoldRequest)
+    set_field = object.__setattr__
+    set_field(req, "rid", rid)
+    set_field(req, "qty", qty)
+    set_field(req, "loc", loc)
+    set_field(req, "ttl_ms", ttl_ms)
+    set_field(req, "channel", channel)
+    set_field(req, "customer", customer)
+    set_field(req, "commit", commit)
+    return req
+
+
 def normalize_policy(policy: dict[str, Any] | None) -> dict[str, Any]:
     """A complete, validated policy (``engine.domain.policy.Policy``): defaults filled in.
 
