@@ -26,7 +26,9 @@ def run(lg: SupplierLogic, *messages: object) -> list[Alert | ReliabilityWrite]:
     return list(out)
 
 
-def test_a_short_receipt_lowers_the_score_and_writes_it_to_the_skus_holding_open_lots() -> None:
+def test_a_short_receipt_lowers_the_score_and_writes_it_to_the_skus_holding_open_lots(monkeypatch) -> None:
+    # Other tests may have filled the bounded supplier label set; start from an empty one.
+    monkeypatch.setattr(metrics, "_suppliers", metrics._BoundedLabel(metrics.SUPPLIER_LIMIT))
     lg = SupplierLogic.builder(SupplierParams())(None)
     opened = run(lg, lot("A", "LA"), lot("B", "LB"), lot("C", "LC"), lot("C", "LC", open_=False),
                  lot("N", "LN", uses=False))
