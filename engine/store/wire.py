@@ -242,6 +242,33 @@ class SupplyCommand:
         ]
 
 
+# ---------------------------------------------------------------------------- raw state
+
+_LINE_CLOCK_FIELDS = (3, 7)  # expires_ms, promised_ms of a stored line
+
+
+def mask_clock_readings(key: str, content: Any) -> Any:
+    """``content`` of a raw engine key (as read by a state digest: hash -> dict, zset -> list of
+    [member, score]) with the clock readings the stored forms carry blanked, for comparing runs
+    made at different times: the expiry and promised date of stored lines (``…:res``), the time
+    of journal entries (``j<k>`` fields of ``…:state``), and the scores of the time-scored zsets
+    (``…:exp``, ``…:dead``), whose members are then sorted (their order followed the clock)."""
+    if key.endswith(":res") and isinstance(content, dict):
+        out = {}
+        for rid, raw in content.items():
+            parts = str(raw).split("|")
+            if len(parts) == 10:
+                for i in _LINE_CLOCK_FIELDS:
+                    parts[i] = "?"
+            out[rid] = "|".join(parts)
+        return out
+    if key.endswith(":state") and isinstance(content, dict):
+        return {f: ("?" + str(v)[str(v).find("|"):] if f.startswith("j") else v) for f, v in content.items()}
+    if key.endswith((":exp", ":dead")) and isinstance(content, list):
+        return sorted([m, None] for m, _score in content)
+    return content
+
+
 # ---------------------------------------------------------------------------- the journal
 
 JOURNAL_SIZE = 200
