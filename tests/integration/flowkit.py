@@ -15,6 +15,8 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from engine.store.wire import mask_clock_readings
+
 # Line and journal fields that hold a reading of the clock (Redis TIME), not a result of the log.
 CLOCK_FIELDS = frozenset({"promised_ms", "expires_ms", "at"})
 # Sorted sets scored by a clock reading: hold expiries, and when a line reached its final state.
@@ -151,6 +153,7 @@ def mask_clock_fields(state: dict[str, Any]) -> dict[str, Any]:
     scores."""
     out: dict[str, Any] = {}
     for key, (kind, content) in state.items():
+        content = mask_clock_readings(key, content)  # inside the store's compact forms
         if kind == "zset":
             if key.endswith(CLOCK_SCORED):
                 content = [[m, None] for m, _ in content]
