@@ -240,10 +240,10 @@ if not handler then
   return redis.error_reply('ERR unknown supply command ' .. tostring(cmd))
 end
 
-if checks_offset and offset <= tonumber(seen[3] or '-1') then
+if checks_offset and offset <= tonumber(seen[4] or '-1') then
   return finish({ status = 'duplicate', reason = 'offset' }, {})
 end
-if event_id ~= '' and seen[4] and tonumber(seen[4]) > S.events - EVENT_LOG_SIZE then
+if event_id ~= '' and seen[5] and tonumber(seen[5]) > S.events - EVENT_LOG_SIZE then
   return kept(finish({ status = 'duplicate', reason = 'event_id' }, {}))
 end
 

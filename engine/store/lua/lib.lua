@@ -16,6 +16,7 @@
 --                     counts while it is one of the last 1000; older fields are trimmed in bulk)
 --       'j<k>'        journal ring, k = applied mod 200: '<at>|<cmd>|<events counter or ''>|<note>'
 --                     (note = reason|ref, escaped by the store)
+--       '!K'          '1' while a position is kept under KEYS[10] ('' or absent: none to delete)
 --   2 lots  hash lot_id -> '<loc>,<qty>,<eta_ms>,<supplier>,<alloc>'
 --   3 res   hash rid -> the line, compact: '<state>|<qty>|<loc>|<expires_ms>|<seq>|<channel>|
 --           <customer>|<promised_ms>|<atp_after>|<alloc>', alloc = 'kind,ref,loc,qty' entries
@@ -34,7 +35,8 @@
 --           with '!P' by the policy command)
 --  10 pos   string, the position of all locations as json, kept by position.lua until the
 --           moment it could change by time alone (PXAT); deleted by every script that changes
---           buckets, lots, the policy or an expiry. The store reads it with a plain GET.
+--           buckets, lots, the policy or an expiry ('!K' says whether there is one). The store
+--           reads it with a plain GET.
 --  11 stash (apply.lua only, optional) the reply stash key of the command (engine/store/reply_stash.py)
 -- ARGV (every script): 1 sku, 2 now_ms (0 = Redis TIME; > 0 only from tests), then the entry's own.
 --
@@ -68,6 +70,7 @@ local S = {                 -- scalars
   seq = 0, applied = 0, events = 0, -- counters kept in '!L'
   dirty = false,            -- '!L' must be written back
   pos_stale = false,        -- the kept position is out of date even if '!L' is not
+  kept = false,             -- a position is kept (pos key), to delete on a change
   names = false,            -- sorted location names (false = rebuild)
   lots_loaded = false, rel_loaded = false, all_lines = false,
 }
@@ -121,6 +124,7 @@ end
 -- redis.call with many arguments, chunked to stay inside Lua's C stack limit
 function F.call_chunked(cmd, key, items, per)
   local i, n = 1, #items
+  if n <= per * 500 then return redis.call(cmd, key, unpack(items)) end
   while i <= n do
     local last = math.min(n, i + per * 500 - 1)
     redis.call(cmd, key, unpack(items, i, last))
@@ -143,9 +147,10 @@ function F.parse_policy(raw)
   for ch, v in string.gmatch(q, '([^,=]+)=(%d+)') do p.quotas[ch] = tonumber(v) end
 end
 
--- read '!L' and '!P' (and any further state fields, returned from index 3 on)
+-- read '!L', '!P' and '!K' (and any further state fields, returned from index 4 on)
 function F.load_state(...)
-  local vals = redis.call('HMGET', K.state, '!L', '!P', ...)
+  local vals = redis.call('HMGET', K.state, '!L', '!P', '!K', ...)
+  S.kept = vals[3] == '1'
   local raw = vals[1]
   if raw then
     local a, b, c = string.match(raw, '^(%d+),(%d+),(%d+)')
@@ -549,6 +554,10 @@ end
 -- write back everything that changed; once, at the end of the script
 function F.flush()
   local set = {}
+  if S.kept and (S.dirty or S.pos_stale or next(lot_chg)) then
+    redis.call('DEL', K.pos)
+    state_set['!K'] = ''
+  end
   if S.dirty then
     set[1] = '!L'
     set[2] = F.encode_state()
@@ -601,7 +610,6 @@ function F.flush()
     F.call_chunked('ZADD', K.exp, set, 2)
   end
   F.write_zset(K.dead, dead_chg)
-  if S.dirty or S.pos_stale or next(lot_chg) then redis.call('DEL', K.pos) end
 end
 
 ----------------------------------------------------------------------------- used less often
@@ -839,6 +847,7 @@ setmetatable(F, { __index = function(_, name)
     end
     -- a key lives while the server clock is <= its time: gone by the first moment of change
     redis.call('SET', K.pos, json, 'PXAT', F.num(until_ms - 1))
+    redis.call('HSET', K.state, '!K', '1')
   end
 
   return rawget(F, name)
