@@ -56,6 +56,7 @@ class ApiObserver:
         # An overdue hold is read back once the sweeper has had its turn at it.
         self.grace_s = settings.sweep_interval_s + interval_s
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> ApiObserver:
         """Start the loop as a task of the running event loop."""
@@ -64,17 +65,24 @@ class ApiObserver:
         return self
 
     async def stop(self) -> None:
-        """Cancel the loop and wait for it."""
+        """End the loop and wait for it.
+
+        A stop flag, not cancellation alone: a cancel that lands while a probe finishes can be
+        swallowed inside asyncio's timeout helpers, and the loop would then run for ever.
+        """
         if self._task is not None:
+            self._stopping.set()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await asyncio.wait({self._task}, timeout=10)
             self._task = None
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             await self.tick()
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval_s):
+                    await self._stopping.wait()
 
     async def tick(self) -> None:
         """One refresh of everything (what the loop does every ``interval_s``)."""
@@ -97,7 +105,8 @@ class ApiObserver:
 
     async def _redis_up(self) -> bool:
         try:
-            await asyncio.wait_for(self.state.ping_redis(), PROBE_TIMEOUT_S)
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                await self.state.ping_redis()
             return True
         except Exception:
             return False
