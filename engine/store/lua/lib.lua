@@ -87,6 +87,7 @@ local line_raw = {}         -- rid -> the stored form of the line as it is now (
 local lot_chg, line_chg, dead_chg = {}, {}, {}
 local exp_add = {}          -- expires_ms -> rids to add to the expiry index
 local NUM = {}              -- number -> its decimal string
+local OH_ALLOC = {}         -- location -> qty -> stored form of one on-hand allocation there
 -- the functions; the names listed here are built on every call (the rest on first use, see the
 -- end), listing them sizes the table once
 local F = {
@@ -302,6 +303,19 @@ function F.encode_alloc(alloc)
   local num = F.num
   if n == 1 then
     local a = alloc[1]
+    if a[1] == 'oh' and a[2] == a[3] then -- the usual one: remembered per location and qty
+      local at = OH_ALLOC[a[2]]
+      if not at then
+        at = {}
+        OH_ALLOC[a[2]] = at
+      end
+      local s = at[a[4]]
+      if not s then
+        s = 'oh,' .. a[2] .. ',' .. a[3] .. ',' .. num(a[4])
+        at[a[4]] = s
+      end
+      return s
+    end
     return a[1] .. ',' .. a[2] .. ',' .. a[3] .. ',' .. num(a[4])
   end
   local parts = {}
@@ -415,6 +429,7 @@ end
 
 function F.promise(allocs)
   local p = NOW
+  if #allocs == 1 and allocs[1][1] == 'oh' then return p end
   for i = 1, #allocs do
     local a = allocs[i]
     if a[1] == 'lot' then
