@@ -1,4 +1,4 @@
-"""The checkout calls served without the FastAPI stack: hold, confirm, release, read a
+"""The checkout calls served without the FastAPI stack: hold, confirm, release, extend, read a
 reservation, the ATP of one SKU.
 
 Why: under a flash sale, FastAPI's middleware chain, routing, dependency solving and exception
@@ -23,17 +23,17 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import metrics
 from engine.api import checkout
 from engine.api.auth import Role, TokenTable
 from engine.api.errors import OrjsonResponse, error_response, runtime_error_reply
-from engine.api.models import ReservationIn
+from engine.api.models import ExtendIn, ReservationIn
 from engine.domain.ids import SHORT_ID_PATTERN, is_valid_id
 
 _RESERVATIONS = "/v1/reservations"
@@ -46,6 +46,7 @@ TEMPLATES = {
     "read": _ONE_RESERVATION + "{rid}",
     "confirm": _ONE_RESERVATION + "{rid}/confirm",
     "release": _ONE_RESERVATION + "{rid}/release",
+    "extend": _ONE_RESERVATION + "{rid}/extend",
     "atp": _ONE_ATP + "{sku}",
 }
 
@@ -57,6 +58,8 @@ _WANTED = frozenset({_AUTHORIZATION, _CONTENT_TYPE, _CONTENT_LENGTH, _IDEMPOTENC
 
 # ``?location=<id>`` and nothing else: ids need no percent-encoding, so the raw query string
 # holds the value FastAPI would decode.
+Body = TypeVar("Body", bound=BaseModel)
+
 _LOCATION_QUERY = re.compile(rb"location=(" + SHORT_ID_PATTERN[1:-1].encode() + rb")\Z")
 
 
@@ -109,8 +112,8 @@ def replaying(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-def valid_hold(raw: bytes) -> ReservationIn | None:
-    """The hold body when it is JSON the app reads the same way and it validates; else None.
+def valid_body(raw: bytes, model: type[Body]) -> Body | None:
+    """``raw`` as ``model`` when it is JSON the app reads the same way and it validates; else None.
 
     orjson refuses what ``json.loads`` would read differently or not at all (UTF-16/32, NaN,
     integers beyond 64 bits, lone surrogates): those go to the app, the reference.
@@ -122,7 +125,7 @@ def valid_hold(raw: bytes) -> ReservationIn | None:
     if not isinstance(data, dict):
         return None
     try:
-        return ReservationIn.model_validate(data)
+        return model.model_validate(data)
     except ValidationError:
         return None
 
@@ -155,6 +158,9 @@ class HotPath:
                 if slash and method == "POST" and op in ("confirm", "release"):
                     await self._reservation_call(scope, receive, send, op, rid)
                     return
+                if slash and method == "POST" and op == "extend":
+                    await self._extend(scope, receive, send, rid)
+                    return
         elif path.startswith(_ONE_ATP) and method == "GET":
             await self._atp(scope, receive, send, path[len(_ONE_ATP):])
             return
@@ -168,21 +174,18 @@ class HotPath:
         roles = tokens.roles_for(token)
         return roles is not None and role in roles
 
-    async def _hold(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        headers = request_headers(scope)
-        if (
-            headers is None
-            or not is_json(headers)
-            or not body_may_fit(headers, self.max_body_bytes)
-            or not self._allowed(headers, Role.RESERVE)
-        ):
-            await self.app(scope, receive, send)
-            return
-        rid = headers.get(_IDEMPOTENCY_KEY, b"").decode("latin-1")
-        if not is_valid_id("reservation_id", rid):
-            await self.app(scope, receive, send)
-            return
+    def _json_call_allowed(self, headers: dict[bytes, bytes] | None) -> bool:
+        return (
+            headers is not None
+            and is_json(headers)
+            and body_may_fit(headers, self.max_body_bytes)
+            and self._allowed(headers, Role.RESERVE)
+        )
+
+    async def _read_body(self, receive: Receive) -> tuple[bytes | None, list[Message]]:
+        """The whole body and the messages it came in; None for the body when the client left
+        or the body passed the size limit (the app then says what follows, and its size limit
+        refuses the body at the same point)."""
         messages: list[Message] = []
         chunks: list[bytes] = []
         size = 0
@@ -190,21 +193,42 @@ class HotPath:
         while more:
             message = await receive()
             messages.append(message)
-            if message["type"] != "http.request":  # the client left: the app says what follows
-                await self.app(scope, replaying(messages, receive), send)
-                return
+            if message["type"] != "http.request":
+                return None, messages
             chunk = message.get("body", b"")
             chunks.append(chunk)
             size += len(chunk)
-            if size > self.max_body_bytes:  # the app's size limit refuses it at the same point
-                await self.app(scope, replaying(messages, receive), send)
-                return
+            if size > self.max_body_bytes:
+                return None, messages
             more = message.get("more_body", False)
-        body = valid_hold(b"".join(chunks))
+        return b"".join(chunks), messages
+
+    async def _hold(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        headers = request_headers(scope)
+        rid = "" if headers is None else headers.get(_IDEMPOTENCY_KEY, b"").decode("latin-1")
+        if not self._json_call_allowed(headers) or not is_valid_id("reservation_id", rid):
+            await self.app(scope, receive, send)
+            return
+        raw, messages = await self._read_body(receive)
+        body = None if raw is None else valid_body(raw, ReservationIn)
         if body is None:
             await self.app(scope, replaying(messages, receive), send)
             return
         await self._reply(scope, receive, send, "hold", started, checkout.hold(self.state, rid, body))
+
+    async def _extend(self, scope: Scope, receive: Receive, send: Send, rid: str) -> None:
+        started = time.perf_counter()
+        if not self._json_call_allowed(request_headers(scope)):
+            await self.app(scope, receive, send)
+            return
+        raw, messages = await self._read_body(receive)
+        body = None if raw is None else valid_body(raw, ExtendIn)
+        if body is None:
+            await self.app(scope, replaying(messages, receive), send)
+            return
+        call = checkout.lifecycle(self.state, "extend", rid, body.ttl_seconds)
+        await self._reply(scope, receive, send, "extend", started, call)
 
     async def _reservation_call(self, scope: Scope, receive: Receive, send: Send, op: str, rid: str) -> None:
         started = time.perf_counter()

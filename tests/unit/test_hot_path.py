@@ -12,8 +12,9 @@ from engine.api.hot_path import (
     is_json,
     replaying,
     request_headers,
-    valid_hold,
+    valid_body,
 )
+from engine.api.models import ExtendIn, ReservationIn
 
 
 def test_headers_it_reads_are_collected_and_a_repeated_one_gives_up() -> None:
@@ -77,8 +78,9 @@ def test_body_may_fit_only_a_plain_declared_length_within_the_limit(value: bytes
     assert body_may_fit(headers, 1024) is fits
 
 
-def test_valid_hold_reads_what_the_model_accepts() -> None:
-    body = valid_hold(b'{"lines": [{"sku": "A-1", "qty": 2, "location": "WH1"}], "ttl_seconds": 30, "channel": "web"}')
+def test_valid_body_reads_what_the_model_accepts() -> None:
+    raw = b'{"lines": [{"sku": "A-1", "qty": 2, "location": "WH1"}], "ttl_seconds": 30, "channel": "web"}'
+    body = valid_body(raw, ReservationIn)
     assert body is not None
     assert [(line.sku, line.qty, line.location) for line in body.lines] == [("A-1", 2, "WH1")]
     assert (body.ttl_seconds, body.channel, body.customer_id) == (30, "web", None)
@@ -101,8 +103,15 @@ def test_valid_hold_reads_what_the_model_accepts() -> None:
         '{"lines": [{"sku": "A-1", "qty": 1}]}'.encode("utf-16"),
     ],
 )
-def test_valid_hold_leaves_everything_else_to_the_app(raw: bytes) -> None:
-    assert valid_hold(raw) is None
+def test_valid_body_leaves_everything_else_to_the_app(raw: bytes) -> None:
+    assert valid_body(raw, ReservationIn) is None
+
+
+def test_valid_body_of_an_extension() -> None:
+    body = valid_body(b'{"ttl_seconds": 60}', ExtendIn)
+    assert body is not None and body.ttl_seconds == 60
+    for raw in (b'{"ttl_seconds": 0}', b'{"ttl_seconds": "60"}', b'{"ttl_seconds": 60, "x": 1}', b"{}"):
+        assert valid_body(raw, ExtendIn) is None
 
 
 def test_replaying_hands_out_what_was_read_then_reads_on() -> None:
