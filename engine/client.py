@@ -18,20 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from engine.domain.ids import require_id, require_qty
 from engine.store.keys import decode_rid_index as _decode_index
-from engine.store.keys import rid_index_key
+from engine.store.keys import rid_index_key, rid_index_pending, rid_index_value
 from engine.store.store import AsyncStore, Clock, Store
 from engine.store.wire import HoldRequest, checked_hold_request
 
 MAX_LINES = 100
 MAX_TTL_S = 86_400
+#: How long a multi-SKU hold waits for another request with the same id that is still placing its
+#: lines (the index is marked pending) before presuming it dead and taking over.
+PENDING_WAIT_S = 2.0
+_PENDING_POLL_S = (0.002, 0.05)  # first and longest pause between looks at a pending index
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,9 @@ class Refusal:
     ``sku`` names the line that could not be served and ``available`` gives what each line's SKU
     could take (the refused line: exactly what the script saw; the others: their ATP after the
     rollback). For a lifecycle call, ``reason`` is the state that forbids it and ``lines`` the
-    reservation as it is.
+    reservation as it is. A lifecycle call on several SKUs is all or nothing; the one exception
+    is a release racing a shipment of another line: the lines it did release stay released and
+    are in ``changed`` (so they can be published), else ``changed`` is None.
     """
 
     status: str
@@ -116,6 +121,7 @@ class Refusal:
     sku: str | None = None
     available: dict[str, int] = field(default_factory=dict)
     lines: list[ReservedLine] = field(default_factory=list)
+    changed: Reservation | None = None
     ok: bool = False
 
 
@@ -198,10 +204,6 @@ def _combine(rid: str, replies: list[tuple[str, dict[str, Any]]], op: str = "") 
     return _reservation(status, rid, lines)
 
 
-def _index_value(skus: list[str]) -> bytes:
-    return orjson.dumps(sorted(skus))
-
-
 def _held(rid: str, held: list[tuple[str, dict[str, Any]]]) -> Reservation:
     status = "ok" if any(r["status"] == "ok" for _s, r in held) else "duplicate"
     if len(held) == 1:  # the common case: _reservation of one line, without the loops
@@ -213,6 +215,65 @@ def _held(rid: str, held: list[tuple[str, dict[str, Any]]]) -> Reservation:
             atp_after={line.sku: line.atp_after},
         )
     return _reservation(status, rid, [ReservedLine.from_wire(r["line"]) for _s, r in held])
+
+
+def _replay(rid: str, reqs: dict[str, HoldRequest], gets: list[tuple[str, dict[str, Any]]]) -> Reservation | None:
+    """A finished hold of the same id asked again: the reservation as stored, when every line
+    exists with the requested terms; else None."""
+    held = []
+    for sku, r in gets:
+        line = r.get("line")
+        if r["status"] != "ok" or line["qty"] != reqs[sku].qty or line["loc"] != reqs[sku].loc:
+            return None
+        held.append((sku, {"status": "duplicate", "line": line}))
+    return _held(rid, held)
+
+
+# op -> the line states in which a lifecycle call may act on a reservation of several SKUs
+_ACTS_ON = {
+    "confirm": frozenset({"held", "committed"}),
+    "release": frozenset({"held", "committed", "released", "expired"}),
+    "extend": frozenset({"held"}),
+}
+
+
+def _forbidding(op: str, rid: str, gets: list[tuple[str, dict[str, Any]]]) -> Refusal | None:
+    """Before a lifecycle call on several SKUs: the refusal when a line's state forbids ``op``
+    (or the reservation is gone), None when every line may take it."""
+    now = _combine(rid, gets, "get_line")
+    if isinstance(now, Refusal):
+        return now
+    for line in now.lines:
+        if line.state not in _ACTS_ON[op]:
+            return Refusal("refused", rid, line.state, sku=line.sku, lines=now.lines)
+    return None
+
+
+def _undo(op: str, before: list[tuple[str, dict[str, Any]]],
+          replies: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, int]] | None:
+    """After a lifecycle call on several SKUs that one line refused (its state changed since the
+    check: an expiry, a cancel on the stream): the (sku, expiry) to revert the lines this call
+    confirmed or extended to; None when no line refused. A release is not undone."""
+    if not any(r["status"] in ("refused", "conflict") for _s, r in replies):
+        return None
+    if op == "release":
+        return []
+    expiry = {sku: r["line"]["expires_ms"] for sku, r in before if r["status"] == "ok"}
+    return [(sku, max(1, expiry[sku])) for sku, r in replies if r["status"] == "ok" and sku in expiry]
+
+
+def _refused_after(rid: str, op: str, replies: list[tuple[str, dict[str, Any]]],
+                   after: list[tuple[str, dict[str, Any]]]) -> Refusal:
+    """The refusal of a lifecycle call undone by ``_undo``; ``after``: the lines as they are now."""
+    sku, reply = next((s, r) for s, r in replies if r["status"] in ("refused", "conflict"))
+    lines = sorted((ReservedLine.from_wire(r["line"]) for _s, r in after if "line" in r), key=lambda ln: ln.sku)
+    released = [ReservedLine.from_wire(r["line"]) for _s, r in replies if op == "release" and r["status"] == "ok"]
+    changed = _reservation("ok", rid, released) if released else None
+    return Refusal("refused", rid, reply.get("reason", reply["status"]), sku=sku, lines=lines, changed=changed)
+
+
+def _next_pause(pause: float) -> float:
+    return min(pause * 2, _PENDING_POLL_S[1])
 
 
 def _delete_many(redis: Any, keys: list[str]) -> None:
@@ -465,21 +526,23 @@ class AtpClient(_ClientBase):
         skus = list(reqs)
         if len(skus) == 1:
             return self._hold_single(rid, skus[0], reqs[skus[0]])
-        created, conflict = self._claim(rid, skus)
-        if conflict is not None:
-            return conflict
+        mode, known = self._claim(rid, reqs)
+        if known is not None:
+            return known
         held: list[tuple[str, dict[str, Any]]] = []
         for sku in skus:
             _, reply = self._hold_item(sku, HoldItem(reqs[sku]))
-            if reply["status"] in ("ok", "duplicate"):
+            if reply["status"] == "ok" or (reply["status"] == "duplicate" and mode != "create"):
                 held.append((sku, reply))
                 continue
+            # refused, a conflict, or (for the creator) a line another request made and will undo
             for done_sku, done in held:
                 if done["status"] == "ok":
                     self.store.rollback(done_sku, rid)
-            if created:
+            if mode != "join":
                 self.redis.delete(self._index(rid))
             return self._refusal(rid, reqs, sku, reply)
+        self.redis.set(self._index(rid), rid_index_value(skus))  # final: later repeats replay it
         return _held(rid, held)
 
     def confirm(self, reservation_id: str) -> Result:
@@ -519,12 +582,12 @@ class AtpClient(_ClientBase):
 
     def _hold_single(self, rid: str, sku: str, req: HoldRequest) -> Result:
         key = self._index_of_checked(rid)
-        created, reply = self._hold_item(sku, HoldItem(req, (key, _index_value([sku]))))
+        created, reply = self._hold_item(sku, HoldItem(req, (key, rid_index_value([sku]))))
         if reply["status"] in ("ok", "duplicate") and not created:
             # the id was known already: it must name this SKU alone
             existing = _decode_index(self.redis.get(key))
             if existing is None:
-                self.redis.set(key, _index_value([sku]))
+                self.redis.set(key, rid_index_value([sku]))
             elif existing != [sku]:
                 if reply["status"] == "ok":
                     self.store.rollback(sku, rid)
@@ -533,28 +596,47 @@ class AtpClient(_ClientBase):
             return _held(rid, [(sku, reply)])
         return self._refusal(rid, {sku: req}, sku, reply)
 
-    def _claim(self, rid: str, skus: list[str]) -> tuple[bool, Refusal | None]:
-        """Write the reservation's SKU list; (created, conflict refusal or None)."""
+    def _claim(self, rid: str, reqs: dict[str, HoldRequest]) -> tuple[str, Result | None]:
+        """Claim the reservation index of a multi-SKU hold: (mode, known answer or None).
+
+        Modes: ``create`` (this call wrote the index, marked pending: only it places lines, so a
+        line it finds made is not its own), ``takeover`` (a stale index: a refused hold's leftover
+        or a pending one whose writer is presumed dead), ``join`` (final index with lines missing).
+        A known answer is a conflict (the id names other lines) or the replay of a finished hold.
+        """
         key = self._index(rid)
-        value = _index_value(skus)
-        if self.redis.set(key, value, nx=True):
-            return True, None
-        existing = _decode_index(self.redis.get(key))
-        if existing == skus:
-            return False, None
-        if existing:
-            conflict = self._conflict(rid, existing)
-            if conflict.lines:
-                return False, conflict
-        self.redis.set(key, value)  # stale index (a refusal that left it behind): take it over
-        return True, None
+        skus = list(reqs)
+        pending = rid_index_value(skus, pending=True)
+        deadline = time.monotonic() + PENDING_WAIT_S
+        pause = _PENDING_POLL_S[0]
+        while True:
+            if self.redis.set(key, pending, nx=True):
+                return "create", None
+            raw = self.redis.get(key)
+            if raw is None:
+                continue  # released between the two calls: claim again
+            existing = _decode_index(raw)
+            if existing != skus:
+                if existing:
+                    conflict = self._conflict(rid, existing)
+                    if conflict.lines:
+                        return "create", conflict
+                self.redis.set(key, pending)
+                return "takeover", None
+            if not rid_index_pending(raw):
+                replay = _replay(rid, reqs, [(sku, self.store.get_line(sku, rid)) for sku in skus])
+                return ("join", None) if replay is None else ("join", replay)
+            if time.monotonic() >= deadline:
+                return "takeover", None
+            time.sleep(pause)
+            pause = _next_pause(pause)
 
     def _conflict(self, rid: str, skus: list[str]) -> Refusal:
         lines = [r["line"] for s in skus if (r := self.store.get_line(s, rid))["status"] == "ok"]
         return Refusal("conflict", rid, "conflict", lines=[ReservedLine.from_wire(ln) for ln in lines])
 
     def _refusal(self, rid: str, reqs: dict[str, HoldRequest], sku: str, reply: dict[str, Any]) -> Refusal:
-        if reply["status"] == "conflict":
+        if reply["status"] in ("conflict", "duplicate"):
             return Refusal("conflict", rid, "conflict", sku=sku, lines=[ReservedLine.from_wire(reply["line"])])
         available = {sku: reply["available"]}
         for other, req in reqs.items():
@@ -563,10 +645,25 @@ class AtpClient(_ClientBase):
         return Refusal("refused", rid, reply["reason"], sku=sku, available=available)
 
     def _each(self, rid: str, op: str, *args: int) -> Result:
+        """``op`` on every line: one atomic call for one SKU; for several, check every line,
+        act on each, and revert what this call changed if a line refused meanwhile."""
         skus = _decode_index(self.redis.get(self._index(rid)))
         if not skus:
             return Refusal("not_found", rid, "not_found")
-        return _combine(rid, [(sku, getattr(self.store, op)(sku, rid, *args)) for sku in skus], op)
+        call = getattr(self.store, op)
+        if len(skus) == 1 or op == "get_line":
+            return _combine(rid, [(sku, call(sku, rid, *args)) for sku in skus], op)
+        before = [(sku, self.store.get_line(sku, rid)) for sku in skus]
+        refusal = _forbidding(op, rid, before)
+        if refusal is not None:
+            return refusal
+        replies = [(sku, call(sku, rid, *args)) for sku in skus]
+        undo = _undo(op, before, replies)
+        if undo is None:
+            return _combine(rid, replies, op)
+        for sku, expires_ms in undo:
+            self.store.revert(sku, rid, expires_ms)
+        return _refused_after(rid, op, replies, [(sku, self.store.get_line(sku, rid)) for sku in skus])
 
 
 class AsyncAtpClient(_ClientBase):
@@ -599,21 +696,22 @@ class AsyncAtpClient(_ClientBase):
         skus = list(reqs)
         if len(skus) == 1:
             return await self._hold_single(rid, skus[0], reqs[skus[0]])
-        created, conflict = await self._claim(rid, skus)
-        if conflict is not None:
-            return conflict
+        mode, known = await self._claim(rid, reqs)
+        if known is not None:
+            return known
         held: list[tuple[str, dict[str, Any]]] = []
         for sku in skus:
             _, reply = await self._hold_item(sku, HoldItem(reqs[sku]))
-            if reply["status"] in ("ok", "duplicate"):
+            if reply["status"] == "ok" or (reply["status"] == "duplicate" and mode != "create"):
                 held.append((sku, reply))
                 continue
             for done_sku, done in held:
                 if done["status"] == "ok":
                     await self.store.rollback(done_sku, rid)
-            if created:
+            if mode != "join":
                 await self.redis.delete(self._index(rid))
             return await self._refusal(rid, reqs, sku, reply)
+        await self.redis.set(self._index(rid), rid_index_value(skus))
         return _held(rid, held)
 
     async def confirm(self, reservation_id: str) -> Result:
@@ -650,11 +748,11 @@ class AsyncAtpClient(_ClientBase):
 
     async def _hold_single(self, rid: str, sku: str, req: HoldRequest) -> Result:
         key = self._index_of_checked(rid)
-        created, reply = await self._hold_item(sku, HoldItem(req, (key, _index_value([sku]))))
+        created, reply = await self._hold_item(sku, HoldItem(req, (key, rid_index_value([sku]))))
         if reply["status"] in ("ok", "duplicate") and not created:
             existing = _decode_index(await self.redis.get(key))
             if existing is None:
-                await self.redis.set(key, _index_value([sku]))
+                await self.redis.set(key, rid_index_value([sku]))
             elif existing != [sku]:
                 if reply["status"] == "ok":
                     await self.store.rollback(sku, rid)
@@ -663,20 +761,35 @@ class AsyncAtpClient(_ClientBase):
             return _held(rid, [(sku, reply)])
         return await self._refusal(rid, {sku: req}, sku, reply)
 
-    async def _claim(self, rid: str, skus: list[str]) -> tuple[bool, Refusal | None]:
+    async def _claim(self, rid: str, reqs: dict[str, HoldRequest]) -> tuple[str, Result | None]:
+        """See ``AtpClient._claim``."""
         key = self._index(rid)
-        value = _index_value(skus)
-        if await self.redis.set(key, value, nx=True):
-            return True, None
-        existing = _decode_index(await self.redis.get(key))
-        if existing == skus:
-            return False, None
-        if existing:
-            conflict = await self._conflict(rid, existing)
-            if conflict.lines:
-                return False, conflict
-        await self.redis.set(key, value)
-        return True, None
+        skus = list(reqs)
+        pending = rid_index_value(skus, pending=True)
+        deadline = time.monotonic() + PENDING_WAIT_S
+        pause = _PENDING_POLL_S[0]
+        while True:
+            if await self.redis.set(key, pending, nx=True):
+                return "create", None
+            raw = await self.redis.get(key)
+            if raw is None:
+                continue
+            existing = _decode_index(raw)
+            if existing != skus:
+                if existing:
+                    conflict = await self._conflict(rid, existing)
+                    if conflict.lines:
+                        return "create", conflict
+                await self.redis.set(key, pending)
+                return "takeover", None
+            if not rid_index_pending(raw):
+                gets = [(sku, await self.store.get_line(sku, rid)) for sku in skus]
+                replay = _replay(rid, reqs, gets)
+                return ("join", None) if replay is None else ("join", replay)
+            if time.monotonic() >= deadline:
+                return "takeover", None
+            await asyncio.sleep(pause)
+            pause = _next_pause(pause)
 
     async def _conflict(self, rid: str, skus: list[str]) -> Refusal:
         lines = []
@@ -687,7 +800,7 @@ class AsyncAtpClient(_ClientBase):
         return Refusal("conflict", rid, "conflict", lines=lines)
 
     async def _refusal(self, rid: str, reqs: dict[str, HoldRequest], sku: str, reply: dict[str, Any]) -> Refusal:
-        if reply["status"] == "conflict":
+        if reply["status"] in ("conflict", "duplicate"):
             return Refusal("conflict", rid, "conflict", sku=sku, lines=[ReservedLine.from_wire(reply["line"])])
         available = {sku: reply["available"]}
         for other, req in reqs.items():
@@ -696,9 +809,22 @@ class AsyncAtpClient(_ClientBase):
         return Refusal("refused", rid, reply["reason"], sku=sku, available=available)
 
     async def _each(self, rid: str, op: str, *args: int) -> Result:
+        """See ``AtpClient._each``."""
         await self.store.ready()
         skus = _decode_index(await self.redis.get(self._index(rid)))
         if not skus:
             return Refusal("not_found", rid, "not_found")
-        replies = [(sku, await getattr(self.store, op)(sku, rid, *args)) for sku in skus]
-        return _combine(rid, replies, op)
+        call = getattr(self.store, op)
+        if len(skus) == 1 or op == "get_line":
+            return _combine(rid, [(sku, await call(sku, rid, *args)) for sku in skus], op)
+        before = [(sku, await self.store.get_line(sku, rid)) for sku in skus]
+        refusal = _forbidding(op, rid, before)
+        if refusal is not None:
+            return refusal
+        replies = [(sku, await call(sku, rid, *args)) for sku in skus]
+        undo = _undo(op, before, replies)
+        if undo is None:
+            return _combine(rid, replies, op)
+        for sku, expires_ms in undo:
+            await self.store.revert(sku, rid, expires_ms)
+        return _refused_after(rid, op, replies, [(sku, await self.store.get_line(sku, rid)) for sku in skus])

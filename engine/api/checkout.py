@@ -133,6 +133,8 @@ async def lifecycle(state: Any, op: Op, rid: str, *args: int) -> OrjsonResponse:
     note_lifecycle(state, op, rid, result, args)
     if isinstance(result, Reservation) and result.status == "ok":
         _publish(state, CHANGE_OF[op], result)
+    elif isinstance(result, Refusal) and result.changed is not None:
+        _publish(state, CHANGE_OF[op], result.changed)  # lines a refused release did release
     return _op_result(rid, result)
 
 

@@ -422,6 +422,23 @@ class SkuBook:
         line.expires_ms = now + ttl_ms
         return {"status": "ok", "rid": rid, "line": line.wire()}
 
+    def revert(self, rid: str, expires_ms: int, now: int) -> dict[str, Any]:
+        """Undo a confirm or extend: a live line is held again until ``expires_ms``."""
+        self.expire_due(now)
+        line = self.lines.get(rid)
+        if line is None:
+            return {"status": "not_found", "rid": rid}
+        if line.state not in LIVE:
+            return {"status": "refused", "rid": rid, "reason": line.state, "line": line.wire()}
+        if line.state == "committed":
+            for _kind, _ref, loc, q in line.alloc:
+                b = self._loc(loc)
+                b.committed -= q
+                b.held += q
+            line.state = "held"
+        line.expires_ms = expires_ms
+        return {"status": "ok", "rid": rid, "line": line.wire()}
+
     def purge(self, now: int, retention_ms: int) -> list[str]:
         """The retention purge of this SKU: when a line reached a final state at or before
         ``now - retention_ms`` (retention_ms ≥ 1), expire due holds, then delete every such line;
@@ -587,19 +604,38 @@ class SkuBook:
     def _cmd_order_placed(self, p: dict[str, Any], now: int, touched: dict[str, int]) -> dict[str, Any]:
         rid = p["rid"]
         line = self.lines.get(rid)
+        if line is not None and line.state in LIVE and not _order_matches(line, p):
+            return self._order_replace(line, p, now)
         if line is not None and line.state == "held":
             out = self.confirm(rid, now)
             return {"status": out["status"], "line": out["line"]}
         if line is not None and line.state in ("committed", "shipped"):
             return {"status": "duplicate", "reason": line.state, "line": line.wire()}
-        req = HoldRequest(
-            rid=rid, qty=p["qty"], loc=p.get("loc", ""), channel=p.get("channel", ""),
-            customer=p.get("customer", ""), commit=True,
-        )
-        out = self._hold(req, now, replace_dead=True)
+        out = self._hold(self._order_request(p), now, replace_dead=True)
         if out["status"] == "refused":
             return {"status": "refused", "reason": out["reason"], "available": out["available"]}
         return {"status": out["status"], "line": out["line"]}
+
+    @staticmethod
+    def _order_request(p: dict[str, Any]) -> HoldRequest:
+        return HoldRequest(
+            rid=p["rid"], qty=p["qty"], loc=p.get("loc", ""), channel=p.get("channel", ""),
+            customer=p.get("customer", ""), commit=True,
+        )
+
+    def _order_replace(self, line: Line, p: dict[str, Any], now: int) -> dict[str, Any]:
+        """The order is what was sold: replace the live line of its id by a committed line of the
+        order's terms, checked with the old line's units given back; refused, nothing changes."""
+        kept, state = [list(a) for a in line.alloc], line.state
+        self._return_units(line)
+        line.state = "released"  # so _hold may replace it
+        out = self._hold(self._order_request(p), now, replace_dead=True)
+        if out["status"] == "refused":
+            line.state = state
+            self._book(line, kept)
+            self._usage(line, line.qty)
+            return {"status": "refused", "reason": out["reason"], "available": out["available"]}
+        return {"status": out["status"], "reason": "replaced", "line": out["line"]}
 
     def _cmd_order_cancelled(self, p: dict[str, Any], now: int, touched: dict[str, int]) -> dict[str, Any]:
         out = self.release(p["rid"], now)
@@ -686,6 +722,11 @@ class SkuBook:
 
     def copy(self) -> SkuBook:
         return copy.deepcopy(self)
+
+
+def _order_matches(line: Line, p: dict[str, Any]) -> bool:
+    """Does an order line ask for what the live line of its id holds? (no location = any)"""
+    return line.qty == p["qty"] and p.get("loc", "") in ("", line.loc)
 
 
 def _merge(allocs: list[list[Any]], new: list[Any]) -> None:

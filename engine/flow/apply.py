@@ -38,7 +38,7 @@ from connectors.dlq import DlqRecord
 from engine import metrics
 from engine.flow.parse import dead_letter, supply_command
 from engine.flow.records import Command, Outcome
-from engine.store.keys import rid_index_key, validate_sku
+from engine.store.keys import decode_rid_index, rid_index_key, validate_sku
 from engine.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -174,9 +174,11 @@ class Applier:
             if value is None:
                 continue
             try:
-                skus = orjson.loads(value)
+                skus = decode_rid_index(value)
+                if skus is None:
+                    raise ValueError("not a JSON list of SKUs")
                 found[rid] = [validate_sku(s) for s in skus]
-            except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+            except ValueError as exc:
                 log.warning("ignoring a malformed reservation index for %s: %s", rid, exc)
         return found
 

@@ -126,10 +126,30 @@ def rid_index_key(rid: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{prefix}:rid:{{{rid}}}"
 
 
+#: First byte of a reservation-index value written by a multi-SKU hold that is still placing its
+#: lines. Another request with the same id waits until the value is final (or gone) instead of
+#: adopting lines the first one may still roll back (docs/semantics.md "Reservation index").
+RID_INDEX_PENDING = b"~"
+
+
+def rid_index_value(skus: list[str], pending: bool = False) -> bytes:
+    """The index value of a reservation over ``skus`` (sorted JSON list; marked while pending)."""
+    value = orjson.dumps(sorted(set(skus)))
+    return RID_INDEX_PENDING + value if pending else value
+
+
+def rid_index_pending(raw: object) -> bool:
+    """Whether an index value is marked as written by a hold still in progress."""
+    return isinstance(raw, (bytes, str)) and raw[:1] in (RID_INDEX_PENDING, "~")
+
+
 def decode_rid_index(raw: object) -> list[str] | None:
-    """The sorted SKUs of a reservation-index value (a JSON list), or None when absent or malformed."""
+    """The sorted SKUs of a reservation-index value (a JSON list, pending or final), or None when
+    absent or malformed."""
     if raw is None:
         return None
+    if rid_index_pending(raw):
+        raw = raw[1:]  # type: ignore[index]
     try:
         skus = orjson.loads(raw)  # type: ignore[arg-type]
     except orjson.JSONDecodeError:

@@ -142,6 +142,8 @@ class _Base:
         validate_id(rid, "reservation_id")
         if op == "extend":
             check_int(ttl_ms, "ttl_ms", 1, MAX_TTL_MS)
+        elif op == "revert":
+            check_int(ttl_ms, "expires_ms", 1, 10**14 - 1)
         return self._call("reservation", sku, op, rid, ttl_ms)
 
     def _position_call(self, sku: str, location: str | None) -> scripts.Call:
@@ -232,6 +234,12 @@ class Store(_Base):
     def extend(self, sku: str, rid: str, ttl_ms: int) -> dict[str, Any]:
         """A held line expires ``ttl_ms`` from now. Op reply."""
         return self._run(self._op_call("extend", sku, rid, ttl_ms))
+
+    def revert(self, sku: str, rid: str, expires_ms: int) -> dict[str, Any]:
+        """Undo a confirm or extend of this line: held again, expiring at ``expires_ms``. Op reply.
+
+        For a multi-SKU confirm or extend that another line refused (all or nothing)."""
+        return self._run(self._op_call("revert", sku, rid, expires_ms))
 
     def rollback(self, sku: str, rid: str) -> dict[str, Any]:
         """Delete the line as if it never existed (units and usage returned). Op reply."""
@@ -413,6 +421,11 @@ class AsyncStore(_Base):
         """See ``Store.extend``."""
         await self.ready()
         return await self._run(self._op_call("extend", sku, rid, ttl_ms))
+
+    async def revert(self, sku: str, rid: str, expires_ms: int) -> dict[str, Any]:
+        """See ``Store.revert``."""
+        await self.ready()
+        return await self._run(self._op_call("revert", sku, rid, expires_ms))
 
     async def rollback(self, sku: str, rid: str) -> dict[str, Any]:
         """See ``Store.rollback``."""

@@ -96,3 +96,60 @@ def figures(store: Store, sku: str) -> dict[str, int]:
     """The SKU-level buckets that a refused or unauthorised call must leave unchanged."""
     position = store.position(sku)
     return {k: position[k] for k in ("on_hand", "held", "committed", "atp", "in_transit")}
+
+
+@contextlib.contextmanager
+def api_processes(settings: Settings, count: int = 2, **env_extra: str) -> Iterator[list[str]]:
+    """``count`` separate ``atp serve`` processes over the suite's Redis and broker, each on its own
+    free loopback port, with the test tokens; yields their base URLs and stops them at the end."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.upper().startswith("ATP_")},
+        "ATP_CONFIG": os.devnull,
+        "ATP_REDIS_URL": settings.redis_url,
+        "ATP_REDIS_CLUSTER": "true" if settings.redis_cluster else "false",
+        "ATP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "ATP_KEY_PREFIX": settings.key_prefix,
+        "ATP_API_TOKENS": json.dumps({token_digest(t): roles for t, roles in TOKENS.items()}),
+        **env_extra,
+    }
+    ports = [free_port() for _ in range(count)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--log-level", "warning"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        for port in ports
+    ]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        deadline = time.monotonic() + 60
+        for proc, url in zip(procs, urls, strict=True):
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"atp serve exited: {proc.stderr.read().decode(errors='replace')}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError("atp serve did not answer within 60 s")
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.1)
+        yield urls
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

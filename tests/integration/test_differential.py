@@ -112,6 +112,11 @@ def test_lua_scripts_match_the_oracle(r5_redis: redis_lib.Redis) -> None:
         def extend(self, rid: str, ttl: int) -> None:
             self._same(self.store.extend(SKU, rid, ttl), self.book.extend(rid, ttl, self.now))
 
+        @rule(rid=rids, back=st.integers(-5_000, 20_000))
+        def revert(self, rid: str, back: int) -> None:
+            expires = max(1, self.now + back)
+            self._same(self.store.revert(SKU, rid, expires), self.book.revert(rid, expires, self.now))
+
         @rule(ms=st.integers(0, 15_000))
         def time_passes(self, ms: int) -> None:
             self.now += ms

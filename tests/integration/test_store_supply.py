@@ -156,6 +156,34 @@ def test_order_placed_confirms_a_hold_or_reserves_as_committed_or_refuses(store:
     assert store.dump("S")["channels"] == {"web": 2}
 
 
+def test_order_placed_over_a_hold_of_other_terms_commits_the_order(store: Store) -> None:
+    one(store, cmd("count", loc="A", on_hand=100))
+    hold(store, "ORD-1", 1, channel="web", customer="c1")
+    placed = one(store, cmd("order_placed", rid="ORD-1", qty=5, channel="web"))
+    assert (placed["status"], placed["reason"]) == ("ok", "replaced")
+    assert (placed["line"]["qty"], placed["line"]["state"]) == (5, "committed")
+    pos = store.position("S")
+    assert (pos["held"], pos["committed"], pos["atp"]) == (0, 5, 95)
+    # the usage moved with the line: the hold's customer is gone, the order's channel counts 5
+    assert store.dump("S")["customers"] == {} and store.dump("S")["channels"] == {"web": 5}
+    # the same order again is a duplicate; a committed line of other terms is re-committed
+    assert one(store, cmd("order_placed", rid="ORD-1", qty=5))["status"] == "duplicate"
+    smaller = one(store, cmd("order_placed", rid="ORD-1", qty=2, loc="A"))
+    assert (smaller["status"], smaller["line"]["qty"], smaller["line"]["loc"]) == ("ok", 2, "A")
+    assert store.position("S")["atp"] == 98
+
+
+def test_order_placed_over_a_hold_refused_for_the_difference_leaves_the_hold(store: Store) -> None:
+    one(store, cmd("count", loc="A", on_hand=3))
+    held = hold(store, "ORD-2", 2, channel="web")
+    before = store.dump("S")
+    refused = one(store, cmd("order_placed", rid="ORD-2", qty=5, channel="web"))
+    # with the hold's 2 units given back, 3 could be committed, not 5
+    assert (refused["status"], refused["reason"], refused["available"]) == ("refused", "insufficient", 3)
+    assert store.dump("S") == before
+    assert store.get_line("S", "ORD-2")["line"] == held["line"]
+
+
 def test_replayed_offsets_and_repeated_event_ids_change_nothing(store: Store) -> None:
     first = one(store, cmd("receipt", event_id="ev-1", offset=10, loc="A", qty=5))
     assert first["status"] == "ok"

@@ -140,9 +140,34 @@ function H.ship(p)
   return { status = 'ok', line = F.line_json(line) }
 end
 
+-- does an order line ask for what the live line of its id holds? (loc '' = the order names none)
+local function order_matches(line, p)
+  return line.qty == p.qty and (p.loc == '' or p.loc == line.loc)
+end
+
+-- the order's terms differ from the live line of its id: the order is what was sold, so the line
+-- is replaced by a committed line of the order's terms, checked like any new line with the old
+-- line's units given back first; refused, the old line stays exactly as it was
+local function order_replace(p, line)
+  local kept, state = {}, line.state
+  for i, a in ipairs(line.alloc) do kept[i] = { a[1], a[2], a[3], a[4] } end
+  F.return_units(line)
+  line.state = 'released' -- so hold_one may replace it
+  local status, _, reason, available = F.hold_one(p.rid, p.qty, p.loc, 600000, p.channel,
+    p.customer or '', true, true)
+  if status == 'refused' then
+    line.state = state
+    F.book(line, kept)
+    F.usage(line.customer, line.channel, line.qty)
+    return { status = 'refused', reason = reason, available = available }
+  end
+  return { status = status, reason = 'replaced', line = F.line_json(F.get_line(p.rid)) }
+end
+
 function H.order_placed(p)
   local rid = p.rid
   local line = F.get_line(rid)
+  if line and F.is_live(line) and not order_matches(line, p) then return order_replace(p, line) end
   if line and line.state == 'held' then
     local out = F.op_confirm(rid)
     return { status = out.status, line = F.line_json(out.line) }

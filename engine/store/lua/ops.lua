@@ -1,5 +1,5 @@
 -- ops.lua — the lifecycle operations on one reservation line (confirm, release, rollback,
--- extend), loaded by reservation.lua and apply.lua (after lib.lua).
+-- extend, revert), loaded by reservation.lua and apply.lua (after lib.lua).
 -- KEYS / ARGV: those of lib.lua. Each returns an op reply table {status, rid, line?, reason?}.
 -- Lines leaving the held state stay in the expiry index as stale entries (see lib.lua).
 
@@ -65,5 +65,28 @@ function F.op_extend(rid, ttl_ms)
   F.mark(rid)
   F.expire_at(rid, line.expires_ms)
   S.pos_stale = true -- the kept position counted on the old expiry
+  return { status = 'ok', rid = rid, line = line }
+end
+
+-- undo this client's confirm or extend of one line of a multi-SKU reservation whose other line
+-- refused the same call: the line is held again until expires_ms (due at once if that has passed)
+function F.op_revert(rid, expires_ms)
+  local line = F.get_line(rid)
+  if not line then return { status = 'not_found', rid = rid } end
+  if not F.is_live(line) then
+    return { status = 'refused', rid = rid, reason = line.state, line = line }
+  end
+  if line.state == 'committed' then
+    for _, a in ipairs(line.alloc) do
+      local b = F.loc_touch(a[3])
+      b.cm = b.cm - a[4]
+      b.hd = b.hd + a[4]
+    end
+    line.state = 'held'
+  end
+  line.expires_ms = expires_ms
+  F.mark(rid)
+  F.expire_at(rid, expires_ms)
+  S.pos_stale = true
   return { status = 'ok', rid = rid, line = line }
 end

@@ -1,7 +1,7 @@
 -- reservation.lua — one operation on one reservation line of one SKU, after lazy expiry.
 -- KEYS: the keys of the SKU (see lib.lua)
--- ARGV: 1 sku, 2 now_ms (0 = TIME), 3 op (confirm | release | extend | rollback | get),
---       4 rid, 5 ttl_ms (extend only)
+-- ARGV: 1 sku, 2 now_ms (0 = TIME), 3 op (confirm | release | extend | rollback | revert | get),
+--       4 rid, 5 ttl_ms (extend) or expires_ms (revert)
 -- Reply: json op reply {status, rid, line?, reason?}; get: {status: ok, rid, line} or
 --        {status: not_found, rid}
 
@@ -15,6 +15,8 @@ elseif op == 'release' then
   reply = F.op_release(rid)
 elseif op == 'extend' then
   reply = F.op_extend(rid, tonumber(ARGV[5]))
+elseif op == 'revert' then
+  reply = F.op_revert(rid, tonumber(ARGV[5]))
 elseif op == 'rollback' then
   reply = F.op_rollback(rid)
 elseif op == 'get' then
