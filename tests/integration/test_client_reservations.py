@@ -230,3 +230,75 @@ def test_concurrent_release_confirm_and_expiry_races_never_return_units_twice(
     assert all(line["state"] in ("released", "expired") for line in lines.values())
     pos = store.position("A")
     assert (pos["held"], pos["committed"], pos["atp"]) == (0, 0, 1000)
+
+
+class _StreamActsFirst(Store):
+    """A store on which the stream changes line ``sku`` of a reservation just before this client's
+    call on that line reaches Redis: the window between a multi-SKU call's check and its act."""
+
+    def __init__(self, redis: Any, sku: str, before: str, now_ms: Clock) -> None:
+        super().__init__(redis, now_ms=now_ms)
+        self._sku, self._before = sku, before
+
+    def _first(self, sku: str, rid: str) -> None:
+        if sku == self._sku:
+            if self._before == "cancel":
+                assert Store.release(self, sku, rid)["status"] == "ok"
+            else:  # the order is confirmed and shipped by the stream
+                Store.confirm(self, sku, rid)
+                ship = SupplyCommand(sku, "ship", {"rid": rid, "loc": "DC1", "qty": 2}, event_id=f"ship-{rid}")
+                assert self.apply([ship])[0]["line"]["state"] == "shipped"
+
+    def confirm(self, sku: str, rid: str) -> dict[str, Any]:
+        self._first(sku, rid)
+        return super().confirm(sku, rid)
+
+    def extend(self, sku: str, rid: str, ttl_ms: int) -> dict[str, Any]:
+        self._first(sku, rid)
+        return super().extend(sku, rid, ttl_ms)
+
+    def release(self, sku: str, rid: str) -> dict[str, Any]:
+        self._first(sku, rid)
+        return super().release(sku, rid)
+
+
+@pytest.mark.parametrize("op", ["confirm", "extend"])
+def test_a_line_cancelled_between_check_and_act_reverts_the_others(redis: Any, op: str) -> None:
+    stock(redis, A=10, Z=10)
+    clock = Clock()
+    client = AtpClient(redis, now_ms=clock)
+    held = client.hold("mix-1", [("A", 2, None), ("Z", 2, None)], ttl_s=60)
+    assert isinstance(held, Reservation)
+    client.store = _StreamActsFirst(redis, "Z", "cancel", clock)  # Z sorts after A: A acts first
+    clock.now += 1_000
+    result = client.extend("mix-1", 120) if op == "extend" else client.confirm("mix-1")
+    assert isinstance(result, Refusal) and (result.reason, result.sku) == ("released", "Z")
+    assert result.changed is None
+    line_a = Store(redis, now_ms=clock.now).get_line("A", "mix-1")["line"]
+    assert (line_a["state"], line_a["expires_ms"]) == ("held", held.expires_ms)
+    assert {ln.sku: ln.state for ln in result.lines} == {"A": "held", "Z": "released"}
+    assert Store(redis, now_ms=clock.now).position("A")["committed"] == 0
+
+
+def test_a_release_racing_a_shipment_keeps_what_it_released_and_says_so(redis: Any) -> None:
+    stock(redis, A=10, Z=10)
+    clock = Clock()
+    client = AtpClient(redis, now_ms=clock)
+    assert isinstance(client.hold("mix-2", [("A", 1, None), ("Z", 2, None)]), Reservation)
+    client.store = _StreamActsFirst(redis, "Z", "ship", clock)
+    result = client.release("mix-2")
+    assert isinstance(result, Refusal) and result.reason == "shipped"
+    assert result.changed is not None and [ln.sku for ln in result.changed.lines] == ["A"]
+    assert result.changed.lines[0].state == "released"
+
+
+def test_a_multi_sku_lifecycle_call_on_a_forbidden_line_changes_nothing(redis: Any) -> None:
+    stock(redis, A=10, Z=10)
+    client = AtpClient(redis, now_ms=Clock())
+    assert isinstance(client.hold("mix-3", [("A", 1, None), ("Z", 1, None)]), Reservation)
+    Store(redis, now_ms=T0).release("Z", "mix-3")
+    before = state(redis, "A", "Z")
+    for call in (lambda: client.confirm("mix-3"), lambda: client.extend("mix-3", 30)):
+        result = call()
+        assert isinstance(result, Refusal) and result.reason == "released"
+    assert state(redis, "A", "Z") == before
