@@ -102,17 +102,17 @@ def load_settings() -> Settings:
 
 @contextlib.contextmanager
 def _talking_to_redis(settings: Settings) -> Iterator[None]:
-    """Turn Redis connection failures into a one-line error naming the server."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+    """Turn Redis failures into a one-line error naming the server (exit 1)."""
+    from redis.exceptions import RedisClusterException, RedisError
+
+    from engine.api.redis_conn import UNREACHABLE
 
     where = _redact(settings.redis_url)
     try:
         yield
-    except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
+    except (*UNREACHABLE, ConnectionError, TimeoutError) as exc:
         raise CliError(f"cannot reach Redis at {where}: {_one_line(str(exc))}") from exc
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:  # the Cluster client's are not RedisErrors
         raise CliError(f"Redis at {where} failed: {_one_line(str(exc))}") from exc
 
 

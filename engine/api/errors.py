@@ -20,7 +20,12 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    CrossSlotTransactionError,
+    InvalidPipelineStack,
+    RedisClusterException,
+    RedisError,
+)
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
@@ -141,13 +146,14 @@ async def _on_http(request: Request, exc: Exception) -> OrjsonResponse:
 
 
 def _redis_unavailable(exc: Exception, method: str, path: str) -> OrjsonResponse:
-    # The reason goes to the log, not to the caller: it may name hosts.
-    log.warning("redis error on %s %s: %r", method, path, exc)
+    # The reason goes to the log, not to the caller: it may name hosts. Logged as type and
+    # message: redis-py's repr of its errors leaves the message out.
+    log.warning("redis error on %s %s: %s: %s", method, path, type(exc).__name__, exc)
     return BackendUnavailable("the state store is unavailable; retry later").response()
 
 
 def _backend_unavailable(exc: Exception, method: str, path: str) -> OrjsonResponse:
-    log.warning("backend connection error on %s %s: %r", method, path, exc)
+    log.warning("backend connection error on %s %s: %s: %s", method, path, type(exc).__name__, exc)
     return BackendUnavailable("a backend is unavailable; retry later").response()
 
 
@@ -156,11 +162,24 @@ def _api_error(exc: Exception, method: str, path: str) -> OrjsonResponse:
     return exc.response()
 
 
-#: Errors a route may raise once its input is valid, and their replies. Timeouts and refused
-#: connections surface as OSError subclasses in some clients.
-_RUNTIME_REPLIES: dict[type[Exception], Callable[[Exception, str, str], OrjsonResponse]] = {
+Reply = Callable[[Exception, str, str], OrjsonResponse]
+
+#: Errors a route may raise once its input is valid, and their replies; None marks a bug (the
+#: app's 500) under a class that has a reply. Timeouts and refused connections surface as
+#: OSError subclasses in some clients.
+_RUNTIME_REPLIES: dict[type[Exception], Reply | None] = {
     ApiError: _api_error,
     RedisError: _redis_unavailable,
+    # The Redis Cluster client's own errors are not RedisErrors. It raises them when no node
+    # answers (RedisClusterUnreachableError, on the first command after every node went down
+    # or as the client connects), when no node serves a key's slot, when the nodes disagree
+    # on the slots or refuse the credentials: the store is unavailable, as for a standalone
+    # Redis that refuses connections.
+    RedisClusterException: _redis_unavailable,
+    # ...except those only a bug in the engine raises: a transaction across slots, a pipeline
+    # reply of the wrong length.
+    CrossSlotTransactionError: None,
+    InvalidPipelineStack: None,
     ConnectionError: _backend_unavailable,
     TimeoutError: _backend_unavailable,
 }
@@ -169,17 +188,22 @@ _RUNTIME_REPLIES: dict[type[Exception], Callable[[Exception, str, str], OrjsonRe
 def runtime_error_reply(exc: Exception, method: str, path: str) -> OrjsonResponse | None:
     """The reply the app gives ``exc`` raised by a route — an ``ApiError``, or a 503 when Redis or
     another backend failed — found like Starlette finds a handler (the closest class in the
-    exception's MRO). None for anything else: a bug, answered by the app's 500 handler."""
+    exception's MRO). None for anything else: a bug, answered by the app's 500 handler.
+
+    The one mapping for the FastAPI app and the hot path (``engine.api.hot_path``)."""
     for cls in type(exc).__mro__:
-        reply = _RUNTIME_REPLIES.get(cls)
-        if reply is not None:
-            return reply(exc, method, path)
+        if cls in _RUNTIME_REPLIES:
+            reply = _RUNTIME_REPLIES[cls]
+            return None if reply is None else reply(exc, method, path)
     return None
 
 
 async def _on_runtime_error(request: Request, exc: Exception) -> OrjsonResponse:
     reply = runtime_error_reply(exc, request.method, request.url.path)
-    assert reply is not None  # registered only for the classes in _RUNTIME_REPLIES
+    if reply is None:
+        # A bug under a mapped class (a cross-slot transaction under RedisClusterException):
+        # on to the app's 500 handler, which answers and lets the server log the traceback.
+        raise exc
     return reply
 
 
@@ -190,8 +214,9 @@ async def _on_unexpected(request: Request, exc: Exception) -> OrjsonResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error the app can raise to a JSON reply of the shape above."""
-    for cls in _RUNTIME_REPLIES:
-        app.add_exception_handler(cls, _on_runtime_error)
+    for cls, reply in _RUNTIME_REPLIES.items():
+        if reply is not None:
+            app.add_exception_handler(cls, _on_runtime_error)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -1,7 +1,13 @@
 """Redis clients built from the settings (URL, Cluster mode, credentials, TLS CA).
 
-Used by the API (async) and the ``atp`` command (sync). Replies stay bytes; the store
-decodes what it reads.
+Used by the API (async) and the ``atp`` command and the flow (sync). Replies stay bytes; the
+store decodes what it reads.
+
+A command that fails on a broken connection is sent once more, at once, on a new connection
+(``RECONNECT_RETRIES``; a Redis Cluster client keeps its own policy, see below): a connection
+the pool kept across a Redis restart fails on first use, and that must not reach the caller as
+an error once Redis is back. While Redis is down the second attempt fails as fast as the
+first, so callers still get their error (the API's 503) without delay. ``UNREACHABLE`` lists what the clients raise when Redis cannot be reached.
 """
 
 from __future__ import annotations
@@ -10,6 +16,17 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from engine.settings import Settings
 
@@ -19,8 +36,66 @@ POOL_SIZE = 128
 _POOL_WAIT_S = 5.0
 
 
+#: Times a command is sent again after a connection error, with no wait in between.
+RECONNECT_RETRIES = 1
+
+#: What the clients raise when Redis (or every node of the Cluster, or the node owning a key's
+#: slot) cannot be reached: connection errors (refused, reset, the pool exhausted), timeouts, and
+#: the Cluster client's own ``RedisClusterUnreachableError`` (no node answered a topology
+#: refresh — also when the client is built) and ``SlotNotCoveredError``, which are not
+#: ``RedisError`` subclasses.
+UNREACHABLE: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    RedisClusterUnreachableError,
+    SlotNotCoveredError,
+)
+
+
 class RedisNotConfigured(ValueError):
     """``ATP_REDIS_URL`` is empty where a running Redis is needed."""
+
+
+def _worth_resending(error: Exception) -> bool:
+    # Wrong credentials or missing ACL rights answer the same on a new connection.
+    return not isinstance(error, (AuthenticationError, AuthorizationError))
+
+
+# Resending is safe, because every command the engine sends may run twice. A connection error
+# raised before the command went out (connection refused, a socket the server closed while it
+# sat in the pool — the restart case) means it never ran; one raised while waiting for the reply
+# (the connection dropped mid-command) leaves it unknown, so the resend may run it again, and:
+#   * a hold is keyed by its reservation id: the hold script finds the line and answers
+#     `duplicate` (hold_one in engine/store/lua/lib.lua), and the reservation-index claim sent
+#     with it is a SET NX — the caller gets the reservation, as when a client repeats the call
+#     with the same Idempotency-Key (201, Idempotent-Replayed: true);
+#   * confirm and release answer `duplicate` for a line already in that state, rollback
+#     `not_found` for a line already gone; extend sets the expiry from now again, revert and a
+#     policy replace set the same values again (engine/store/lua/ops.lua, reservation.lua);
+#   * supply commands are deduplicated by event id and input offset (engine/store/lua/apply.lua),
+#     and the sweep expires and purges only what is due.
+# Only connection errors are resent on a standalone Redis: a timeout means a slow or hung
+# server, where a resend would double the wait.
+def _standalone_retry() -> Retry:
+    return Retry(NoBackoff(), RECONNECT_RETRIES, supported_errors=(RedisConnectionError,),
+                 is_retryable=_worth_resending)
+
+
+def _async_standalone_retry() -> AsyncRetry:
+    return AsyncRetry(NoBackoff(), RECONNECT_RETRIES, supported_errors=(RedisConnectionError,),
+                      is_retryable=_worth_resending)
+
+
+# The Cluster client takes its retry policy as its own argument (it refuses one meant for the
+# node connections, which it builds without retries) and applies it by error type: connection
+# errors and timeouts, CLUSTERDOWN and an uncovered slot, refreshing the topology between
+# attempts; MOVED/ASK redirections are not counted. Its default (10 attempts, growing waits)
+# kept each API call to a Cluster whose nodes were all down waiting 1-2 s before it failed; one
+# immediate resend fails it within milliseconds and still gets past a node's stale connections
+# after a restart. The sync client keeps the default: the flow, which uses it, rides out short
+# failovers on it, and the CLI fails at once anyway (the client connects as it is built).
+def _async_cluster_retry() -> AsyncRetry:
+    return AsyncRetry(NoBackoff(), RECONNECT_RETRIES)
 
 
 def _kwargs(settings: Settings) -> dict[str, Any]:
@@ -45,22 +120,30 @@ def _url(settings: Settings) -> str:
 
 
 def sync_redis(settings: Settings) -> Any:
-    """A ``redis.Redis`` (or ``RedisCluster`` when ``redis_cluster``) for ``settings.redis_url``."""
+    """A ``redis.Redis`` (or ``RedisCluster`` when ``redis_cluster``) for ``settings.redis_url``.
+
+    Raises ``RedisNotConfigured`` without a URL. A ``RedisCluster`` reads the topology as it
+    is built, so building one raises ``RedisClusterUnreachableError`` (one of ``UNREACHABLE``)
+    when no node answers.
+    """
     url = _url(settings)
     kwargs = _kwargs(settings)
     if settings.redis_cluster:
         kwargs.pop("health_check_interval")
         return redis.RedisCluster.from_url(url, **kwargs)
-    return redis.Redis.from_url(url, **kwargs)
+    return redis.Redis.from_url(url, retry=_standalone_retry(), **kwargs)
 
 
 def async_redis(settings: Settings) -> Any:
-    """The ``redis.asyncio`` twin of ``sync_redis``."""
+    """The ``redis.asyncio`` twin of ``sync_redis``; it connects on its first command."""
     url = _url(settings)
     kwargs = _kwargs(settings)
     if settings.redis_cluster:
         kwargs.pop("health_check_interval")
-        return aioredis.RedisCluster.from_url(url, **kwargs)
+        return aioredis.RedisCluster.from_url(url, retry=_async_cluster_retry(), **kwargs)
     # A blocking pool: a checkout burst waits briefly for a connection instead of failing.
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=_POOL_WAIT_S, **kwargs)
+    # The retry policy goes to the pool's connections: a client given a pool uses theirs.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=POOL_SIZE, timeout=_POOL_WAIT_S, retry=_async_standalone_retry(), **kwargs
+    )
     return aioredis.Redis(connection_pool=pool)
