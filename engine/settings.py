@@ -25,6 +25,12 @@ from engine.domain.ids import id_problem
 WATCH_LIMIT = 50
 """Most SKUs on the watch list (``engine.metrics.WATCH_LIMIT`` is the same bound)."""
 
+# Upper bounds of the HTTP edge settings: past these a value is a typo, not a policy.
+MAX_HEADER_BYTES_CAP = 1024 * 1024
+MAX_HEADERS_CAP = 10_000
+MAX_CONNECTIONS_CAP = 1_000_000
+TIMEOUT_CAP_S = 3600.0
+
 
 def _config_file() -> Path | None:
     path = Path(os.environ.get("ATP_CONFIG", "atp.toml"))
@@ -68,6 +74,23 @@ class Settings(BaseSettings):
         description="sha256 hex of a bearer token -> roles (read, reserve, operate); JSON in the env var",
     )
     max_body_bytes: int = Field(256 * 1024, ge=1024)
+    # What one connection may cost before it is answered 4xx or dropped (engine/api/edge.py).
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, le=MAX_HEADER_BYTES_CAP,
+        description="request line + headers of one request; over it: 431 (414 when the URL is what ran over)",
+    )
+    max_headers: int = Field(100, ge=10, le=MAX_HEADERS_CAP, description="header fields per request; over it: 431")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=TIMEOUT_CAP_S,
+        description="a request's headers must be in within this long of the connection or of the last response",
+    )
+    keepalive_timeout_s: float = Field(
+        5.0, gt=0, le=TIMEOUT_CAP_S, description="an idle keep-alive connection is closed after this long"
+    )
+    max_connections: int = Field(
+        2048, ge=1, le=MAX_CONNECTIONS_CAP,
+        description="connections or requests in progress per server process; requests over it get 503",
+    )
 
     # Reservations.
     default_hold_ttl_s: int = Field(600, ge=1, le=86_400)

@@ -17,20 +17,39 @@ pauses, every few seconds under load, were the API's p99.
 The access log is off by default: one log line per request costs a noticeable share of a
 checkout call, and ``atp_http_requests_total`` / ``atp_http_request_seconds`` already count
 every request by route, method and status.
+
+What one connection may cost is bounded (``engine.api.edge``): a request head's size and header
+count, the time to send it (``header_timeout_s``), the keep-alive idle time
+(``keepalive_timeout_s``) and the connections per process (``max_connections``; requests over
+it are answered 503). Each serving process raises its soft open-files limit towards
+``OPEN_FILES`` (capped by the hard limit) so that those connections get a descriptor: at the
+common default of 1024, a thousand idle sockets would make the kernel refuse the next customer.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
+import logging
 import os
+import resource
 
 import uvicorn
 
 from engine.api.app import AtpApi, create_app
+from engine.api.edge import EdgeLimits, EdgeProtocol
 from engine.settings import Settings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _FACTORY = "engine.api.server:app_from_environment"
+
+#: Soft open-files limit a serving process asks for (the hard limit caps it); docker-compose.yml
+#: gives the api service this much.
+OPEN_FILES = 65536
+#: Descriptors besides client connections: the Redis pool, the broker, log and metric files.
+OPEN_FILES_MARGIN = 1024
+
+log = logging.getLogger("uvicorn.error")  # configured by uvicorn, so these lines go out with its own
 
 
 def freeze_startup_heap() -> None:
@@ -39,10 +58,45 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
+def raise_open_files_limit(want: int) -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE to ``want`` (at most the hard limit, never lower).
+
+    Returns the soft limit before and after.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return soft, target
+    return soft, soft
+
+
+def prepare_serving_process(settings: Settings) -> None:
+    """Per serving process, before it accepts connections: the edge limits and the open-files limit."""
+    EdgeProtocol.use_limits(EdgeLimits.from_settings(settings))
+    need = settings.max_connections + OPEN_FILES_MARGIN
+    before, after = raise_open_files_limit(max(OPEN_FILES, need))
+    if after != before:
+        log.info("Open files limit raised from %d to %d", before, after)
+    if after != resource.RLIM_INFINITY and after < need:
+        log.warning(
+            "Open files limit %d is below max_connections + %d = %d: connections past it are refused "
+            "by the kernel instead of answered 503 (raise the hard limit: ulimit -Hn, or compose ulimits)",
+            after, OPEN_FILES_MARGIN, need,
+        )
+
+
 def app_from_environment() -> AtpApi:
     """The app over the settings of the environment: what each worker process serves."""
-    app = create_app(Settings())
+    settings = Settings()
+    prepare_serving_process(settings)
+    app = create_app(settings)
     freeze_startup_heap()
+    return app
+
+
+def _prepared(app: AtpApi, settings: Settings) -> AtpApi:
+    prepare_serving_process(settings)
     return app
 
 
@@ -65,13 +119,16 @@ def serve(
         raise ValueError(f"bad log level {log_level!r}: one of {', '.join(LOG_LEVELS)}")
     if not 1 <= workers <= 64:
         raise ValueError("workers must be between 1 and 64")
-    # loop/http "auto": uvloop and httptools (project dependencies), asyncio and h11 without them.
-    options = {"host": host, "port": port, "log_level": log_level, "loop": "auto", "http": "auto",
-               "access_log": access_log}
+    # loop "auto": uvloop (a project dependency). http: httptools with the edge's bounds.
+    options = {"host": host, "port": port, "log_level": log_level, "loop": "auto", "http": EdgeProtocol,
+               "access_log": access_log, "limit_concurrency": settings.max_connections,
+               "timeout_keep_alive": settings.keepalive_timeout_s}
     if workers == 1:
         app = create_app(settings)
         freeze_startup_heap()
-        uvicorn.run(app, **options)  # type: ignore[arg-type]
+        # Served through a factory so that the process is prepared once uvicorn has set up its
+        # logging (the open-files line is one of its log lines), as each worker's factory does.
+        uvicorn.run(functools.partial(_prepared, app, settings), factory=True, **options)  # type: ignore[arg-type]
         return
     os.environ["ATP_REDIS_URL"] = settings.redis_url
     os.environ["ATP_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap

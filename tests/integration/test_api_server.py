@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,6 +49,8 @@ def test_serve_with_two_workers_answers_from_two_processes(redis: Any, redis_url
         "ATP_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "ATP_KEY_PREFIX": settings.key_prefix,
         "ATP_API_TOKENS": json.dumps({token_digest(TOKEN): ["read"]}),
+        "ATP_MAX_HEADER_BYTES": "4096",
+        "ATP_HEADER_TIMEOUT_S": "1",
     }
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--workers", "2", "--log-level", "warning"]
@@ -72,6 +75,14 @@ def test_serve_with_two_workers_answers_from_two_processes(redis: Any, redis_url
             assert reply.status_code == 200, reply.text
             assert reply.json()["atp"] == 7
         assert httpx.get(f"http://127.0.0.1:{port}/v1/atp/WORKERS-1").status_code == 401
+        # Every worker serves through the edge protocol with the environment's limits.
+        for _ in range(6):
+            reply = httpx.get(f"http://127.0.0.1:{port}/healthz", headers={"X-Big": "b" * 5000})
+            assert reply.status_code == 431 and reply.json()["error"] == "headers_too_large"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as idle:
+            started = time.monotonic()
+            assert idle.recv(1) == b""  # closed by the worker's header timeout
+            assert time.monotonic() - started < 4
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -212,3 +212,12 @@ def test_dockerfile_copies_every_package_pyproject_installs() -> None:
     packages = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
     assert packages | {"pyproject.toml", pyproject["project"]["readme"]} <= copied
     assert "pip install ." in dockerfile
+
+
+def test_api_may_open_a_descriptor_per_allowed_connection() -> None:
+    from engine.api.server import OPEN_FILES, OPEN_FILES_MARGIN
+
+    nofile = SERVICES["api"]["ulimits"]["nofile"]
+    assert int(nofile["soft"]) == int(nofile["hard"]) == OPEN_FILES
+    max_connections = int(SERVICES["api"]["environment"].get("ATP_MAX_CONNECTIONS", Settings().max_connections))
+    assert OPEN_FILES >= max_connections + OPEN_FILES_MARGIN

@@ -114,6 +114,45 @@ def test_bad_env_values_raise_naming_the_field(monkeypatch: pytest.MonkeyPatch, 
     assert field in str(info.value)
 
 
+def test_http_edge_defaults_and_env_vars(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = Settings()
+    assert (s.max_header_bytes, s.max_headers, s.max_connections) == (16384, 100, 2048)
+    assert (s.header_timeout_s, s.keepalive_timeout_s) == (10.0, 5.0)
+    monkeypatch.setenv("ATP_MAX_HEADER_BYTES", "8192")
+    monkeypatch.setenv("ATP_MAX_HEADERS", "50")
+    monkeypatch.setenv("ATP_HEADER_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("ATP_KEEPALIVE_TIMEOUT_S", "1")
+    monkeypatch.setenv("ATP_MAX_CONNECTIONS", "10000")
+    s = Settings()
+    assert (s.max_header_bytes, s.max_headers, s.max_connections) == (8192, 50, 10000)
+    assert (s.header_timeout_s, s.keepalive_timeout_s) == (2.5, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("ATP_MAX_HEADER_BYTES", "100"),
+        ("ATP_MAX_HEADER_BYTES", str(2 * 1024 * 1024)),
+        ("ATP_MAX_HEADER_BYTES", "16k"),
+        ("ATP_MAX_HEADERS", "0"),
+        ("ATP_MAX_HEADERS", "100000"),
+        ("ATP_HEADER_TIMEOUT_S", "0"),
+        ("ATP_HEADER_TIMEOUT_S", "-1"),
+        ("ATP_HEADER_TIMEOUT_S", "inf"),
+        ("ATP_HEADER_TIMEOUT_S", "nan"),
+        ("ATP_KEEPALIVE_TIMEOUT_S", "0"),
+        ("ATP_KEEPALIVE_TIMEOUT_S", "7200"),
+        ("ATP_MAX_CONNECTIONS", "0"),
+        ("ATP_MAX_CONNECTIONS", "2000000"),
+    ],
+)
+def test_bad_http_edge_values_raise_naming_the_field(monkeypatch: pytest.MonkeyPatch, env: str, value: str) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ValidationError) as info:
+        Settings()
+    assert env.removeprefix("ATP_").lower() in str(info.value)
+
+
 def test_watch_skus_is_a_json_list_without_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().watch_skus == []
     monkeypatch.setenv("ATP_WATCH_SKUS", '["FLASH-1", "PRE-1", "FLASH-1"]')
