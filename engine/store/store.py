@@ -47,6 +47,9 @@ from engine.store.wire import (
 Clock = int | Callable[[], int] | None
 
 SWEEP_CHUNK = 100  # SKUs per pipelined round trip of the sweeper
+#: Lines one sweep call purges at most: a long history is purged in many short calls, so no call
+#: keeps Redis (which runs one script at a time) from every other SKU for long.
+PURGE_LINES_PER_CALL = 64
 MAX_KEEP_REPLIES_S = 86_400
 MAX_RETENTION_MS = 3650 * 86_400_000
 
@@ -187,7 +190,19 @@ class _Base:
         return sku_from_key(key, self.prefix)
 
     def _sweep_call(self, sku: str, retention_ms: int = 0) -> scripts.Call:
-        return self._call("sweep", sku, retention_ms)
+        return self._call("sweep", sku, retention_ms, PURGE_LINES_PER_CALL)
+
+    @staticmethod
+    def _purged(due: list[str], replies: list[Any], purged: dict[str, set[str]]) -> list[str]:
+        """Note one round of sweep replies' purged rids (rid -> skus); the SKUs that have more
+        lines past the retention, for another round."""
+        again = []
+        for sku, reply in zip(due, replies, strict=True):
+            for rid in reply[2:]:
+                purged.setdefault(_text(rid), set()).add(sku)
+            if int(reply[1]):
+                again.append(sku)
+        return again
 
     @staticmethod
     def _check_retention(retention_ms: int) -> int:
@@ -344,10 +359,9 @@ class Store(_Base):
                 pipe.zrange(sku_keys(sku, self.prefix).dead, 0, 0, withscores=True)
             due = [s for s, o in zip(chunk, pipe.execute(), strict=True)
                    if (oldest := _oldest_score(o)) is not None and oldest <= cutoff]
-            results = scripts.call_many(self.redis, [self._sweep_call(s, retention_ms) for s in due])
-            for sku, reply in zip(due, results, strict=True):
-                for rid in reply[1:]:
-                    purged.setdefault(_text(rid), set()).add(sku)
+            while due:
+                replies = scripts.call_many(self.redis, [self._sweep_call(s, retention_ms) for s in due])
+                due = self._purged(due, replies, purged)
         self._forget_indexes(_IndexPlan(self.prefix, purged))
         return sum(len(v) for v in purged.values())
 
@@ -524,10 +538,9 @@ class AsyncStore(_Base):
                 pipe.zrange(sku_keys(sku, self.prefix).dead, 0, 0, withscores=True)
             due = [s for s, o in zip(chunk, await pipe.execute(), strict=True)
                    if (oldest := _oldest_score(o)) is not None and oldest <= cutoff]
-            results = await scripts.acall_many(self.redis, [self._sweep_call(s, retention_ms) for s in due])
-            for sku, reply in zip(due, results, strict=True):
-                for rid in reply[1:]:
-                    purged.setdefault(_text(rid), set()).add(sku)
+            while due:
+                replies = await scripts.acall_many(self.redis, [self._sweep_call(s, retention_ms) for s in due])
+                due = self._purged(due, replies, purged)
         await self._forget_indexes(_IndexPlan(self.prefix, purged))
         return sum(len(v) for v in purged.values())
 

@@ -1,14 +1,20 @@
 -- sweep.lua — the background sweeper's per-SKU step: expire the due holds, and purge the lines
 -- that have been in a final state (released, expired, shipped) for longer than the retention.
 -- KEYS: the keys of the SKU (see lib.lua)
--- ARGV: 1 sku, 2 now_ms (0 = TIME), 3 retention_ms (0 or absent = purge nothing)
--- Reply: array: the number of lines expired, then the rids of the purged lines
+-- ARGV: 1 sku, 2 now_ms (0 = TIME), 3 retention_ms (0 or absent = purge nothing),
+--       4 the most lines one call purges (absent = 64): a purge of a long history is many
+--       short calls, each leaving a whole state, never one long one
+-- Reply: array: the number of lines expired, 1 if lines older than the retention are left for
+--        another call (else 0), then the rids of the purged lines
 
--- delete the lines that reached a final state at or before `cutoff`; usage of purged shipped
--- lines stays counted ('~' fields say how much of it has no line any more). Returns their rids.
-local function purge_dead(cutoff)
-  local rids = redis.call('ZRANGEBYSCORE', K.dead, '-inf', cutoff)
-  if #rids == 0 then return rids end
+-- delete up to `limit` lines that reached a final state at or before `cutoff`, oldest first;
+-- usage of purged shipped lines stays counted ('~' fields say how much of it has no line any
+-- more). Returns their rids and whether more are due.
+local function purge_dead(cutoff, limit)
+  local rids = redis.call('ZRANGEBYSCORE', K.dead, '-inf', cutoff, 'LIMIT', 0, limit + 1)
+  local more = #rids > limit
+  if more then rids[#rids] = nil end
+  if #rids == 0 then return rids, false end
   F.prefetch_lines(rids)
   local gone = {}
   for _, rid in ipairs(rids) do
@@ -22,15 +28,17 @@ local function purge_dead(cutoff)
       gone[#gone + 1] = rid
     end
   end
-  redis.call('ZREMRANGEBYSCORE', K.dead, '-inf', cutoff)
-  return gone
+  F.call_chunked('ZREM', K.dead, rids, 1)
+  return gone, more
 end
 
 F.load_state()
-local out = { F.expire_due() }
+local out = { F.expire_due(), 0 }
 local retention = tonumber(ARGV[3] or '0') or 0
 if retention > 0 then
-  for _, rid in ipairs(purge_dead(NOW - retention)) do out[#out + 1] = rid end
+  local gone, more = purge_dead(NOW - retention, tonumber(ARGV[4] or '64') or 64)
+  if more then out[2] = 1 end
+  for _, rid in ipairs(gone) do out[#out + 1] = rid end
 end
 F.flush()
 return out

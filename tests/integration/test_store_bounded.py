@@ -1,0 +1,56 @@
+"""Bounded work at scale (R17): a long history is worked off in many short calls, each leaving a
+whole state (the invariant checker passes after every call) and naming each line once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.store import scripts
+from engine.store.invariants import check_invariants
+from engine.store.store import PURGE_LINES_PER_CALL, Store
+from engine.store.wire import HoldRequest, SupplyCommand
+
+T0 = 1_700_000_000_000
+KEEP_MS = 60_000
+
+
+def _ended_lines(store: Store, sku: str, n: int) -> None:
+    """``n`` holds of one unit on ``sku`` that expire at T0 + 1 s (ended once a call sees it)."""
+    store.apply([SupplyCommand(sku, "count", {"loc": "A", "on_hand": n})])
+    for start in range(0, n, 1000):
+        batch = [HoldRequest(f"{sku}-{i}", 1, "", 1_000) for i in range(start, min(n, start + 1000))]
+        assert {r["status"] for r in store.hold_batch(sku, batch)} == {"ok"}
+
+
+def test_a_purge_of_20k_ended_lines_is_many_bounded_calls_each_leaving_a_whole_state(redis: Any) -> None:
+    store = Store(redis, now_ms=T0)
+    _ended_lines(store, "LONG", 20_000)
+    store.now_ms = T0 + 2_000
+    assert store.position("LONG")["held"] == 0  # every hold has expired
+    store.now_ms = T0 + 2_000 + KEEP_MS
+    named: list[str] = []
+    calls = 0
+    while True:
+        reply = scripts.call(redis, *store._sweep_call("LONG", KEEP_MS))
+        calls += 1
+        rids = [r.decode() if isinstance(r, bytes) else r for r in reply[2:]]
+        assert len(rids) <= PURGE_LINES_PER_CALL
+        named += rids
+        assert check_invariants(redis) == []
+        if not int(reply[1]):
+            break
+    assert calls == -(-20_000 // PURGE_LINES_PER_CALL)  # ceil: the last call finds none left
+    assert len(named) == len(set(named)) == 20_000
+    assert store.dump("LONG")["lines"] == {}
+
+
+def test_purge_loops_until_every_sku_is_done(redis: Any) -> None:
+    store = Store(redis, now_ms=T0)
+    _ended_lines(store, "P1", 2_500)
+    _ended_lines(store, "P2", 10)
+    store.now_ms = T0 + 2_000
+    assert store.sweep() == 2_510
+    store.now_ms = T0 + 2_000 + KEEP_MS
+    assert store.purge(KEEP_MS) == 2_510
+    assert store.dump("P1")["lines"] == {} and store.dump("P2")["lines"] == {}
+    assert store.purge(KEEP_MS) == 0
