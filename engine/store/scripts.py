@@ -4,6 +4,10 @@ Each entry script is ``lib.lua`` (the shared prelude), the sections only that en
 (``ops.lua``, ``rebalance.lua``; see ``PRELUDES``), then the entry file. Calls go out as
 EVALSHA; when Redis answers NOSCRIPT (a restart, SCRIPT FLUSH, a new cluster node) the same call is
 sent once as EVAL with the source, which also caches the script on that node again.
+
+An entry that finds more holds due than one call may expire answers ``MORE`` after expiring a
+bounded chunk (lib.lua, ``EXPIRE_LINES``); every function here sends such a call again until it
+answers, so callers never see ``MORE`` and each call Redis runs stays short.
 """
 
 from __future__ import annotations
@@ -32,6 +36,12 @@ PRELUDES: dict[str, tuple[str, ...]] = {
 }
 
 Arg = str | int
+#: The reply of an entry that expired a chunk of due holds and left the rest for another call.
+MORE = b"~more"
+
+
+def _more(reply: Any) -> bool:
+    return reply == MORE or reply == "~more"
 
 
 @dataclass(frozen=True)
@@ -60,18 +70,24 @@ def load_scripts() -> dict[str, LuaScript]:
 
 def call(client: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
     """Run ``script`` on a sync redis client (or cluster client), by SHA with NOSCRIPT recovery."""
-    try:
-        return client.evalsha(script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        return client.eval(script.source, len(keys), *keys, *args)
+    while True:
+        try:
+            reply = client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            reply = client.eval(script.source, len(keys), *keys, *args)
+        if not _more(reply):
+            return reply
 
 
 async def acall(client: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
     """Async twin of ``call`` for redis.asyncio clients."""
-    try:
-        return await client.evalsha(script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        return await client.eval(script.source, len(keys), *keys, *args)
+    while True:
+        try:
+            reply = await client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            reply = await client.eval(script.source, len(keys), *keys, *args)
+        if not _more(reply):
+            return reply
 
 
 Call = tuple[LuaScript, Sequence[str], Sequence[Arg]]
@@ -102,6 +118,10 @@ def call_many(client: Any, calls: Sequence[Call]) -> list[Any]:
     for r in results:
         if isinstance(r, Exception):
             raise r
+    again = [i for i, r in enumerate(results) if _more(r)]
+    if again:
+        for i, r in zip(again, call_many(client, [calls[i] for i in again]), strict=True):
+            results[i] = r
     return list(results)
 
 
@@ -124,6 +144,10 @@ async def acall_many(client: Any, calls: Sequence[Call]) -> list[Any]:
     for r in results:
         if isinstance(r, Exception):
             raise r
+    again = [i for i, r in enumerate(results) if _more(r)]
+    if again:
+        for i, r in zip(again, await acall_many(client, [calls[i] for i in again]), strict=True):
+            results[i] = r
     return list(results)
 
 
@@ -177,8 +201,8 @@ def call_after_sets(client: Any, sets: Sequence[tuple[str, bytes]], script_call:
     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
     results = pipe.execute(raise_on_error=False)
     last = results[-1]
-    if isinstance(last, NoScriptError):
-        last = client.eval(script.source, len(keys), *keys, *args)
+    if isinstance(last, NoScriptError) or _more(last):
+        last = call(client, script, keys, args)
     _raise_errors(results[:-1])
     if isinstance(last, Exception):
         raise last
@@ -213,8 +237,8 @@ async def acall_after_sets(client: Any, sets: Sequence[tuple[str, bytes]],
     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
     results = await pipe.execute(raise_on_error=False)
     last = results[-1]
-    if isinstance(last, NoScriptError):
-        last = await client.eval(script.source, len(keys), *keys, *args)
+    if isinstance(last, NoScriptError) or _more(last):
+        last = await acall(client, script, keys, args)
     _raise_errors(results[:-1])
     if isinstance(last, Exception):
         raise last

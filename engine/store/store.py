@@ -333,8 +333,11 @@ class Store(_Base):
         skus = self._scan_skus(exp_scan_pattern(self.prefix), max_skus)
         expired = 0
         for i in range(0, len(skus), SWEEP_CHUNK):
-            calls = [self._sweep_call(s) for s in skus[i:i + SWEEP_CHUNK]]
-            expired += sum(int(r[0]) for r in scripts.call_many(self.redis, calls))
+            due = skus[i:i + SWEEP_CHUNK]
+            while due:  # a SKU with more due holds than one call expires goes round again
+                replies = scripts.call_many(self.redis, [self._sweep_call(s) for s in due])
+                expired += sum(int(r[0]) for r in replies)
+                due = [s for s, r in zip(due, replies, strict=True) if int(r[1])]
         return expired
 
     def purge(self, retention_ms: int, max_skus: int = 10_000) -> int:
@@ -517,8 +520,11 @@ class AsyncStore(_Base):
         skus = await self._scan_skus(exp_scan_pattern(self.prefix), max_skus)
         expired = 0
         for i in range(0, len(skus), SWEEP_CHUNK):
-            calls = [self._sweep_call(s) for s in skus[i:i + SWEEP_CHUNK]]
-            expired += sum(int(r[0]) for r in await scripts.acall_many(self.redis, calls))
+            due = skus[i:i + SWEEP_CHUNK]
+            while due:
+                replies = await scripts.acall_many(self.redis, [self._sweep_call(s) for s in due])
+                expired += sum(int(r[0]) for r in replies)
+                due = [s for s, r in zip(due, replies, strict=True) if int(r[1])]
         return expired
 
     async def purge(self, retention_ms: int, max_skus: int = 10_000) -> int:

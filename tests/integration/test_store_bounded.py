@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from engine.store import scripts
 from engine.store.invariants import check_invariants
 from engine.store.store import PURGE_LINES_PER_CALL, Store
@@ -20,6 +22,13 @@ def _ended_lines(store: Store, sku: str, n: int) -> None:
     for start in range(0, n, 1000):
         batch = [HoldRequest(f"{sku}-{i}", 1, "", 1_000) for i in range(start, min(n, start + 1000))]
         assert {r["status"] for r in store.hold_batch(sku, batch)} == {"ok"}
+
+
+def _held_as_stored(store: Store, redis: Any, sku: str) -> int:
+    """``held`` as the SKU's state says now, read without expiring anything (the checker's read)."""
+    script = scripts.load_scripts()["position"]
+    keys = store._position_call(sku, None)[1]
+    return int(orjson.loads(scripts.call(redis, script, keys, [sku, 0, "", 1]))["held"])
 
 
 def test_a_purge_of_20k_ended_lines_is_many_bounded_calls_each_leaving_a_whole_state(redis: Any) -> None:
@@ -54,3 +63,35 @@ def test_purge_loops_until_every_sku_is_done(redis: Any) -> None:
     assert store.purge(KEEP_MS) == 2_510
     assert store.dump("P1")["lines"] == {} and store.dump("P2")["lines"] == {}
     assert store.purge(KEEP_MS) == 0
+
+
+def test_a_wave_of_20k_holds_coming_due_is_expired_in_bounded_calls_before_the_next_hold(redis: Any) -> None:
+    store = Store(redis, now_ms=T0)
+    _ended_lines(store, "WAVE", 20_000)  # 20k holds of one unit on stock 20k, all due at T0 + 1 s
+    store.now_ms = T0 + 2_000
+    call = store._hold_call("WAVE", [HoldRequest("after-the-wave", 5_000, "", 60_000)])
+    chunks = 0
+    while True:
+        # the hold script, sent as the store sends it, one call at a time
+        reply = redis.evalsha(call[0].sha, len(call[1]), *call[1], *call[2])
+        if reply not in (scripts.MORE, scripts.MORE.decode()):
+            break
+        chunks += 1
+        assert check_invariants(redis) == []
+        assert _held_as_stored(store, redis, "WAVE") == 20_000 - chunks * 128  # one bounded chunk each
+    assert chunks == 20_000 // 128
+    status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+    assert status == "ok"  # the due holds' units were promisable again: nothing refused
+    position = store.position("WAVE")
+    assert (position["held"], position["atp"]) == (5_000, 15_000)
+    expired = [ln for ln in store.dump("WAVE")["lines"].values() if ln["state"] == "expired"]
+    assert len(expired) == 20_000
+
+
+def test_the_store_hides_the_chunks_a_hold_after_a_wave_is_one_call_for_its_caller(redis: Any) -> None:
+    store = Store(redis, now_ms=T0)
+    _ended_lines(store, "WAVE2", 3_000)
+    store.now_ms = T0 + 2_000
+    [reply] = store.hold_batch("WAVE2", [HoldRequest("next", 3_000, "", 60_000)])
+    assert reply["status"] == "ok" and reply["line"]["alloc"] == [["oh", "A", "A", 3_000]]
+    assert store.sweep() == 0

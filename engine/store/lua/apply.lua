@@ -10,6 +10,7 @@
 --      order_placed | order_cancelled | policy | reliability
 -- Reply: json supply reply {status, reason?, at_risk: [{rid, short}],
 --        slipped: [{rid, old_ms, new_ms}], lot?, clamped?, line?, available?, position}
+--        (or '~more' while more holds are due than one call expires: lib.lua EXPIRE_LINES)
 --
 -- A command whose offset is at or below the source's watermark, or whose event id is one of the
 -- last 1000 applied, is a duplicate. Any other command records both, appends to the journal (last
@@ -259,6 +260,7 @@ end
 local checks_offset = source ~= '' and offset >= 0
 local seen = F.load_state(checks_offset and '@' .. source or '!', event_id ~= '' and 'e' .. event_id or '!')
 F.expire_due()
+if S.more_due then return F.more() end
 local handler = H[cmd]
 if not handler then
   F.flush()

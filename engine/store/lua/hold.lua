@@ -7,10 +7,12 @@
 -- Reply: array, two items per request, in order: status, then for ok | duplicate | conflict the
 --        line in its stored form (see lib.lua), for refused '<reason>:<available>'; the store
 --        builds the hold replies {status, rid, line} | {status: refused, rid, reason, available}
+--        (or '~more' while more holds are due than one call expires: lib.lua EXPIRE_LINES)
 
 local flush = F.flush
 F.load_state()
 F.expire_due()
+if S.more_due then return F.more() end
 local rids = {}
 for i = 3, #ARGV, 2 do rids[#rids + 1] = ARGV[i] end
 F.prefetch_lines(rids)

@@ -470,14 +470,30 @@ function F.expire_at(rid, ms)
   if rids then rids[#rids + 1] = rid else exp_add[ms] = { rid } end
 end
 
--- expire every held line whose time has come, in (expires_ms, rid) order; returns how many
+-- Lazy expiry is bounded: one call expires at most EXPIRE_LINES lines, from at most
+-- EXPIRE_MEMBERS index entries (an entry holds the rids of one batch, split when it is too long). When more are due it sets S.more_due,
+-- and the entry answers F.more() without doing its own work: the store calls it again (each
+-- call leaves a whole state), so a wave of holds coming due is many short calls, never one that
+-- stalls every other SKU. Entries act only once no due hold is left, as the rules require.
+local EXPIRE_MEMBERS, EXPIRE_LINES = 32, 128
+
+-- expire due held lines, in (expires_ms, rid) order within the call; returns how many
 function F.expire_due()
-  local due = redis.call('ZRANGEBYSCORE', K.exp, '-inf', NOW)
+  local due = redis.call('ZRANGEBYSCORE', K.exp, '-inf', NOW, 'WITHSCORES', 'LIMIT', 0, EXPIRE_MEMBERS + 1)
   if #due == 0 then return 0 end
-  local rids, seen = {}, {}
-  for _, member in ipairs(due) do
-    for rid in string.gmatch(member, '%S+') do
-      if not seen[rid] then
+  local rids, seen, taken = {}, {}, {}
+  for i = 1, #due, 2 do
+    if i > 2 * EXPIRE_MEMBERS or #rids >= EXPIRE_LINES then
+      S.more_due = true
+      break
+    end
+    taken[#taken + 1] = due[i]
+    for rid in string.gmatch(due[i], '%S+') do
+      if #rids >= EXPIRE_LINES then
+        -- the entry's other rids stay due under a new entry of the same time
+        F.expire_at(rid, tonumber(due[i + 1]))
+        S.more_due = true
+      elseif not seen[rid] then
         seen[rid] = true
         rids[#rids + 1] = rid
       end
@@ -502,8 +518,14 @@ function F.expire_due()
     F.mark(line.rid)
     dead_chg[line.rid] = NOW
   end
-  redis.call('ZREMRANGEBYSCORE', K.exp, '-inf', NOW)
+  F.call_chunked('ZREM', K.exp, taken, 1)
   return #expiring
+end
+
+-- the reply of an entry that stopped after a chunk of expiry (see EXPIRE_LINES)
+function F.more()
+  F.flush()
+  return '~more'
 end
 
 ----------------------------------------------------------------------------- operations

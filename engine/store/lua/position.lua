@@ -5,6 +5,7 @@
 --       4 '1' = read only, no lazy expiry (the invariant checker), else absent
 -- Reply: json position {sku, on_hand, safety, held, committed, in_transit,
 --        promisable_in_transit, atp, promisable_now, next_promise_ms, oversold, locations}
+--        (or '~more' while more holds are due than one call expires: lib.lua EXPIRE_LINES)
 -- Computed on Redis TIME for all locations of a SKU that exists, the reply is also kept in the
 -- pos key (see lib.lua), where the store's batch reads find it.
 
@@ -12,6 +13,7 @@ local flush = F.flush
 local exists = F.load_state()[1]
 local readonly = ARGV[4] == '1'
 if not readonly then F.expire_due() end
+if S.more_due then return F.more() end
 local where = ARGV[3]
 if where == '' then where = nil end
 local reply = F.position_json(where)

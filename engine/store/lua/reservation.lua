@@ -4,9 +4,11 @@
 --       4 rid, 5 ttl_ms (extend) or expires_ms (revert)
 -- Reply: json op reply {status, rid, line?, reason?}; get: {status: ok, rid, line} or
 --        {status: not_found, rid}
+--        (or '~more' while more holds are due than one call expires: lib.lua EXPIRE_LINES)
 
 F.load_state()
 F.expire_due()
+if S.more_due then return F.more() end
 local op, rid = ARGV[3], ARGV[4]
 local reply
 if op == 'confirm' then

@@ -4,8 +4,8 @@
 -- ARGV: 1 sku, 2 now_ms (0 = TIME), 3 retention_ms (0 or absent = purge nothing),
 --       4 the most lines one call purges (absent = 64): a purge of a long history is many
 --       short calls, each leaving a whole state, never one long one
--- Reply: array: the number of lines expired, 1 if lines older than the retention are left for
---        another call (else 0), then the rids of the purged lines
+-- Reply: array: the number of lines expired, 1 if due holds or lines older than the retention
+--        are left for another call (else 0), then the rids of the purged lines
 
 -- delete up to `limit` lines that reached a final state at or before `cutoff`, oldest first;
 -- usage of purged shipped lines stays counted ('~' fields say how much of it has no line any
@@ -35,7 +35,9 @@ end
 F.load_state()
 local out = { F.expire_due(), 0 }
 local retention = tonumber(ARGV[3] or '0') or 0
-if retention > 0 then
+if S.more_due then
+  out[2] = 1
+elseif retention > 0 then
   local gone, more = purge_dead(NOW - retention, tonumber(ARGV[4] or '64') or 64)
   if more then out[2] = 1 end
   for _, rid in ipairs(gone) do out[#out + 1] = rid end
