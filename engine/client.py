@@ -596,6 +596,19 @@ class AtpClient(_ClientBase):
             return _held(rid, [(sku, reply)])
         return self._refusal(rid, {sku: req}, sku, reply)
 
+    def _settled_index(self, rid: str) -> Any:
+        """The reservation's index value once no hold is placing its lines (a hold in progress
+        may still roll them back, so nothing may read or change them before it ends)."""
+        key = self._index(rid)
+        deadline = time.monotonic() + PENDING_WAIT_S
+        pause = _PENDING_POLL_S[0]
+        raw = self.redis.get(key)
+        while rid_index_pending(raw) and time.monotonic() < deadline:
+            time.sleep(pause)
+            pause = _next_pause(pause)
+            raw = self.redis.get(key)
+        return raw
+
     def _claim(self, rid: str, reqs: dict[str, HoldRequest]) -> tuple[str, Result | None]:
         """Claim the reservation index of a multi-SKU hold: (mode, known answer or None).
 
@@ -647,7 +660,7 @@ class AtpClient(_ClientBase):
     def _each(self, rid: str, op: str, *args: int) -> Result:
         """``op`` on every line: one atomic call for one SKU; for several, check every line,
         act on each, and revert what this call changed if a line refused meanwhile."""
-        skus = _decode_index(self.redis.get(self._index(rid)))
+        skus = _decode_index(self._settled_index(rid))
         if not skus:
             return Refusal("not_found", rid, "not_found")
         call = getattr(self.store, op)
@@ -761,6 +774,18 @@ class AsyncAtpClient(_ClientBase):
             return _held(rid, [(sku, reply)])
         return await self._refusal(rid, {sku: req}, sku, reply)
 
+    async def _settled_index(self, rid: str) -> Any:
+        """See ``AtpClient._settled_index``."""
+        key = self._index(rid)
+        deadline = time.monotonic() + PENDING_WAIT_S
+        pause = _PENDING_POLL_S[0]
+        raw = await self.redis.get(key)
+        while rid_index_pending(raw) and time.monotonic() < deadline:
+            await asyncio.sleep(pause)
+            pause = _next_pause(pause)
+            raw = await self.redis.get(key)
+        return raw
+
     async def _claim(self, rid: str, reqs: dict[str, HoldRequest]) -> tuple[str, Result | None]:
         """See ``AtpClient._claim``."""
         key = self._index(rid)
@@ -811,7 +836,7 @@ class AsyncAtpClient(_ClientBase):
     async def _each(self, rid: str, op: str, *args: int) -> Result:
         """See ``AtpClient._each``."""
         await self.store.ready()
-        skus = _decode_index(await self.redis.get(self._index(rid)))
+        skus = _decode_index(await self._settled_index(rid))
         if not skus:
             return Refusal("not_found", rid, "not_found")
         call = getattr(self.store, op)
