@@ -1,7 +1,8 @@
 """``python -m loadtest [names] [--json out.json]`` — run the checkout-side benchmarks.
 
-Names: p1 (flash_sale), p2 (http_sale), p4 (atp_query), p5 (memory), p6 (script_cost), or all
-(the default). E1 / E16 (the machine's limits) always run first, and
+Names: p1 (flash_sale), p2 (http_sale), p4 (atp_query), p5 (memory), p6 (script_cost),
+p7 (history), or all (the default). E1 / E16 (the machine's limits) and M1 / M16 (a minimal
+check-and-decrement script: one hot key's physical limit) always run first, and
 E1 once more at the end (``limits.E1_end``, ``limits.e1_drift``: how much the machine's speed moved). Progress goes to stderr; stdout
 gets the whole result as one JSON document, also kept in loadtest/results/ with a PNG plot.
 
@@ -24,8 +25,9 @@ from typing import Any
 
 from loadtest.atp_query import AtpQueryConfig, run_atp_query
 from loadtest.flash_sale import FlashSaleConfig, run_flash_sale
+from loadtest.history_cost import HistoryCostConfig, parse_sizes, run_history_cost
 from loadtest.http_sale import HttpSaleConfig, run_http_sale
-from loadtest.limits import Limits, measure_limits, run_limit
+from loadtest.limits import LimitResult, Limits, measure_limits, measure_minimal, run_limit
 from loadtest.memory import MemoryConfig, run_memory
 from loadtest.progress import bench_progress, console
 from loadtest.report import summary_rows, write_results
@@ -34,9 +36,10 @@ from loadtest.target import TargetError, redis_target
 
 ALIASES = {
     "p1": "P1", "flash_sale": "P1", "p2": "P2", "http_sale": "P2", "p4": "P4", "atp_query": "P4",
-    "p5": "P5", "memory": "P5", "p6": "P6", "script_cost": "P6",
+    "p5": "P5", "memory": "P5", "p6": "P6", "script_cost": "P6", "p7": "P7", "history": "P7",
 }  # fmt: skip
-ORDER = ("P1", "P6", "P4", "P5", "P2")  # P6 reads P1's server figures; P2 (the longest) last
+# P6 reads P1's server figures; P2 and P7 (the longest) last
+ORDER = ("P1", "P6", "P4", "P5", "P2", "P7")
 
 
 def parse_names(names: Sequence[str]) -> list[str]:
@@ -63,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-on-miss", action="store_true", help="exit 3 when a target is missed")
     p.add_argument("--e1-requests", type=int, default=50_000)
     p.add_argument("--e16-requests", type=int, default=100_000)
+    p.add_argument("--m1-requests", type=int, default=50_000)
+    p.add_argument("--m16-requests", type=int, default=100_000)
     p.add_argument("--p1-stock", type=int, default=FlashSaleConfig.stock)
     p.add_argument("--p1-demand", type=int, default=FlashSaleConfig.demand)
     p.add_argument("--p1-callers", type=int, default=FlashSaleConfig.callers, help="concurrent callers per process")
@@ -76,13 +81,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--p4-skus", type=int, default=AtpQueryConfig.skus)
     p.add_argument("--p4-seconds", type=float, default=AtpQueryConfig.duration_s)
     p.add_argument("--p5-positions", type=int, default=MemoryConfig.positions)
+    p.add_argument("--p7-sizes", default="10k,100k", help="reservation lines of the hot SKU, e.g. 10k,100k,1m")
+    p.add_argument("--p7-reps", type=int, default=HistoryCostConfig.reps,
+                   help="single holds / confirms / releases timed per size")
+    p.add_argument("--p7-other-rate", type=float, default=HistoryCostConfig.other_rate,
+                   help="holds/s of the client on another SKU")
     return p
 
 
 def _configs(a: argparse.Namespace) -> dict[str, Any]:
     if a.quick:
         return {
-            "e1": 10_000, "e16": 20_000,
+            "e1": 10_000, "e16": 20_000, "m1": 10_000, "m16": 20_000,
             "P1": FlashSaleConfig(stock=5_000, demand=20_000, callers=a.p1_callers, procs=a.p1_procs,
                                   mode=a.p1_mode, qty_max=a.p1_qty_max, duration_s=5.0),
             "P2": HttpSaleConfig(connections=a.p2_connections, probe_s=2.0, fractions=(0.5, 1.0), step_s=1.5,
@@ -90,15 +100,17 @@ def _configs(a: argparse.Namespace) -> dict[str, Any]:
             "P4": AtpQueryConfig(skus=a.p4_skus, queries=1_000, duration_s=2.0),
             "P5": MemoryConfig(positions=2_000),
             "P6": ScriptCostConfig(batch=32, calls_single=3_000, calls_batched=150),
+            "P7": HistoryCostConfig(sizes=(2_000, 10_000), reps=20, other_rate=a.p7_other_rate),
         }  # fmt: skip
     return {
-        "e1": a.e1_requests, "e16": a.e16_requests,
+        "e1": a.e1_requests, "e16": a.e16_requests, "m1": a.m1_requests, "m16": a.m16_requests,
         "P1": FlashSaleConfig(stock=a.p1_stock, demand=a.p1_demand, callers=a.p1_callers, procs=a.p1_procs,
                               mode=a.p1_mode, qty_max=a.p1_qty_max, duration_s=a.p1_seconds),
         "P2": HttpSaleConfig(connections=a.p2_connections, step_s=a.p2_step_seconds, measure_s=a.p2_measure_seconds),
         "P4": AtpQueryConfig(skus=a.p4_skus, duration_s=a.p4_seconds),
         "P5": MemoryConfig(positions=a.p5_positions),
         "P6": ScriptCostConfig(),
+        "P7": HistoryCostConfig(sizes=parse_sizes(a.p7_sizes), reps=a.p7_reps, other_rate=a.p7_other_rate),
     }  # fmt: skip
 
 
@@ -159,6 +171,10 @@ def run(names: list[str], cfg: dict[str, Any], redis_url: str | None, quiet: boo
         limits: Limits | None = _guarded(results, "limits", lambda: measure_limits(target, progress, cfg["e1"], cfg["e16"]))
         if limits is not None:
             results["limits"] = limits.to_dict()
+        minimal: tuple[LimitResult, LimitResult] | None = _guarded(
+            results, "limits_minimal", lambda: measure_minimal(target, progress, cfg["m1"], cfg["m16"]))
+        if minimal is not None and "error" not in results.setdefault("limits", {}):
+            results["limits"].update(M1=minimal[0].to_dict(), M16=minimal[1].to_dict())
         e1 = limits.e1.rps if limits else 0.0
         e16 = limits.e16.rps if limits else 0.0
         for name in names:
@@ -174,6 +190,10 @@ def run(names: list[str], cfg: dict[str, Any], redis_url: str | None, quiet: boo
                 out = _guarded(results, name, lambda: run_atp_query(target, cfg["P4"], progress, e16_rps=e16))
             elif name == "P5":
                 out = _guarded(results, name, lambda: run_memory(target, cfg["P5"], progress))
+            elif name == "P7":
+                out = _guarded(results, name, lambda: run_history_cost(
+                    target, cfg["P7"], progress, e1=limits.e1 if limits else None,
+                    m1=minimal[0] if minimal else None))
             else:
                 out = _guarded(results, name, lambda: run_http_sale(target, cfg["P2"], progress, e1_rps=e1))
             if out is not None:
@@ -209,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(results, default=str))
     _print_summary(results["summary"])
     console.print(f"results: {kept}" + (f"  plot: {png}" if png else "") + (f"  copy: {args.json}" if args.json else ""))
-    failed = [k for k in ["limits", *names] if isinstance(results.get(k), dict) and "error" in results[k]]
+    failed = [k for k in ["limits", "limits_minimal", *names] if isinstance(results.get(k), dict) and "error" in results[k]]
     if failed:
         return 1
     if args.fail_on_miss and any(r["met"] is False for r in results["summary"]):

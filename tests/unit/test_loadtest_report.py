@@ -242,9 +242,9 @@ def test_steps_are_validated() -> None:
 
 
 def test_benchmark_names_and_aliases() -> None:
-    assert parse_names([]) == ["P1", "P6", "P4", "P5", "P2"]
+    assert parse_names([]) == ["P1", "P6", "P4", "P5", "P2", "P7"]
     assert parse_names(["p2", "flash_sale"]) == ["P1", "P2"]
-    assert parse_names(["script_cost", "all"]) == ["P1", "P6", "P4", "P5", "P2"]
+    assert parse_names(["script_cost", "all"]) == ["P1", "P6", "P4", "P5", "P2", "P7"]
     with pytest.raises(ValueError, match="unknown benchmark 'p3'"):
         parse_names(["p3"])
 
