@@ -22,9 +22,9 @@
 --           <customer>|<promised_ms>|<atp_after>|<alloc>', alloc = 'kind,ref,loc,qty' entries
 --           joined by ';' (wire shape: docs/semantics.md "line"; engine/store/wire.py decodes it)
 --   4 exp   zset, the expiry index: member = the rids (space separated) that were set to expire
---           at its score, one member per call and time. A line confirmed, released or extended
---           since is a stale entry: lazy expiry skips it (it checks the line), and every entry
---           leaves the index once its time has passed.
+--           at its score, one member per call and time, split into members of at most 64 rids.
+--           A line confirmed, released or extended since is a stale entry: lazy expiry skips it
+--           (it checks the line), and every entry leaves the index once its time has passed.
 --   5 dead  zset rid -> ms when the line reached a final state (released, expired, shipped); the
 --           sweeper purges lines older than the retention
 --   6 cust  hash customer -> live+shipped units; '~<customer>' -> units of purged shipped lines
@@ -475,7 +475,9 @@ end
 -- and the entry answers F.more() without doing its own work: the store calls it again (each
 -- call leaves a whole state), so a wave of holds coming due is many short calls, never one that
 -- stalls every other SKU. Entries act only once no due hold is left, as the rules require.
-local EXPIRE_MEMBERS, EXPIRE_LINES = 32, 128
+local EXPIRE_MEMBERS, EXPIRE_LINES = 32, 32
+-- the most rids one index entry holds (F.flush splits a batch's), so a chunk takes whole entries
+local EXPIRE_ENTRY = 32
 
 -- expire due held lines, in (expires_ms, rid) order within the call; returns how many
 function F.expire_due()
@@ -641,8 +643,11 @@ function F.flush()
   if next(exp_add) then
     set = {}
     for ms, rids in pairs(exp_add) do
-      set[#set + 1] = F.num(ms)
-      set[#set + 1] = table.concat(rids, ' ')
+      local score = F.num(ms)
+      for i = 1, #rids, EXPIRE_ENTRY do
+        set[#set + 1] = score
+        set[#set + 1] = table.concat(rids, ' ', i, math.min(#rids, i + EXPIRE_ENTRY - 1))
+      end
     end
     F.call_chunked('ZADD', K.exp, set, 2)
   end
