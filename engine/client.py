@@ -272,6 +272,11 @@ def _refused_after(rid: str, op: str, replies: list[tuple[str, dict[str, Any]]],
     return Refusal("refused", rid, reply.get("reason", reply["status"]), sku=sku, lines=lines, changed=changed)
 
 
+def _as_made(reply: dict[str, Any], made: bool) -> dict[str, Any]:
+    """A hold reply, ``ok`` when this call made the line in an earlier try of the same hold."""
+    return {**reply, "status": "ok"} if made and reply["status"] == "duplicate" else reply
+
+
 def _next_pause(pause: float) -> float:
     return min(pause * 2, _PENDING_POLL_S[1])
 
@@ -580,20 +585,24 @@ class AtpClient(_ClientBase):
             return self._coalescer.hold(sku, item)
         return self._send(sku, [item])[0]
 
-    def _hold_single(self, rid: str, sku: str, req: HoldRequest) -> Result:
+    def _hold_single(self, rid: str, sku: str, req: HoldRequest, made: bool = False, tries: int = 3) -> Result:
+        """Claim the index and hold in one round trip. ``made``: an earlier try made the line."""
         key = self._index_of_checked(rid)
         created, reply = self._hold_item(sku, HoldItem(req, (key, rid_index_value([sku]))))
+        made = made or reply["status"] == "ok"
         if reply["status"] in ("ok", "duplicate") and not created:
             # the id was known already: it must name this SKU alone
             existing = _decode_index(self.redis.get(key))
-            if existing is None:
-                self.redis.set(key, rid_index_value([sku]))
-            elif existing != [sku]:
-                if reply["status"] == "ok":
+            if existing is None and tries > 1:
+                # gone meanwhile: a refused hold of other lines cleaned up, and the line found
+                # may have been its own, rolled back — claim the index and hold again
+                return self._hold_single(rid, sku, req, made, tries - 1)
+            if existing != [sku]:
+                if made:
                     self.store.rollback(sku, rid)
-                return self._conflict(rid, existing)
+                return self._conflict(rid, existing or [])
         if reply["status"] in ("ok", "duplicate"):
-            return _held(rid, [(sku, reply)])
+            return _held(rid, [(sku, _as_made(reply, made))])
         return self._refusal(rid, {sku: req}, sku, reply)
 
     def _settled_index(self, rid: str) -> Any:
@@ -613,8 +622,10 @@ class AtpClient(_ClientBase):
         """Claim the reservation index of a multi-SKU hold: (mode, known answer or None).
 
         Modes: ``create`` (this call wrote the index, marked pending: only it places lines, so a
-        line it finds made is not its own), ``takeover`` (a stale index: a refused hold's leftover
-        or a pending one whose writer is presumed dead), ``join`` (final index with lines missing).
+        line it finds made is not its own — also when it replaced an index of other SKUs that
+        still had no line after ``PENDING_WAIT_S``, a refused hold's leftover), ``takeover`` (a
+        pending index of these SKUs whose writer is presumed dead: its lines are adopted),
+        ``join`` (final index with lines missing).
         A known answer is a conflict (the id names other lines) or the replay of a finished hold.
         """
         key = self._index(rid)
@@ -629,17 +640,21 @@ class AtpClient(_ClientBase):
             if raw is None:
                 continue  # released between the two calls: claim again
             existing = _decode_index(raw)
+            waiting = time.monotonic() < deadline
             if existing != skus:
                 if existing:
                     conflict = self._conflict(rid, existing)
                     if conflict.lines:
                         return "create", conflict
-                self.redis.set(key, pending)
-                return "takeover", None
-            if not rid_index_pending(raw):
+                if not (existing and waiting):
+                    # no line of it after the wait: a refused hold's leftover, take it over
+                    self.redis.set(key, pending)
+                    return "create", None
+                # else a hold of those lines may be placing its line right now: look again
+            elif not rid_index_pending(raw):
                 replay = _replay(rid, reqs, [(sku, self.store.get_line(sku, rid)) for sku in skus])
                 return ("join", None) if replay is None else ("join", replay)
-            if time.monotonic() >= deadline:
+            elif not waiting:
                 return "takeover", None
             time.sleep(pause)
             pause = _next_pause(pause)
@@ -759,19 +774,22 @@ class AsyncAtpClient(_ClientBase):
             return await self._coalescer.hold(sku, item)
         return (await self._send(sku, [item]))[0]
 
-    async def _hold_single(self, rid: str, sku: str, req: HoldRequest) -> Result:
+    async def _hold_single(self, rid: str, sku: str, req: HoldRequest, made: bool = False,
+                           tries: int = 3) -> Result:
+        """See ``AtpClient._hold_single``."""
         key = self._index_of_checked(rid)
         created, reply = await self._hold_item(sku, HoldItem(req, (key, rid_index_value([sku]))))
+        made = made or reply["status"] == "ok"
         if reply["status"] in ("ok", "duplicate") and not created:
             existing = _decode_index(await self.redis.get(key))
-            if existing is None:
-                await self.redis.set(key, rid_index_value([sku]))
-            elif existing != [sku]:
-                if reply["status"] == "ok":
+            if existing is None and tries > 1:
+                return await self._hold_single(rid, sku, req, made, tries - 1)
+            if existing != [sku]:
+                if made:
                     await self.store.rollback(sku, rid)
-                return await self._conflict(rid, existing)
+                return await self._conflict(rid, existing or [])
         if reply["status"] in ("ok", "duplicate"):
-            return _held(rid, [(sku, reply)])
+            return _held(rid, [(sku, _as_made(reply, made))])
         return await self._refusal(rid, {sku: req}, sku, reply)
 
     async def _settled_index(self, rid: str) -> Any:
@@ -800,18 +818,20 @@ class AsyncAtpClient(_ClientBase):
             if raw is None:
                 continue
             existing = _decode_index(raw)
+            waiting = time.monotonic() < deadline
             if existing != skus:
                 if existing:
                     conflict = await self._conflict(rid, existing)
                     if conflict.lines:
                         return "create", conflict
-                await self.redis.set(key, pending)
-                return "takeover", None
-            if not rid_index_pending(raw):
+                if not (existing and waiting):
+                    await self.redis.set(key, pending)
+                    return "create", None
+            elif not rid_index_pending(raw):
                 gets = [(sku, await self.store.get_line(sku, rid)) for sku in skus]
                 replay = _replay(rid, reqs, gets)
                 return ("join", None) if replay is None else ("join", replay)
-            if time.monotonic() >= deadline:
+            elif not waiting:
                 return "takeover", None
             await asyncio.sleep(pause)
             pause = _next_pause(pause)

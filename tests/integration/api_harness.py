@@ -118,22 +118,27 @@ def api_processes(settings: Settings, count: int = 2, **env_extra: str) -> Itera
         "ATP_API_TOKENS": json.dumps({token_digest(t): roles for t, roles in TOKENS.items()}),
         **env_extra,
     }
+    import tempfile
+
     ports = [free_port() for _ in range(count)]
+    # the servers' logs go to files: a pipe nobody reads would block a server once it fills
+    logs = [tempfile.TemporaryFile() for _ in ports]
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
              "--log-level", "warning"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
         )
-        for port in ports
+        for port, log in zip(ports, logs, strict=True)
     ]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
         deadline = time.monotonic() + 60
-        for proc, url in zip(procs, urls, strict=True):
+        for proc, url, log in zip(procs, urls, logs, strict=True):
             while True:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"atp serve exited: {proc.stderr.read().decode(errors='replace')}")
+                    log.seek(0)
+                    raise RuntimeError(f"atp serve exited: {log.read().decode(errors='replace')}")
                 if time.monotonic() > deadline:
                     raise RuntimeError("atp serve did not answer within 60 s")
                 try:
@@ -153,3 +158,5 @@ def api_processes(settings: Settings, count: int = 2, **env_extra: str) -> Itera
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        for log in logs:
+            log.close()

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from engine.client import AsyncAtpClient, AtpClient, LineRequest, Refusal, Reservation
 from engine.store.keys import rid_index_key
 from engine.store.store import Store
-from engine.store.wire import SupplyCommand
+from engine.store.wire import HoldRequest, SupplyCommand
 
 T0 = 1_700_000_000_000
 
@@ -302,3 +302,34 @@ def test_a_multi_sku_lifecycle_call_on_a_forbidden_line_changes_nothing(redis: A
         result = call()
         assert isinstance(result, Refusal) and result.reason == "released"
     assert state(redis, "A", "Z") == before
+
+
+class _SagaCleansUpMeanwhile(AtpClient):
+    """A client whose first hold is answered just before a refused hold of other lines under the
+    same id rolls back its line and removes its index (the real Redis calls, in that window)."""
+
+    def __init__(self, redis: Any, clock: Clock) -> None:
+        super().__init__(redis, now_ms=clock, coalesce=False)
+        self.cleaned = False
+
+    def _send(self, sku: str, items: list[Any]) -> list[Any]:
+        out = super()._send(sku, items)
+        if not self.cleaned:
+            self.cleaned = True
+            assert Store(self.redis, now_ms=T0).rollback(sku, "mixed-1")["status"] == "ok"
+            self.redis.delete(rid_index_key("mixed-1"))
+        return out
+
+
+def test_a_single_hold_never_adopts_a_line_that_a_refused_saga_rolls_back(redis: Any) -> None:
+    stock(redis, B=10, C=10)
+    # a hold of [B:2, C:3] under "mixed-1" is under way: its pending index and its line of B
+    redis.set(rid_index_key("mixed-1"), b'~["B","C"]')
+    Store(redis, now_ms=T0).hold_batch("B", [HoldRequest("mixed-1", 2)])
+    client = _SagaCleansUpMeanwhile(redis, Clock())
+    result = client.hold("mixed-1", [("B", 2, None)])
+    # the line it first found is gone with the saga; the answer is a line of its own
+    assert isinstance(result, Reservation) and result.status == "ok"
+    line = Store(redis, now_ms=T0).get_line("B", "mixed-1")
+    assert line["status"] == "ok" and line["line"]["qty"] == 2 and line["line"]["state"] == "held"
+    assert redis.get(rid_index_key("mixed-1")) == '["B"]'
