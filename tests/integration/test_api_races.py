@@ -236,7 +236,7 @@ async def test_http_concurrency_property_every_answer_is_what_redis_holds(
         extended = any(op == "extend" and status == 200 for op, status, _ in answers[rid])
         won = {frozenset((s, q) for s, q, _ in _lines(body))
                for op, status, body in answers[rid] if op.startswith("hold") and status == 201}
-        assert len(won) <= 1, (rid, [(op, st, [(ln["sku"], ln["qty"], ln["state"]) for ln in b.get("lines", [])] if isinstance(b.get("lines"), list) else b.get("error")) for op, st, b in answers[rid]])  # one id, one set of lines
+        assert len(won) <= 1, (rid, _history(answers[rid]))  # one id, one set of lines
         stored = _stored(store, rid, skus)
         for op, status, body in answers[rid]:
             if status not in (200, 201):
@@ -254,6 +254,12 @@ async def test_http_concurrency_property_every_answer_is_what_redis_holds(
                     # another request would carry another expiry)
                     assert line["expires_ms"] == ln["expires_ms"], (rid, op, body, line)
     assert promised > len(rids), answers
+
+
+def _history(answers: list[tuple[str, int, Any]]) -> list[tuple[str, int, Any]]:
+    """An id's answers in the order they came, compact: (call, status, lines or error)."""
+    return [(op, status, _lines(body) if "lines" in body and status < 300 else body.get("error"))
+            for op, status, body in answers]
 
 
 def _lines(body: dict[str, Any]) -> list[tuple[str, int, str]]:
