@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import httptools
 import orjson
+from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 if TYPE_CHECKING:
@@ -49,6 +50,33 @@ if TYPE_CHECKING:
 
 #: Seconds a refused connection keeps reading (and dropping) what the client still sends.
 LINGER_S = 2.0
+#: What a client over the connection limit is told to wait before retrying (seconds).
+OVERLOADED_RETRY_S = 1
+
+
+async def overloaded(scope: Any, receive: Any, send: Any) -> None:
+    """The answer past ``limit_concurrency``: the API's 503 ``unavailable`` (JSON, with
+    ``Retry-After``) instead of uvicorn's plain-text one, so every client sees one error shape."""
+    body = orjson.dumps({
+        "error": "unavailable", "detail": "the server is at its connection limit; retry later",
+        "retry_after": OVERLOADED_RETRY_S,
+    })
+    await send({
+        "type": "http.response.start",
+        "status": 503,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode("ascii")),
+            (b"retry-after", str(OVERLOADED_RETRY_S).encode("ascii")),
+            (b"connection", b"close"),
+        ],
+    })
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+# uvicorn's protocol picks its over-limit app from this module global when a request's headers
+# are in (``on_headers_complete``), with no hook to pass another: ours takes its place.
+httptools_impl.service_unavailable = overloaded
 
 
 @dataclass(frozen=True)

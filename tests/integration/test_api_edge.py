@@ -299,8 +299,9 @@ def test_idle_sockets_neither_starve_customers_nor_stay(api: Api) -> None:
         idle += more
         with api.connect() as sock:
             sock.sendall(_get())
-            status, _, _, _ = _read_response(sock)
+            status, headers, body, _ = _read_response(sock)
         assert status == 503
+        assert json.loads(body)["error"] == "unavailable" and headers["retry-after"] == "1"
 
         deadline = time.monotonic() + HEADER_TIMEOUT_S + SLACK_S
         still_open = [s for s in idle if _closed_within(s, max(0.01, deadline - time.monotonic())) is None]
