@@ -22,7 +22,7 @@
 --           <customer>|<promised_ms>|<atp_after>|<alloc>', alloc = 'kind,ref,loc,qty' entries
 --           joined by ';' (wire shape: docs/semantics.md "line"; engine/store/wire.py decodes it)
 --   4 exp   zset, the expiry index: member = the rids (space separated) that were set to expire
---           at its score, one member per call and time, split into members of at most 64 rids.
+--           at its score, one member per call and time, split into members of at most 32 rids.
 --           A line confirmed, released or extended since is a stale entry: lazy expiry skips it
 --           (it checks the line), and every entry leaves the index once its time has passed.
 --   5 dead  zset rid -> ms when the line reached a final state (released, expired, shipped); the
@@ -471,10 +471,11 @@ function F.expire_at(rid, ms)
 end
 
 -- Lazy expiry is bounded: one call expires at most EXPIRE_LINES lines, from at most
--- EXPIRE_MEMBERS index entries (an entry holds the rids of one batch, split when it is too long). When more are due it sets S.more_due,
--- and the entry answers F.more() without doing its own work: the store calls it again (each
--- call leaves a whole state), so a wave of holds coming due is many short calls, never one that
--- stalls every other SKU. Entries act only once no due hold is left, as the rules require.
+-- EXPIRE_MEMBERS index entries (an entry longer than that is split). When more are due it sets
+-- S.more_due, and the entry answers F.more() without doing its own work: the store calls it
+-- again (each call leaves a whole state), so a wave of holds coming due is many short calls,
+-- never one that stalls every other SKU. Entries act only once no due hold is left, as the
+-- rules require.
 local EXPIRE_MEMBERS, EXPIRE_LINES = 32, 32
 -- the most rids one index entry holds (F.flush splits a batch's), so a chunk takes whole entries
 local EXPIRE_ENTRY = 32
