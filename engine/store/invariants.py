@@ -41,7 +41,7 @@ def _promisable(lot: dict[str, Any], policy: dict[str, Any], rel: dict[str, int]
     return lot["qty"] * policy["cap_pm"] * r // 1_000_000
 
 
-_READS = 9  # pipelined reads per SKU, in the order _check_state() unpacks them
+_READS = 10  # pipelined reads per SKU, in the order _check_state() unpacks them
 _BUCKETS = ("oh", "hd", "cm", "oa", "ba", "st")
 _FINAL = ("released", "expired", "shipped")
 
@@ -56,6 +56,7 @@ def _queue_reads(pipe: Any, k: Any) -> None:
     pipe.hgetall(k.chan)
     pipe.zrange(k.exp, 0, -1, withscores=True)
     pipe.zrange(k.dead, 0, -1)
+    pipe.hgetall(k.ended)
 
 
 def location_buckets(raw: Any) -> dict[str, dict[str, int]]:
@@ -121,11 +122,18 @@ def _check_many(client: Any, skus: list[str], prefix: str) -> list[str]:
 
 def _check_state(sku: str, raw: list[Any], pos: dict[str, Any], now: int) -> list[str]:
     out: list[str] = []
-    loc_raw, lots_raw, res_raw, raw_pol, srel_raw, cust_raw, chan_raw, exp_raw, dead_raw = raw
+    loc_raw, lots_raw, res_raw, raw_pol, srel_raw, cust_raw, chan_raw, exp_raw, dead_raw, ended_raw = raw
     buckets: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(_BUCKETS, 0))
     buckets.update(location_buckets(loc_raw))
     lots = {_text(i): _lot(v) for i, v in lots_raw.items()}
     lines = {_text(r): decode_line(_text(r), sku, v) for r, v in res_raw.items()}
+    ended = {_text(r): decode_line(_text(r), sku, v) for r, v in ended_raw.items()}
+    out.extend(f"{sku}: line {rid} is {ln['state']} but kept with the live lines"
+               for rid, ln in lines.items() if ln["state"] in _FINAL)
+    out.extend(f"{sku}: line {rid} is {ln['state']} but kept with the ended lines"
+               for rid, ln in ended.items() if ln["state"] not in _FINAL)
+    out.extend(f"{sku}: line {rid} is kept twice" for rid in lines.keys() & ended.keys())
+    lines.update(ended)
     policy = normalize_policy(orjson.loads(raw_pol) if raw_pol else {})
     rel = {_text(s): int(v) for s, v in srel_raw.items()}
     # '~<id>': units of purged shipped lines, still counted in <id>'s usage

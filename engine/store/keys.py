@@ -55,7 +55,9 @@ def validate_prefix(prefix: object) -> str:
 
 
 # Order of the KEYS every script receives (lib.lua names them in the same order).
-KEY_NAMES: tuple[str, ...] = ("state", "lots", "res", "exp", "dead", "cust", "chan", "srel", "pol", "pos")
+KEY_NAMES: tuple[str, ...] = (
+    "state", "lots", "res", "exp", "dead", "cust", "chan", "srel", "pol", "pos", "ended",
+)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class SkuKeys:
     srel: str   # hash supplier -> reliability per mille
     pol: str    # string: json policy, complete (absent = defaults)
     pos: str    # string: json position of all locations, kept until time could change it
+    ended: str  # hash rid -> line in a final state (released, expired, shipped) until purged: out
+    #             of ``res``, so what reads every live line never reads the retention's history
 
     @property
     def all(self) -> list[str]:

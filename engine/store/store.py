@@ -68,6 +68,11 @@ def _stash_key(prefix: str, command: SupplyCommand) -> str | None:
         return None
 
 
+def _either(pairs: list[Any]) -> list[bool]:
+    """Pairs of HEXISTS replies (live lines, ended lines) -> whether the line is in either."""
+    return [bool(a) or bool(b) for a, b in zip(pairs[::2], pairs[1::2], strict=True)]
+
+
 def _oldest_score(entries: Any) -> float | None:
     """The score of ``ZRANGE key 0 0 WITHSCORES`` (None for an empty zset)."""
     return float(entries[0][1]) if entries else None
@@ -377,8 +382,10 @@ class Store(_Base):
         checks = plan.checks(pipe.execute())
         pipe = self.redis.pipeline(transaction=False)
         for sku, rid in checks:
-            pipe.hexists(sku_keys(sku, self.prefix).res, rid)
-        doomed = plan.doomed(pipe.execute() if checks else [])
+            k = sku_keys(sku, self.prefix)
+            pipe.hexists(k.res, rid)
+            pipe.hexists(k.ended, rid)
+        doomed = plan.doomed(_either(pipe.execute()) if checks else [])
         if doomed:
             pipe = self.redis.pipeline(transaction=False)
             for key in doomed:  # one DEL per key: they live in different cluster slots
@@ -559,8 +566,10 @@ class AsyncStore(_Base):
         checks = plan.checks(await pipe.execute())
         pipe = self.redis.pipeline(transaction=False)
         for sku, rid in checks:
-            pipe.hexists(sku_keys(sku, self.prefix).res, rid)
-        doomed = plan.doomed(await pipe.execute() if checks else [])
+            k = sku_keys(sku, self.prefix)
+            pipe.hexists(k.res, rid)
+            pipe.hexists(k.ended, rid)
+        doomed = plan.doomed(_either(await pipe.execute()) if checks else [])
         if doomed:
             pipe = self.redis.pipeline(transaction=False)
             for key in doomed:

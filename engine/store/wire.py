@@ -250,10 +250,11 @@ _LINE_CLOCK_FIELDS = (3, 7)  # expires_ms, promised_ms of a stored line
 def mask_clock_readings(key: str, content: Any) -> Any:
     """``content`` of a raw engine key (as read by a state digest: hash -> dict, zset -> list of
     [member, score]) with the clock readings the stored forms carry blanked, for comparing runs
-    made at different times: the expiry and promised date of stored lines (``…:res``), the time
-    of journal entries (``j<k>`` fields of ``…:state``), and the scores of the time-scored zsets
-    (``…:exp``, ``…:dead``), whose members are then sorted (their order followed the clock)."""
-    if key.endswith(":res") and isinstance(content, dict):
+    made at different times: the expiry and promised date of stored lines (``…:res``,
+    ``…:ended``), the time of journal entries (``j<k>`` fields of ``…:state``), and the scores of
+    the time-scored zsets (``…:exp``, ``…:dead``), whose members are then sorted (their order
+    followed the clock)."""
+    if key.endswith((":res", ":ended")) and isinstance(content, dict):
         out = {}
         for rid, raw in content.items():
             parts = str(raw).split("|")

@@ -18,7 +18,7 @@
 --                     (note = reason|ref, escaped by the store)
 --       '!K'          '1' while a position is kept under KEYS[10] ('' or absent: none to delete)
 --   2 lots  hash lot_id -> '<loc>,<qty>,<eta_ms>,<supplier>,<alloc>'
---   3 res   hash rid -> the line, compact: '<state>|<qty>|<loc>|<expires_ms>|<seq>|<channel>|
+--   3 res   hash rid -> a live line (held, committed), compact: '<state>|<qty>|<loc>|<expires_ms>|<seq>|<channel>|
 --           <customer>|<promised_ms>|<atp_after>|<alloc>', alloc = 'kind,ref,loc,qty' entries
 --           joined by ';' (wire shape: docs/semantics.md "line"; engine/store/wire.py decodes it)
 --   4 exp   zset, the expiry index: member = the rids (space separated) that were set to expire
@@ -37,7 +37,9 @@
 --           moment it could change by time alone (PXAT); deleted by every script that changes
 --           buckets, lots, the policy or an expiry ('!K' says whether there is one). The store
 --           reads it with a plain GET.
---  11 stash (apply.lua only, optional) the reply stash key of the command (engine/store/reply_stash.py)
+--  11 ended hash rid -> a line in a final state (released, expired, shipped), the same form: kept
+--           apart so that what reads every live line never reads the retention's history
+--  12 stash (apply.lua only, optional) the reply stash key of the command (engine/store/reply_stash.py)
 -- ARGV (every script): 1 sku, 2 now_ms (0 = Redis TIME; > 0 only from tests), then the entry's own.
 --
 -- Rules: docs/semantics.md, mirrored step by step from engine/domain/oracle.py so that replies and
@@ -55,7 +57,7 @@ redis.replicate_commands()
 
 local K = {
   state = KEYS[1], lots = KEYS[2], res = KEYS[3], exp = KEYS[4], dead = KEYS[5], cust = KEYS[6],
-  chan = KEYS[7], srel = KEYS[8], pol = KEYS[9], pos = KEYS[10], stash = KEYS[11],
+  chan = KEYS[7], srel = KEYS[8], pol = KEYS[9], pos = KEYS[10], ended = KEYS[11], stash = KEYS[12],
 }
 local SKU = ARGV[1]
 local NOW = tonumber(ARGV[2]) or 0
@@ -72,7 +74,7 @@ local S = {                 -- scalars
   pos_stale = false,        -- the kept position is out of date even if '!L' is not
   kept = false,             -- a position is kept (pos key), to delete on a change
   names = false,            -- sorted location names (false = rebuild)
-  lots_loaded = false, rel_loaded = false, all_lines = false,
+  lots_loaded = false, rel_loaded = false, live_lines = false,
 }
 local pol = {}              -- the policy (F.load_state)
 local rel = {}              -- supplier -> rel_pm (F.reliability loads it)
@@ -83,6 +85,7 @@ local lots = {}             -- id -> {loc, qty, eta_ms, supplier, alloc} (F.get_
 local lines = {}            -- rid -> line; false = known absent or deleted; true = created in
                             -- this call, only its stored form is at hand (F.get_line decodes it)
 local line_raw = {}         -- rid -> the stored form of the line as it is now (nil once it changed)
+local line_home = {}        -- rid -> the hash the line is stored in as read (K.res or K.ended)
 -- changes to write back: key -> true / value (write) or false (delete)
 local lot_chg, line_chg, dead_chg = {}, {}, {}
 local exp_add = {}          -- expires_ms -> rids to add to the expiry index
@@ -94,6 +97,7 @@ local F = {
   num = false, blt = false, call_chunked = false, parse_policy = false, load_state = false,
   sorted_loc_names = false, encode_state = false, loc_get = false, loc_touch = false,
   get_lots = false, promisable = false, got_line = false, get_line = false, prefetch_lines = false,
+  hmget_lines = false,
   decode_line = false, encode_alloc = false, encode_line = false, free_oh = false, bo_free = false, capacity = false,
   atp_of = false, allocate = false, promise = false, book_new = false, expire_at = false,
   expire_due = false, hold_one = false, write_zset = false, flush = false,
@@ -256,10 +260,11 @@ function F.decode_line(rid, raw)
   }
 end
 
-function F.got_line(rid, raw)
+function F.got_line(rid, raw, home)
   if raw then
     lines[rid] = F.decode_line(rid, raw)
     line_raw[rid] = raw
+    line_home[rid] = home
   else
     lines[rid] = false
   end
@@ -269,7 +274,12 @@ end
 function F.get_line(rid)
   local line = lines[rid]
   if line == nil then
-    F.got_line(rid, redis.call('HGET', K.res, rid))
+    local raw = redis.call('HGET', K.res, rid)
+    if raw then
+      F.got_line(rid, raw, K.res)
+    else
+      F.got_line(rid, redis.call('HGET', K.ended, rid), K.ended)
+    end
     line = lines[rid]
   elseif line == true then
     line = F.decode_line(rid, line_raw[rid])
@@ -284,16 +294,29 @@ function F.prefetch_lines(rids)
   for i = 1, #rids do
     if lines[rids[i]] == nil then want[#want + 1] = rids[i] end
   end
+  local missing = F.hmget_lines(K.res, want)
+  if #missing > 0 then F.hmget_lines(K.ended, missing) end
+end
+
+-- read the lines of rids from one of the two line hashes; returns the rids it does not hold
+function F.hmget_lines(key, rids)
+  local missing = {}
   local i = 1
-  while i <= #want do
-    local last = math.min(#want, i + 999)
-    local vals = redis.call('HMGET', K.res, unpack(want, i, last))
+  while i <= #rids do
+    local last = math.min(#rids, i + 999)
+    local vals = redis.call('HMGET', key, unpack(rids, i, last))
     for j = i, last do
       local raw = vals[j - i + 1]
-      if raw then F.got_line(want[j], raw) else lines[want[j]] = false end
+      if raw then
+        F.got_line(rids[j], raw, key)
+      else
+        lines[rids[j]] = false
+        missing[#missing + 1] = rids[j]
+      end
     end
     i = last + 1
   end
+  return missing
 end
 
 -- the allocations in the stored form ('kind,ref,loc,qty' joined by ';')
@@ -627,18 +650,29 @@ function F.flush()
   end
 
   if next(line_chg) then
-    set = {}
-    local del = {}
+    -- a live line is kept in res, an ended one in ended; a line that changed sides leaves the other
+    local put = { [K.res] = {}, [K.ended] = {} }
+    local drop = { [K.res] = {}, [K.ended] = {} }
     for rid, write in pairs(line_chg) do
+      local home = line_home[rid]
       if write then
-        set[#set + 1] = rid
-        set[#set + 1] = line_raw[rid] or F.encode_line(lines[rid])
-      else
-        del[#del + 1] = rid
+        local raw = line_raw[rid] or F.encode_line(lines[rid])
+        local state = string.match(raw, '^(%a+)|')
+        local to = (state == 'held' or state == 'committed') and K.res or K.ended
+        local into = put[to]
+        into[#into + 1] = rid
+        into[#into + 1] = raw
+        if home and home ~= to then drop[home][#drop[home] + 1] = rid end
+      elseif home then
+        drop[home][#drop[home] + 1] = rid
       end
     end
-    if #set > 0 then F.call_chunked('HSET', K.res, set, 2) end
-    if #del > 0 then F.call_chunked('HDEL', K.res, del, 1) end
+    for key, items in pairs(put) do
+      if #items > 0 then F.call_chunked('HSET', key, items, 2) end
+    end
+    for key, rids in pairs(drop) do
+      if #rids > 0 then F.call_chunked('HDEL', key, rids, 1) end
+    end
   end
 
   if next(exp_add) then
@@ -694,12 +728,22 @@ setmetatable(F, { __index = function(_, name)
     lot_chg[id] = false
   end
 
-  function F.load_all_lines()
-    if S.all_lines then return end
-    S.all_lines = true
+  -- every live line (HGETALL of res: the ended ones live apart)
+  function F.load_live_lines()
+    if S.live_lines then return end
+    S.live_lines = true
     local flat = redis.call('HGETALL', K.res)
     for i = 1, #flat, 2 do
-      if lines[flat[i]] == nil then F.got_line(flat[i], flat[i + 1]) end
+      if lines[flat[i]] == nil then F.got_line(flat[i], flat[i + 1], K.res) end
+    end
+  end
+
+  -- every line, live and ended (the state dump)
+  function F.load_all_lines()
+    F.load_live_lines()
+    local flat = redis.call('HGETALL', K.ended)
+    for i = 1, #flat, 2 do
+      if lines[flat[i]] == nil then F.got_line(flat[i], flat[i + 1], K.ended) end
     end
   end
 

@@ -6,7 +6,7 @@
 
 -- live lines sorted by seq (newest first when newest_first)
 function F.live_lines(newest_first)
-  F.load_all_lines()
+  F.load_live_lines()
   local out = {}
   for rid, line in pairs(lines) do
     if line == true then line = F.get_line(rid) end
