@@ -11,7 +11,7 @@ The SKUs of a reservation are kept under ``<prefix>:rid:{rid}`` (a JSON list), w
 first line is held, so confirm / release / extend / get find every line.
 
 Concurrent single-SKU holds on one SKU are coalesced into one ``hold_batch`` script call
-(DESIGN §3); each reservation in a batch is still all-or-nothing.
+(README, "Serving a flash sale"); each reservation in a batch is still all-or-nothing.
 """
 
 from __future__ import annotations

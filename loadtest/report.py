@@ -24,7 +24,7 @@ def _row(bench: str, figure: str, value: Any, unit: str, limit: str | None = Non
 
 
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Headline figures of every benchmark that ran, in QUALITY.md order (pure)."""
+    """Headline figures of every benchmark that ran, in the P1…P7 order (pure)."""
     rows = []
     for name in ("limits", "limits_minimal", "P1", "P2", "P4", "P5", "P6", "P7"):
         entry = results.get(name)

@@ -1,4 +1,4 @@
-"""The store's invariants (QUALITY R12), checked from the raw Redis state of every SKU.
+"""The store's invariants (docs/semantics.md "State of one SKU"), checked from the raw Redis state of every SKU.
 
 ``check_invariants(client)`` reads each SKU found by SCAN and returns human-readable violations
 (empty when all hold). It never writes: the position it compares against is computed by

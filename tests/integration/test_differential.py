@@ -1,4 +1,4 @@
-"""QUALITY R5: random operation sequences through the Lua scripts and the pure oracle agree.
+"""R5: random operation sequences through the Lua scripts and the pure oracle agree.
 
 A hypothesis state machine drives one SKU through holds (batched), confirms, releases, extends,
 rollbacks, expiries (the clock moves), inbound lots, receipts, adjustments, counts, shipments,
