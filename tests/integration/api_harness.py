@@ -7,6 +7,12 @@ Not a conftest: the API tests import what they need from here, so the shared fix
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -102,12 +108,6 @@ def figures(store: Store, sku: str) -> dict[str, int]:
 def api_processes(settings: Settings, count: int = 2, **env_extra: str) -> Iterator[list[str]]:
     """``count`` separate ``atp serve`` processes over the suite's Redis and broker, each on its own
     free loopback port, with the test tokens; yields their base URLs and stops them at the end."""
-    import json
-    import os
-    import signal
-    import subprocess
-    import sys
-
     env = {
         **{k: v for k, v in os.environ.items() if not k.upper().startswith("ATP_")},
         "ATP_CONFIG": os.devnull,
@@ -118,8 +118,6 @@ def api_processes(settings: Settings, count: int = 2, **env_extra: str) -> Itera
         "ATP_API_TOKENS": json.dumps({token_digest(t): roles for t, roles in TOKENS.items()}),
         **env_extra,
     }
-    import tempfile
-
     ports = [free_port() for _ in range(count)]
     # the servers' logs go to files: a pipe nobody reads would block a server once it fills
     logs = [tempfile.TemporaryFile() for _ in ports]
