@@ -278,6 +278,13 @@ class SkuBook:
         line.alloc = [a for a in line.alloc if a[3] > 0]
         self._usage(line, -line.qty)
 
+    def _commit_units(self, line: Line, sign: int) -> None:
+        """Move a line's units from held to committed (sign 1) or back (sign -1)."""
+        for _kind, _ref, loc, q in line.alloc:
+            b = self._loc(loc)
+            b.held -= sign * q
+            b.committed += sign * q
+
     def _usage(self, line: Line, delta: int) -> None:
         for book, who in ((self.customers, line.customer), (self.channels, line.channel)):
             if who:
@@ -376,10 +383,7 @@ class SkuBook:
             return {"status": "duplicate", "rid": rid, "line": line.wire()}
         if line.state != "held":
             return {"status": "refused", "rid": rid, "reason": line.state, "line": line.wire()}
-        for _kind, _ref, loc, q in line.alloc:
-            b = self._loc(loc)
-            b.held -= q
-            b.committed += q
+        self._commit_units(line, 1)
         line.state = "committed"
         line.expires_ms = 0
         return {"status": "ok", "rid": rid, "line": line.wire()}
@@ -431,10 +435,7 @@ class SkuBook:
         if line.state not in LIVE:
             return {"status": "refused", "rid": rid, "reason": line.state, "line": line.wire()}
         if line.state == "committed":
-            for _kind, _ref, loc, q in line.alloc:
-                b = self._loc(loc)
-                b.committed -= q
-                b.held += q
+            self._commit_units(line, -1)
             line.state = "held"
         line.expires_ms = expires_ms
         return {"status": "ok", "rid": rid, "line": line.wire()}

@@ -5,6 +5,15 @@
 
 ----------------------------------------------------------------------------- lifecycle
 
+-- move a line's units from held to committed (sign 1) or back (sign -1) at each location
+function F.commit_units(line, sign)
+  for _, a in ipairs(line.alloc) do
+    local b = F.loc_touch(a[3])
+    b.hd = b.hd - sign * a[4]
+    b.cm = b.cm + sign * a[4]
+  end
+end
+
 function F.op_confirm(rid)
   local line = F.get_line(rid)
   if not line then return { status = 'not_found', rid = rid } end
@@ -12,11 +21,7 @@ function F.op_confirm(rid)
   if line.state ~= 'held' then
     return { status = 'refused', rid = rid, reason = line.state, line = line }
   end
-  for _, a in ipairs(line.alloc) do
-    local b = F.loc_touch(a[3])
-    b.hd = b.hd - a[4]
-    b.cm = b.cm + a[4]
-  end
+  F.commit_units(line, 1)
   line.state = 'committed'
   line.expires_ms = 0
   F.mark(rid)
@@ -77,11 +82,7 @@ function F.op_revert(rid, expires_ms)
     return { status = 'refused', rid = rid, reason = line.state, line = line }
   end
   if line.state == 'committed' then
-    for _, a in ipairs(line.alloc) do
-      local b = F.loc_touch(a[3])
-      b.cm = b.cm - a[4]
-      b.hd = b.hd + a[4]
-    end
+    F.commit_units(line, -1)
     line.state = 'held'
   end
   line.expires_ms = expires_ms
