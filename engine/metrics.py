@@ -1,4 +1,4 @@
-"""Every Prometheus metric of the engine, in one registry (DESIGN §6).
+"""Every Prometheus metric of the engine, in one registry (README "Observability").
 
 Callers use the thin functions below, never the metric objects, so label values stay bounded:
 every label value must match ``[A-Za-z0-9/][A-Za-z0-9._:/{}-]{0,79}`` and each label keeps at most a

@@ -1,4 +1,4 @@
-"""Checkout-side and stream benchmarks (QUALITY.md "Performance").
+"""Checkout-side and stream benchmarks (docs/quality.md "Performance").
 
 Run them with ``python -m loadtest [names] [--json out.json]``; see ``loadtest/README.md``.
 Benchmarks are never timed tests: they print one JSON document, keep it under

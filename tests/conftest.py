@@ -3,14 +3,14 @@
 Servers are session-scoped: ``ATP_REDIS_URL`` / ``ATP_KAFKA_BOOTSTRAP`` point the suite at
 external ones, otherwise embedded ones are started on free loopback ports and stopped at the
 end of the session, whatever happens. ``ATP_REDIS_CLUSTER=true`` runs the suite against a
-Redis Cluster (an embedded one with 3 primaries unless ATP_REDIS_URL names one; QUALITY R14).
+Redis Cluster (an embedded one with 3 primaries unless ATP_REDIS_URL names one; R14 in docs/quality.md).
 
 Per test:
 
 * ``redis`` — a client (``decode_responses=True``) on a FLUSHALLed server. At teardown the
   ``invariant_check`` list runs; when ``engine.store.invariants`` exists, its
   ``check_invariants(client) -> list[str]`` is in that list, and a non-empty result fails
-  the test (QUALITY R12).
+  the test (R12, docs/quality.md).
 * ``invariant_check`` — a list of zero-argument callables run after the test; each may
   raise, or return a list of violation messages (non-empty fails the test).
 * ``topics`` — a fresh ``Topics`` set (unique suffix), created with 3 partitions.

@@ -1,4 +1,4 @@
-"""The input event contract (DESIGN §4): models, the topic of each type, and ``parse_event``.
+"""The input event contract (README "Events"): models, the topic of each type, and ``parse_event``.
 
 Every message on an input topic is one JSON object: the envelope (``event_id``, ``type``,
 ``occurred_at``, optional ``reason`` and ``ref``) plus the payload of its type.

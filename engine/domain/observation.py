@@ -56,7 +56,7 @@ class LocationFigures:
 
     @property
     def inventory_position(self) -> int:
-        """IP = on_hand + in_transit − committed − held (DESIGN §4)."""
+        """IP = on_hand + in_transit − committed − held (README "Alerts and replenishment")."""
         return self.on_hand + self.in_transit - self.committed - self.held
 
 

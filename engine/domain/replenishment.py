@@ -1,4 +1,4 @@
-"""Replenishment triggers per (SKU, location): the reorder-point / order-up-to rule of DESIGN §4.
+"""Replenishment triggers per (SKU, location): the reorder-point / order-up-to rule of README "Alerts and replenishment".
 
     IP  = on_hand + in_transit − committed − held           (inventory position)
     ROP = d·L + z·σ·√L                                        (reorder point)

@@ -3,7 +3,7 @@
 Why not bytewax's ``KafkaSource``: it reads each topic-partition on its own, so the order in which
 an ``inbound.created`` on one topic and the ``receipt.posted`` for it on another reach the store
 depends on timing. Two runs over the same log could then leave different states, and neither
-crash recovery (QUALITY R7) nor replay/reconcile could be checked against an uninterrupted run.
+crash recovery (R7, docs/quality.md) nor replay/reconcile could be checked against an uninterrupted run.
 
 Here one source partition (a *group*) holds partition ``i`` of every input topic. Producers key
 events by SKU with the same partitioner and the topics have equal partition counts, so all events

@@ -1,4 +1,4 @@
-"""QUALITY R15: a threshold crossed, recovered and crossed again, with a crash in between.
+"""R15 (docs/quality.md): a threshold crossed, recovered and crossed again, with a crash in between.
 
 The flow runs with recovery on bytewax's TestingSource (so the crash point is exact: an in-process
 abort), applying to the real Redis and publishing to the real broker. A snapshot is taken after

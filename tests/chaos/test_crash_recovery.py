@@ -1,4 +1,4 @@
-"""QUALITY R7: the flow stopped at random points — bytewax's in-process abort and SIGKILL of a real
+"""R7 (docs/quality.md): the flow stopped at random points — bytewax's in-process abort and SIGKILL of a real
 ``python -m engine.flow`` process — and restarted from recovery ends in exactly the state of an
 uninterrupted run over the same 100k events; every output message written twice is the same.
 

@@ -1,4 +1,4 @@
-"""QUALITY R10: no token / wrong token / a token without the role → 401 / 401 / 403, nothing changed."""
+"""R10 (docs/quality.md): no token / wrong token / a token without the role → 401 / 401 / 403, nothing changed."""
 
 from __future__ import annotations
 

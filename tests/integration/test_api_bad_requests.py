@@ -1,4 +1,4 @@
-"""QUALITY R9, hand-written half: bad requests get a 4xx with a machine-readable reason, never a 5xx,
+"""R9 (docs/quality.md), hand-written half: bad requests get a 4xx with a machine-readable reason, never a 5xx,
 and change nothing."""
 
 from __future__ import annotations

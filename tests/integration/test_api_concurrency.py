@@ -1,4 +1,4 @@
-"""QUALITY R1 and R3 through HTTP, against a real uvicorn server on a free port.
+"""R1 (docs/quality.md) and R3 through HTTP, against a real uvicorn server on a free port.
 
 R1: 1000 concurrent holds of qty 1 on ATP 100 from many HTTP connections → exactly 100
 succeed (201), the rest are refused (409); afterwards ATP = 0 and held = 100.

@@ -1,4 +1,4 @@
-"""QUALITY R9, schema-driven half: schemathesis generates requests from the app's own OpenAPI
+"""R9 (docs/quality.md), schema-driven half: schemathesis generates requests from the app's own OpenAPI
 document and sends them to a real uvicorn server. No reply may be a 5xx, every reply must
 come back within the timeout, carry a documented status code and content type, and match the
 documented schema.

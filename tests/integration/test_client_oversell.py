@@ -1,4 +1,4 @@
-"""QUALITY R1 — the oversell race: 1000 concurrent holds on ATP 100 over ≥ 32 connections.
+"""R1 (docs/quality.md) — the oversell race: 1000 concurrent holds on ATP 100 over ≥ 32 connections.
 
 Through the client with coalescing (threads and asyncio; 32 clients, each with its own
 connection pool, as 32 checkout servers would be), and through the bare store without coalescing

@@ -1,4 +1,4 @@
-"""QUALITY R8: every kind of bad message → one DLQ record on the real broker; the stream goes on."""
+"""R8 (docs/quality.md): every kind of bad message → one DLQ record on the real broker; the stream goes on."""
 
 from __future__ import annotations
 

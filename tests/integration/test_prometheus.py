@@ -1,4 +1,4 @@
-"""A real Prometheus scrapes a running engine; every dashboard query and rule returns data (DESIGN §6).
+"""A real Prometheus scrapes a running engine; every dashboard query and rule returns data (README "Observability").
 
 Prometheus is Debian's package, installed by ``dashboards/install-prometheus.sh`` when missing; the
 only allowed skip is a machine where it cannot be installed. The engine is the real one: the flow

@@ -1,4 +1,4 @@
-"""QUALITY R6: the input topics consumed from offset 0 twice — the second pass changes nothing."""
+"""R6 (docs/quality.md): the input topics consumed from offset 0 twice — the second pass changes nothing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""QUALITY R11 — hold expiry: 10k short holds left to expire are all released, lazily by the
+"""R11 (docs/quality.md) — hold expiry: 10k short holds left to expire are all released, lazily by the
 next script that touches the SKU and by the sweeper for SKUs nobody touches; no held unit leaks."""
 
 from __future__ import annotations

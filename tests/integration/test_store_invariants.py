@@ -1,4 +1,4 @@
-"""The invariant checker (QUALITY R12) finds corrupted state, and finds none in healthy state."""
+"""The invariant checker (R12, docs/quality.md) finds corrupted state, and finds none in healthy state."""
 
 from __future__ import annotations
 
