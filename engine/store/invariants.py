@@ -41,7 +41,7 @@ def _promisable(lot: dict[str, Any], policy: dict[str, Any], rel: dict[str, int]
     return lot["qty"] * policy["cap_pm"] * r // 1_000_000
 
 
-_READS = 10  # pipelined reads per SKU, in the order _check_state() unpacks them
+_READS = 11  # pipelined reads per SKU, in the order _check_state() unpacks them
 _BUCKETS = ("oh", "hd", "cm", "oa", "ba", "st")
 _FINAL = ("released", "expired", "shipped")
 
@@ -57,6 +57,7 @@ def _queue_reads(pipe: Any, k: Any) -> None:
     pipe.zrange(k.exp, 0, -1, withscores=True)
     pipe.zrange(k.dead, 0, -1)
     pipe.hgetall(k.ended)
+    pipe.zrange(k.pool, 0, -1)
 
 
 def location_buckets(raw: Any) -> dict[str, dict[str, int]]:
@@ -122,7 +123,7 @@ def _check_many(client: Any, skus: list[str], prefix: str) -> list[str]:
 
 def _check_state(sku: str, raw: list[Any], pos: dict[str, Any], now: int) -> list[str]:
     out: list[str] = []
-    loc_raw, lots_raw, res_raw, raw_pol, srel_raw, cust_raw, chan_raw, exp_raw, dead_raw, ended_raw = raw
+    loc_raw, lots_raw, res_raw, raw_pol, srel_raw, cust_raw, chan_raw, exp_raw, dead_raw, ended_raw, pool_raw = raw
     buckets: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(_BUCKETS, 0))
     buckets.update(location_buckets(loc_raw))
     lots = {_text(i): _lot(v) for i, v in lots_raw.items()}
@@ -133,6 +134,7 @@ def _check_state(sku: str, raw: list[Any], pos: dict[str, Any], now: int) -> lis
     out.extend(f"{sku}: line {rid} is {ln['state']} but kept with the ended lines"
                for rid, ln in ended.items() if ln["state"] not in _FINAL)
     out.extend(f"{sku}: line {rid} is kept twice" for rid in lines.keys() & ended.keys())
+    out.extend(_check_pool_index(sku, lines, {_text(m) for m in pool_raw}))
     lines.update(ended)
     policy = normalize_policy(orjson.loads(raw_pol) if raw_pol else {})
     rel = {_text(s): int(v) for s, v in srel_raw.items()}
@@ -228,13 +230,31 @@ def _check_state(sku: str, raw: list[Any], pos: dict[str, Any], now: int) -> lis
     return out
 
 
+def pool_members(rid: str, line: dict[str, Any]) -> set[str]:
+    """The pool-index members of a live line (lua/lib.lua KEYS[12]): one per pool it draws on."""
+    pools = set()
+    for kind, ref, loc, _q in line["alloc"]:
+        pools.add({"oh": "o" + loc, "lot": "l" + ref, "bo": "b"}.get(kind, "s"))
+    return {f"{pool}|{line['seq']:012d}|{rid}" for pool in pools}
+
+
+def _check_pool_index(sku: str, live: dict[str, dict[str, Any]], index: set[str]) -> list[str]:
+    want: set[str] = set()
+    for rid, line in live.items():
+        if line["state"] in _LIVE:
+            want |= pool_members(rid, line)
+    out = [f"{sku}: pool index lacks {m}" for m in sorted(want - index)]
+    out += [f"{sku}: pool index has {m}, no live line draws on that pool" for m in sorted(index - want)]
+    return out
+
+
 def check_invariants(redis_client: Any, prefix: str = DEFAULT_PREFIX) -> list[str]:
     """Every violated invariant of every SKU under ``prefix`` (empty list = all hold).
 
     Per SKU and location: held / committed equal the sums over live lines; held + committed =
     oh_alloc + Σ lot alloc + bo_alloc + short; no negative bucket; lot allocations and
     customer / channel usage equal the sums over the lines; the expiry index matches the held
-    lines; ATP = on_hand + promisable in-transit − committed − held − safety.
+    lines; the pool index lists exactly the pools each live line draws on; ATP = on_hand + promisable in-transit − committed − held − safety.
     """
     validate_prefix(prefix)
     problems: list[str] = []

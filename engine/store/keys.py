@@ -56,7 +56,7 @@ def validate_prefix(prefix: object) -> str:
 
 # Order of the KEYS every script receives (lib.lua names them in the same order).
 KEY_NAMES: tuple[str, ...] = (
-    "state", "lots", "res", "exp", "dead", "cust", "chan", "srel", "pol", "pos", "ended",
+    "state", "lots", "res", "exp", "dead", "cust", "chan", "srel", "pol", "pos", "ended", "pool",
 )
 
 
@@ -78,6 +78,9 @@ class SkuKeys:
     pos: str    # string: json position of all locations, kept until time could change it
     ended: str  # hash rid -> line in a final state (released, expired, shipped) until purged: out
     #             of ``res``, so what reads every live line never reads the retention's history
+    pool: str   # zset (all scores 0), the pool index: '<pool>|<seq:012>|<rid>' for each pool a live
+    #             line draws on (pool 'o<loc>', 'l<lot_id>', 'b' or 's'), so supply changes find
+    #             the lines they move in allocation order without reading the others
 
     @property
     def all(self) -> list[str]:

@@ -20,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from engine.domain.oracle import HoldRequest as OracleHold
 from engine.domain.oracle import SkuBook
 from engine.domain.policy import Policy
+from engine.store.invariants import check_sku
 from engine.store.store import Store
 from engine.store.wire import HoldRequest, SupplyCommand
 
@@ -188,6 +189,8 @@ def test_lua_scripts_match_the_oracle(r5_redis: redis_lib.Redis) -> None:
             # Reading a position expires due holds first, as every script touching the SKU does.
             self._same(self.store.position(SKU), self.book.position_now(self.now))
             self._same(self.store.dump(SKU), self.book.dump())
+            # R12 after every step, which also holds the pool index to the lines
+            assert check_sku(client, SKU) == []
 
     Differential.TestCase.settings = settings(
         max_examples=EXAMPLES,

@@ -7,8 +7,12 @@ from typing import Any
 
 import orjson
 
+from engine.domain.oracle import HoldRequest as OracleHold
+from engine.domain.oracle import SkuBook
+from engine.domain.policy import Policy
 from engine.store import scripts
 from engine.store.invariants import check_invariants
+from engine.store.keys import sku_keys
 from engine.store.store import PURGE_LINES_PER_CALL, Store
 from engine.store.wire import HoldRequest, SupplyCommand
 
@@ -98,3 +102,83 @@ def test_the_store_hides_the_chunks_a_hold_after_a_wave_is_one_call_for_its_call
     [reply] = store.hold_batch("WAVE2", [HoldRequest("next", 3_000, "", 60_000)])
     assert reply["status"] == "ok" and reply["line"]["alloc"] == [["oh", "A", "A", 3_000]]
     assert store.sweep() == 0
+
+
+# ---------------------------------------------------------------------------- supply at scale
+
+DAY = 86_400_000
+SCALE = 20_000
+
+
+class _Twin:
+    """The store and the oracle fed the same commands; every reply must be the same."""
+
+    def __init__(self, redis: Any, sku: str) -> None:
+        self.sku, self.redis = sku, redis
+        self.store = Store(redis, now_ms=T0)
+        self.book = SkuBook(sku)
+        self.offset = 0
+
+    def supply(self, cmd: str, payload: dict[str, Any]) -> dict[str, Any]:
+        self.offset += 1
+        [lua] = self.store.apply([SupplyCommand(self.sku, cmd, payload, source="t:0", offset=self.offset)])
+        oracle = self.book.apply(cmd, payload, T0, source="t:0", offset=self.offset)
+        assert lua == oracle
+        assert check_invariants(self.redis) == []
+        return lua
+
+    def holds(self, prefix: str, n: int, loc: str = "") -> None:
+        for start in range(0, n, 1000):
+            ids = [f"{prefix}{i}" for i in range(start, min(n, start + 1000))]
+            lua = self.store.hold_batch(self.sku, [HoldRequest(r, 1, loc, 600_000) for r in ids])
+            oracle = self.book.hold_batch([OracleHold(r, 1, loc, 600_000) for r in ids], T0)
+            assert lua == oracle
+            assert {r["status"] for r in lua} == {"ok"}
+
+
+def _big_lot_sku(redis: Any, sku: str) -> _Twin:
+    """A presell SKU with 5k lines on on-hand at A and SCALE lines on lot L1 (plus lot L2 empty)."""
+    twin = _Twin(redis, sku)
+    twin.supply("policy", {"policy": Policy(mode="presell").to_wire()})
+    twin.supply("count", {"loc": "A", "on_hand": 5_000})
+    twin.holds("oh-", 5_000)
+    twin.supply("inbound_created", {"inbound_id": "L1", "loc": "A", "qty": SCALE, "eta_ms": T0 + 5 * DAY, "supplier": "s1"})
+    twin.supply("inbound_created", {"inbound_id": "L2", "loc": "A", "qty": 10, "eta_ms": T0 + 9 * DAY, "supplier": "s1"})
+    twin.holds("lot-", SCALE)
+    return twin
+
+
+def test_an_eta_slip_of_a_lot_with_20k_allocations_names_each_of_its_lines_once(redis: Any) -> None:
+    twin = _big_lot_sku(redis, "SLIP")
+    reply = twin.supply("inbound_updated", {"inbound_id": "L1", "eta_ms": T0 + 8 * DAY, "qty": 0})
+    named = [s["rid"] for s in reply["slipped"]]
+    assert len(named) == len(set(named)) == SCALE  # only the lot's lines, each once
+    assert named[0] == f"lot-{SCALE - 1}" and named[-1] == "lot-0"  # newest first
+
+
+def test_a_short_receipt_of_a_lot_with_20k_allocations_moves_them_and_sheds_the_newest(redis: Any) -> None:
+    twin = _big_lot_sku(redis, "RCPT")
+    reply = twin.supply("receipt", {"loc": "A", "qty": SCALE - 3_000, "inbound_id": "L1"})
+    # the 3k newest lose their unit; the 10 oldest of them get one from L2 again
+    assert [a["rid"] for a in reply["at_risk"]] == [f"lot-{i}" for i in range(SCALE - 1, SCALE - 2_991, -1)]
+    lines = twin.store.dump("RCPT")["lines"]
+    assert lines["lot-0"]["alloc"] == [["oh", "A", "A", 1]]
+    assert lines[f"lot-{SCALE - 3_000}"]["alloc"] == [["lot", "L2", "A", 1]]
+
+
+def test_a_cancelled_lot_and_a_count_that_sheds_leave_every_line_accounted_for(redis: Any) -> None:
+    twin = _big_lot_sku(redis, "CNCL")
+    reply = twin.supply("inbound_cancelled", {"inbound_id": "L1"})
+    assert len(reply["at_risk"]) == SCALE - 10  # L2's 10 units refill the 10 oldest
+    reply = twin.supply("count", {"loc": "A", "on_hand": 1_000})  # sheds 4k on-hand units
+    assert len({a["rid"] for a in reply["at_risk"]}) == SCALE - 10 + 4_000
+    reply = twin.supply("receipt", {"loc": "A", "qty": 30_000, "inbound_id": ""})  # refills all
+    assert reply["at_risk"] == []
+
+
+def test_a_store_written_without_the_pool_index_gets_it_built_on_first_use(redis: Any) -> None:
+    twin = _big_lot_sku(redis, "OLD")
+    redis.delete(sku_keys("OLD").pool)
+    assert check_invariants(redis) != []  # the checker sees the index is missing
+    twin.supply("count", {"loc": "A", "on_hand": 4_990})
+    assert check_invariants(redis) == []

@@ -38,15 +38,16 @@ function H.inbound_created(p)
   return { status = 'ok' }
 end
 
+-- the live lines drawing on lot `id`, newest first, each with its entries of the lot
 local function lines_on_lot(id)
   local out = {}
-  for _, line in ipairs(F.live_lines(true)) do
+  F.each_in_pool('l' .. id, true, function(line)
     local entries = {}
     for _, a in ipairs(line.alloc) do
       if a[1] == 'lot' and a[2] == id then entries[#entries + 1] = a end
     end
     if #entries > 0 then out[#out + 1] = { line = line, entries = entries } end
-  end
+  end)
   return out
 end
 

@@ -39,7 +39,13 @@
 --           reads it with a plain GET.
 --  11 ended hash rid -> a line in a final state (released, expired, shipped), the same form: kept
 --           apart so that what reads every live line never reads the retention's history
---  12 stash (apply.lua only, optional) the reply stash key of the command (engine/store/reply_stash.py)
+--  12 pool  zset, the pool index, every score 0: one member '<pool>|<seq, 12 digits>|<rid>' for each
+--           pool a live line draws on: 'o<loc>' (on-hand at loc), 'l<lot_id>', 'b' (backorder),
+--           's' (short). A lexical range of one pool lists its lines by seq, so shedding (newest
+--           first), refilling (oldest first), a lot's receipt, cancellation or re-dating and the
+--           at-risk list read only the lines they concern. Kept by F.sync_pools from the lines
+--           that changed; built once from res when a store written without it is first used.
+--  13 stash (apply.lua only, optional) the reply stash key of the command (engine/store/reply_stash.py)
 -- ARGV (every script): 1 sku, 2 now_ms (0 = Redis TIME; > 0 only from tests), then the entry's own.
 --
 -- Rules: docs/semantics.md, mirrored step by step from engine/domain/oracle.py so that replies and
@@ -57,7 +63,8 @@ redis.replicate_commands()
 
 local K = {
   state = KEYS[1], lots = KEYS[2], res = KEYS[3], exp = KEYS[4], dead = KEYS[5], cust = KEYS[6],
-  chan = KEYS[7], srel = KEYS[8], pol = KEYS[9], pos = KEYS[10], ended = KEYS[11], stash = KEYS[12],
+  chan = KEYS[7], srel = KEYS[8], pol = KEYS[9], pos = KEYS[10], ended = KEYS[11], pool = KEYS[12],
+  stash = KEYS[13],
 }
 local SKU = ARGV[1]
 local NOW = tonumber(ARGV[2]) or 0
@@ -74,7 +81,7 @@ local S = {                 -- scalars
   pos_stale = false,        -- the kept position is out of date even if '!L' is not
   kept = false,             -- a position is kept (pos key), to delete on a change
   names = false,            -- sorted location names (false = rebuild)
-  lots_loaded = false, rel_loaded = false, live_lines = false,
+  lots_loaded = false, rel_loaded = false, live_lines = false, pool_ready = false,
 }
 local pol = {}              -- the policy (F.load_state)
 local rel = {}              -- supplier -> rel_pm (F.reliability loads it)
@@ -86,6 +93,10 @@ local lines = {}            -- rid -> line; false = known absent or deleted; tru
                             -- this call, only its stored form is at hand (F.get_line decodes it)
 local line_raw = {}         -- rid -> the stored form of the line as it is now (nil once it changed)
 local line_home = {}        -- rid -> the hash the line is stored in as read (K.res or K.ended)
+local line_orig = {}        -- rid -> the stored form of the line as read (its pool members then)
+local pool_dirty = {}       -- rid -> true: the line changed since the last F.sync_pools
+local pool_now = {}         -- rid -> its pool-index members as of the last F.sync_pools
+local pool_fresh = {}       -- rid -> the pool-index members of a line F.hold_one created
 -- changes to write back: key -> true / value (write) or false (delete)
 local lot_chg, line_chg, dead_chg = {}, {}, {}
 local exp_add = {}          -- expires_ms -> rids to add to the expiry index
@@ -100,7 +111,8 @@ local F = {
   hmget_lines = false,
   decode_line = false, encode_alloc = false, encode_line = false, free_oh = false, bo_free = false, capacity = false,
   atp_of = false, allocate = false, promise = false, book_new = false, expire_at = false,
-  expire_due = false, hold_one = false, write_zset = false, flush = false,
+  expire_due = false, hold_one = false, write_zset = false, flush = false, pool_members = false,
+  stored_members = false, ensure_pools = false, sync_pools = false,
 }
 
 -- a whole number as a string, memoised: formatting a number costs more than a table lookup, and
@@ -264,6 +276,7 @@ function F.got_line(rid, raw, home)
   if raw then
     lines[rid] = F.decode_line(rid, raw)
     line_raw[rid] = raw
+    line_orig[rid] = raw
     line_home[rid] = home
   else
     lines[rid] = false
@@ -502,6 +515,8 @@ end
 local EXPIRE_MEMBERS, EXPIRE_LINES = 32, 32
 -- the most rids one index entry holds (F.flush splits a batch's), so a chunk takes whole entries
 local EXPIRE_ENTRY = 32
+-- pool-index members read per ZRANGEBYLEX of a walk over one pool (F.each_in_pool)
+local POOL_PAGE = 128
 
 -- expire due held lines, in (expires_ms, rid) order within the call; returns how many
 function F.expire_due()
@@ -591,8 +606,90 @@ function F.hold_one(rid, qty, loc, ttl_ms, channel, customer, commit, replace_de
   lines[rid] = true
   line_raw[rid] = raw
   line_chg[rid] = true
+  pool_dirty[rid] = true
+  pool_fresh[rid] = F.pool_members(rid, seq, allocs)
   if not commit then F.expire_at(rid, expires) end
   return 'ok', raw
+end
+
+----------------------------------------------------------------------------- pool index
+
+-- the pool-index members of a live line (KEYS[12]): one per pool its allocations draw on
+function F.pool_members(rid, seq, allocs)
+  local tail = string.format('|%012d|', seq) .. rid
+  local out, seen = {}, {}
+  for i = 1, #allocs do
+    local a = allocs[i]
+    local kind = a[1]
+    local pool
+    if kind == 'oh' then
+      pool = 'o' .. a[3]
+    elseif kind == 'lot' then
+      pool = 'l' .. a[2]
+    elseif kind == 'bo' then
+      pool = 'b'
+    else
+      pool = 's'
+    end
+    if not seen[pool] then
+      seen[pool] = true
+      out[#out + 1] = pool .. tail
+    end
+  end
+  return out
+end
+
+-- the members of a line in its stored form (none once it ended)
+function F.stored_members(rid, raw)
+  if not raw then return {} end
+  local line = F.decode_line(rid, raw)
+  if line.state ~= 'held' and line.state ~= 'committed' then return {} end
+  return F.pool_members(rid, line.seq, line.alloc)
+end
+
+-- build the pool index of a store written before it existed: no index but live lines (every
+-- live line draws on some pool, so an index is only ever missing while there is none)
+function F.ensure_pools()
+  if S.pool_ready then return end
+  S.pool_ready = true
+  if redis.call('EXISTS', K.pool) == 0 and redis.call('HLEN', K.res) > 0 then F.build_pools() end
+end
+
+-- write the pool-index changes of the lines that changed since the last call, so that the index
+-- read next (and the one left behind) matches the lines; a store written before the index
+-- existed gets it built first, once, from its live lines
+function F.sync_pools()
+  if not next(pool_dirty) then return end
+  F.ensure_pools()
+  local add, rem = {}, {}
+  for rid in pairs(pool_dirty) do
+    pool_dirty[rid] = nil
+    local old = pool_now[rid] or F.stored_members(rid, line_orig[rid])
+    local line = lines[rid]
+    local new
+    if line == true then
+      new = pool_fresh[rid] or F.stored_members(rid, line_raw[rid])
+    elseif line and (line.state == 'held' or line.state == 'committed') then
+      new = F.pool_members(rid, line.seq, line.alloc)
+    else
+      new = {}
+    end
+    local gone = {}
+    for i = 1, #old do gone[old[i]] = true end
+    for i = 1, #new do
+      local m = new[i]
+      if gone[m] then
+        gone[m] = nil
+      else
+        add[#add + 1] = '0'
+        add[#add + 1] = m
+      end
+    end
+    for m in pairs(gone) do rem[#rem + 1] = m end
+    pool_now[rid] = new
+  end
+  if #rem > 0 then F.call_chunked('ZREM', K.pool, rem, 1) end
+  if #add > 0 then F.call_chunked('ZADD', K.pool, add, 2) end
 end
 
 ----------------------------------------------------------------------------- write back
@@ -616,6 +713,7 @@ end
 
 -- write back everything that changed; once, at the end of the script
 function F.flush()
+  F.sync_pools()
   local set = {}
   if S.kept and (S.dirty or S.pos_stale or next(lot_chg)) then
     redis.call('DEL', K.pos)
@@ -751,12 +849,53 @@ setmetatable(F, { __index = function(_, name)
   function F.mark(rid)
     line_chg[rid] = true
     line_raw[rid] = nil
+    pool_dirty[rid] = true
   end
 
   function F.delete_line(rid)
     lines[rid] = false
     line_raw[rid] = nil
     line_chg[rid] = false
+    pool_dirty[rid] = true
+  end
+
+  -- the pool index of every stored live line (a store written before the index existed)
+  function F.build_pools()
+    local flat = redis.call('HGETALL', K.res)
+    local add = {}
+    for i = 1, #flat, 2 do
+      for _, m in ipairs(F.stored_members(flat[i], flat[i + 1])) do
+        add[#add + 1] = '0'
+        add[#add + 1] = m
+      end
+    end
+    if #add > 0 then F.call_chunked('ZADD', K.pool, add, 2) end
+  end
+
+  -- call fn(line) for each live line drawing on `pool`, by seq (newest first when
+  -- newest_first), until it returns true; reads the index a page at a time, so the work is the
+  -- lines visited. The index is brought up to date first and left as it is during the walk.
+  function F.each_in_pool(pool, newest_first, fn)
+    F.ensure_pools()
+    F.sync_pools()
+    local lo, hi = '[' .. pool .. '|', '(' .. pool .. '}'
+    while true do
+      local page
+      if newest_first then
+        page = redis.call('ZREVRANGEBYLEX', K.pool, hi, lo, 'LIMIT', 0, POOL_PAGE)
+      else
+        page = redis.call('ZRANGEBYLEX', K.pool, lo, hi, 'LIMIT', 0, POOL_PAGE)
+      end
+      local rids = {}
+      for i = 1, #page do rids[i] = string.match(page[i], '^[^|]*|%d+|(.*)$') end
+      F.prefetch_lines(rids)
+      for i = 1, #rids do
+        local line = F.get_line(rids[i])
+        if line and F.is_live(line) and fn(line) then return end
+      end
+      if #page < POOL_PAGE then return end
+      if newest_first then hi = '(' .. page[#page] else lo = '(' .. page[#page] end
+    end
   end
 
   -- the wire line as json (docs/semantics.md "line")

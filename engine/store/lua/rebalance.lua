@@ -1,24 +1,9 @@
--- rebalance.lua — the supply-side rules, loaded by apply.lua only (after lib.lua): live lines in
--- creation order, giving back over-allocated supply, re-filling shorts, re-dating promises.
+-- rebalance.lua — the supply-side rules, loaded by apply.lua only (after lib.lua): giving back
+-- over-allocated supply, re-filling shorts, re-dating promises. Lines are found through the pool
+-- index (K.pool, lib.lua), so the work is the lines a change concerns, never the SKU's history.
 -- KEYS / ARGV: those of lib.lua. No reply of its own.
 
 ----------------------------------------------------------------------------- rebalance
-
--- live lines sorted by seq (newest first when newest_first)
-function F.live_lines(newest_first)
-  F.load_live_lines()
-  local out = {}
-  for rid, line in pairs(lines) do
-    if line == true then line = F.get_line(rid) end
-    if line and F.is_live(line) then out[#out + 1] = line end
-  end
-  if newest_first then
-    table.sort(out, function(a, b) return a.seq > b.seq end)
-  else
-    table.sort(out, function(a, b) return a.seq < b.seq end)
-  end
-  return out
-end
 
 -- promised date from the line's supplied allocations, never later than needed
 function F.repromise(line)
@@ -43,16 +28,17 @@ function F.touch(line)
   end
 end
 
--- newest lines first give back up to `excess` units of the entries `matches` accepts
-function F.shed(excess, matches)
+-- the newest lines drawing on `pool` first give back up to `excess` units of the entries
+-- `matches` accepts
+function F.shed(excess, pool, matches)
   if excess <= 0 then return end
-  for _, line in ipairs(F.live_lines(true)) do
+  F.each_in_pool(pool, true, function(line)
     local chosen = {}
     for _, a in ipairs(line.alloc) do
       if matches(a) then chosen[#chosen + 1] = a end
     end
     for _, a in ipairs(chosen) do
-      if excess == 0 then return end
+      if excess == 0 then return true end
       local q = math.min(excess, a[4])
       F.touch(line)
       local loc = a[3]
@@ -61,7 +47,8 @@ function F.shed(excess, matches)
       F.book(line, { { 'short', '', loc, q } })
       excess = excess - q
     end
-  end
+    return excess == 0
+  end)
 end
 
 function F.any_short()
@@ -76,20 +63,24 @@ function F.rebalance()
   local safety = pol.safety
   for _, name in ipairs(F.sorted_loc_names()) do
     local b = locs[name]
-    F.shed(b.oa - math.max(0, b.oh - safety), function(a) return a[1] == 'oh' and a[3] == name end)
+    F.shed(b.oa - math.max(0, b.oh - safety), 'o' .. name, function(a) return a[1] == 'oh' and a[3] == name end)
   end
   local all = F.get_lots()
   for _, id in ipairs(F.lots_in_order('')) do
     local lot = all[id]
-    F.shed(lot.alloc - F.promisable(lot), function(a) return a[1] == 'lot' and a[2] == id end)
+    F.shed(lot.alloc - F.promisable(lot), 'l' .. id, function(a) return a[1] == 'lot' and a[2] == id end)
   end
   local limit = 0
   if pol.mode == 'backorder' then limit = pol.backorder_limit end
   local bo_used = 0
   for _, b in pairs(locs) do bo_used = bo_used + b.ba end
-  F.shed(bo_used - limit, function(a) return a[1] == 'bo' end)
+  F.shed(bo_used - limit, 'b', function(a) return a[1] == 'bo' end)
   if not F.any_short() then return end
-  for _, line in ipairs(F.live_lines(false)) do
+  -- oldest first; a line gets nothing once nothing is left anywhere (capacity of '' bounds every
+  -- location's), so the walk stops there instead of visiting every short line
+  if F.capacity('') == 0 then return end
+  local visited = 0
+  F.each_in_pool('s', false, function(line)
     local shorts = {}
     for _, a in ipairs(line.alloc) do
       if a[1] == 'short' then shorts[#shorts + 1] = a end
@@ -105,7 +96,9 @@ function F.rebalance()
         F.book(line, got)
       end
     end
-  end
+    visited = visited + 1
+    return visited % 64 == 0 and F.capacity('') == 0
+  end)
 end
 
 -- re-date the touched lines; the ones now promised later, newest first
@@ -130,12 +123,12 @@ end
 function F.at_risk()
   local out = {}
   if not F.any_short() then return out end
-  for _, line in ipairs(F.live_lines(true)) do
+  F.each_in_pool('s', true, function(line)
     local short = 0
     for _, a in ipairs(line.alloc) do
       if a[1] == 'short' then short = short + a[4] end
     end
     if short > 0 then out[#out + 1] = { rid = line.rid, short = short } end
-  end
+  end)
   return out
 end
