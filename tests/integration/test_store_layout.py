@@ -28,7 +28,8 @@ def test_the_event_log_is_trimmed_but_knows_exactly_the_last_1000_ids(redis: Any
     for start in range(0, 1600, 200):
         store.apply([adjust(f"e{i}") for i in range(start, start + 200)])
     fields = [f for f in redis.hkeys(sku_keys("S").state) if f.startswith("e")]
-    assert 1000 <= len(fields) <= 1250
+    assert sorted(fields) == sorted(f"ee{i}" for i in range(600, 1600))  # exactly the window
+    assert len([f for f in redis.hkeys(sku_keys("S").state) if f.startswith("r")]) == 1000
     assert store.apply([adjust("e600")])[0]["status"] == "duplicate"  # the 1000th newest
     assert store.apply([adjust("e599")])[0]["status"] == "ok"  # aged out: applied again
     assert store.position("S")["on_hand"] == 1601

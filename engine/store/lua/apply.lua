@@ -238,15 +238,28 @@ local function finish(r, slipped)
   return table.concat(out)
 end
 
--- drop the event-id fields that left the window (in bulk, every EVENT_TRIM_EVERY ids)
-local function trim_event_log()
-  local oldest = S.events - EVENT_LOG_SIZE
-  local flat = redis.call('HGETALL', K.state)
-  local gone = {}
-  for i = 1, #flat, 2 do
-    if string.byte(flat[i], 1) == 101 and tonumber(flat[i + 1]) <= oldest then gone[#gone + 1] = flat[i] end
+-- record event_id as the S.events-th id applied. The ring field 'r<S.events mod 1000>' names the
+-- id applied 1000 ids ago, which leaves the window now (it cannot have been applied again since:
+-- it was a duplicate until this moment), so its field goes: O(1) per id, the log never read whole.
+local function log_event(event_id)
+  S.events = S.events + 1
+  local slot = 'r' .. (S.events % EVENT_LOG_SIZE)
+  local gone = redis.call('HGET', K.state, slot)
+  if gone then
+    redis.call('HDEL', K.state, 'e' .. gone)
+  elseif S.events > EVENT_LOG_SIZE and S.events % EVENT_TRIM_EVERY == 0 then
+    -- a log written before the ring: its ids have no slot, so drop the old ones in bulk until
+    -- the ring has gone round once
+    local oldest = S.events - EVENT_LOG_SIZE
+    local flat = redis.call('HGETALL', K.state)
+    local old = {}
+    for i = 1, #flat, 2 do
+      if string.byte(flat[i], 1) == 101 and tonumber(flat[i + 1]) <= oldest then old[#old + 1] = flat[i] end
+    end
+    if #old > 0 then F.call_chunked('HDEL', K.state, old, 1) end
   end
-  if #gone > 0 then F.call_chunked('HDEL', K.state, gone, 1) end
+  state_set[slot] = event_id
+  state_set['e' .. event_id] = S.events
 end
 
 local cmd, event_id, source = ARGV[3], ARGV[4], ARGV[5]
@@ -276,11 +289,7 @@ if event_id ~= '' and seen[5] and tonumber(seen[5]) > S.events - EVENT_LOG_SIZE 
 end
 
 if checks_offset then state_set['@' .. source] = ARGV[6] end
-if event_id ~= '' then
-  S.events = S.events + 1
-  state_set['e' .. event_id] = S.events
-  if S.events > EVENT_LOG_SIZE and S.events % EVENT_TRIM_EVERY == 0 then trim_event_log() end
-end
+if event_id ~= '' then log_event(event_id) end
 S.applied = S.applied + 1
 S.dirty = true
 state_set['j' .. (S.applied % JOURNAL_SIZE)] =

@@ -13,7 +13,9 @@
 --                     <order_cap>,<customer_limit>|<channel>=<quota>,…'
 --       '@<source>'   last applied offset of an input partition
 --       'e<event_id>' the recent-event log: the events counter when the id was applied (an id
---                     counts while it is one of the last 1000; older fields are trimmed in bulk)
+--                     counts while it is one of the last 1000)
+--       'r<k>'        the event ring, k = events counter mod 1000: the id applied then, so the id
+--                     leaving the window is found (and its 'e' field deleted) without a scan
 --       'j<k>'        journal ring, k = applied mod 200: '<at>|<cmd>|<events counter or ''>|<note>'
 --                     (note = reason|ref, escaped by the store)
 --       '!K'          '1' while a position is kept under KEYS[10] ('' or absent: none to delete)
