@@ -476,9 +476,9 @@ class SkuBook:
         """Apply one supply command idempotently; returns the wire supply reply."""
         self.expire_due(now)
         if source and offset >= 0 and offset <= self.offsets.get(source, -1):
-            return self._supply_reply({"status": "duplicate", "reason": "offset"}, [], now)
+            return self._supply_reply({"status": "duplicate", "reason": "offset"}, {}, now)
         if event_id and event_id in self.recent_events:
-            return self._supply_reply({"status": "duplicate", "reason": "event_id"}, [], now)
+            return self._supply_reply({"status": "duplicate", "reason": "event_id"}, {}, now)
         if source and offset >= 0:
             self.offsets[source] = offset
         if event_id:
@@ -489,27 +489,26 @@ class SkuBook:
         reply = handler(payload, now, old_promises)
         if cmd in REBALANCING:
             self._rebalance(now, old_promises)
-        slipped = []
-        for rid, old in old_promises.items():
+        for rid in old_promises:
             line = self.lines[rid]
-            new = self._repromise(line, now)
-            line.promised_ms = new
-            if new > old:
-                slipped.append({"rid": rid, "old_ms": old, "new_ms": new, "seq": line.seq})
-        return self._supply_reply(reply, slipped, now)
+            line.promised_ms = self._repromise(line, now)
+        return self._supply_reply(reply, old_promises, now)
 
-    def _supply_reply(self, reply: dict[str, Any], slipped: list[dict[str, Any]], now: int) -> dict[str, Any]:
-        at_risk = []
-        if any(b.short for b in self.locs.values()):
-            for line in self.lines.values():
-                short = sum(a[3] for a in line.alloc if a[0] == "short")
-                if line.state in LIVE and short > 0:
-                    at_risk.append((line.seq, {"rid": line.rid, "short": short}))
-        at_risk.sort(key=lambda item: -item[0])
-        slipped.sort(key=lambda item: -item["seq"])
+    def _supply_reply(self, reply: dict[str, Any], touched: dict[str, int], now: int) -> dict[str, Any]:
+        """The wire reply: the lines the command touched (rid -> promised date before it), newest
+        first — in ``slipped`` when now promised later, in ``at_risk`` while short of supply."""
+        at_risk, slipped = [], []
+        for line in sorted((self.lines[rid] for rid in touched), key=lambda ln: -ln.seq):
+            if line.state not in LIVE:
+                continue
+            if line.promised_ms > touched[line.rid]:
+                slipped.append({"rid": line.rid, "old_ms": touched[line.rid], "new_ms": line.promised_ms})
+            short = sum(a[3] for a in line.alloc if a[0] == "short")
+            if short > 0:
+                at_risk.append({"rid": line.rid, "short": short})
         out = dict(reply)
-        out["at_risk"] = [item for _seq, item in at_risk]
-        out["slipped"] = [{k: v for k, v in s.items() if k != "seq"} for s in slipped]
+        out["at_risk"] = at_risk
+        out["slipped"] = slipped
         out["position"] = self.position(now)
         return out
 

@@ -33,7 +33,7 @@ def _text(value: Any) -> str:
 
 
 def _promisable(lot: dict[str, Any], policy: dict[str, Any], rel: dict[str, int], now: int) -> int:
-    if policy["mode"] == "strict":
+    if policy["mode"] == "strict" or lot.get("closing"):
         return 0
     if policy["horizon_s"] > 0 and lot["eta_ms"] > now + policy["horizon_s"] * 1000:
         return 0
@@ -41,7 +41,7 @@ def _promisable(lot: dict[str, Any], policy: dict[str, Any], rel: dict[str, int]
     return lot["qty"] * policy["cap_pm"] * r // 1_000_000
 
 
-_READS = 11  # pipelined reads per SKU, in the order _check_state() unpacks them
+_READS = 12  # pipelined reads per SKU, in the order _check_state() unpacks them
 _BUCKETS = ("oh", "hd", "cm", "oa", "ba", "st")
 _FINAL = ("released", "expired", "shipped")
 
@@ -58,6 +58,7 @@ def _queue_reads(pipe: Any, k: Any) -> None:
     pipe.zrange(k.dead, 0, -1)
     pipe.hgetall(k.ended)
     pipe.zrange(k.pool, 0, -1)
+    pipe.hget(k.state, "!J")
 
 
 def location_buckets(raw: Any) -> dict[str, dict[str, int]]:
@@ -123,10 +124,15 @@ def _check_many(client: Any, skus: list[str], prefix: str) -> list[str]:
 
 def _check_state(sku: str, raw: list[Any], pos: dict[str, Any], now: int) -> list[str]:
     out: list[str] = []
-    loc_raw, lots_raw, res_raw, raw_pol, srel_raw, cust_raw, chan_raw, exp_raw, dead_raw, ended_raw, pool_raw = raw
+    (loc_raw, lots_raw, res_raw, raw_pol, srel_raw, cust_raw, chan_raw, exp_raw, dead_raw, ended_raw, pool_raw,
+     job_raw) = raw
     buckets: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(_BUCKETS, 0))
     buckets.update(location_buckets(loc_raw))
     lots = {_text(i): _lot(v) for i, v in lots_raw.items()}
+    # a lot a paused job is receiving or cancelling is promisable to nobody until it is gone
+    closing = orjson.loads(job_raw).get("closing") if job_raw else None
+    if closing in lots:
+        lots[closing]["closing"] = True
     lines = {_text(r): decode_line(_text(r), sku, v) for r, v in res_raw.items()}
     ended = {_text(r): decode_line(_text(r), sku, v) for r, v in ended_raw.items()}
     out.extend(f"{sku}: line {rid} is {ln['state']} but kept with the live lines"

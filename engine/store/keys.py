@@ -56,7 +56,7 @@ def validate_prefix(prefix: object) -> str:
 
 # Order of the KEYS every script receives (lib.lua names them in the same order).
 KEY_NAMES: tuple[str, ...] = (
-    "state", "lots", "res", "exp", "dead", "cust", "chan", "srel", "pol", "pos", "ended", "pool",
+    "state", "lots", "res", "exp", "dead", "cust", "chan", "srel", "pol", "pos", "ended", "pool", "job",
 )
 
 
@@ -81,6 +81,8 @@ class SkuKeys:
     pool: str   # zset (all scores 0), the pool index: '<pool>|<seq:012>|<rid>' for each pool a live
     #             line draws on (pool 'o<loc>', 'l<lot_id>', 'b' or 's'), so supply changes find
     #             the lines they move in allocation order without reading the others
+    job: str    # zset (all scores 0): '<seq:012>|<rid>|<promised ms before>' of each line a paused
+    #             supply job touched, for its report phase (see lua/rebalance.lua)
 
     @property
     def all(self) -> list[str]:

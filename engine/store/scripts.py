@@ -12,16 +12,21 @@ answers, so callers never see ``MORE`` and each call Redis runs stays short.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+import orjson
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
+
+from engine.store.keys import KEY_NAMES
 
 ENTRY_SCRIPTS = ("hold", "reservation", "apply", "position", "sweep", "dump")
 # What goes in front of each entry file: Lua builds every function of a script on every call, so
@@ -40,8 +45,136 @@ Arg = str | int
 MORE = b"~more"
 
 
+#: Replies of apply.lua for a supply job in progress: '~part<token>|<lists>' (this call's share
+#: of the reply's lists; continue with the token) and '~busy[<token>]' (nothing applied: another
+#: command's job, or an earlier offset waiting for due holds, comes first).
+PART = b"~part"
+BUSY = b"~busy"
+#: How long a command may wait behind an earlier offset of its source (apply.lua BLOCK_MS).
+BUSY_WAIT_S = 6.0
+
+
 def _more(reply: Any) -> bool:
     return reply == MORE or reply == "~more"
+
+
+def _bytes(reply: Any) -> bytes | None:
+    if isinstance(reply, str):
+        reply = reply.encode()
+    return reply if isinstance(reply, bytes) else None
+
+
+def _unsettled(reply: Any) -> bool:
+    raw = _bytes(reply)
+    return raw is not None and raw[:5] in (PART, BUSY)
+
+
+class Settle:
+    """The calls that finish one apply call whose reply was a job part or busy (apply.lua's
+    header): the pure part of the loop that ``settle`` / ``asettle`` run with I/O.
+
+    ``next(reply)`` takes the reply of the last call sent and answers the call to send next, or
+    None once ``result`` holds the command's whole reply (its lists gathered from every part).
+    """
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.current = call
+        self.own: bytes | None = None  # token of this command's job, once it has one
+        self.lists: dict[str, list[Any]] = {"at_risk": [], "slipped": []}
+        self.waits = 0
+        self.pause = False  # wait a moment before sending the next call
+        self.result: Any = None
+
+    def _continue(self, token: bytes, own: bool) -> Call:
+        script, keys, args = self.call
+        args = list(args)
+        args[2], args[6] = "~continue", token.decode()
+        if not own:
+            args[8] = 0  # another command's reply is not kept under this command's stash key
+        return script, keys, args
+
+    @property
+    def stash(self) -> tuple[str, int] | None:
+        """(stash key, seconds) when the command's whole reply is to be kept there."""
+        _script, keys, args = self.call
+        if self.own is None or len(keys) <= len(KEY_NAMES) or not int(args[8]):
+            return None
+        return keys[len(KEY_NAMES)], int(args[8])
+
+    def next(self, reply: Any) -> Call | None:
+        raw = _bytes(reply)
+        self.pause = False
+        if _more(reply):
+            return self.current
+        if raw is not None and raw.startswith(PART):
+            token, _, lists = raw[5:].partition(b"|")
+            own = self.current is self.call or token == self.own
+            if own:
+                self.own = token
+                part = orjson.loads(b"{" + lists + b"}")
+                for name in self.lists:
+                    self.lists[name].extend(part[name])
+            # else: a part of another command's job, which this call only drives to its end
+            self.current = self._continue(token, own)
+            return self.current
+        if raw is not None and raw.startswith(BUSY):
+            token = raw[5:]
+            if token:
+                self.current = self._continue(token, False)
+            else:
+                self.waits += 1
+                self.pause = True
+                self.current = self.call
+            return self.current
+        if self.current is not self.call and self.own is None:
+            self.current = self.call  # the other job is done: now this command
+            return self.current
+        self.result = self._merged(reply)
+        return None
+
+    def _merged(self, reply: Any) -> Any:
+        if self.own is None or isinstance(reply, Exception):
+            return reply
+        out = orjson.loads(reply)
+        for name, earlier in self.lists.items():
+            out[name] = earlier + out[name]
+        return orjson.dumps(out)
+
+
+def settle(client: Any, call_: Call, reply: Any) -> Any:
+    """Finish an apply call whose reply was a job part or busy: its whole reply."""
+    state = Settle(call_)
+    nxt = state.next(reply)
+    while nxt is not None:
+        if state.pause:
+            time.sleep(_wait_s(state))
+        reply = call(client, *nxt)
+        nxt = state.next(reply)
+    if state.stash is not None:
+        client.set(state.stash[0], state.result, ex=state.stash[1])
+    return state.result
+
+
+async def asettle(client: Any, call_: Call, reply: Any) -> Any:
+    """Async twin of ``settle``."""
+    state = Settle(call_)
+    nxt = state.next(reply)
+    while nxt is not None:
+        if state.pause:
+            await asyncio.sleep(_wait_s(state))
+        reply = await acall(client, *nxt)
+        nxt = state.next(reply)
+    if state.stash is not None:
+        await client.set(state.stash[0], state.result, ex=state.stash[1])
+    return state.result
+
+
+def _wait_s(state: Settle) -> float:
+    if state.waits * 0.01 > BUSY_WAIT_S:
+        raise TimeoutError("a supply command waited too long behind an earlier offset of its source")
+    return 0.01
+
 
 
 @dataclass(frozen=True)
@@ -75,6 +208,8 @@ def call(client: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Arg
             reply = client.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
             reply = client.eval(script.source, len(keys), *keys, *args)
+        if _unsettled(reply):
+            return settle(client, (script, keys, args), reply)
         if not _more(reply):
             return reply
 
@@ -86,6 +221,8 @@ async def acall(client: Any, script: LuaScript, keys: Sequence[str], args: Seque
             reply = await client.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
             reply = await client.eval(script.source, len(keys), *keys, *args)
+        if _unsettled(reply):
+            return await asettle(client, (script, keys, args), reply)
         if not _more(reply):
             return reply
 
@@ -122,6 +259,9 @@ def call_many(client: Any, calls: Sequence[Call]) -> list[Any]:
     if again:
         for i, r in zip(again, call_many(client, [calls[i] for i in again]), strict=True):
             results[i] = r
+    for i, r in enumerate(results):  # in order: a busy command waits for the ones before it
+        if _unsettled(r):
+            results[i] = settle(client, calls[i], r)
     return list(results)
 
 
@@ -148,6 +288,9 @@ async def acall_many(client: Any, calls: Sequence[Call]) -> list[Any]:
     if again:
         for i, r in zip(again, await acall_many(client, [calls[i] for i in again]), strict=True):
             results[i] = r
+    for i, r in enumerate(results):  # in order: a busy command waits for the ones before it
+        if _unsettled(r):
+            results[i] = await asettle(client, calls[i], r)
     return list(results)
 
 

@@ -124,6 +124,9 @@ class _Base:
         self.prefix = validate_prefix(prefix)
         # Tests only: a fixed instant (int) or a clock (callable) instead of Redis TIME.
         self.now_ms: Clock = now_ms
+        # The most lines one apply call works on (0 = the script's own, apply.lua JOB_LINES); a
+        # larger change goes on in further calls (tests set a few to see every pause).
+        self.job_lines = 0
         self._scripts = scripts.load_scripts()
 
     def _now_arg(self) -> int:
@@ -174,7 +177,7 @@ class _Base:
             stash = _stash_key(self.prefix, c) if keep_replies_s else None
             if stash is not None:  # the reply stash: one more key, in the SKU's slot
                 keys = [*keys, stash]
-                args.append(keep_replies_s)
+            args += [keep_replies_s if stash is not None else 0, self.job_lines]
             calls.append((script, keys, args))
         return calls
 

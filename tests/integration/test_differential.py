@@ -71,12 +71,14 @@ def test_lua_scripts_match_the_oracle(r5_redis: redis_lib.Redis) -> None:
     client = r5_redis
 
     class Differential(RuleBasedStateMachine):
-        @initialize()
-        def fresh(self) -> None:
+        @initialize(job_lines=st.sampled_from([0, 1, 2]))
+        def fresh(self, job_lines: int) -> None:
             client.flushall()
             self.now = START
             self.book = SkuBook(SKU)
             self.store = Store(client, now_ms=lambda: self.now)
+            # 1 or 2: every supply change of more lines runs as a job of many calls
+            self.store.job_lines = job_lines
             self.seq = 0
 
         def _same(self, lua: Any, oracle: Any) -> None:

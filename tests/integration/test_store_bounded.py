@@ -136,15 +136,15 @@ class _Twin:
             assert {r["status"] for r in lua} == {"ok"}
 
 
-def _big_lot_sku(redis: Any, sku: str) -> _Twin:
-    """A presell SKU with 5k lines on on-hand at A and SCALE lines on lot L1 (plus lot L2 empty)."""
+def _big_lot_sku(redis: Any, sku: str, n: int = SCALE) -> _Twin:
+    """A presell SKU with 5k lines on on-hand at A and ``n`` lines on lot L1 (plus lot L2 empty)."""
     twin = _Twin(redis, sku)
     twin.supply("policy", {"policy": Policy(mode="presell").to_wire()})
     twin.supply("count", {"loc": "A", "on_hand": 5_000})
     twin.holds("oh-", 5_000)
-    twin.supply("inbound_created", {"inbound_id": "L1", "loc": "A", "qty": SCALE, "eta_ms": T0 + 5 * DAY, "supplier": "s1"})
+    twin.supply("inbound_created", {"inbound_id": "L1", "loc": "A", "qty": n, "eta_ms": T0 + 5 * DAY, "supplier": "s1"})
     twin.supply("inbound_created", {"inbound_id": "L2", "loc": "A", "qty": 10, "eta_ms": T0 + 9 * DAY, "supplier": "s1"})
-    twin.holds("lot-", SCALE)
+    twin.holds("lot-", n)
     return twin
 
 
@@ -171,7 +171,8 @@ def test_a_cancelled_lot_and_a_count_that_sheds_leave_every_line_accounted_for(r
     reply = twin.supply("inbound_cancelled", {"inbound_id": "L1"})
     assert len(reply["at_risk"]) == SCALE - 10  # L2's 10 units refill the 10 oldest
     reply = twin.supply("count", {"loc": "A", "on_hand": 1_000})  # sheds 4k on-hand units
-    assert len({a["rid"] for a in reply["at_risk"]}) == SCALE - 10 + 4_000
+    # the reply names the lines this command put at risk, newest first
+    assert [a["rid"] for a in reply["at_risk"]] == [f"oh-{i}" for i in range(4_999, 999, -1)]
     reply = twin.supply("receipt", {"loc": "A", "qty": 30_000, "inbound_id": ""})  # refills all
     assert reply["at_risk"] == []
 
@@ -181,4 +182,85 @@ def test_a_store_written_without_the_pool_index_gets_it_built_on_first_use(redis
     redis.delete(sku_keys("OLD").pool)
     assert check_invariants(redis) != []  # the checker sees the index is missing
     twin.supply("count", {"loc": "A", "on_hand": 4_990})
+    assert check_invariants(redis) == []
+
+
+# ---------------------------------------------------------------------------- jobs, call by call
+
+def _chunked(twin: _Twin, cmd: str, payload: dict[str, Any], between: Any = None) -> tuple[dict[str, Any], int]:
+    """Apply one command through apply.lua call by call (as the store does), checking the
+    invariants after every call and running ``between()`` (other clients' work) between calls.
+    Returns the whole reply (the parts' lists gathered) and the number of calls."""
+    twin.offset += 1
+    command = SupplyCommand(twin.sku, cmd, payload, source="t:0", offset=twin.offset)
+    [(script, keys, args)] = twin.store._apply_calls([command])
+    twin.redis.script_load(script.source)
+    lists: dict[str, list[Any]] = {"at_risk": [], "slipped": []}
+    calls = 0
+    while True:
+        raw = twin.redis.evalsha(script.sha, len(keys), *keys, *args)
+        calls += 1
+        assert check_invariants(twin.redis) == []
+        raw = raw.encode() if isinstance(raw, str) else raw
+        if not raw.startswith(scripts.PART):
+            break
+        token, _, part = raw[5:].partition(b"|")
+        for name, items in orjson.loads(b"{" + part + b"}").items():
+            lists[name] += items
+        args = [*args[:2], "~continue", *args[3:6], token.decode(), *args[7:]]
+        if between is not None:
+            between()
+    reply = orjson.loads(raw)
+    for name, earlier in lists.items():
+        reply[name] = earlier + reply[name]
+    return reply, calls
+
+
+def test_a_receipt_job_paused_every_1000_lines_matches_the_oracle_and_names_each_line_once(redis: Any) -> None:
+    twin = _big_lot_sku(redis, "JOB")
+    twin.store.job_lines = 1_000
+    reply, calls = _chunked(twin, "receipt", {"loc": "A", "qty": SCALE - 3_000, "inbound_id": "L1"})
+    twin.offset -= 1
+    oracle = twin.book.apply("receipt", {"loc": "A", "qty": SCALE - 3_000, "inbound_id": "L1"}, T0,
+                             source="t:0", offset=twin.offset + 1)
+    twin.offset += 1
+    assert reply == oracle
+    assert calls > SCALE // 1_000  # the move alone takes that many calls
+    assert len({a["rid"] for a in reply["at_risk"]}) == len(reply["at_risk"]) == 2_990
+    assert twin.store.dump("JOB") == twin.book.dump() | {"policy": twin.store.dump("JOB")["policy"]}
+
+
+def test_holds_between_the_calls_of_a_cancel_job_never_take_the_closing_lot(redis: Any) -> None:
+    twin = _big_lot_sku(redis, "CLOSE", 2_000)
+    twin.store.job_lines = 50
+    twin.supply("count", {"loc": "A", "on_hand": 5_000})
+    made: list[str] = []
+
+    def shopper() -> None:  # another checkout on the same SKU between two calls of the job
+        rid = f"mid-{len(made)}"
+        [out] = twin.store.hold_batch("CLOSE", [HoldRequest(rid, 1, "", 600_000)])
+        if out["status"] == "ok":
+            made.append(rid)
+            assert all(a[0] != "lot" or a[1] != "L1" for a in out["line"]["alloc"])
+
+    reply, calls = _chunked(twin, "inbound_cancelled", {"inbound_id": "L1"}, between=shopper)
+    assert calls > 10
+    assert "L1" not in twin.store.dump("CLOSE")["lots"]
+    # L2's 10 units went to the shoppers first or to the oldest short lines, never to both
+    lines = twin.store.dump("CLOSE")["lines"]
+    on_l2 = sum(a[3] for ln in lines.values() for a in ln["alloc"] if a[1] == "L2")
+    assert on_l2 == 10
+    assert len(reply["at_risk"]) == len({a["rid"] for a in reply["at_risk"]})
+
+
+def test_a_command_behind_a_job_waits_and_the_store_finishes_the_job_first(redis: Any) -> None:
+    twin = _big_lot_sku(redis, "BUSY", 2_000)
+    twin.store.job_lines = 10
+    slip = SupplyCommand("BUSY", "inbound_updated", {"inbound_id": "L1", "eta_ms": T0 + 7 * DAY, "qty": 0},
+                         source="t:0", offset=100)
+    adjust = SupplyCommand("BUSY", "adjust", {"loc": "A", "delta": 7}, source="t:0", offset=101)
+    first, second = twin.store.apply([slip, adjust])  # one pipeline: the adjust meets the job
+    assert len(first["slipped"]) == 2_000 and second["status"] == "ok"
+    assert second["position"]["on_hand"] == 5_007
+    assert twin.store.journal("BUSY", limit=2)[0]["cmd"] == "adjust"
     assert check_invariants(redis) == []

@@ -3,14 +3,23 @@
 --       '<prefix>-rp:{sku}:<source>:<offset>' (engine/store/reply_stash.py)
 -- ARGV: 1 sku, 2 now_ms (0 = TIME), 3 cmd, 4 event_id ('' = no event-id check),
 --       5 source ('topic:partition', '' = no offset check), 6 offset (-1 = none),
---       7 payload json (validated and completed by the store),
+--       7 payload json (validated and completed by the store; for '~continue' the job's token),
 --       8 journal note: reason|ref, each with '%' and '|' escaped by the store,
---       9 keep_s: seconds to keep the reply under the stash key (0 or absent = not kept)
+--       9 keep_s: seconds to keep the reply under the stash key (0 = not kept),
+--      10 the most lines one call works on (0 = JOB_LINES)
 -- cmd: inbound_created | inbound_updated | inbound_cancelled | receipt | adjust | count | ship |
---      order_placed | order_cancelled | policy | reliability
+--      order_placed | order_cancelled | policy | reliability, or '~continue': the next part of
+--      the job whose token is ARGV 7
 -- Reply: json supply reply {status, reason?, at_risk: [{rid, short}],
---        slipped: [{rid, old_ms, new_ms}], lot?, clamped?, line?, available?, position}
---        (or '~more' while more holds are due than one call expires: lib.lua EXPIRE_LINES)
+--        slipped: [{rid, old_ms, new_ms}], lot?, clamped?, line?, available?, position};
+--        at_risk and slipped name the lines this command touched (docs/semantics.md).
+--        Or, for the store (engine/store/scripts.py), which sends the call again:
+--        '~more'  more holds are due than one call expires (lib.lua EXPIRE_LINES); nothing applied
+--        '~part<token>|"at_risk":[…],"slipped":[…]'  the command's work on lines goes on in the
+--                 next call ('~continue' with the token); the lists are this call's share
+--        '~busy<token>'  another command's job is in progress: nothing applied; finish that
+--                 job first ('~continue' with its token), then send this command again
+--        '~busy'  an earlier offset of the same source is waiting for due holds to expire
 --
 -- A command whose offset is at or below the source's watermark, or whose event id is one of the
 -- last 1000 applied, is a duplicate. Any other command records both, appends to the journal (last
@@ -19,6 +28,10 @@
 -- (a replay aid for the flow's alert step); a duplicate by offset writes nothing.
 
 local EVENT_LOG_SIZE = 1000
+-- lines one call works on before the job pauses (ARGV 10 may set fewer: tests)
+local JOB_LINES = 128
+-- how long a stream command stopped for due holds makes later offsets of its source wait
+local BLOCK_MS = 5000
 local EVENT_TRIM_EVERY = 250
 local JOURNAL_SIZE = 200
 local REBALANCING = {
@@ -38,24 +51,15 @@ function H.inbound_created(p)
   return { status = 'ok' }
 end
 
--- the live lines drawing on lot `id`, newest first, each with its entries of the lot
-local function lines_on_lot(id)
-  local out = {}
-  F.each_in_pool('l' .. id, true, function(line)
-    local entries = {}
-    for _, a in ipairs(line.alloc) do
-      if a[1] == 'lot' and a[2] == id then entries[#entries + 1] = a end
-    end
-    if #entries > 0 then out[#out + 1] = { line = line, entries = entries } end
-  end)
-  return out
-end
+-- The handlers change what one command changes directly and leave the work on lines to the
+-- job's phases (J.phases, lua/rebalance.lua), which a long history spreads over several calls.
 
-function H.inbound_updated(p)
+function H.inbound_updated(p, J)
   local lot = F.get_lots()[p.inbound_id]
   if not lot then return { status = 'not_found' } end
   if p.eta_ms ~= 0 then
-    for _, hit in ipairs(lines_on_lot(p.inbound_id)) do F.touch(hit.line) end
+    J.phases[#J.phases + 1] = 'touch' -- its lines' dates are noted, then re-dated by the report
+    J.lot = p.inbound_id
     lot.eta_ms = p.eta_ms
   end
   if p.qty ~= 0 then lot.qty = p.qty end
@@ -63,41 +67,35 @@ function H.inbound_updated(p)
   return { status = 'ok' }
 end
 
--- move every allocation of lot `id` to `kind` at `loc` ('short' at the lot's location on a
--- cancellation, 'oh' at the receiving location on a receipt)
-local function move_lot_allocations(id, kind, loc)
-  for _, hit in ipairs(lines_on_lot(id)) do
-    local line = hit.line
-    for _, a in ipairs(hit.entries) do
-      local q = a[4]
-      F.touch(line)
-      F.unbook(line, a, q)
-      F.drop_empty(line)
-      F.book(line, { { kind, kind == 'oh' and loc or '', loc, q } })
-    end
-  end
+-- the job moves every allocation of lot `id` to `kind` at `loc` ('short' at the lot's location
+-- on a cancellation, 'oh' at the receiving location on a receipt, whose `qty` units are put on
+-- hand once all have moved); meanwhile the lot is closing: promisable to nobody
+local function close_lot(J, id, kind, loc, qty)
+  J.phases[#J.phases + 1] = 'move'
+  J.lot, J.kind, J.loc, J.qty, J.closing = id, kind, loc, qty, id
+  F.get_lots()[id].closing = true
 end
 
-function H.inbound_cancelled(p)
+function H.inbound_cancelled(p, J)
   local id = p.inbound_id
   local lot = F.get_lots()[id]
   if not lot then return { status = 'not_found' } end
-  move_lot_allocations(id, 'short', lot.loc)
-  F.lot_delete(id)
+  close_lot(J, id, 'short', lot.loc, 0)
   return { status = 'ok' }
 end
 
-function H.receipt(p)
-  local b = F.loc_touch(p.loc)
-  b.oh = b.oh + p.qty
+function H.receipt(p, J)
   local reply = { status = 'ok' }
   local id = p.inbound_id
   local lot = id ~= '' and F.get_lots()[id] or nil
   if lot then
     reply.lot = '{"inbound_id":"' .. id .. '","qty":' .. lot.qty .. ',"eta_ms":' .. lot.eta_ms ..
       ',"supplier":"' .. lot.supplier .. '"}'
-    move_lot_allocations(id, 'oh', p.loc)
-    F.lot_delete(id)
+    F.loc_touch(p.loc)
+    close_lot(J, id, 'oh', p.loc, p.qty)
+  else
+    local b = F.loc_touch(p.loc)
+    b.oh = b.oh + p.qty
   end
   return reply
 end
@@ -216,27 +214,33 @@ function H.reliability(p)
   return { status = 'ok' }
 end
 
+-- the lists of a reply: {"slipped": [...], "at_risk": [...]} without the braces
+local function lists_json(report)
+  local parts = {}
+  for i, a in ipairs(report.at_risk) do parts[i] = '{"rid":"' .. a.rid .. '","short":' .. a.short .. '}' end
+  local out = '"at_risk":[' .. table.concat(parts, ',') .. ']'
+  parts = {}
+  for i, s in ipairs(report.slipped) do
+    parts[i] = '{"rid":"' .. s.rid .. '","old_ms":' .. s.old_ms .. ',"new_ms":' .. s.new_ms .. '}'
+  end
+  return out .. ',"slipped":[' .. table.concat(parts, ',') .. ']'
+end
+
 -- the reply as json; `r` holds lot and line as json already
-local function finish(r, slipped)
-  local risk = F.at_risk()
+local function finish(r, report)
   local out = { '{"status":"', r.status, '"' }
   if r.reason then out[#out + 1] = ',"reason":"' .. r.reason .. '"' end
   if r.available then out[#out + 1] = ',"available":' .. r.available end
   if r.clamped then out[#out + 1] = ',"clamped":true' end
   if r.lot then out[#out + 1] = ',"lot":' .. r.lot end
   if r.line then out[#out + 1] = ',"line":' .. r.line end
-  local parts = {}
-  for i, a in ipairs(risk) do parts[i] = '{"rid":"' .. a.rid .. '","short":' .. a.short .. '}' end
-  out[#out + 1] = ',"at_risk":[' .. table.concat(parts, ',') .. ']'
-  parts = {}
-  for i, s in ipairs(slipped) do
-    parts[i] = '{"rid":"' .. s.rid .. '","old_ms":' .. s.old_ms .. ',"new_ms":' .. s.new_ms .. '}'
-  end
-  out[#out + 1] = ',"slipped":[' .. table.concat(parts, ',') .. ']'
+  out[#out + 1] = ',' .. lists_json(report or S.report)
   out[#out + 1] = ',"position":' .. F.position_json(nil) .. '}'
   F.flush()
   return table.concat(out)
 end
+
+local NOTHING = { at_risk = {}, slipped = {} }
 
 -- record event_id as the S.events-th id applied. The ring field 'r<S.events mod 1000>' names the
 -- id applied 1000 ids ago, which leaves the window now (it cannot have been applied again since:
@@ -265,27 +269,70 @@ end
 local cmd, event_id, source = ARGV[3], ARGV[4], ARGV[5]
 local offset = tonumber(ARGV[6]) or -1
 local keep_s = tonumber(ARGV[9]) or 0
+S.budget = tonumber(ARGV[10] or '') or 0
+if S.budget <= 0 then S.budget = JOB_LINES end
+S.report = { at_risk = {}, slipped = {} }
 
 -- the reply, kept under the stash key when asked to
 local function kept(reply)
   if keep_s > 0 then redis.call('SET', K.stash, reply, 'EX', keep_s) end
   return reply
 end
+
+-- run the job as far as this call's budget goes: its reply when done, else a part
+-- '~part<token>|<lists>' (the lines it reported so far) and the job kept under '!J'
+local function advance(J)
+  S.job = J
+  if F.run_job(J) then
+    if J.saved then redis.call('HDEL', K.state, '!J') end
+    return kept(finish(J.head))
+  end
+  F.save_touched()
+  J.saved = true
+  state_set['!J'] = cjson.encode(J)
+  local part = '~part' .. J.t .. '|' .. lists_json(S.report)
+  F.flush()
+  return part
+end
+
 local checks_offset = source ~= '' and offset >= 0
-local seen = F.load_state(checks_offset and '@' .. source or '!', event_id ~= '' and 'e' .. event_id or '!')
+local seen = F.load_state(checks_offset and '@' .. source or '!', event_id ~= '' and 'e' .. event_id or '!', '!B')
 F.expire_due()
-if S.more_due then return F.more() end
+if S.more_due then
+  -- later offsets of this source wait until this command is applied (a pipelined batch
+  -- runs them before the store sends this one again)
+  if checks_offset and not seen[7] then state_set['!B'] = source .. '|' .. offset .. '|' .. NOW end
+  return F.more()
+end
+if cmd == '~continue' then
+  local J = S.job
+  if J and J.t == ARGV[7] then return advance(J) end
+  -- the job was finished by another caller: its reply went there
+  return finish({ status = 'ok', reason = 'job_done' }, NOTHING)
+end
 local handler = H[cmd]
 if not handler then
   F.flush()
   return redis.error_reply('ERR unknown supply command ' .. tostring(cmd))
 end
 
-if checks_offset and offset <= tonumber(seen[4] or '-1') then
-  return finish({ status = 'duplicate', reason = 'offset' }, {})
+if checks_offset and offset <= tonumber(seen[5] or '-1') then
+  return finish({ status = 'duplicate', reason = 'offset' }, NOTHING)
 end
-if event_id ~= '' and seen[5] and tonumber(seen[5]) > S.events - EVENT_LOG_SIZE then
-  return kept(finish({ status = 'duplicate', reason = 'event_id' }, {}))
+if event_id ~= '' and seen[6] and tonumber(seen[6]) > S.events - EVENT_LOG_SIZE then
+  return kept(finish({ status = 'duplicate', reason = 'event_id' }, NOTHING))
+end
+if S.job then
+  F.flush()
+  return '~busy' .. S.job.t
+end
+if seen[7] then
+  local bsrc, boff, bms = string.match(seen[7], '^(.*)|(%d+)|(%d+)$')
+  if checks_offset and bsrc == source and offset > tonumber(boff) and NOW - tonumber(bms) < BLOCK_MS then
+    F.flush()
+    return '~busy'
+  end
+  redis.call('HDEL', K.state, '!B')
 end
 
 if checks_offset then state_set['@' .. source] = ARGV[6] end
@@ -295,6 +342,11 @@ S.dirty = true
 state_set['j' .. (S.applied % JOURNAL_SIZE)] =
   NOW .. '|' .. cmd .. '|' .. (event_id ~= '' and S.events or '') .. '|' .. ARGV[8]
 
-local reply = handler(cjson.decode(ARGV[7]))
-if REBALANCING[cmd] then F.rebalance() end
-return kept(finish(reply, F.redate()))
+local J = { t = tostring(S.applied), phases = {}, i = 1 }
+J.head = handler(cjson.decode(ARGV[7]), J)
+if REBALANCING[cmd] then
+  J.phases[#J.phases + 1] = 'shed'
+  J.phases[#J.phases + 1] = 'refill'
+end
+J.phases[#J.phases + 1] = 'report'
+return advance(J)

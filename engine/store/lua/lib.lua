@@ -19,6 +19,12 @@
 --       'j<k>'        journal ring, k = applied mod 200: '<at>|<cmd>|<events counter or ''>|<note>'
 --                     (note = reason|ref, escaped by the store)
 --       '!K'          '1' while a position is kept under KEYS[10] ('' or absent: none to delete)
+--       '!J'          the supply job in progress, json (apply.lua): {t: its token, phases, i: the
+--                     phase it is in, c: that phase's cursor, head: the command's reply, saved,
+--                     lot / kind / loc / qty: the lot it moves or re-dates, closing: the lot
+--                     being received or cancelled, promisable to nobody meanwhile}
+--       '!B'          '<source>|<offset>|<ms>': a stream command that stopped for due holds; later
+--                     offsets of that source wait for it (apply.lua), for at most 5 s
 --   2 lots  hash lot_id -> '<loc>,<qty>,<eta_ms>,<supplier>,<alloc>'
 --   3 res   hash rid -> a live line (held, committed), compact: '<state>|<qty>|<loc>|<expires_ms>|<seq>|<channel>|
 --           <customer>|<promised_ms>|<atp_after>|<alloc>', alloc = 'kind,ref,loc,qty' entries
@@ -47,7 +53,9 @@
 --           first), refilling (oldest first), a lot's receipt, cancellation or re-dating and the
 --           at-risk list read only the lines they concern. Kept by F.sync_pools from the lines
 --           that changed; built once from res when a store written without it is first used.
---  13 stash (apply.lua only, optional) the reply stash key of the command (engine/store/reply_stash.py)
+--  13 job   zset, the lines a paused supply job touched (apply.lua, rebalance.lua F.save_touched):
+--           '<seq, 12 digits>|<rid>|<promised ms before the command>', every score 0
+--  14 stash (apply.lua only, optional) the reply stash key of the command (engine/store/reply_stash.py)
 -- ARGV (every script): 1 sku, 2 now_ms (0 = Redis TIME; > 0 only from tests), then the entry's own.
 --
 -- Rules: docs/semantics.md, mirrored step by step from engine/domain/oracle.py so that replies and
@@ -66,7 +74,7 @@ redis.replicate_commands()
 local K = {
   state = KEYS[1], lots = KEYS[2], res = KEYS[3], exp = KEYS[4], dead = KEYS[5], cust = KEYS[6],
   chan = KEYS[7], srel = KEYS[8], pol = KEYS[9], pos = KEYS[10], ended = KEYS[11], pool = KEYS[12],
-  stash = KEYS[13],
+  job = KEYS[13], stash = KEYS[14],
 }
 local SKU = ARGV[1]
 local NOW = tonumber(ARGV[2]) or 0
@@ -166,10 +174,11 @@ function F.parse_policy(raw)
   for ch, v in string.gmatch(q, '([^,=]+)=(%d+)') do p.quotas[ch] = tonumber(v) end
 end
 
--- read '!L', '!P' and '!K' (and any further state fields, returned from index 4 on)
+-- read '!L', '!P', '!K' and '!J' (and any further state fields, returned from index 5 on)
 function F.load_state(...)
-  local vals = redis.call('HMGET', K.state, '!L', '!P', '!K', ...)
+  local vals = redis.call('HMGET', K.state, '!L', '!P', '!K', '!J', ...)
   S.kept = vals[3] == '1'
+  S.job = vals[4] and cjson.decode(vals[4]) or false
   local raw = vals[1]
   if raw then
     local a, b, c = string.match(raw, '^(%d+),(%d+),(%d+)')
@@ -244,12 +253,14 @@ function F.get_lots()
         loc = loc, qty = tonumber(qty), eta_ms = tonumber(eta), supplier = sup, alloc = tonumber(alloc),
       }
     end
+    local closing = S.job and S.job.closing
+    if closing and lots[closing] then lots[closing].closing = true end
   end
   return lots
 end
 
 function F.promisable(lot)
-  if pol.mode == 'strict' then return 0 end
+  if pol.mode == 'strict' or lot.closing then return 0 end
   if pol.horizon_s > 0 and lot.eta_ms > NOW + pol.horizon_s * 1000 then return 0 end
   local r = 1000
   if pol.use_reliability then r = F.reliability(lot.supplier) end
@@ -592,6 +603,11 @@ function F.hold_one(rid, qty, loc, ttl_ms, channel, customer, commit, replace_de
     reason = 'channel_quota'
   end
   local available = F.capacity(loc)
+  if S.job then
+    -- a supply job is still re-filling short lines: they come first
+    for _, b in pairs(locs) do available = available - b.st end
+    if available < 0 then available = 0 end
+  end
   if not reason and available < qty then reason = 'insufficient' end
   if reason then return 'refused', nil, reason, available end
   if existing then dead_chg[rid] = false end -- a released or expired line is replaced
@@ -875,12 +891,17 @@ setmetatable(F, { __index = function(_, name)
   end
 
   -- call fn(line) for each live line drawing on `pool`, by seq (newest first when
-  -- newest_first), until it returns true; reads the index a page at a time, so the work is the
-  -- lines visited. The index is brought up to date first and left as it is during the walk.
-  function F.each_in_pool(pool, newest_first, fn)
+  -- newest_first), from the member after `after` (nil: the first), until it returns true; then
+  -- returns the member it stopped at (nil when the pool ran out). Reads the index a page at a
+  -- time, so the work is the lines visited; brings it up to date first and leaves it as it is
+  -- during the walk.
+  function F.each_in_pool(pool, newest_first, fn, after)
     F.ensure_pools()
     F.sync_pools()
     local lo, hi = '[' .. pool .. '|', '(' .. pool .. '}'
+    if after then
+      if newest_first then hi = '(' .. after else lo = '(' .. after end
+    end
     while true do
       local page
       if newest_first then
@@ -893,9 +914,9 @@ setmetatable(F, { __index = function(_, name)
       F.prefetch_lines(rids)
       for i = 1, #rids do
         local line = F.get_line(rids[i])
-        if line and F.is_live(line) and fn(line) then return end
+        if line and F.is_live(line) and fn(line) then return page[i] end
       end
-      if #page < POOL_PAGE then return end
+      if #page < POOL_PAGE then return nil end
       if newest_first then hi = '(' .. page[#page] else lo = '(' .. page[#page] end
     end
   end

@@ -1,7 +1,7 @@
 -- rebalance.lua — the supply-side rules, loaded by apply.lua only (after lib.lua): giving back
 -- over-allocated supply, re-filling shorts, re-dating promises. Lines are found through the pool
 -- index (K.pool, lib.lua), so the work is the lines a change concerns, never the SKU's history.
--- KEYS / ARGV: those of lib.lua. No reply of its own.
+-- KEYS / ARGV: those of lib.lua (K.job: the paused job's touched lines). No reply of its own.
 
 ----------------------------------------------------------------------------- rebalance
 
@@ -19,7 +19,8 @@ function F.repromise(line)
   return math.min(line.promised_ms, NOW)
 end
 
--- remember a line's promised date before the command changed it (rid -> old ms)
+-- remember a line's promised date before the command changed it (rid -> old ms); a job that
+-- pauses keeps them in K.job (F.save_touched) until its report phase
 local touched, touched_order = {}, {}
 function F.touch(line)
   if touched[line.rid] == nil then
@@ -28,10 +29,17 @@ function F.touch(line)
   end
 end
 
+-- one more line of work in this call; true once the call's budget is spent
+function F.spend()
+  S.budget = S.budget - 1
+  return S.budget <= 0
+end
+
 -- the newest lines drawing on `pool` first give back up to `excess` units of the entries
--- `matches` accepts
+-- `matches` accepts; false when the budget ran out first
 function F.shed(excess, pool, matches)
-  if excess <= 0 then return end
+  if excess <= 0 then return true end
+  local paused = false
   F.each_in_pool(pool, true, function(line)
     local chosen = {}
     for _, a in ipairs(line.alloc) do
@@ -47,8 +55,11 @@ function F.shed(excess, pool, matches)
       F.book(line, { { 'short', '', loc, q } })
       excess = excess - q
     end
-    return excess == 0
+    if excess == 0 then return true end
+    paused = F.spend()
+    return paused
   end)
+  return not paused
 end
 
 function F.any_short()
@@ -58,29 +69,88 @@ function F.any_short()
   return false
 end
 
--- give back over-allocated supply (newest first), then re-fill shorts (oldest first)
-function F.rebalance()
+----------------------------------------------------------------------------- job phases
+-- A supply command's work on lines runs as phases (F.run_job); each returns true when done and
+-- false when the call's budget ran out, leaving a whole state: every line it changed is changed
+-- completely, with the buckets, lots and indexes in step. The next call resumes the phase.
+
+-- move every allocation of lot J.lot to J.kind ('oh' at J.loc on a receipt, 'short' at the
+-- lot's location on a cancellation), newest lines first; then the lot goes, and a receipt's
+-- units are put on hand (only then: until every line has moved, the lot's units are neither
+-- promisable nor free on hand, so nothing is promised twice in between)
+function F.phase_move(J)
+  local id, kind, loc = J.lot, J.kind, J.loc
+  local paused = false
+  F.each_in_pool('l' .. id, true, function(line)
+    local entries = {}
+    for _, a in ipairs(line.alloc) do
+      if a[1] == 'lot' and a[2] == id then entries[#entries + 1] = a end
+    end
+    for _, a in ipairs(entries) do
+      local q = a[4]
+      F.touch(line)
+      F.unbook(line, a, q)
+      F.drop_empty(line)
+      F.book(line, { { kind, kind == 'oh' and loc or '', loc, q } })
+    end
+    paused = F.spend()
+    return paused
+  end)
+  if paused then return false end
+  if kind == 'oh' then
+    local b = F.loc_touch(loc)
+    b.oh = b.oh + J.qty
+  end
+  F.lot_delete(id)
+  J.closing = nil
+  return true
+end
+
+-- note the promised date of every line on lot J.lot (its ETA changed), newest first
+function F.phase_touch(J)
+  local paused = false
+  local at = F.each_in_pool('l' .. J.lot, true, function(line)
+    F.touch(line)
+    paused = F.spend()
+    return paused
+  end, J.c)
+  J.c = at
+  return not paused
+end
+
+-- give back over-allocated supply, newest first: on-hand by location, lots by ETA, backorder.
+-- The excess of each pool is read from the buckets, so a resumed shed starts again from them.
+function F.phase_shed()
   local safety = pol.safety
   for _, name in ipairs(F.sorted_loc_names()) do
     local b = locs[name]
-    F.shed(b.oa - math.max(0, b.oh - safety), 'o' .. name, function(a) return a[1] == 'oh' and a[3] == name end)
+    if not F.shed(b.oa - math.max(0, b.oh - safety), 'o' .. name,
+        function(a) return a[1] == 'oh' and a[3] == name end) then
+      return false
+    end
   end
   local all = F.get_lots()
   for _, id in ipairs(F.lots_in_order('')) do
     local lot = all[id]
-    F.shed(lot.alloc - F.promisable(lot), 'l' .. id, function(a) return a[1] == 'lot' and a[2] == id end)
+    if not lot.closing and not F.shed(lot.alloc - F.promisable(lot), 'l' .. id,
+        function(a) return a[1] == 'lot' and a[2] == id end) then
+      return false
+    end
   end
   local limit = 0
   if pol.mode == 'backorder' then limit = pol.backorder_limit end
   local bo_used = 0
   for _, b in pairs(locs) do bo_used = bo_used + b.ba end
-  F.shed(bo_used - limit, 'b', function(a) return a[1] == 'bo' end)
-  if not F.any_short() then return end
-  -- oldest first; a line gets nothing once nothing is left anywhere (capacity of '' bounds every
-  -- location's), so the walk stops there instead of visiting every short line
-  if F.capacity('') == 0 then return end
-  local visited = 0
-  F.each_in_pool('s', false, function(line)
+  return F.shed(bo_used - limit, 'b', function(a) return a[1] == 'bo' end)
+end
+
+-- re-fill shorts, oldest line first. A line gets nothing once nothing is left anywhere
+-- (capacity of '' bounds every location's), so the walk stops there instead of visiting every
+-- short line.
+function F.phase_refill(J)
+  if not F.any_short() or F.capacity('') == 0 then return true end
+  local visited, paused = 0, false
+  local at = F.each_in_pool('s', false, function(line)
     local shorts = {}
     for _, a in ipairs(line.alloc) do
       if a[1] == 'short' then shorts[#shorts + 1] = a end
@@ -97,38 +167,80 @@ function F.rebalance()
       end
     end
     visited = visited + 1
-    return visited % 64 == 0 and F.capacity('') == 0
-  end)
+    if visited % 64 == 0 and F.capacity('') == 0 then return true end
+    paused = F.spend()
+    return paused
+  end, J.c)
+  J.c = at
+  return not paused
 end
 
--- re-date the touched lines; the ones now promised later, newest first
-function F.redate()
-  local slipped = {}
-  for _, rid in ipairs(touched_order) do
-    local line = lines[rid]
-    local old = touched[rid]
-    local new = F.repromise(line)
-    if new ~= line.promised_ms then
-      line.promised_ms = new
-      F.mark(rid)
-    end
-    if new > old then slipped[#slipped + 1] = { rid = rid, old_ms = old, new_ms = new, seq = line.seq } end
+-- re-date one touched line and report it: slipped when now promised later than `old`, at risk
+-- while it has short units (lines that ended meanwhile are left out)
+local function report_line(rid, old, out)
+  local line = F.get_line(rid)
+  if not line or not F.is_live(line) then return end
+  local new = F.repromise(line)
+  if new ~= line.promised_ms then
+    line.promised_ms = new
+    F.mark(rid)
   end
-  table.sort(slipped, function(a, b) return a.seq > b.seq end)
-  for _, s in ipairs(slipped) do s.seq = nil end
-  return slipped
+  if new > old then out.slipped[#out.slipped + 1] = { rid = rid, old_ms = old, new_ms = new } end
+  local short = 0
+  for _, a in ipairs(line.alloc) do
+    if a[1] == 'short' then short = short + a[4] end
+  end
+  if short > 0 then out.at_risk[#out.at_risk + 1] = { rid = rid, short = short } end
 end
 
--- live lines with short units, newest first
-function F.at_risk()
-  local out = {}
-  if not F.any_short() then return out end
-  F.each_in_pool('s', true, function(line)
-    local short = 0
-    for _, a in ipairs(line.alloc) do
-      if a[1] == 'short' then short = short + a[4] end
+-- the touched lines of this call into K.job ('<seq:012>|<rid>|<old promised ms>', lexical order
+-- = seq order), for the report phase of a job that pauses
+function F.save_touched()
+  local add = {}
+  for _, rid in ipairs(touched_order) do
+    local line = F.get_line(rid)
+    add[#add + 1] = '0'
+    add[#add + 1] = string.format('%012d|', line.seq) .. rid .. '|' .. F.num(touched[rid])
+    touched[rid] = nil
+  end
+  touched_order = {}
+  if #add > 0 then F.call_chunked('ZADD', K.job, add, 2) end
+end
+
+-- re-date the touched lines, newest first, into S.report {slipped, at_risk}: from this call's
+-- memory, or from K.job once the job has paused before
+function F.phase_report(J)
+  local out = S.report
+  if not J.saved then
+    local seq = {}
+    for _, rid in ipairs(touched_order) do seq[rid] = F.get_line(rid).seq end
+    table.sort(touched_order, function(a, b) return seq[a] > seq[b] end)
+    for _, rid in ipairs(touched_order) do report_line(rid, touched[rid], out) end
+    return true
+  end
+  F.save_touched()
+  while true do
+    local page = redis.call('ZREVRANGEBYLEX', K.job, '+', '-', 'LIMIT', 0, POOL_PAGE)
+    if #page == 0 then return true end
+    local done, paused = {}, false
+    for _, m in ipairs(page) do
+      local rid, old = string.match(m, '^%d+|(.+)|(%d+)$')
+      report_line(rid, tonumber(old), out)
+      done[#done + 1] = m
+      paused = F.spend()
+      if paused then break end
     end
-    if short > 0 then out[#out + 1] = { rid = line.rid, short = short } end
-  end)
-  return out
+    F.call_chunked('ZREM', K.job, done, 1)
+    if paused then return false end
+  end
+end
+
+-- run the job's phases from where it stands; true when all are done
+function F.run_job(J)
+  while J.i <= #J.phases do
+    if not F['phase_' .. J.phases[J.i]](J) then return false end
+    J.i = J.i + 1
+    J.c = nil
+  end
+  return true
 end
