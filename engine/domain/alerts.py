@@ -13,7 +13,7 @@ same (recovered) state yields the same ids.
 | stockout | each | ATP ≤ 0 | ATP > 0 |
 | oversold | each | short > 0 (live reservations without supply) | short = 0 |
 | order_unfulfillable | order's | an order_placed was refused | one-shot |
-| promise_at_risk | "" | a reply lists at-risk lines | a reply lists none |
+| promise_at_risk | "" | a reply lists lines the command left short | a reply lists none and no line is short (oversold = 0) |
 | promise_slipped | "" | a reply lists lines whose promised date moved later | one-shot |
 | inbound_late | lot's | time > lot ETA + grace, lot still open | the lot is received or cancelled, or its ETA moves past the clock |
 | demand_surge | each | recent/day ≥ max(M, baseline·(1 + P/100)) | recent/day < max(M/2, baseline·(1 + P/200)) |

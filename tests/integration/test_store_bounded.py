@@ -264,3 +264,15 @@ def test_a_command_behind_a_job_waits_and_the_store_finishes_the_job_first(redis
     assert second["position"]["on_hand"] == 5_007
     assert twin.store.journal("BUSY", limit=2)[0]["cmd"] == "adjust"
     assert check_invariants(redis) == []
+
+
+def test_stream_commands_of_one_batch_apply_in_order_when_the_first_meets_a_wave_of_due_holds(redis: Any) -> None:
+    store = Store(redis, now_ms=T0)
+    _ended_lines(store, "ORD", 40)  # 40 holds due: the first call expires 32, the second the rest
+    store.now_ms = T0 + 2_000
+    first = SupplyCommand("ORD", "adjust", {"loc": "A", "delta": 5}, source="t:3", offset=1)
+    second = SupplyCommand("ORD", "count", {"loc": "A", "on_hand": 50}, source="t:3", offset=2)
+    replies = store.apply([first, second])  # one pipeline: the second runs while the first waits
+    assert [r["status"] for r in replies] == ["ok", "ok"]
+    assert replies[1]["position"]["on_hand"] == 50  # the count came last
+    assert [j["cmd"] for j in store.journal("ORD", limit=2)] == ["count", "adjust"]

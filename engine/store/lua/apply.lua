@@ -316,6 +316,18 @@ if not handler then
   return redis.error_reply('ERR unknown supply command ' .. tostring(cmd))
 end
 
+if seen[7] then
+  local bsrc, boff, bms = string.match(seen[7], '^(.*)|(%d+)|(%d+)$')
+  local mine = checks_offset and bsrc == source
+  if mine and offset > tonumber(boff) and NOW - tonumber(bms) < BLOCK_MS then
+    F.flush()
+    return '~busy'
+  end
+  -- the command it waited for is here (or never came back in time)
+  if (mine and offset == tonumber(boff)) or NOW - tonumber(bms) >= BLOCK_MS then
+    redis.call('HDEL', K.state, '!B')
+  end
+end
 if checks_offset and offset <= tonumber(seen[5] or '-1') then
   return finish({ status = 'duplicate', reason = 'offset' }, NOTHING)
 end
@@ -325,14 +337,6 @@ end
 if S.job then
   F.flush()
   return '~busy' .. S.job.t
-end
-if seen[7] then
-  local bsrc, boff, bms = string.match(seen[7], '^(.*)|(%d+)|(%d+)$')
-  if checks_offset and bsrc == source and offset > tonumber(boff) and NOW - tonumber(bms) < BLOCK_MS then
-    F.flush()
-    return '~busy'
-  end
-  redis.call('HDEL', K.state, '!B')
 end
 
 if checks_offset then state_set['@' .. source] = ARGV[6] end
