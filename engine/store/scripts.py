@@ -149,7 +149,7 @@ def settle(client: Any, call_: Call, reply: Any) -> Any:
     while nxt is not None:
         if state.pause:
             time.sleep(_wait_s(state))
-        reply = call(client, *nxt)
+        reply = _once(client, *nxt)
         nxt = state.next(reply)
     if state.stash is not None:
         client.set(state.stash[0], state.result, ex=state.stash[1])
@@ -163,7 +163,7 @@ async def asettle(client: Any, call_: Call, reply: Any) -> Any:
     while nxt is not None:
         if state.pause:
             await asyncio.sleep(_wait_s(state))
-        reply = await acall(client, *nxt)
+        reply = await _aonce(client, *nxt)
         nxt = state.next(reply)
     if state.stash is not None:
         await client.set(state.stash[0], state.result, ex=state.stash[1])
@@ -201,30 +201,39 @@ def load_scripts() -> dict[str, LuaScript]:
     return out
 
 
-def call(client: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-    """Run ``script`` on a sync redis client (or cluster client), by SHA with NOSCRIPT recovery."""
+def _once(client: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    """One call, by SHA with NOSCRIPT recovery, sent again while it answers ``~more``."""
     while True:
         try:
             reply = client.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
             reply = client.eval(script.source, len(keys), *keys, *args)
-        if _unsettled(reply):
-            return settle(client, (script, keys, args), reply)
         if not _more(reply):
             return reply
 
 
-async def acall(client: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-    """Async twin of ``call`` for redis.asyncio clients."""
+async def _aonce(client: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    """Async twin of ``_once``."""
     while True:
         try:
             reply = await client.evalsha(script.sha, len(keys), *keys, *args)
         except NoScriptError:
             reply = await client.eval(script.source, len(keys), *keys, *args)
-        if _unsettled(reply):
-            return await asettle(client, (script, keys, args), reply)
         if not _more(reply):
             return reply
+
+
+def call(client: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    """Run ``script`` on a sync redis client (or cluster client), by SHA with NOSCRIPT recovery;
+    a supply job's parts are gathered into its one reply."""
+    reply = _once(client, script, keys, args)
+    return settle(client, (script, keys, args), reply) if _unsettled(reply) else reply
+
+
+async def acall(client: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    """Async twin of ``call`` for redis.asyncio clients."""
+    reply = await _aonce(client, script, keys, args)
+    return await asettle(client, (script, keys, args), reply) if _unsettled(reply) else reply
 
 
 Call = tuple[LuaScript, Sequence[str], Sequence[Arg]]

@@ -3,6 +3,7 @@ whole state (the invariant checker passes after every call) and naming each line
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -18,7 +19,8 @@ from engine.store.wire import HoldRequest, SupplyCommand
 
 T0 = 1_700_000_000_000
 KEEP_MS = 60_000
-EXPIRE_LINES = 32  # lines one call expires (engine/store/lua/lib.lua EXPIRE_LINES)
+# lines one call expires, as lib.lua says
+EXPIRE_LINES = int(re.search(r"EXPIRE_LINES = \d+, (\d+)", scripts.load_scripts()["hold"].source)[1])
 
 
 def _ended_lines(store: Store, sku: str, n: int) -> None:

@@ -525,9 +525,9 @@ end
 -- again (each call leaves a whole state), so a wave of holds coming due is many short calls,
 -- never one that stalls every other SKU. Entries act only once no due hold is left, as the
 -- rules require.
-local EXPIRE_MEMBERS, EXPIRE_LINES = 32, 32
+local EXPIRE_MEMBERS, EXPIRE_LINES = 16, 16
 -- the most rids one index entry holds (F.flush splits a batch's), so a chunk takes whole entries
-local EXPIRE_ENTRY = 32
+local EXPIRE_ENTRY = 16
 -- pool-index members read per ZRANGEBYLEX of a walk over one pool (F.each_in_pool)
 local POOL_PAGE = 128
 
@@ -899,15 +899,17 @@ setmetatable(F, { __index = function(_, name)
     F.ensure_pools()
     F.sync_pools()
     local lo, hi = '[' .. pool .. '|', '(' .. pool .. '}'
+    -- a page no longer than the call's budget: every line read is decoded
+    local size = math.min(POOL_PAGE, math.max(1, S.budget or POOL_PAGE))
     if after then
       if newest_first then hi = '(' .. after else lo = '(' .. after end
     end
     while true do
       local page
       if newest_first then
-        page = redis.call('ZREVRANGEBYLEX', K.pool, hi, lo, 'LIMIT', 0, POOL_PAGE)
+        page = redis.call('ZREVRANGEBYLEX', K.pool, hi, lo, 'LIMIT', 0, size)
       else
-        page = redis.call('ZRANGEBYLEX', K.pool, lo, hi, 'LIMIT', 0, POOL_PAGE)
+        page = redis.call('ZRANGEBYLEX', K.pool, lo, hi, 'LIMIT', 0, size)
       end
       local rids = {}
       for i = 1, #page do rids[i] = string.match(page[i], '^[^|]*|%d+|(.*)$') end
@@ -916,7 +918,7 @@ setmetatable(F, { __index = function(_, name)
         local line = F.get_line(rids[i])
         if line and F.is_live(line) and fn(line) then return page[i] end
       end
-      if #page < POOL_PAGE then return nil end
+      if #page < size then return nil end
       if newest_first then hi = '(' .. page[#page] else lo = '(' .. page[#page] end
     end
   end

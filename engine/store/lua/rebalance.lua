@@ -220,7 +220,7 @@ function F.phase_report(J)
   end
   F.save_touched()
   while true do
-    local page = redis.call('ZREVRANGEBYLEX', K.job, '+', '-', 'LIMIT', 0, POOL_PAGE)
+    local page = redis.call('ZREVRANGEBYLEX', K.job, '+', '-', 'LIMIT', 0, math.min(POOL_PAGE, S.budget))
     if #page == 0 then return true end
     local done, paused = {}, false
     for _, m in ipairs(page) do
