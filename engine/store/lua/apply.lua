@@ -29,7 +29,7 @@
 
 local EVENT_LOG_SIZE = 1000
 -- lines one call works on before the job pauses (ARGV 10 may set fewer: tests)
-local JOB_LINES = 24
+local JOB_LINES = 16
 -- how long a stream command stopped for due holds makes later offsets of its source wait
 local BLOCK_MS = 5000
 local EVENT_TRIM_EVERY = 250

@@ -105,8 +105,8 @@ local line_raw = {}         -- rid -> the stored form of the line as it is now (
 local line_home = {}        -- rid -> the hash the line is stored in as read (K.res or K.ended)
 local line_orig = {}        -- rid -> the stored form of the line as read (its pool members then)
 local pool_dirty = {}       -- rid -> true: the line changed since the last F.sync_pools
-local pool_now = {}         -- rid -> its pool-index members as of the last F.sync_pools
-local pool_fresh = {}       -- rid -> the pool-index members of a line F.hold_one created
+local pool_now = {}         -- rid -> its pools as of the last F.sync_pools (F.line_pools)
+local pool_fresh = {}       -- rid -> the pools of a line F.hold_one created
 -- changes to write back: key -> true / value (write) or false (delete)
 local lot_chg, line_chg, dead_chg = {}, {}, {}
 local exp_add = {}          -- expires_ms -> rids to add to the expiry index
@@ -121,8 +121,8 @@ local F = {
   hmget_lines = false,
   decode_line = false, encode_alloc = false, encode_line = false, free_oh = false, bo_free = false, capacity = false,
   atp_of = false, allocate = false, promise = false, book_new = false, expire_at = false,
-  expire_due = false, hold_one = false, write_zset = false, flush = false, pool_members = false,
-  stored_members = false, ensure_pools = false, sync_pools = false,
+  expire_due = false, hold_one = false, write_zset = false, flush = false, line_pools = false,
+  stored_pools = false, pool_members = false, ensure_pools = false, sync_pools = false,
 }
 
 -- a whole number as a string, memoised: formatting a number costs more than a table lookup, and
@@ -625,44 +625,52 @@ function F.hold_one(rid, qty, loc, ttl_ms, channel, customer, commit, replace_de
   line_raw[rid] = raw
   line_chg[rid] = true
   pool_dirty[rid] = true
-  pool_fresh[rid] = F.pool_members(rid, seq, allocs)
+  pool_fresh[rid] = F.line_pools(seq, allocs)
   if not commit then F.expire_at(rid, expires) end
   return 'ok', raw
 end
 
 ----------------------------------------------------------------------------- pool index
 
--- the pool-index members of a live line (KEYS[12]): one per pool its allocations draw on
-function F.pool_members(rid, seq, allocs)
-  local tail = string.format('|%012d|', seq) .. rid
-  local out, seen = {}, {}
+-- the pools a live line's allocations draw on (KEYS[12]), as {seq, names = {pool = true}}
+function F.line_pools(seq, allocs)
+  local names = {}
   for i = 1, #allocs do
     local a = allocs[i]
     local kind = a[1]
-    local pool
     if kind == 'oh' then
-      pool = 'o' .. a[3]
+      names['o' .. a[3]] = true
     elseif kind == 'lot' then
-      pool = 'l' .. a[2]
+      names['l' .. a[2]] = true
     elseif kind == 'bo' then
-      pool = 'b'
+      names.b = true
     else
-      pool = 's'
-    end
-    if not seen[pool] then
-      seen[pool] = true
-      out[#out + 1] = pool .. tail
+      names.s = true
     end
   end
-  return out
+  return { seq = seq, names = names }
 end
 
--- the members of a line in its stored form (none once it ended)
-function F.stored_members(rid, raw)
-  if not raw then return {} end
-  local line = F.decode_line(rid, raw)
-  if line.state ~= 'held' and line.state ~= 'committed' then return {} end
-  return F.pool_members(rid, line.seq, line.alloc)
+local NO_POOLS = { seq = 0, names = {} }
+
+-- the pools of a line in its stored form (none once it ended), read without decoding the rest
+function F.stored_pools(raw)
+  if not raw then return NO_POOLS end
+  local state, seq = string.match(raw, '^(%a+)|%d+|[^|]*|%d+|(%d+)|')
+  if state ~= 'held' and state ~= 'committed' then return NO_POOLS end
+  local allocs = {}
+  for kind, ref, at in string.gmatch(string.match(raw, '|([^|]*)$'), '([^,;]+),([^,;]*),([^,;]+),%d+') do
+    allocs[#allocs + 1] = { kind, ref, at }
+  end
+  return F.line_pools(tonumber(seq), allocs)
+end
+
+-- the index members of a line's pools: '<pool>|<seq, 12 digits>|<rid>'
+function F.pool_members(rid, pools)
+  local tail = string.format('|%012d|', pools.seq) .. rid
+  local out = {}
+  for name in pairs(pools.names) do out[#out + 1] = name .. tail end
+  return out
 end
 
 -- build the pool index of a store written before it existed: no index but live lines (every
@@ -682,28 +690,32 @@ function F.sync_pools()
   local add, rem = {}, {}
   for rid in pairs(pool_dirty) do
     pool_dirty[rid] = nil
-    local old = pool_now[rid] or F.stored_members(rid, line_orig[rid])
+    local old = pool_now[rid] or F.stored_pools(line_orig[rid])
     local line = lines[rid]
     local new
     if line == true then
-      new = pool_fresh[rid] or F.stored_members(rid, line_raw[rid])
+      new = pool_fresh[rid] or F.stored_pools(line_raw[rid])
     elseif line and (line.state == 'held' or line.state == 'committed') then
-      new = F.pool_members(rid, line.seq, line.alloc)
+      new = F.line_pools(line.seq, line.alloc)
     else
-      new = {}
+      new = NO_POOLS
     end
-    local gone = {}
-    for i = 1, #old do gone[old[i]] = true end
-    for i = 1, #new do
-      local m = new[i]
-      if gone[m] then
-        gone[m] = nil
-      else
-        add[#add + 1] = '0'
-        add[#add + 1] = m
+    -- members differ only where the pools differ, unless the line was made anew (another seq)
+    local same_seq = old.seq == new.seq
+    local gone_tail, new_tail
+    for name in pairs(old.names) do
+      if not (same_seq and new.names[name]) then
+        gone_tail = gone_tail or string.format('|%012d|', old.seq) .. rid
+        rem[#rem + 1] = name .. gone_tail
       end
     end
-    for m in pairs(gone) do rem[#rem + 1] = m end
+    for name in pairs(new.names) do
+      if not (same_seq and old.names[name]) then
+        new_tail = new_tail or string.format('|%012d|', new.seq) .. rid
+        add[#add + 1] = '0'
+        add[#add + 1] = name .. new_tail
+      end
+    end
     pool_now[rid] = new
   end
   if #rem > 0 then F.call_chunked('ZREM', K.pool, rem, 1) end
@@ -882,7 +894,7 @@ setmetatable(F, { __index = function(_, name)
     local flat = redis.call('HGETALL', K.res)
     local add = {}
     for i = 1, #flat, 2 do
-      for _, m in ipairs(F.stored_members(flat[i], flat[i + 1])) do
+      for _, m in ipairs(F.pool_members(flat[i], F.stored_pools(flat[i + 1]))) do
         add[#add + 1] = '0'
         add[#add + 1] = m
       end
