@@ -3,10 +3,12 @@ whole state (the invariant checker passes after every call) and naming each line
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
 import orjson
+import redis.asyncio as redis_async
 
 from engine.domain.oracle import HoldRequest as OracleHold
 from engine.domain.oracle import SkuBook
@@ -14,7 +16,7 @@ from engine.domain.policy import Policy
 from engine.store import scripts
 from engine.store.invariants import check_invariants
 from engine.store.keys import sku_keys
-from engine.store.store import PURGE_LINES_PER_CALL, Store
+from engine.store.store import PURGE_LINES_PER_CALL, AsyncStore, Store
 from engine.store.wire import HoldRequest, SupplyCommand
 
 T0 = 1_700_000_000_000
@@ -278,3 +280,21 @@ def test_stream_commands_of_one_batch_apply_in_order_when_the_first_meets_a_wave
     assert [r["status"] for r in replies] == ["ok", "ok"]
     assert replies[1]["position"]["on_hand"] == 50  # the count came last
     assert [j["cmd"] for j in store.journal("ORD", limit=2)] == ["count", "adjust"]
+
+
+def test_the_async_store_gathers_a_job_the_same_way(redis: Any, redis_url: str) -> None:
+    twin = _big_lot_sku(redis, "ASYNC", 300)
+    payload = {"inbound_id": "L1", "eta_ms": T0 + 6 * DAY, "qty": 0}
+    oracle = twin.book.apply("inbound_updated", payload, T0, source="t:0", offset=50)
+
+    async def go() -> list[dict[str, Any]]:
+        client = redis_async.from_url(redis_url)
+        try:
+            store = AsyncStore(client, now_ms=T0)
+            store.job_lines = 7
+            return await store.apply([SupplyCommand("ASYNC", "inbound_updated", payload, source="t:0", offset=50)])
+        finally:
+            await client.aclose()
+
+    [reply] = asyncio.run(go())
+    assert reply == oracle and len(reply["slipped"]) == 300
