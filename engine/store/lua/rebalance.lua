@@ -106,16 +106,21 @@ function F.phase_move(J)
   return true
 end
 
--- note the promised date of every line on lot J.lot (its ETA changed), newest first
-function F.phase_touch(J)
+-- walk `pool` from the job's cursor, fn(line) doing one line's work, until the budget runs out
+-- (false) or the pool does or fn returns true (the phase is done: true); the cursor follows
+function F.walk_from(J, pool, newest_first, fn)
   local paused = false
-  local at = F.each_in_pool('l' .. J.lot, true, function(line)
-    F.touch(line)
+  J.c = F.each_in_pool(pool, newest_first, function(line)
+    if fn(line) then return true end
     paused = F.spend()
     return paused
   end, J.c)
-  J.c = at
   return not paused
+end
+
+-- note the promised date of every line on lot J.lot (its ETA changed), newest first
+function F.phase_touch(J)
+  return F.walk_from(J, 'l' .. J.lot, true, F.touch)
 end
 
 -- give back over-allocated supply, newest first: on-hand by location, lots by ETA, backorder.
@@ -149,8 +154,8 @@ end
 -- short line.
 function F.phase_refill(J)
   if not F.any_short() or F.capacity('') == 0 then return true end
-  local visited, paused = 0, false
-  local at = F.each_in_pool('s', false, function(line)
+  local visited = 0
+  return F.walk_from(J, 's', false, function(line)
     local shorts = {}
     for _, a in ipairs(line.alloc) do
       if a[1] == 'short' then shorts[#shorts + 1] = a end
@@ -167,12 +172,8 @@ function F.phase_refill(J)
       end
     end
     visited = visited + 1
-    if visited % 64 == 0 and F.capacity('') == 0 then return true end
-    paused = F.spend()
-    return paused
-  end, J.c)
-  J.c = at
-  return not paused
+    return visited % 64 == 0 and F.capacity('') == 0
+  end)
 end
 
 -- re-date one touched line and report it: slipped when now promised later than `old`, at risk
