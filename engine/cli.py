@@ -560,16 +560,30 @@ def flow(
     until_end: Annotated[bool, typer.Option(help="stop once every input partition is read to its end")] = False,
     metrics: Annotated[bool, typer.Option(help="serve /metrics on ATP_FLOW_METRICS_PORT")] = True,
     log_level: Annotated[str, typer.Option(help="DEBUG / INFO / WARNING / ERROR")] = "INFO",
+    process_id: Annotated[
+        int | None, typer.Option("--process-id", "-i", help="this process's index (several processes)")
+    ] = None,
+    addresses: Annotated[
+        str | None, typer.Option("--addresses", "-a", help="host:port of every process, ';'-separated, in order")
+    ] = None,
 ) -> None:
-    """Run the stream: input topics → validate → apply in Redis → alerts and triggers (Ctrl-C drains)."""
+    """Run the stream: input topics → validate → apply in Redis → alerts and triggers (Ctrl-C drains).
+
+    Several processes share the work with ``-a`` (the same list for all) and ``-i`` (each its own
+    index) and one recovery directory; each serves metrics on ATP_FLOW_METRICS_PORT + its index."""
     import logging
 
     from connectors.topics import Topics
-    from engine.flow.runner import FlowConfigError, run_flow
+    from engine.flow.runner import FlowConfigError, check_processes, run_flow
 
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
         _bad(f"bad --log-level {log_level!r}: one of DEBUG, INFO, WARNING, ERROR")
+    peers = [a for a in addresses.split(";") if a] if addresses is not None else None
+    try:
+        check_processes(process_id, peers)
+    except FlowConfigError as exc:
+        _bad(f"bad --process-id / --addresses: {exc}")
     try:
         topics = Topics(prefix=topic_prefix, suffix=topic_suffix)
     except ValueError as exc:
@@ -583,7 +597,8 @@ def flow(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with _services(settings, "flow") as running:
         try:
-            run_flow(running, topics, until_end=until_end, serve_metrics=metrics)
+            run_flow(running, topics, until_end=until_end, serve_metrics=metrics, process_id=process_id,
+                     addresses=peers)
         except FlowConfigError as exc:
             raise CliError(f"cannot run the flow: {exc}") from exc
         except KeyboardInterrupt:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -130,6 +131,23 @@ def flow_from_settings(
     )
 
 
+_ADDRESS = re.compile(r"[A-Za-z0-9.\-]+:\d{1,5}")
+
+
+def check_processes(process_id: int | None, addresses: Sequence[str] | None) -> None:
+    """Raise ``FlowConfigError`` unless both or neither are given, every address is ``host:port``
+    and ``process_id`` indexes them."""
+    if (process_id is None) != (addresses is None):
+        raise FlowConfigError("process_id and addresses go together (several processes), or neither")
+    if addresses is None:
+        return
+    bad = [a for a in addresses if not _ADDRESS.fullmatch(a)]
+    if bad or not addresses:
+        raise FlowConfigError(f"addresses must be host:port, ';'-separated: {';'.join(bad) or 'none given'}")
+    if not 0 <= (process_id or 0) < len(addresses):
+        raise FlowConfigError(f"process_id must be between 0 and {len(addresses) - 1}")
+
+
 def run_flow(
     settings: Settings,
     topics: Topics = Topics(),
@@ -154,10 +172,7 @@ def run_flow(
     ``addresses`` (``host:port`` of each process, in process order) and its own ``process_id``;
     they must share the recovery dir. Process ``i`` serves metrics on the base port + ``i``.
     """
-    if (process_id is None) != (addresses is None):
-        raise FlowConfigError("process_id and addresses go together (several processes), or neither")
-    if addresses is not None and not 0 <= (process_id or 0) < len(addresses):
-        raise FlowConfigError(f"process_id must be between 0 and {len(addresses) - 1}")
+    check_processes(process_id, addresses)
     processes = len(addresses) if addresses else 1
     stop = stop_event or threading.Event()
     flow = flow_from_settings(

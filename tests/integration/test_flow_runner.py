@@ -30,9 +30,13 @@ def flow_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def start(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
+FLOW = [sys.executable, "-m", "engine.flow"]
+ATP_FLOW = [sys.executable, "-c", "from engine.cli import main; main()", "flow"]  # what `atp flow` runs
+
+
+def start(env: dict[str, str], log: Path, *args: str, entry: list[str] = FLOW) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:  # a file, not a pipe: a chatty child must never block on a full pipe
-        return subprocess.Popen([sys.executable, "-m", "engine.flow", "--no-metrics", "--log-level", "WARNING", *args],
+        return subprocess.Popen([*entry, "--no-metrics", "--log-level", "WARNING", *args],
                                 env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -95,7 +99,9 @@ def test_two_processes_with_two_workers_each_apply_every_command_once(
     env = flow_env(settings, ATP_RECOVERY_DIR=str(tmp_path / "rec"), ATP_WORKERS="2")
     addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
     logs = [tmp_path / f"flow-{i}.log" for i in range(2)]
-    procs = [start(env, logs[i], "--topic-suffix", topics.suffix, "--until-end", "-i", str(i), "-a", addresses)
+    # one process started as `python -m engine.flow`, the other as `atp flow`: the same options
+    procs = [start(env, logs[i], "--topic-suffix", topics.suffix, "--until-end", "-i", str(i), "-a", addresses,
+                   entry=[FLOW, ATP_FLOW][i])
              for i in range(2)]
     try:
         codes = [p.wait(timeout=120) for p in procs]

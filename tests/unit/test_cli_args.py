@@ -56,6 +56,9 @@ def assert_one_line_error(err: str, *fragments: str) -> None:
         (["topics", "create", "--suffix", "bad name"], ["topic suffix"]),
         (["simulate", "--count", "0"], ["--count"]),
         (["nonsense"], ["No such command"]),
+        (["flow", "-i", "0"], ["--process-id", "go together"]),
+        (["flow", "-i", "2", "-a", "127.0.0.1:9001;127.0.0.1:9002"], ["between 0 and 1"]),
+        (["flow", "-i", "0", "-a", "127.0.0.1"], ["host:port"]),
     ],
 )
 def test_bad_argument_is_one_line_and_exit_2(
