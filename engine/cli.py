@@ -12,6 +12,7 @@ error is one line on stderr, never a traceback (``ATP_DEBUG=1`` shows it).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import socket
@@ -642,7 +643,7 @@ def topics_create(
         raise CliError("no broker configured: set ATP_KAFKA_BOOTSTRAP")
     try:
         created = create_topics(
-            admin_config(settings), names, partitions=partitions or settings.topic_partitions, timeout_s=timeout
+            {**admin_config(settings), "logger": _quiet_kafka_logger()}, names, partitions=partitions or settings.topic_partitions, timeout_s=timeout
         )
     except KafkaException as exc:
         raise CliError(f"cannot create topics on {settings.kafka_bootstrap}: {_one_line(str(exc))}") from exc
@@ -736,20 +737,57 @@ def token_hash(token: Annotated[str, typer.Argument(help="the bearer token")]) -
 # --- entry point --------------------------------------------------------------------------------
 
 
+_FAILURES = {EXIT_ERROR: "error", EXIT_BAD_ARGUMENT: "bad_argument", 130: "interrupted"}
+_json_errors = False  # the command line asked for --json: a failure is a JSON object on stdout too
+
+
+def _quiet_kafka_logger() -> Any:
+    """A logger for the Kafka clients of one-shot commands: librdkafka's retry chatter goes
+    nowhere, the command prints its one-line error instead (ATP_DEBUG=1 shows it again)."""
+    import logging
+
+    log = logging.getLogger("atp.cli.kafka")
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())
+        log.propagate = os.environ.get("ATP_DEBUG", "").lower() in ("1", "true", "yes")
+    return log
+
+
 def _fail(message: str, code: int) -> NoReturn:
-    err_console.print(f"atp: error: {_one_line(message)}", markup=False, highlight=False, soft_wrap=True)
+    line = _one_line(message)
+    err_console.print(f"atp: error: {line}", markup=False, highlight=False, soft_wrap=True)
+    if _json_errors:
+        sys.stdout.write(json.dumps({"error": _FAILURES.get(code, "error"), "detail": line}) + "\n")
     sys.exit(code)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("atp-engine")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry: run ``app``; any failure is one line on stderr and a non-zero exit."""
+    """Console-script entry: run ``app``; any failure is one line on stderr and a non-zero exit
+    (with ``--json`` also ``{error, detail}`` on stdout)."""
+    global _json_errors
+    args = list(sys.argv[1:] if argv is None else argv)
+    _json_errors = "--json" in args
+    if args in (["--version"], ["-V"]):
+        print(f"atp-engine {_version()}")
+        sys.exit(0)
     command = typer.main.get_command(app)
     debug = os.environ.get("ATP_DEBUG", "").lower() in ("1", "true", "yes")
     try:
-        code = command.main(args=list(argv) if argv is not None else None, prog_name="atp", standalone_mode=False)
+        code = command.main(args=args, prog_name="atp", standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except TyperException as exc:  # usage errors: bad option, missing argument, bad value
+        if not exc.format_message():  # a bare group: its help was the answer
+            sys.exit(0)
         _fail(exc.format_message(), EXIT_BAD_ARGUMENT)
     except CliError as exc:
         if debug:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -116,3 +117,35 @@ def test_token_new_prints_a_token_whose_digest_is_configured(capsys: pytest.Capt
 )
 def test_reserve_line_syntax(text: str, parsed: tuple[str, int, str | None]) -> None:
     assert cli._parse_line(text) == parsed
+
+
+def test_bare_atp_prints_its_help_and_no_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run([], capsys)
+    assert code == 0 and "Commands" in out and "flow" in out
+    assert "error" not in err
+
+
+def test_version_names_the_installed_package(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    code, out, _err = run(["--version"], capsys)
+    assert code == 0 and out.strip() == f"atp-engine {version('atp-engine')}"
+
+
+def test_a_bad_argument_with_json_is_one_json_object_on_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["get", "BAD SKU", "--json"], capsys)
+    assert code == cli.EXIT_BAD_ARGUMENT
+    body = json.loads(out)
+    assert body["error"] == "bad_argument" and "bad sku" in body["detail"]
+    assert_one_line_error(err, "bad sku")
+
+
+def test_topics_create_against_a_dead_broker_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ATP_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nothing listens on port 1
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["topics", "create", "--timeout", "1"])
+    _out, err = capfd.readouterr()  # file descriptors: librdkafka writes from C threads
+    assert exited.value.code == cli.EXIT_ERROR
+    assert_one_line_error(err, "cannot create topics on 127.0.0.1:1")
