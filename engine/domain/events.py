@@ -5,10 +5,11 @@ Every message on an input topic is one JSON object: the envelope (``event_id``, 
 
 Decisions where the design is silent:
 
-* **Unknown fields are ignored** (``extra="ignore"``), known fields are strict. Producers add
-  fields over time and one new field must not send the whole stream to the DLQ. The typo that
-  would matter most — an ``inbound.updated`` whose ``eta``/``qty`` is misspelt, which would
-  otherwise be a silent no-op — is caught because that event must carry at least one of them.
+* **Unknown fields are refused** (``extra="forbid"``, reason ``unknown_field``), in the envelope,
+  the payload and order lines alike. A misspelt optional field would otherwise move stock
+  silently — ``"locaton": "WH1"`` books the units at ``default`` — and an inventory record
+  must not guess. A producer adding a field sends it to the DLQ, where it is visible at once,
+  until the contract (and the schemas in ``schemas/``, ``additionalProperties: false``) says so.
 * Types are strict: ``"5"``, ``5.0`` or ``true`` are not a quantity; ``5`` is not a SKU.
   ``null`` in an optional field means absent.
 * Times are RFC 3339 strings *with* an offset (``Z`` or ``±hh:mm``), after the epoch.
@@ -92,6 +93,7 @@ PARSE_REASONS: tuple[str, ...] = (
     "unknown_type",  # `type` is not one of EVENT_TYPES
     "wrong_topic",  # a valid type on another type's topic
     "missing_field",  # a required field is absent
+    "unknown_field",  # a field the contract does not have (a typo must not move stock)
     "wrong_type",  # a field has the wrong JSON type
     "out_of_range",  # a number or a list/text length outside its bounds
     "bad_id",  # an identifier that does not match its pattern
@@ -154,7 +156,7 @@ Text = Annotated[str, Field(strict=True, max_length=MAX_TEXT)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class EventBase(_Model):
@@ -356,6 +358,8 @@ def _reason_of(error: Any) -> str:
         return kind
     if kind == "missing":
         return "missing_field"
+    if kind == "extra_forbidden":
+        return "unknown_field"
     if kind == "string_pattern_mismatch":
         return "bad_id"
     if kind in _RANGE_ERRORS:

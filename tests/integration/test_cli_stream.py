@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from typing import Any
@@ -69,6 +70,8 @@ def test_unreachable_broker_is_one_line(cli_env: None, monkeypatch: pytest.Monke
 
     monkeypatch.setenv("ATP_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
     code, out, err = run(["topics", "create", "--suffix", ".nowhere", "--timeout", "2", "--json"], capsys)
-    assert code == cli.EXIT_ERROR and out == ""
+    assert code == cli.EXIT_ERROR
+    body = json.loads(out)  # --json: the failure is one JSON object on stdout as well
+    assert body["error"] == "error" and body["detail"].startswith("cannot create topics on 127.0.0.1:")
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("atp: error: cannot create topics on 127.0.0.1:")

@@ -137,10 +137,12 @@ def test_fields_are_read_with_their_defaults() -> None:
     assert isinstance(cancelled, OrderCancelled) and cancelled.lines is None
 
 
-def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
-    event = parse_event(raw("stock.counted", schema_version=2, new_thing={"x": 1}))
-    assert isinstance(event, StockCounted)
-    assert not hasattr(event, "new_thing")
+def test_an_unknown_field_is_refused_so_a_typo_never_moves_stock() -> None:
+    typo = parse_event(raw("stock.counted", location=_DROP, locaton="WH1"))
+    assert isinstance(typo, ParseError) and typo.reason == "unknown_field" and "locaton" in typo.detail
+    in_a_line = parse_event(raw("order.placed", lines=[{"sku": "A", "qty": 1, "qtty": 2}]))
+    assert isinstance(in_a_line, ParseError) and in_a_line.reason == "unknown_field"
+    assert isinstance(parse_event(raw("stock.counted")), StockCounted)  # the same event without it
 
 
 def test_null_in_an_optional_field_means_absent() -> None:
