@@ -12,7 +12,8 @@ Decisions where the design is silent:
   until the contract (and the schemas in ``schemas/``, ``additionalProperties: false``) says so.
 * Types are strict: ``"5"``, ``5.0`` or ``true`` are not a quantity; ``5`` is not a SKU.
   ``null`` in an optional field means absent.
-* Times are RFC 3339 strings *with* an offset (``Z`` or ``±hh:mm``), after the epoch.
+* Times are RFC 3339 strings *with* an offset (``Z`` or ``±hh:mm``), after the epoch and before
+  2100 (``LATEST_TIME``).
 * ``location`` may be left out of any event; it then means ``"default"``
   (``DEFAULT_LOCATION``), except in ``order.placed`` lines where no location means *any*.
 * Lines of one SKU within an order are summed downstream (``engine.domain.commands``);
@@ -107,6 +108,9 @@ PARSE_REASONS: tuple[str, ...] = (
 # --- times -----------------------------------------------------------------------------------
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: Event times are before this: a fixed bound (not the clock), so a replay parses as the first
+#: pass did, yet a year-9999 typo cannot push a SKU's stream clock to the end of time.
+LATEST_TIME = datetime(2100, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _RFC3339 = re.compile(
     r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
@@ -145,6 +149,8 @@ def _rfc3339(value: Any) -> datetime:
         raise PydanticCustomError("bad_time", "not a valid date or time: {err}", {"err": str(exc)}) from None
     if to_ms(moment) <= 0:
         raise PydanticCustomError("bad_time", "must be after 1970-01-01T00:00:00Z")
+    if moment >= LATEST_TIME:
+        raise PydanticCustomError("bad_time", "must be before 2100-01-01T00:00:00Z")
     return moment
 
 

@@ -342,3 +342,9 @@ def test_any_value_in_any_field_gives_an_event_or_a_known_reason(kind: str, fiel
 def test_arbitrary_bytes_never_raise(data: bytes) -> None:
     result = parse_event(data)
     assert isinstance(result, EventBase | ParseError)
+
+
+def test_an_event_time_must_be_before_2100() -> None:
+    late = parse_event(raw("stock.counted", occurred_at="9999-12-31T23:59:59Z"))
+    assert isinstance(late, ParseError) and late.reason == "bad_time" and "2100" in late.detail
+    assert isinstance(parse_event(raw("stock.counted", occurred_at="2099-12-31T23:59:59Z")), StockCounted)
