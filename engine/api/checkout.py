@@ -62,7 +62,9 @@ async def hold(state: Any, rid: str, body: ReservationIn) -> OrjsonResponse:
     _record("hold", result, started)
     note_hold(state, rid, result, body.ttl_seconds)
     if isinstance(result, Reservation):
-        headers = _REPLAYED if result.status == "duplicate" else None
+        headers = {"Location": f"/v1/reservations/{rid}"}  # rid matched the id pattern: safe here
+        if result.status == "duplicate":
+            headers.update(_REPLAYED)
         if result.status == "ok":
             _publish(state, "held", result, channel=body.channel, customer_id=body.customer_id)
         return OrjsonResponse(reservation_view(result), status_code=201, headers=headers)

@@ -129,7 +129,13 @@ def invalid_request(reasons: list[dict[str, Any]]) -> OrjsonResponse:
 
 async def _on_validation(request: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, RequestValidationError)
-    return invalid_request(validation_reasons(exc.errors()))
+    reasons = validation_reasons(exc.errors())
+    if any(r["field"] == "header.Idempotency-Key" and r["reason"] == "missing" for r in reasons):
+        # no key at all is a malformed request (400, as the IETF Idempotency-Key draft says);
+        # a key that is there but invalid stays a 422 like any other invalid value
+        return error_response(400, "missing_idempotency_key",
+                              "header.Idempotency-Key: required (the reservation id)")
+    return invalid_request(reasons)
 
 
 async def _on_http(request: Request, exc: Exception) -> OrjsonResponse:

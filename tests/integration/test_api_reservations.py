@@ -70,6 +70,8 @@ async def test_hold_confirm_release_lifecycle_and_its_events(
     async with in_process(make_app(settings, topics)) as api:
         made = await api.post("/v1/reservations", json=hold, headers={"Idempotency-Key": "life-1", **auth})
         assert made.status_code == 201, made.text
+        assert made.headers["location"] == "/v1/reservations/life-1"
+        assert (await api.get(made.headers["location"], headers=auth)).json()["state"] == "held"
         body = made.json()
         assert body["reservation_id"] == "life-1"
         assert body["state"] == "held"

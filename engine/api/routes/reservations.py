@@ -65,6 +65,7 @@ _NOT_ALLOWED = {409: {"model": NotAllowedOut, "description": "not possible in th
     responses={
         **_AUTH,
         **_TOO_LARGE,
+        400: {"model": ErrorOut, "description": "no Idempotency-Key header"},
         409: {"model": RefusedOut, "description": "refused whole: not enough ATP, or a flash-sale guard"},
         422: {"model": InvalidOut, "description": "invalid body or key; or the key was used with other lines"},
     },
