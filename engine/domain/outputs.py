@@ -165,5 +165,28 @@ class ReplenishmentTrigger(_Message):
         return self.sku.encode()
 
 
+class DlqValue(BaseModel):
+    """The JSON value of a record on ``inventory.dlq``: a message the flow could not use, where
+    it came from and why (written by ``connectors.dlq.DlqRecord.to_json``)."""
+
+    model_config = ConfigDict(extra="forbid", title="DLQ record")
+
+    dlq_id: str = Field(description="topic:partition:offset of the bad message (the same on every replay)")
+    topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    timestamp_ms: int = Field(ge=0, description="the bad message's broker timestamp, 0 = none")
+    reason: str = Field(description="machine reason, e.g. bad_json, unknown_field, missing_field")
+    detail: str = Field(max_length=500, description="for humans: field path and message")
+    event_type: str | None = Field(description="the event's type when it could be read")
+    event_id: str | None = Field(description="the event's id when it could be read")
+    key_b64: str | None = Field(description="the original key, base64")
+    original_b64: str | None = Field(description="the original value byte for byte (base64), cut past 512 KiB")
+    original_size: int = Field(ge=0, description="bytes of the whole original value")
+    original_truncated: bool
+    original_sha256: str = Field(pattern="^[0-9a-f]{64}$", description="of the whole original value")
+
+
 register_schema("alert", Alert)
 register_schema("replenishment-trigger", ReplenishmentTrigger)
+register_schema("dlq-record", DlqValue)

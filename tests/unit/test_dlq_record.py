@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from connectors.dlq import MAX_ORIGINAL_BYTES, DlqDecodeError, DlqRecord, decode_dlq_value, header
+from engine.domain.outputs import DlqValue
 
 
 def record(original: bytes | None = b"\xff\xfe not utf-8 {", key: bytes | None = b"SKU-1") -> DlqRecord:
@@ -62,3 +65,14 @@ def test_a_message_without_key_or_value_still_makes_a_record() -> None:
 def test_anything_else_on_the_dlq_topic_is_refused_with_a_clear_error(value: bytes | None) -> None:
     with pytest.raises(DlqDecodeError):
         decode_dlq_value(value)
+
+
+@pytest.mark.parametrize("original, key", [(b"\xff\xfe not utf-8 {", b"SKU-1"), (None, None),
+                                            (b"x" * (MAX_ORIGINAL_BYTES + 10), b"K")])
+def test_every_record_matches_the_published_dlq_schema(original: bytes | None, key: bytes | None) -> None:
+    schema = orjson.loads((Path(__file__).resolve().parents[2] / "schemas" / "dlq-record.schema.json").read_bytes())
+    value = orjson.loads(record(original, key).to_message()[1])
+    assert set(value) == set(schema["properties"]) and schema["additionalProperties"] is False
+    DlqValue.model_validate(value)  # the model the schema file is generated from
+    with pytest.raises(ValidationError):
+        DlqValue.model_validate({**value, "surprise": 1})
