@@ -42,7 +42,7 @@ app = typer.Typer(
     name="atp",
     help="atp-engine: real-time available-to-promise inventory (Kafka → bytewax → Redis/Lua).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 topics_app = typer.Typer(help="Kafka topics of the engine.", no_args_is_help=True)

@@ -149,3 +149,14 @@ def test_topics_create_against_a_dead_broker_is_one_line(
     _out, err = capfd.readouterr()  # file descriptors: librdkafka writes from C threads
     assert exited.value.code == cli.EXIT_ERROR
     assert_one_line_error(err, "cannot create topics on 127.0.0.1:1")
+
+
+def test_shell_completion_completes_command_names(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _err = run(["--show-completion", "bash"], capsys)
+    assert code == 0 and "_atp_completion" in out
+    monkeypatch.setenv("_ATP_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", "atp fl")
+    monkeypatch.setenv("COMP_CWORD", "1")
+    code, out, _err = run([], capsys)
+    assert code == 0 and out.split() == ["flow"]
