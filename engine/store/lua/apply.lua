@@ -301,7 +301,10 @@ F.expire_due()
 if S.more_due then
   -- later offsets of this source wait until this command is applied (a pipelined batch
   -- runs them before the store sends this one again)
-  if checks_offset and not seen[7] then state_set['!B'] = source .. '|' .. offset .. '|' .. NOW end
+  local mark = source .. '|' .. offset .. '|'
+  if checks_offset and cmd ~= '~continue' and (not seen[7] or string.sub(seen[7], 1, #mark) == mark) then
+    state_set['!B'] = mark .. NOW -- (again: the wait is counted from this command's last call)
+  end
   return F.more()
 end
 if cmd == '~continue' then
