@@ -30,7 +30,9 @@ def _http(base_url: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=base_url,
         headers=bearer(RESERVER),
-        limits=httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS),
+        # idle connections are dropped before uvicorn's 5 s keep-alive timeout could close one
+        # under a request about to be sent on it (a ReadError on a loaded machine)
+        limits=httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS, keepalive_expiry=2.0),
         timeout=60.0,
     )
 
