@@ -65,7 +65,10 @@ def prometheus_binaries() -> tuple[str, str]:
             ["bash", str(ROOT / "dashboards" / "install-prometheus.sh")], capture_output=True, text=True, timeout=600
         )
         if proc.returncode != 0:
-            pytest.skip(f"Debian's prometheus package cannot be installed here: {proc.stderr.strip()[-500:]}")
+            why = f"Debian's prometheus package cannot be installed here: {proc.stderr.strip()[-500:]}"
+            if os.environ.get("CI"):
+                pytest.fail(why)  # CI must test the panels against a real Prometheus, never skip them
+            pytest.skip(why)  # a developer machine without apt access: said, not hidden
     prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
     assert prometheus and promtool
     return prometheus, promtool
