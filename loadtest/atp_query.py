@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadtest.progress import Progress
-from loadtest.server_stats import ServerMeter
+from loadtest.server_stats import SCRIPTS, ServerMeter
 from loadtest.stats import ratio, summarize, time_series
 from loadtest.target import Target
 
@@ -93,7 +93,7 @@ def run_atp_query(target: Target, cfg: AtpQueryConfig, progress: Progress, e16_r
     took = ends[-1] - starts[0]
     summary = summarize(lat)
     positions_per_s = len(lat) * cfg.skus / took
-    calls = phase.calls("evalsha")
+    calls = phase.calls(SCRIPTS)
     profile = _position_profile(target, names)
     return {
         "name": "P4",
@@ -106,8 +106,8 @@ def run_atp_query(target: Target, cfg: AtpQueryConfig, progress: Progress, e16_r
         "target": "p99 <= 2 ms",
         "target_met": bad == 0 and summary.p99_ms <= 2.0,
         "incomplete_answers": bad,
-        "script_usec_per_position": round(phase.usec_per_call("evalsha"), 2),
-        "script_usec_per_query": round(phase.usec("evalsha") / len(lat), 1),
+        "script_usec_per_position": round(phase.usec_per_call(SCRIPTS), 2),
+        "script_usec_per_query": round(phase.usec(SCRIPTS) / len(lat), 1),
         "server_cpu_us_per_query": round(phase.cpu_us_per(len(lat)), 1),
         "script_calls": calls,
         "position_script_profile": profile,
@@ -118,11 +118,10 @@ def run_atp_query(target: Target, cfg: AtpQueryConfig, progress: Progress, e16_r
 
 def _position_profile(target: Target, names: list[str], rounds: int = 20) -> dict[str, Any]:
     """Where a position call's time goes: the instrumented copy of position.lua (see P6)."""
-    from engine.store import scripts
     from engine.store.keys import sku_keys
     from loadtest.script_cost import PROFILE_NOTE, instrumented, profile_segments
 
-    source = instrumented(scripts._read("lib"), scripts._read("position"), work="position figures")
+    source = instrumented("position", work="position figures")
     calls = ((sku_keys(sku, target.prefix).all, [sku, 0, ""]) for _ in range(rounds) for sku in names)
     client = target.client()
     try:

@@ -25,7 +25,7 @@ from typing import Any
 from loadtest.history import ERROR, OK, REFUSED, History, check_oversell
 from loadtest.limits import stock_sku
 from loadtest.progress import Progress
-from loadtest.server_stats import ServerMeter
+from loadtest.server_stats import SCRIPTS, ServerMeter
 from loadtest.stats import ratio, summarize, time_series
 from loadtest.target import Target
 
@@ -244,7 +244,7 @@ def run_flash_sale(target: Target, cfg: FlashSaleConfig, progress: Progress, nam
     # Who limits the rate: the client processes' CPU per hold (start-up included) and the share
     # of the sale's wall time Redis spent inside the hold script.
     report["client_cpu_us_per_hold"] = round(client_cpu_s * 1e6 / max(len(history), 1), 1)
-    report["redis_script_busy_fraction"] = round(phase.usec("evalsha") / 1e6 / max(report["duration_s"], 1e-9), 3)
+    report["redis_script_busy_fraction"] = round(phase.usec(SCRIPTS) / 1e6 / max(report["duration_s"], 1e-9), 3)
     return report
 
 
@@ -261,8 +261,8 @@ def _report(name: str, cfg: FlashSaleConfig, history: History, position: dict[st
     attempts_per_s = attempts / duration
     selling_per_s = in_selling / selling_s if selling_s else 0.0
     successes_per_s = successes / selling_s if selling_s else 0.0
-    batches = phase.calls("evalsha")
-    script_usec = phase.usec("evalsha")
+    batches = phase.calls(SCRIPTS)
+    script_usec = phase.usec(SCRIPTS)
     lat = history.latencies()
     ends = [e - t0 for e in history.end]
     oks = [o == OK for o in history.outcome]

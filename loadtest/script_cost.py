@@ -2,16 +2,16 @@
 
 Figures:
 
-* per hold call during E1 (one hold per EVALSHA: the script's whole cost);
-* per hold during P1 (coalesced: one EVALSHA carries many holds);
-* fixed cost per call and marginal cost per hold: redis-benchmark runs of the script with 1 and
-  with ``batch`` holds per call (and of ``return 1`` with the same KEYS / ARGV: the price of
-  EVALSHA itself); the Redis commands the script issues are timed by commandstats too, so
-  "Redis commands" and "Lua (interpreter, cjson)" are told apart;
-* where the time goes inside the script: an instrumented copy of the current script reads the
-  server clock (``TIME``) at every section of lib.lua and at each step of hold.lua, and returns
-  the microseconds spent in each; the median over many calls is reported, with 1 and with
-  ``batch`` holds per call. The copy only ever runs on the benchmark's own keys.
+* per hold call during E1 (one hold per FCALL: the function's whole cost);
+* per hold during P1 (coalesced: one FCALL carries many holds);
+* fixed cost per call and marginal cost per hold: redis-benchmark runs of the hold function with
+  1 and with ``batch`` holds per call (and of a function returning 1 with the same KEYS / ARGV:
+  the price of FCALL itself); the Redis commands the function issues are timed by commandstats
+  too, so "Redis commands" and "Lua (interpreter, cjson)" are told apart;
+* where the time goes inside the call: a copy of the library (its own name) whose hold entry
+  reads the server clock (``TIME``) at each step and returns the microseconds spent in each; the
+  median over many calls is reported, with 1 and with ``batch`` holds per call. The copy only
+  ever runs on the benchmark's own keys.
 """
 
 from __future__ import annotations
@@ -26,29 +26,31 @@ from typing import Any
 
 from loadtest.limits import BENCHMARK_TIMEOUT_S, HUGE_STOCK, RAND_RANGE, ensure_redis_benchmark, stock_sku
 from loadtest.progress import Progress
-from loadtest.server_stats import PhaseStats, ServerMeter
+from loadtest.server_stats import SCRIPTS, PhaseStats, ServerMeter, is_script_command
 from loadtest.target import Target
 
 TARGET_US = 5.0
 
-# One local only: lib.lua already uses many of Lua's 200 locals per function.
+# One local only: lib.lua already uses many of Lua's 200 locals per function. The marks live in
+# the library; each call of the instrumented entry starts them afresh.
 _MARKER = """local __P = { m = {} }
 function __P.mark(name)
   local t = redis.call('TIME')
   __P.m[#__P.m + 1] = { name, tonumber(t[1]) * 1000000 + tonumber(t[2]) }
 end
-__P.mark('start')
-__P.mark('(one clock reading)')
 """
+_MARKER_START = """
+  __P.m = {}
+  __P.mark('start')
+  __P.mark('(one clock reading)')"""
 _MARKER_RETURN = """
-local __out, __prev = {}, nil
-for _, m in ipairs(__P.m) do
-  if __prev then __out[#__out + 1] = m[1]; __out[#__out + 1] = m[2] - __prev end
-  __prev = m[2]
-end
-return __out
-"""
-_SECTION = re.compile(r"^-{20,} ?(.*)$", re.M)
+  local __out, __prev = {}, nil
+  for _, m in ipairs(__P.m) do
+    if __prev then __out[#__out + 1] = m[1]; __out[#__out + 1] = m[2] - __prev end
+    __prev = m[2]
+  end
+  return __out"""
+PROFILE_PREFIX = "atpprof_"
 
 
 @dataclass(frozen=True)
@@ -65,48 +67,60 @@ class ScriptCostConfig:
             raise ValueError("call counts must be at least 10")
 
 
-def instrumented(lib: str, entry: str, work: str = "requests (checks, allocation, line json)") -> str:
-    """An instrumented copy of lib.lua + an entry script that returns ``[segment, µs, …]`` (pure).
+def instrument_entry(entry: str, work: str = "requests (checks, allocation, line json)") -> str:
+    """An entry file whose body returns ``[segment, µs, …]`` instead of its reply (pure).
 
-    A segment ends at every section separator of lib.lua (named after the section it closes),
-    after the entry's ``expire_due()`` line, before its ``flush()`` and before its final
-    ``return`` (the entry's segments are named ``entry: …``; ``work`` names the one between lazy
-    expiry and write-back). Whatever cannot be found is merged into the next segment.
+    A segment ends after the body's ``expire_due()`` line, before its ``flush()`` and before its
+    final ``return``; ``work`` names the one between lazy expiry and write-back. Whatever cannot be
+    found is merged into the next segment. (``begin`` and FCALL itself run before the body: P6's
+    call costs measure them.)
     """
-    parts = []
-    last = 0
-    name = "lib: header"
-    for m in _SECTION.finditer(lib):
-        parts.append(lib[last:m.start()])
-        parts.append(f"__P.mark({_lua_str(name)})\n")
-        name = "lib: " + (m.group(1).strip() or "section")
-        last = m.start()
-    parts.append(lib[last:])
-    parts.append(f"\n__P.mark({_lua_str(name)})\n")
-    returns = list(re.finditer(r"^return .*$", entry, flags=re.M))
+    entry = re.sub(r"^(entry\('\w+', function\(\))$", lambda m: m.group(1) + _MARKER_START, entry,
+                   count=1, flags=re.M)
+    returns = list(re.finditer(r"^(\s*)return (.*)$", entry, flags=re.M))
     if returns:
         r = returns[-1]
-        entry = entry[: r.start()] + "__P.mark('entry: write back (flush)')\nlocal __reply = " + \
-            r.group(0)[len("return "):] + "\n__P.mark('entry: reply encoding')\n" + entry[r.end():]
-    entry = re.sub(r"^(flush\(\)\s*)$", lambda m: f"__P.mark({_lua_str('entry: ' + work)})\n{m.group(1)}", entry,
+        entry = (entry[: r.start()] + "  __P.mark('entry: write back (flush)')\n  local __reply = " + r.group(2) +
+                 "\n  __P.mark('entry: reply encoding')" + _MARKER_RETURN + entry[r.end():])
+    entry = re.sub(r"^(\s*)((?:F\.)?flush\(\)\s*)$", lambda m: f"{m.group(1)}__P.mark({_lua_str('entry: ' + work)})\n"
+                   f"{m.group(1)}{m.group(2)}", entry, count=1, flags=re.M)
+    entry = re.sub(r"^((?!\s*local function)(\s*).*\bexpire_due\(\).*)$", r"\1\n\2__P.mark('entry: lazy expiry')", entry,
                    count=1, flags=re.M)
-    entry = re.sub(r"^((?!local function).*\bexpire_due\(\).*)$", r"\1\n__P.mark('entry: lazy expiry')", entry,
-                   count=1, flags=re.M)
-    return _MARKER + "".join(parts) + "\n" + entry + _MARKER_RETURN
+    return entry
+
+
+def instrumented(entry: str, work: str = "requests (checks, allocation, line json)") -> Any:
+    """A copy of the library (``atpprof_…``) whose ``entry`` is instrumented (``instrument_entry``):
+    the ``LuaScript`` to call."""
+    from engine.store import scripts
+
+    def read(name: str) -> str:
+        text = scripts._read(name)
+        if name == "lib":
+            return _MARKER + text
+        return instrument_entry(text, work) if name == entry else text
+
+    return scripts.entries(scripts.build_library(read, PROFILE_PREFIX))[entry]
 
 
 def _lua_str(s: str) -> str:
     return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _bench(target: Target, binary: str, source: str, sku_name: str, holds: int, calls: int) -> PhaseStats:
-    """Run ``calls`` EVALSHA of ``source`` with ``holds`` hold requests each on a fresh SKU."""
+#: A function that does nothing, called with the hold's KEYS / ARGV: the price of FCALL itself.
+EMPTY_LIBRARY = "#!lua name=atpbench\nredis.register_function('atpbench_empty', function() return 1 end)\n"
+
+
+def _bench(target: Target, binary: str, function: str, library: str, sku_name: str, holds: int,
+           calls: int) -> PhaseStats:
+    """Run ``calls`` FCALL of ``function`` (loaded from ``library``) with ``holds`` hold requests
+    each on a fresh SKU."""
     from engine.store.store import HoldRequest
 
     store = stock_sku(target, sku_name, HUGE_STOCK)
     client = store.redis
     sku = target.sku(sku_name)
-    sha = client.script_load(source)
+    client.function_load(library, replace=True)
     _script, keys, args = store._hold_call(sku, [HoldRequest(rid=f"X{i}", qty=1) for i in range(holds)])
     template = target.rid("s-__rand_int__")
     argv = [template if isinstance(a, str) and re.fullmatch(r"X\d+", a) else str(a) for a in args]
@@ -115,7 +129,7 @@ def _bench(target: Target, binary: str, source: str, sku_name: str, holds: int, 
            "-r", str(RAND_RANGE), "-q"]
     if target.password:
         cmd += ["-a", target.password]
-    cmd += ["EVALSHA", sha, str(len(keys)), *keys, *argv]
+    cmd += ["FCALL", function, str(len(keys)), *keys, *argv]
     with ServerMeter(client) as meter:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=BENCHMARK_TIMEOUT_S)
     client.close()
@@ -126,10 +140,11 @@ def _bench(target: Target, binary: str, source: str, sku_name: str, holds: int, 
 
 
 def _per_call(phase: PhaseStats) -> dict[str, float]:
-    calls = phase.calls("evalsha")
-    inner = sum(s.usec for name, s in phase.commands.items() if name not in ("evalsha", "eval", "script"))
+    calls = phase.calls(SCRIPTS)
+    inner = sum(s.usec for name, s in phase.commands.items()
+                if not is_script_command(name) and name not in ("script", "function"))
     return {
-        "usec": phase.usec("evalsha") / calls if calls else 0.0,
+        "usec": phase.usec(SCRIPTS) / calls if calls else 0.0,
         "inner_usec": inner / calls if calls else 0.0,
         "cpu_us": phase.cpu_us_per(calls),
     }
@@ -144,18 +159,20 @@ def fixed_and_marginal(one: dict[str, float], many: dict[str, float], batch: int
 
 
 def call_costs(target: Target, cfg: ScriptCostConfig, progress: Progress) -> dict[str, Any]:
-    """commandstats of ``return 1`` and of the hold script, with 1 and ``batch`` holds per call."""
+    """commandstats of a function that returns 1 and of the hold function, with 1 and ``batch``
+    holds per call."""
     from engine.store import scripts
 
     binary = ensure_redis_benchmark()
-    full = scripts.load_scripts()["hold"].source
-    runs = [("empty", "return 1"), ("hold", full)]
-    task = progress.add_task("P6: hold script, 1 and batched holds per call", total=4)
+    hold = scripts.load_scripts()["hold"]
+    runs = [("empty", "atpbench_empty", EMPTY_LIBRARY), ("hold", hold.function, hold.library.source)]
+    task = progress.add_task("P6: hold function, 1 and batched holds per call", total=4)
     out: dict[str, Any] = {}
-    for name, source in runs:
-        one = _per_call(_bench(target, binary, source, f"P6-{name}-1", 1, cfg.calls_single))
+    for name, function, library in runs:
+        one = _per_call(_bench(target, binary, function, library, f"P6-{name}-1", 1, cfg.calls_single))
         progress.advance(task)
-        many = _per_call(_bench(target, binary, source, f"P6-{name}-{cfg.batch}", cfg.batch, cfg.calls_batched))
+        many = _per_call(_bench(target, binary, function, library, f"P6-{name}-{cfg.batch}", cfg.batch,
+                                cfg.calls_batched))
         progress.advance(task)
         split = fixed_and_marginal(one, many, cfg.batch)
         out[name] = {
@@ -164,15 +181,17 @@ def call_costs(target: Target, cfg: ScriptCostConfig, progress: Progress) -> dic
             "fixed_per_call": {k: round(v, 2) for k, v in split["fixed"].items()},
             "marginal_per_hold": {k: round(v, 2) for k, v in split["per_hold"].items()},
         }
-    out["legend"] = ("usec: commandstats time inside EVALSHA; inner_usec: of that, the Redis commands "
+    out["legend"] = ("usec: commandstats time inside FCALL; inner_usec: of that, the Redis commands "
                      "the script called; cpu_us: server CPU (all of it: sockets, parsing, script)")
     return out
 
 
-def profile_segments(client: Any, source: str, calls: Iterator[tuple[list[str], list[Any]]]) -> dict[str, Any]:
-    """Run the instrumented ``source`` once per ``(keys, args)`` (16 per pipelined round trip)
-    and return the median and mean microseconds of each segment, in script order."""
-    sha = client.script_load(source)
+def profile_segments(client: Any, script: Any, calls: Iterator[tuple[list[str], list[Any]]]) -> dict[str, Any]:
+    """Run the instrumented entry ``script`` (``instrumented``) once per ``(keys, args)`` (16 per
+    pipelined round trip) and return the median and mean microseconds of each segment, in order."""
+    from engine.store import scripts
+
+    scripts.load(client, script.library)
     samples: dict[str, list[float]] = {}
     order: list[str] = []
     n = 0
@@ -182,7 +201,7 @@ def profile_segments(client: Any, source: str, calls: Iterator[tuple[list[str], 
             break
         pipe = client.pipeline(transaction=False)
         for keys, args in chunk:
-            pipe.evalsha(sha, len(keys), *keys, *args)
+            pipe.execute_command(*scripts.fcall(script, keys, args))
         n += len(chunk)
         for flat in pipe.execute():
             for i in range(0, len(flat), 2):
@@ -201,16 +220,15 @@ def profile_segments(client: Any, source: str, calls: Iterator[tuple[list[str], 
     }
 
 
-PROFILE_NOTE = ("each segment also pays one TIME call (see '(one clock reading)'); 'lib: <section>' is the "
-                "shared prelude, run on every call: building that section's closures and loading state")
+PROFILE_NOTE = ("each segment also pays one TIME call (see '(one clock reading)'); FCALL and begin (the "
+                "call's fresh state) run before the first mark: call_costs has them")
 
 
 def segment_profile(target: Target, cfg: ScriptCostConfig, progress: Progress) -> dict[str, Any]:
     """Median microseconds per segment of the instrumented hold script, with 1 and ``batch`` holds."""
-    from engine.store import scripts
     from engine.store.store import HoldRequest
 
-    source = instrumented(scripts._read("lib"), scripts._read("hold"))
+    source = instrumented("hold")
     task = progress.add_task("P6: where the time goes (instrumented copy)", total=2)
     out: dict[str, Any] = {}
     for holds in (1, cfg.batch):

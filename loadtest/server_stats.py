@@ -1,7 +1,7 @@
 """What the Redis server itself says about a phase of a benchmark: per-command call counts and
 time (``INFO commandstats``), its own CPU time (``INFO cpu``) and memory (``INFO memory``).
 
-``usec`` in commandstats is wall-clock time inside the command (for EVALSHA: the whole script,
+``usec`` in commandstats is wall-clock time inside the command (for FCALL or EVALSHA: the whole script,
 including the commands it calls), so on a busy machine it also counts time the server thread
 was preempted. The server's CPU time per call is the figure that stays honest under load; both
 are reported.
@@ -19,10 +19,11 @@ class CommandStat:
     usec: int
 
 
-#: The commands that run a script, lower case: EVALSHA is what the engine sends today (EVAL after a
-#: NOSCRIPT), FCALL if it moves to Redis functions. "The script's time" is the sum over these, so
-#: the figures stay right whichever of them the engine uses.
+#: The commands that run a script, lower case: FCALL is what the engine sends, EVALSHA what the
+#: minimal script of M1 / M16 and the profiles send. "The script's time" is the sum over these.
 SCRIPT_COMMANDS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro")
+#: The name ``PhaseStats.calls`` / ``usec`` take for all of ``SCRIPT_COMMANDS`` together.
+SCRIPTS = "scripts"
 
 
 def is_script_command(name: str | bytes) -> bool:
@@ -70,12 +71,19 @@ class PhaseStats:
     commands: dict[str, CommandStat]
     cpu_s: float
 
+    def _stat(self, command: str) -> CommandStat | None:
+        if command == SCRIPTS:
+            return script_totals(self.commands)
+        return self.commands.get(command)
+
     def calls(self, command: str) -> int:
-        stat = self.commands.get(command)
+        """Calls of ``command`` (lower case; ``SCRIPTS``: of every script command)."""
+        stat = self._stat(command)
         return stat.calls if stat else 0
 
     def usec(self, command: str) -> int:
-        stat = self.commands.get(command)
+        """Microseconds inside ``command`` (``SCRIPTS``: inside every script command)."""
+        stat = self._stat(command)
         return stat.usec if stat else 0
 
     def usec_per_call(self, command: str) -> float:

@@ -47,6 +47,7 @@ from engine.settings import Settings
 from engine.simulate import produce
 from loadtest.limits import LimitsUnavailable, run_limit
 from loadtest.progress import bench_progress
+from loadtest.server_stats import parse_command_stats, script_totals
 from loadtest.target import Target, TargetError, redis_target, require_loopback
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -200,10 +201,8 @@ def run_p3(settings: Settings, topics: Topics, expected: int, alerting: bool, se
     seconds = time.perf_counter() - started
     stats = server.info("commandstats")
     cpu = _server_cpu(server) - cpu0
-    evalsha = stats.get("cmdstat_evalsha", {"calls": 0, "usec": 0})
-    evals = stats.get("cmdstat_eval", {"calls": 0, "usec": 0})
-    script_calls = int(evalsha["calls"]) + int(evals["calls"])
-    script_usec = int(evalsha["usec"]) + int(evals["usec"])
+    scripts = script_totals(parse_command_stats(stats))
+    script_calls, script_usec = scripts.calls, scripts.usec
     first_t = next((s["t_s"] for s in series if s["messages"] > 0), 0.0)
     consumed = len(seen.messages)
     streaming = seconds - first_t

@@ -1,13 +1,18 @@
-"""Loading the Lua scripts and calling them by SHA, recovering from NOSCRIPT.
+"""The store's Lua, as one Redis function library, and calling it, reloading it when missing.
 
-Each entry script is ``lib.lua`` (the shared prelude), the sections only that entry needs
-(``ops.lua``, ``rebalance.lua``; see ``PRELUDES``), then the entry file. Calls go out as
-EVALSHA; when Redis answers NOSCRIPT (a restart, SCRIPT FLUSH, a new cluster node) the same call is
-sent once as EVAL with the source, which also caches the script on that node again.
+The library is ``lib.lua``, ``ops.lua`` and ``rebalance.lua``, then each entry file (``hold``,
+``reservation``, …) in a block of its own, then the registrations. Redis runs it once, at
+``FUNCTION LOAD``, so a call pays for its own work only, not for building the library's functions.
+Its name carries a digest of its code (``atp_<digest>``) and so do its functions
+(``atp_<digest>_hold``): engines of two versions can share a server, each calling its own.
+Calls go out as FCALL; when Redis answers that the function is missing (a restart, FUNCTION
+FLUSH, a new cluster node) the library is loaded and the call sent once more.
 
 An entry that finds more holds due than one call may expire answers ``MORE`` after expiring a
 bounded chunk (lib.lua, ``EXPIRE_LINES``); every function here sends such a call again until it
 answers, so callers never see ``MORE`` and each call Redis runs stays short.
+
+Functions need Redis ≥ 7.0 or Valkey ≥ 7.2 (docs/semantics-decisions-store.md, "Servers").
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -24,21 +29,14 @@ from typing import Any
 import orjson
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import ResponseError
 
 from engine.store.keys import KEY_NAMES
 
 ENTRY_SCRIPTS = ("hold", "reservation", "apply", "position", "sweep", "dump")
-# What goes in front of each entry file: Lua builds every function of a script on every call, so
-# an entry carries only the sections it uses.
-PRELUDES: dict[str, tuple[str, ...]] = {
-    "hold": ("lib",),
-    "reservation": ("lib", "ops"),
-    "apply": ("lib", "ops", "rebalance"),
-    "position": ("lib",),
-    "sweep": ("lib",),
-    "dump": ("lib",),
-}
+#: The files in front of the entries, in this order (the entries use what they define).
+LIBRARY_PARTS = ("lib", "ops", "rebalance")
+LIBRARY_PREFIX = "atp_"
 
 Arg = str | int
 #: The reply of an entry that expired a chunk of due holds and left the rest for another call.
@@ -178,36 +176,96 @@ def _wait_s(state: Settle) -> float:
 
 
 @dataclass(frozen=True)
-class LuaScript:
-    """One loadable script: its name, full source (prelude + entry) and SHA1."""
+class Library:
+    """The function library: its name and the text ``FUNCTION LOAD`` takes."""
 
     name: str
     source: str
-    sha: str
+
+
+@dataclass(frozen=True)
+class LuaScript:
+    """One entry of the library: its name (``hold``) and the function FCALL names."""
+
+    name: str
+    function: str
+    library: Library
 
 
 def _read(name: str) -> str:
     return resources.files("engine.store").joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
+def build_library(read: Callable[[str], str] = _read, prefix: str = LIBRARY_PREFIX) -> Library:
+    """The library from the Lua files as ``read`` gives them (the benchmarks' profiles pass an
+    instrumented copy, under another prefix)."""
+    parts = [read(part) for part in LIBRARY_PARTS]
+    # each entry in a block: its helpers stay its own, and the main chunk's 200 locals are spared
+    parts += [f"do -- ==== entry: {name}.lua ====\n{read(name)}\nend" for name in ENTRY_SCRIPTS]
+    code = "\n".join(parts)
+    name = prefix + hashlib.sha1(code.encode("utf-8")).hexdigest()[:16]
+    # (a library's code may call only the redis API while it loads: no pairs() over ENTRIES)
+    footer = "".join(f"\nredis.register_function('{name}_{entry}', ENTRIES.{entry})" for entry in ENTRY_SCRIPTS)
+    return Library(name, f"#!lua name={name}\n{code}{footer}\n")
+
+
+def entries(library: Library) -> dict[str, LuaScript]:
+    """Every entry of ``library``: name -> ``LuaScript``."""
+    return {name: LuaScript(name, f"{library.name}_{name}", library) for name in ENTRY_SCRIPTS}
+
+
 @lru_cache(maxsize=1)
+def load_library() -> Library:
+    """The library, built once per process."""
+    return build_library()
+
+
 def load_scripts() -> dict[str, LuaScript]:
-    """Every entry script, built once per process: name -> ``LuaScript``."""
-    out = {}
-    for name in ENTRY_SCRIPTS:
-        parts = [_read(part) for part in PRELUDES[name]]
-        source = "\n".join(parts) + "\n-- ==== entry: " + name + ".lua ====\n" + _read(name)
-        out[name] = LuaScript(name, source, hashlib.sha1(source.encode("utf-8")).hexdigest())
-    return out
+    """Every entry of the library: name -> ``LuaScript``."""
+    return entries(load_library())
+
+
+def fcall(script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> tuple[Any, ...]:
+    """The FCALL command of one call, for ``execute_command`` or a pipeline."""
+    return ("FCALL", script.function, len(keys), *keys, *args)
+
+
+class UnsupportedServer(ResponseError):
+    """The server has no function libraries (Redis < 7.0, Valkey < 7.2)."""
+
+
+def _missing(reply: Any) -> bool:
+    """Whether ``reply`` is the error of a function the server does not have (raises
+    ``UnsupportedServer`` for a server without FCALL)."""
+    if not isinstance(reply, ResponseError):
+        return False
+    text = str(reply).lower()
+    if "unknown command" in text and "fcall" in text:
+        raise UnsupportedServer(f"the store needs Redis >= 7.0 or Valkey >= 7.2 (function libraries): {reply}")
+    return "function not found" in text
+
+
+def load(client: Any, library: Library) -> None:
+    """Load ``library`` (on every primary of a cluster); loading it again changes nothing."""
+    client.function_load(library.source, replace=True)
+
+
+async def aload(client: Any, library: Library) -> None:
+    """Async twin of ``load``."""
+    await client.function_load(library.source, replace=True)
 
 
 def _once(client: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-    """One call, by SHA with NOSCRIPT recovery, sent again while it answers ``~more``."""
+    """One call, loading the library when the server lacks it, sent again while it answers
+    ``~more``."""
     while True:
         try:
-            reply = client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            reply = client.eval(script.source, len(keys), *keys, *args)
+            reply = client.execute_command(*fcall(script, keys, args))
+        except ResponseError as exc:
+            if not _missing(exc):
+                raise
+            load(client, script.library)
+            reply = client.execute_command(*fcall(script, keys, args))
         if not _more(reply):
             return reply
 
@@ -216,16 +274,19 @@ async def _aonce(client: Any, script: LuaScript, keys: Sequence[str], args: Sequ
     """Async twin of ``_once``."""
     while True:
         try:
-            reply = await client.evalsha(script.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            reply = await client.eval(script.source, len(keys), *keys, *args)
+            reply = await client.execute_command(*fcall(script, keys, args))
+        except ResponseError as exc:
+            if not _missing(exc):
+                raise
+            await aload(client, script.library)
+            reply = await client.execute_command(*fcall(script, keys, args))
         if not _more(reply):
             return reply
 
 
 def call(client: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
-    """Run ``script`` on a sync redis client (or cluster client), by SHA with NOSCRIPT recovery;
-    a supply job's parts are gathered into its one reply."""
+    """Run ``script`` on a sync redis client (or cluster client), loading the library when
+    missing; a supply job's parts are gathered into its one reply."""
     reply = _once(client, script, keys, args)
     return settle(client, (script, keys, args), reply) if _unsettled(reply) else reply
 
@@ -238,32 +299,42 @@ async def acall(client: Any, script: LuaScript, keys: Sequence[str], args: Seque
 
 Call = tuple[LuaScript, Sequence[str], Sequence[Arg]]
 
-# Pipelines send EVALSHA / EVAL through execute_command: redis-py's cluster pipeline refuses its
-# evalsha() method, yet routes the raw command by the slot of its keys.
+# Pipelines send FCALL through execute_command, which redis-py's cluster pipeline routes by the
+# slot of its keys.
+
+
+def _pipelined(client: Any, calls: Sequence[Call]) -> Any:
+    pipe = client.pipeline(transaction=False)
+    for script, keys, args in calls:
+        pipe.execute_command(*fcall(script, keys, args))
+    return pipe
+
+
+def _resend(results: list[Any]) -> list[int]:
+    """The calls that met a missing library (to send again once it is loaded); other errors are
+    raised."""
+    missing = [i for i, r in enumerate(results) if _missing(r)]
+    for r in results:
+        if isinstance(r, Exception) and not _missing(r):
+            raise r
+    return missing
 
 
 def call_many(client: Any, calls: Sequence[Call]) -> list[Any]:
     """Run several script calls in one pipelined round trip (no MULTI); results in order.
 
-    Calls that met NOSCRIPT are re-sent as EVAL in a second round trip. Other errors are raised.
+    Calls that met a missing library are sent again once it is loaded. Errors are raised.
     """
     if not calls:
         return []
-    pipe = client.pipeline(transaction=False)
-    for script, keys, args in calls:
-        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-    results = pipe.execute(raise_on_error=False)
-    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    results = _pipelined(client, calls).execute(raise_on_error=False)
+    missing = _resend(results)
     if missing:
-        pipe = client.pipeline(transaction=False)
-        for i in missing:
-            script, keys, args = calls[i]
-            pipe.execute_command("EVAL", script.source, len(keys), *keys, *args)
-        for i, r in zip(missing, pipe.execute(raise_on_error=False), strict=True):
+        load(client, calls[missing[0]][0].library)
+        again = _pipelined(client, [calls[i] for i in missing]).execute(raise_on_error=False)
+        for i, r in zip(missing, again, strict=True):
             results[i] = r
-    for r in results:
-        if isinstance(r, Exception):
-            raise r
+        _raise_errors(results)
     again = [i for i, r in enumerate(results) if _more(r)]
     if again:
         for i, r in zip(again, call_many(client, [calls[i] for i in again]), strict=True):
@@ -278,21 +349,14 @@ async def acall_many(client: Any, calls: Sequence[Call]) -> list[Any]:
     """Async twin of ``call_many``."""
     if not calls:
         return []
-    pipe = client.pipeline(transaction=False)
-    for script, keys, args in calls:
-        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-    results = await pipe.execute(raise_on_error=False)
-    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    results = await _pipelined(client, calls).execute(raise_on_error=False)
+    missing = _resend(results)
     if missing:
-        pipe = client.pipeline(transaction=False)
-        for i in missing:
-            script, keys, args = calls[i]
-            pipe.execute_command("EVAL", script.source, len(keys), *keys, *args)
-        for i, r in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+        await aload(client, calls[missing[0]][0].library)
+        again = await _pipelined(client, [calls[i] for i in missing]).execute(raise_on_error=False)
+        for i, r in zip(missing, again, strict=True):
             results[i] = r
-    for r in results:
-        if isinstance(r, Exception):
-            raise r
+        _raise_errors(results)
     again = [i for i, r in enumerate(results) if _more(r)]
     if again:
         for i, r in zip(again, await acall_many(client, [calls[i] for i in again]), strict=True):
@@ -337,7 +401,7 @@ def call_after_sets(client: Any, sets: Sequence[tuple[str, bytes]], script_call:
     round trip (two when a claim was taken already on a standalone Redis).
 
     Returns (whether each claim created its key — a key claimed twice in ``sets`` is created at
-    most by its first claim —, the script's result). A NOSCRIPT is retried as EVAL.
+    most by its first claim —, the script's result). A missing library is loaded and the call sent again.
     """
     script, keys, args = script_call
     if not sets:
@@ -350,10 +414,10 @@ def call_after_sets(client: Any, sets: Sequence[tuple[str, bytes]], script_call:
     else:
         for key, value in distinct.items():
             pipe.set(key, value, nx=True)
-    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    pipe.execute_command(*fcall(script, keys, args))
     results = pipe.execute(raise_on_error=False)
     last = results[-1]
-    if isinstance(last, NoScriptError) or _more(last):
+    if _missing(last) or _more(last):
         last = call(client, script, keys, args)
     _raise_errors(results[:-1])
     if isinstance(last, Exception):
@@ -386,10 +450,10 @@ async def acall_after_sets(client: Any, sets: Sequence[tuple[str, bytes]],
     else:
         for key, value in distinct.items():
             pipe.set(key, value, nx=True)
-    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    pipe.execute_command(*fcall(script, keys, args))
     results = await pipe.execute(raise_on_error=False)
     last = results[-1]
-    if isinstance(last, NoScriptError) or _more(last):
+    if _missing(last) or _more(last):
         last = await acall(client, script, keys, args)
     _raise_errors(results[:-1])
     if isinstance(last, Exception):

@@ -1,4 +1,4 @@
-"""The store's checkout operations against the real Redis: holds, lifecycle, expiry, NOSCRIPT."""
+"""The store's checkout operations against the real Redis: holds, lifecycle, expiry, a lost library."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
+from engine.store import scripts
 from engine.store.store import AsyncStore, Store
 from engine.store.wire import HoldRequest, SupplyCommand
 
@@ -112,15 +114,45 @@ def test_guards_order_cap_customer_limit_channel_quota(redis: Any) -> None:
     assert store.get_policy("S1")["order_cap"] == 5
 
 
-def test_scripts_reload_themselves_after_script_flush(redis: Any) -> None:
+def _libraries(redis: Any) -> list[str]:
+    return sorted({lib["library_name"] for lib in redis.function_list()})
+
+
+def test_the_library_loads_itself_again_after_function_flush(redis: Any) -> None:
     store = Store(redis, now_ms=T0)
     stock(store, "S1", 3)
-    redis.script_flush()
-    assert store.hold_batch("S1", [HoldRequest("r1", 1)])[0]["status"] == "ok"
-    redis.script_flush()
-    assert [p["atp"] for p in store.positions(["S1", "S2", "S1"])] == [2, 0, 2]
-    redis.script_flush()
+    assert _libraries(redis) == [scripts.load_library().name]
+    redis.function_flush()
+    assert store.hold_batch("S1", [HoldRequest("r1", 1)])[0]["status"] == "ok"  # one call
+    redis.function_flush()
+    assert [p["atp"] for p in store.positions(["S1", "S2", "S1"])] == [2, 0, 2]  # a pipeline
+    redis.function_flush()
     assert store.apply([SupplyCommand("S1", "adjust", {"loc": "A", "delta": 1})])[0]["position"]["atp"] == 3
+    redis.function_flush()
+    claimed, replies = scripts.call_after_sets(redis, [("claim-x", b"1")], store._hold_call("S1", [HoldRequest("r2", 1)]))
+    assert claimed == [True] and replies[0] in (b"ok", "ok")
+    assert _libraries(redis) == [scripts.load_library().name]
+
+
+def test_engines_of_two_versions_share_a_server_each_calling_its_own_library(redis: Any) -> None:
+    store = Store(redis, now_ms=T0)
+    stock(store, "S1", 5)
+    # another version: the same Lua with one more comment line
+    other = scripts.entries(scripts.build_library(lambda name: scripts._read(name) + ("\n-- v2" if name == "lib" else "")))
+    assert other["hold"].function != store._scripts["hold"].function
+    _script, keys, args = store._hold_call("S1", [HoldRequest("r-new", 2)])
+    raw = scripts.call(redis, other["hold"], keys, args)
+    assert raw[0] in (b"ok", "ok")
+    assert store.hold_batch("S1", [HoldRequest("r-old", 1)])[0]["status"] == "ok"
+    assert _libraries(redis) == sorted([scripts.load_library().name, other["hold"].library.name])
+    assert store.position("S1")["atp"] == 2
+
+
+def test_a_server_without_functions_is_named_in_the_error() -> None:
+    with pytest.raises(scripts.UnsupportedServer, match="Redis >= 7.0 or Valkey >= 7.2"):
+        scripts._missing(ResponseError("unknown command 'FCALL', with args beginning with: 'atp_x_hold'"))
+    assert scripts._missing(ResponseError("Function not found"))
+    assert not scripts._missing(ResponseError("WRONGTYPE Operation against a key"))
 
 
 def test_bad_arguments_are_refused_with_a_reason(redis: Any) -> None:
@@ -166,8 +198,11 @@ def test_async_store_gives_the_same_replies(redis: Any, redis_url: str, redis_cl
             client = aioredis.Redis.from_url(redis_url, decode_responses=True)
         store = AsyncStore(client, now_ms=T0)
         try:
+            await client.function_flush()  # each async path loads the library again when it is lost
             held = await store.hold_batch("S1", [HoldRequest("r1", 3), HoldRequest("r2", 3)])
+            await client.function_flush()
             confirmed = await store.confirm("S1", "r1")
+            await client.function_flush()
             pos = await store.positions(["S1"])
             dump = await store.dump("S1")
             return [held, confirmed, pos, dump]

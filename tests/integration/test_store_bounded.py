@@ -22,7 +22,7 @@ from engine.store.wire import HoldRequest, SupplyCommand
 T0 = 1_700_000_000_000
 KEEP_MS = 60_000
 # lines one call expires, as lib.lua says
-EXPIRE_LINES = int(re.search(r"EXPIRE_LINES = \d+, (\d+)", scripts.load_scripts()["hold"].source)[1])
+EXPIRE_LINES = int(re.search(r"EXPIRE_LINES = \d+, (\d+)", scripts.load_library().source)[1])
 
 
 def _ended_lines(store: Store, sku: str, n: int) -> None:
@@ -82,7 +82,7 @@ def test_a_wave_of_20k_holds_coming_due_is_expired_in_bounded_calls_before_the_n
     chunks = 0
     while True:
         # the hold script, sent as the store sends it, one call at a time
-        reply = redis.evalsha(call[0].sha, len(call[1]), *call[1], *call[2])
+        reply = redis.execute_command(*scripts.fcall(*call))
         if reply not in (scripts.MORE, scripts.MORE.decode()):
             break
         chunks += 1
@@ -208,11 +208,11 @@ def _chunked(twin: _Twin, cmd: str, payload: dict[str, Any], between: Any = None
     twin.offset += 1
     command = SupplyCommand(twin.sku, cmd, payload, source="t:0", offset=twin.offset)
     [(script, keys, args)] = twin.store._apply_calls([command])
-    twin.redis.script_load(script.source)
+    scripts.load(twin.redis, script.library)
     lists: dict[str, list[Any]] = {"at_risk": [], "slipped": []}
     calls = 0
     while True:
-        raw = twin.redis.evalsha(script.sha, len(keys), *keys, *args)
+        raw = twin.redis.execute_command(*scripts.fcall(script, keys, args))
         calls += 1
         assert check_invariants(twin.redis) == []
         raw = raw.encode() if isinstance(raw, str) else raw

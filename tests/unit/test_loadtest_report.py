@@ -12,7 +12,7 @@ from loadtest.history import ERROR, OK, REFUSED, History, check_oversell
 from loadtest.http_driver import Step, _raw
 from loadtest.limits import parse_csv
 from loadtest.report import summary_rows
-from loadtest.script_cost import fixed_and_marginal, instrumented
+from loadtest.script_cost import fixed_and_marginal, instrument_entry, instrumented
 from loadtest.stats import percentile, ratio, summarize, time_series
 
 # --------------------------------------------------------------------------- percentiles
@@ -186,40 +186,47 @@ def test_fixed_and_marginal_split_a_linear_cost() -> None:
     assert split["fixed"]["usec"] == pytest.approx(40.0)
 
 
-LIB = """redis.replicate_commands()
-local K = 1
------------------------------------------------------------------------------ policy
-local pol = 2
------------------------------------------------------------------------------ write back
-local function flush() end
-"""
 HOLD = """-- hold.lua
-expire_due()
-local replies = {}
-flush()
-return cjson.encode(replies)
+entry('hold', function()
+  F.load_state()
+  F.expire_due()
+  if S.more_due then return F.more() end
+  local replies = {}
+  flush()
+  return cjson.encode(replies)
+end)
 """
 
 
-def test_instrumented_script_marks_every_section_and_step() -> None:
-    src = instrumented(LIB, HOLD)
+def test_an_instrumented_entry_marks_each_step_and_returns_the_marks() -> None:
+    src = instrument_entry(HOLD)
     marks = re.findall(r"__P\.mark\('([^']*)'\)", src)
     assert marks == [
-        "start", "(one clock reading)", "lib: header", "lib: policy", "lib: write back",
-        "entry: lazy expiry", "entry: requests (checks, allocation, line json)",
+        "start", "(one clock reading)", "entry: lazy expiry", "entry: requests (checks, allocation, line json)",
         "entry: write back (flush)", "entry: reply encoding",
     ]
-    # the entry still runs its statements in order, and returns the marks instead of the reply
-    assert src.index("expire_due()") < src.index("'entry: lazy expiry'") < src.index("\nflush()")
+    # the body still runs its statements in order, starts its marks afresh on every call, and
+    # returns the marks instead of the reply
+    assert src.index("__P.m = {}") < src.index("F.load_state()")
+    assert src.index("expire_due()") < src.index("'entry: lazy expiry'") < src.index("\n  flush()")
     assert "local __reply = cjson.encode(replies)" in src
-    assert src.rstrip().endswith("return __out")
-    assert src.index("redis.replicate_commands()") < src.index("'lib: header'")
+    assert src.rstrip().endswith("return __out\nend)")
 
 
-def test_instrumented_script_merges_steps_it_cannot_find() -> None:
-    src = instrumented(LIB, "local x = 1\nreturn x\n")
+def test_an_instrumented_entry_merges_steps_it_cannot_find() -> None:
+    src = instrument_entry("entry('x', function()\n  local x = 1\n  return x\nend)\n")
     marks = re.findall(r"__P\.mark\('([^']*)'\)", src)
     assert "entry: lazy expiry" not in marks and "entry: reply encoding" in marks
+
+
+def test_the_instrumented_library_has_its_own_name_and_the_same_entries() -> None:
+    from engine.store import scripts
+
+    script = instrumented("hold")
+    assert script.library.name.startswith("atpprof_") and script.function == script.library.name + "_hold"
+    assert script.library.name != scripts.load_library().name
+    for name in scripts.ENTRY_SCRIPTS:
+        assert f"redis.register_function('{script.library.name}_{name}', ENTRIES.{name})" in script.library.source
 
 
 # --------------------------------------------------------------------------- HTTP requests, names, summary
@@ -263,13 +270,15 @@ def test_summary_rows_compare_with_limits_and_targets() -> None:
     assert rows[5]["vs"] == "E16" and rows[5]["ratio"] == 0.5
 
 
-def test_instrumented_position_script_marks_a_guarded_expiry_and_names_its_work() -> None:
-    entry = "if ARGV[4] ~= '1' then expire_due() end\nlocal reply = position(nil)\nflush()\nreturn cjson.encode(reply)\n"
-    src = instrumented(LIB + "local function expire_due() end\n", entry, work="position figures")
+def test_an_instrumented_position_entry_marks_a_guarded_expiry_and_names_its_work() -> None:
+    entry = ("local function expire_due() end\nentry('position', function()\n"
+             "  if ARGV[4] ~= '1' then expire_due() end\n  local reply = position(nil)\n  flush()\n"
+             "  return cjson.encode(reply)\nend)\n")
+    src = instrument_entry(entry, work="position figures")
     marks = re.findall(r"__P\.mark\('([^']*)'\)", src)
     assert marks[-4:] == ["entry: lazy expiry", "entry: position figures", "entry: write back (flush)",
                           "entry: reply encoding"]
-    # the library's own definition of expire_due is not mistaken for the call
+    # the file's own definition of expire_due is not mistaken for the call
     assert src.count("__P.mark('entry: lazy expiry')") == 1
     assert src.index("then expire_due() end") < src.index("'entry: lazy expiry'")
 

@@ -266,94 +266,96 @@ local function log_event(event_id)
   state_set['e' .. event_id] = S.events
 end
 
-local cmd, event_id, source = ARGV[3], ARGV[4], ARGV[5]
-local offset = tonumber(ARGV[6]) or -1
-local keep_s = tonumber(ARGV[9]) or 0
-S.budget = tonumber(ARGV[10] or '') or 0
-if S.budget <= 0 then S.budget = JOB_LINES end
-S.report = { at_risk = {}, slipped = {} }
+entry('apply', function()
+  local cmd, event_id, source = ARGV[3], ARGV[4], ARGV[5]
+  local offset = tonumber(ARGV[6]) or -1
+  local keep_s = tonumber(ARGV[9]) or 0
+  S.budget = tonumber(ARGV[10] or '') or 0
+  if S.budget <= 0 then S.budget = JOB_LINES end
+  S.report = { at_risk = {}, slipped = {} }
 
--- the reply, kept under the stash key when asked to
-local function kept(reply)
-  if keep_s > 0 then redis.call('SET', K.stash, reply, 'EX', keep_s) end
-  return reply
-end
-
--- run the job as far as this call's budget goes: its reply when done, else a part
--- '~part<token>|<lists>' (the lines it reported so far) and the job kept under '!J'
-local function advance(J)
-  S.job = J
-  if F.run_job(J) then
-    if J.saved then redis.call('HDEL', K.state, '!J') end
-    return kept(finish(J.head))
+  -- the reply, kept under the stash key when asked to
+  local function kept(reply)
+    if keep_s > 0 then redis.call('SET', K.stash, reply, 'EX', keep_s) end
+    return reply
   end
-  F.save_touched()
-  J.saved = true
-  state_set['!J'] = cjson.encode(J)
-  local part = '~part' .. J.t .. '|' .. lists_json(S.report)
-  F.flush()
-  return part
-end
 
-local checks_offset = source ~= '' and offset >= 0
-local seen = F.load_state(checks_offset and '@' .. source or '!', event_id ~= '' and 'e' .. event_id or '!', '!B')
-F.expire_due()
-if S.more_due then
-  -- later offsets of this source wait until this command is applied (a pipelined batch
-  -- runs them before the store sends this one again)
-  local mark = source .. '|' .. offset .. '|'
-  if checks_offset and cmd ~= '~continue' and (not seen[7] or string.sub(seen[7], 1, #mark) == mark) then
-    state_set['!B'] = mark .. NOW -- (again: the wait is counted from this command's last call)
-  end
-  return F.more()
-end
-if cmd == '~continue' then
-  local J = S.job
-  if J and J.t == ARGV[7] then return advance(J) end
-  -- the job was finished by another caller: its reply went there
-  return finish({ status = 'ok', reason = 'job_done' }, NOTHING)
-end
-local handler = H[cmd]
-if not handler then
-  F.flush()
-  return redis.error_reply('ERR unknown supply command ' .. tostring(cmd))
-end
-
-if seen[7] then
-  local bsrc, boff, bms = string.match(seen[7], '^(.*)|(%d+)|(%d+)$')
-  local mine = checks_offset and bsrc == source
-  if mine and offset > tonumber(boff) and NOW - tonumber(bms) < BLOCK_MS then
+  -- run the job as far as this call's budget goes: its reply when done, else a part
+  -- '~part<token>|<lists>' (the lines it reported so far) and the job kept under '!J'
+  local function advance(J)
+    S.job = J
+    if F.run_job(J) then
+      if J.saved then redis.call('HDEL', K.state, '!J') end
+      return kept(finish(J.head))
+    end
+    F.save_touched()
+    J.saved = true
+    state_set['!J'] = cjson.encode(J)
+    local part = '~part' .. J.t .. '|' .. lists_json(S.report)
     F.flush()
-    return '~busy'
+    return part
   end
-  -- the command it waited for is here (or never came back in time)
-  if (mine and offset == tonumber(boff)) or NOW - tonumber(bms) >= BLOCK_MS then
-    redis.call('HDEL', K.state, '!B')
+
+  local checks_offset = source ~= '' and offset >= 0
+  local seen = F.load_state(checks_offset and '@' .. source or '!', event_id ~= '' and 'e' .. event_id or '!', '!B')
+  F.expire_due()
+  if S.more_due then
+    -- later offsets of this source wait until this command is applied (a pipelined batch
+    -- runs them before the store sends this one again)
+    local mark = source .. '|' .. offset .. '|'
+    if checks_offset and cmd ~= '~continue' and (not seen[7] or string.sub(seen[7], 1, #mark) == mark) then
+      state_set['!B'] = mark .. NOW -- (again: the wait is counted from this command's last call)
+    end
+    return F.more()
   end
-end
-if checks_offset and offset <= tonumber(seen[5] or '-1') then
-  return finish({ status = 'duplicate', reason = 'offset' }, NOTHING)
-end
-if event_id ~= '' and seen[6] and tonumber(seen[6]) > S.events - EVENT_LOG_SIZE then
-  return kept(finish({ status = 'duplicate', reason = 'event_id' }, NOTHING))
-end
-if S.job then
-  F.flush()
-  return '~busy' .. S.job.t
-end
+  if cmd == '~continue' then
+    local J = S.job
+    if J and J.t == ARGV[7] then return advance(J) end
+    -- the job was finished by another caller: its reply went there
+    return finish({ status = 'ok', reason = 'job_done' }, NOTHING)
+  end
+  local handler = H[cmd]
+  if not handler then
+    F.flush()
+    return redis.error_reply('ERR unknown supply command ' .. tostring(cmd))
+  end
 
-if checks_offset then state_set['@' .. source] = ARGV[6] end
-if event_id ~= '' then log_event(event_id) end
-S.applied = S.applied + 1
-S.dirty = true
-state_set['j' .. (S.applied % JOURNAL_SIZE)] =
-  NOW .. '|' .. cmd .. '|' .. (event_id ~= '' and S.events or '') .. '|' .. ARGV[8]
+  if seen[7] then
+    local bsrc, boff, bms = string.match(seen[7], '^(.*)|(%d+)|(%d+)$')
+    local mine = checks_offset and bsrc == source
+    if mine and offset > tonumber(boff) and NOW - tonumber(bms) < BLOCK_MS then
+      F.flush()
+      return '~busy'
+    end
+    -- the command it waited for is here (or never came back in time)
+    if (mine and offset == tonumber(boff)) or NOW - tonumber(bms) >= BLOCK_MS then
+      redis.call('HDEL', K.state, '!B')
+    end
+  end
+  if checks_offset and offset <= tonumber(seen[5] or '-1') then
+    return finish({ status = 'duplicate', reason = 'offset' }, NOTHING)
+  end
+  if event_id ~= '' and seen[6] and tonumber(seen[6]) > S.events - EVENT_LOG_SIZE then
+    return kept(finish({ status = 'duplicate', reason = 'event_id' }, NOTHING))
+  end
+  if S.job then
+    F.flush()
+    return '~busy' .. S.job.t
+  end
 
-local J = { t = tostring(S.applied), phases = {}, i = 1 }
-J.head = handler(cjson.decode(ARGV[7]), J)
-if REBALANCING[cmd] then
-  J.phases[#J.phases + 1] = 'shed'
-  J.phases[#J.phases + 1] = 'refill'
-end
-J.phases[#J.phases + 1] = 'report'
-return advance(J)
+  if checks_offset then state_set['@' .. source] = ARGV[6] end
+  if event_id ~= '' then log_event(event_id) end
+  S.applied = S.applied + 1
+  S.dirty = true
+  state_set['j' .. (S.applied % JOURNAL_SIZE)] =
+    NOW .. '|' .. cmd .. '|' .. (event_id ~= '' and S.events or '') .. '|' .. ARGV[8]
+
+  local J = { t = tostring(S.applied), phases = {}, i = 1 }
+  J.head = handler(cjson.decode(ARGV[7]), J)
+  if REBALANCING[cmd] then
+    J.phases[#J.phases + 1] = 'shed'
+    J.phases[#J.phases + 1] = 'refill'
+  end
+  J.phases[#J.phases + 1] = 'report'
+  return advance(J)
+end)

@@ -5,30 +5,32 @@
 --        lots: {id: lot}, lines: {rid: line}, customers: {id: units}, channels: {id: units},
 --        policy (as stored; the store fills in the defaults), reliability: {supplier: rel_pm}, seq}
 
-F.load_state()
-local out = { locs = {}, lots = F.get_lots(), lines = {}, customers = {}, channels = {}, reliability = {} }
-for name, b in pairs(locs) do
-  out.locs[name] = {
-    on_hand = b.oh, safety = pol.safety, held = b.hd, committed = b.cm, oh_alloc = b.oa,
-    bo_alloc = b.ba, short = b.st,
-  }
-end
-F.load_all_lines()
-for rid, line in pairs(lines) do
-  if line == true then line = F.get_line(rid) end
-  if line then out.lines[rid] = line end
-end
--- '~' fields are the units of purged shipped lines, not a customer or channel
-local function usage_map(flat, into)
-  for i = 1, #flat, 2 do
-    if string.sub(flat[i], 1, 1) ~= '~' then into[flat[i]] = tonumber(flat[i + 1]) end
+entry('dump', function()
+  F.load_state()
+  local out = { locs = {}, lots = F.get_lots(), lines = {}, customers = {}, channels = {}, reliability = {} }
+  for name, b in pairs(locs) do
+    out.locs[name] = {
+      on_hand = b.oh, safety = pol.safety, held = b.hd, committed = b.cm, oh_alloc = b.oa,
+      bo_alloc = b.ba, short = b.st,
+    }
   end
-end
-usage_map(redis.call('HGETALL', K.cust), out.customers)
-usage_map(redis.call('HGETALL', K.chan), out.channels)
-local flat = redis.call('HGETALL', K.srel)
-for i = 1, #flat, 2 do out.reliability[flat[i]] = tonumber(flat[i + 1]) end
-local raw = redis.call('GET', K.pol)
-if raw then out.policy = cjson.decode(raw) else out.policy = {} end
-out.seq = S.seq
-return cjson.encode(out)
+  F.load_all_lines()
+  for rid, line in pairs(lines) do
+    if line == true then line = F.get_line(rid) end
+    if line then out.lines[rid] = line end
+  end
+  -- '~' fields are the units of purged shipped lines, not a customer or channel
+  local function usage_map(flat, into)
+    for i = 1, #flat, 2 do
+      if string.sub(flat[i], 1, 1) ~= '~' then into[flat[i]] = tonumber(flat[i + 1]) end
+    end
+  end
+  usage_map(redis.call('HGETALL', K.cust), out.customers)
+  usage_map(redis.call('HGETALL', K.chan), out.channels)
+  local flat = redis.call('HGETALL', K.srel)
+  for i = 1, #flat, 2 do out.reliability[flat[i]] = tonumber(flat[i + 1]) end
+  local raw = redis.call('GET', K.pol)
+  if raw then out.policy = cjson.decode(raw) else out.policy = {} end
+  out.seq = S.seq
+  return cjson.encode(out)
+end)

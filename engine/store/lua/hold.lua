@@ -9,27 +9,29 @@
 --        builds the hold replies {status, rid, line} | {status: refused, rid, reason, available}
 --        (or '~more' while more holds are due than one call expires: lib.lua EXPIRE_LINES)
 
-local flush = F.flush
-F.load_state()
-F.expire_due()
-if S.more_due then return F.more() end
-local rids = {}
-for i = 3, #ARGV, 2 do rids[#rids + 1] = ARGV[i] end
-F.prefetch_lines(rids)
-local out = {}
-local terms = {} -- terms string -> {qty, loc, ttl_ms, channel, customer, commit}
-local hold_one, num = F.hold_one, F.num
-for i = 3, #ARGV, 2 do
-  local t = terms[ARGV[i + 1]]
-  if not t then
-    local qty, loc, ttl, channel, customer, commit = string.match(ARGV[i + 1],
-      '^(%d+)|([^|]*)|(%d+)|([^|]*)|([^|]*)|([01])$')
-    t = { tonumber(qty), loc, tonumber(ttl), channel, customer, commit == '1' }
-    terms[ARGV[i + 1]] = t
+entry('hold', function()
+  local flush = F.flush
+  F.load_state()
+  F.expire_due()
+  if S.more_due then return F.more() end
+  local rids = {}
+  for i = 3, #ARGV, 2 do rids[#rids + 1] = ARGV[i] end
+  F.prefetch_lines(rids)
+  local out = {}
+  local terms = {} -- terms string -> {qty, loc, ttl_ms, channel, customer, commit}
+  local hold_one, num = F.hold_one, F.num
+  for i = 3, #ARGV, 2 do
+    local t = terms[ARGV[i + 1]]
+    if not t then
+      local qty, loc, ttl, channel, customer, commit = string.match(ARGV[i + 1],
+        '^(%d+)|([^|]*)|(%d+)|([^|]*)|([^|]*)|([01])$')
+      t = { tonumber(qty), loc, tonumber(ttl), channel, customer, commit == '1' }
+      terms[ARGV[i + 1]] = t
+    end
+    local status, raw, reason, available = hold_one(ARGV[i], t[1], t[2], t[3], t[4], t[5], t[6], false)
+    out[#out + 1] = status
+    out[#out + 1] = raw or reason .. ':' .. num(available)
   end
-  local status, raw, reason, available = hold_one(ARGV[i], t[1], t[2], t[3], t[4], t[5], t[6], false)
-  out[#out + 1] = status
-  out[#out + 1] = raw or reason .. ':' .. num(available)
-end
-flush()
-return out
+  flush()
+  return out
+end)

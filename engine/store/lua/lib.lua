@@ -1,7 +1,7 @@
--- lib.lua — shared prelude, concatenated in front of every entry script at load time; some
--- entries also get ops.lua (reservation operations) or rebalance.lua in between
--- (engine/store/scripts.py PRELUDES); lib.lua followed by hold.lua or position.lua alone is a
--- whole script (the benchmarks profile it that way). It only defines; each entry loads what it needs.
+-- lib.lua — the head of the atp function library (engine/store/scripts.py builds it: lib.lua,
+-- ops.lua, rebalance.lua, then each entry file in a block of its own, then the registrations).
+-- Redis runs the library once, at FUNCTION LOAD: the functions below are built then and kept;
+-- a call (FCALL atp_<version>_<entry>) only resets the call's state (begin) and runs the entry.
 --
 -- KEYS (every script, in this order; all carry the hash tag {sku}, so one cluster slot):
 --   1 state hash, the SKU's small state:
@@ -64,66 +64,70 @@
 -- written by concatenation without escaping; numbers stay below 1e14.
 -- Entries call F.load_state() first, change the tables below, and F.flush() writes back.
 --
--- Cost: Lua builds every function of a script on every call. A function that captures a local
--- declared before many other captured locals is expensive to build, so the functions live in one
--- table F (declared last) and the call's state in a few tables; numbers that repeat are formatted
--- once (F.num) and locations that did not change are written back as they were read.
+-- Cost: a call's fixed part is begin (a few small tables) and one HMGET of the state; numbers
+-- that repeat are formatted once (F.num) and locations that did not change are written back as
+-- they were read.
+--
+-- Everything a call reads or changes lives in the locals below, which begin sets afresh: nothing
+-- of one call survives into the next (a library's locals outlive its calls).
 
-redis.replicate_commands()
-
-local K = {
-  state = KEYS[1], lots = KEYS[2], res = KEYS[3], exp = KEYS[4], dead = KEYS[5], cust = KEYS[6],
-  chan = KEYS[7], srel = KEYS[8], pol = KEYS[9], pos = KEYS[10], ended = KEYS[11], pool = KEYS[12],
-  job = KEYS[13], stash = KEYS[14],
-}
-local SKU = ARGV[1]
-local NOW = tonumber(ARGV[2]) or 0
-if NOW <= 0 then
-  local t = redis.call('TIME')
-  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local KEYS, ARGV            -- the call's keys and arguments (FCALL's, as EVAL's would be)
+local K                     -- the keys by role (see above)
+local SKU, NOW              -- ARGV 1 and the call's time in ms (ARGV 2, or Redis TIME)
 local DAY_MS = 86400000
 
--- the call's state; tables are filled and changed in place, never replaced
-local S = {                 -- scalars
-  seq = 0, applied = 0, events = 0, -- counters kept in '!L'
-  dirty = false,            -- '!L' must be written back
-  pos_stale = false,        -- the kept position is out of date even if '!L' is not
-  kept = false,             -- a position is kept (pos key), to delete on a change
-  names = false,            -- sorted location names (false = rebuild)
-  lots_loaded = false, rel_loaded = false, live_lines = false, pool_ready = false,
-}
-local pol = {}              -- the policy (F.load_state)
-local rel = {}              -- supplier -> rel_pm (F.reliability loads it)
-local locs = {}             -- name -> {oh, hd, cm, oa, ba, st}
-local loc_raw = {}          -- name -> its '!L' segment as read, until the location is touched
-local state_set = {}        -- further state fields to write: field -> value
-local lots = {}             -- id -> {loc, qty, eta_ms, supplier, alloc} (F.get_lots loads them)
-local lines = {}            -- rid -> line; false = known absent or deleted; true = created in
+-- the call's state (begin empties it); within a call, tables change in place, never replaced
+local S                     -- scalars (begin lists them)
+local pol                   -- the policy (F.load_state)
+local rel                   -- supplier -> rel_pm (F.reliability loads it)
+local locs                  -- name -> {oh, hd, cm, oa, ba, st}
+local loc_raw               -- name -> its '!L' segment as read, until the location is touched
+local state_set             -- further state fields to write: field -> value
+local lots                  -- id -> {loc, qty, eta_ms, supplier, alloc} (F.get_lots loads them)
+local lines                 -- rid -> line; false = known absent or deleted; true = created in
                             -- this call, only its stored form is at hand (F.get_line decodes it)
-local line_raw = {}         -- rid -> the stored form of the line as it is now (nil once it changed)
-local line_home = {}        -- rid -> the hash the line is stored in as read (K.res or K.ended)
-local line_orig = {}        -- rid -> the stored form of the line as read (its pool members then)
-local pool_dirty = {}       -- rid -> true: the line changed since the last F.sync_pools
-local pool_now = {}         -- rid -> its pools as of the last F.sync_pools (F.line_pools)
-local pool_fresh = {}       -- rid -> the pools of a line F.hold_one created
+local line_raw              -- rid -> the stored form of the line as it is now (nil once it changed)
+local line_home             -- rid -> the hash the line is stored in as read (K.res or K.ended)
+local line_orig             -- rid -> the stored form of the line as read (its pool members then)
+local pool_dirty            -- rid -> true: the line changed since the last F.sync_pools
+local pool_now              -- rid -> its pools as of the last F.sync_pools (F.line_pools)
+local pool_fresh            -- rid -> the pools of a line F.hold_one created
 -- changes to write back: key -> true / value (write) or false (delete)
-local lot_chg, line_chg, dead_chg = {}, {}, {}
-local exp_add = {}          -- expires_ms -> rids to add to the expiry index
-local NUM = {}              -- number -> its decimal string
-local OH_ALLOC = {}         -- location -> qty -> stored form of one on-hand allocation there
--- the functions; the names listed here are built on every call (the rest on first use, see the
--- end), listing them sizes the table once
-local F = {
-  num = false, blt = false, call_chunked = false, parse_policy = false, load_state = false,
-  sorted_loc_names = false, encode_state = false, loc_get = false, loc_touch = false,
-  get_lots = false, promisable = false, got_line = false, get_line = false, prefetch_lines = false,
-  hmget_lines = false,
-  decode_line = false, encode_alloc = false, encode_line = false, free_oh = false, bo_free = false, capacity = false,
-  atp_of = false, allocate = false, promise = false, book_new = false, expire_at = false,
-  expire_due = false, hold_one = false, write_zset = false, flush = false, line_pools = false,
-  stored_pools = false, pool_members = false, ensure_pools = false, sync_pools = false,
-}
+local lot_chg, line_chg, dead_chg
+local exp_add               -- expires_ms -> rids to add to the expiry index
+local NUM                   -- number -> its decimal string
+local OH_ALLOC              -- location -> qty -> stored form of one on-hand allocation there
+
+-- start a call: its keys, arguments and time, and empty state
+local function begin(keys, argv)
+  KEYS, ARGV = keys, argv
+  K = {
+    state = keys[1], lots = keys[2], res = keys[3], exp = keys[4], dead = keys[5], cust = keys[6],
+    chan = keys[7], srel = keys[8], pol = keys[9], pos = keys[10], ended = keys[11], pool = keys[12],
+    job = keys[13], stash = keys[14],
+  }
+  SKU = argv[1]
+  NOW = tonumber(argv[2]) or 0
+  if NOW <= 0 then
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  S = {
+    seq = 0, applied = 0, events = 0, -- counters kept in '!L'
+    dirty = false,            -- '!L' must be written back
+    pos_stale = false,        -- the kept position is out of date even if '!L' is not
+    kept = false,             -- a position is kept (pos key), to delete on a change
+    names = false,            -- sorted location names (false = rebuild)
+    lots_loaded = false, rel_loaded = false, live_lines = false, pool_ready = false,
+    touched = {}, touched_order = {}, -- rid -> promised ms before the command, and their order
+  }                                   -- (rebalance.lua F.touch)
+  pol, rel, locs, loc_raw, state_set, lots, lines = {}, {}, {}, {}, {}, {}, {}
+  line_raw, line_home, line_orig, pool_dirty, pool_now, pool_fresh = {}, {}, {}, {}, {}, {}
+  lot_chg, line_chg, dead_chg, exp_add, NUM, OH_ALLOC = {}, {}, {}, {}, {}, {}
+end
+
+-- the functions
+local F = {}
 
 -- a whole number as a string, memoised: formatting a number costs more than a table lookup, and
 -- quantities, times and bucket values repeat within a call
@@ -819,299 +823,302 @@ end
 
 ----------------------------------------------------------------------------- used less often
 
--- The functions below are built on first use: most calls (a batch of fresh holds) never need
--- them, and building a function costs on every call.
-setmetatable(F, { __index = function(_, name)
-  setmetatable(F, nil)
-
-  function F.reliability(supplier)
-    if not S.rel_loaded then
-      S.rel_loaded = true
-      local flat = redis.call('HGETALL', K.srel)
-      for i = 1, #flat, 2 do rel[flat[i]] = tonumber(flat[i + 1]) end
-    end
-    return rel[supplier] or 1000
+function F.reliability(supplier)
+  if not S.rel_loaded then
+    S.rel_loaded = true
+    local flat = redis.call('HGETALL', K.srel)
+    for i = 1, #flat, 2 do rel[flat[i]] = tonumber(flat[i + 1]) end
   end
+  return rel[supplier] or 1000
+end
 
-  -- lot ids at loc ('' = any) by (eta_ms, id)
-  function F.lots_in_order(loc)
-    local all = F.get_lots()
-    local ids = {}
-    for id, lot in pairs(all) do
-      if loc == '' or lot.loc == loc then ids[#ids + 1] = id end
-    end
-    if #ids > 1 then
-      local blt = F.blt
-      table.sort(ids, function(a, b)
-        local ea, eb = all[a].eta_ms, all[b].eta_ms
-        if ea ~= eb then return ea < eb end
-        return blt(a, b)
-      end)
-    end
-    return ids
+-- lot ids at loc ('' = any) by (eta_ms, id)
+function F.lots_in_order(loc)
+  local all = F.get_lots()
+  local ids = {}
+  for id, lot in pairs(all) do
+    if loc == '' or lot.loc == loc then ids[#ids + 1] = id end
   end
-
-  function F.lot_delete(id)
-    F.get_lots()[id] = nil
-    lot_chg[id] = false
+  if #ids > 1 then
+    local blt = F.blt
+    table.sort(ids, function(a, b)
+      local ea, eb = all[a].eta_ms, all[b].eta_ms
+      if ea ~= eb then return ea < eb end
+      return blt(a, b)
+    end)
   end
+  return ids
+end
 
-  -- every live line (HGETALL of res: the ended ones live apart)
-  function F.load_live_lines()
-    if S.live_lines then return end
-    S.live_lines = true
-    local flat = redis.call('HGETALL', K.res)
-    for i = 1, #flat, 2 do
-      if lines[flat[i]] == nil then F.got_line(flat[i], flat[i + 1], K.res) end
-    end
+function F.lot_delete(id)
+  F.get_lots()[id] = nil
+  lot_chg[id] = false
+end
+
+-- every live line (HGETALL of res: the ended ones live apart)
+function F.load_live_lines()
+  if S.live_lines then return end
+  S.live_lines = true
+  local flat = redis.call('HGETALL', K.res)
+  for i = 1, #flat, 2 do
+    if lines[flat[i]] == nil then F.got_line(flat[i], flat[i + 1], K.res) end
   end
+end
 
-  -- every line, live and ended (the state dump)
-  function F.load_all_lines()
-    F.load_live_lines()
-    local flat = redis.call('HGETALL', K.ended)
-    for i = 1, #flat, 2 do
-      if lines[flat[i]] == nil then F.got_line(flat[i], flat[i + 1], K.ended) end
-    end
+-- every line, live and ended (the state dump)
+function F.load_all_lines()
+  F.load_live_lines()
+  local flat = redis.call('HGETALL', K.ended)
+  for i = 1, #flat, 2 do
+    if lines[flat[i]] == nil then F.got_line(flat[i], flat[i + 1], K.ended) end
   end
+end
 
-  -- the line changed: write it back, and its old stored form is stale
-  function F.mark(rid)
-    line_chg[rid] = true
-    line_raw[rid] = nil
-    pool_dirty[rid] = true
-  end
+-- the line changed: write it back, and its old stored form is stale
+function F.mark(rid)
+  line_chg[rid] = true
+  line_raw[rid] = nil
+  pool_dirty[rid] = true
+end
 
-  function F.delete_line(rid)
-    lines[rid] = false
-    line_raw[rid] = nil
-    line_chg[rid] = false
-    pool_dirty[rid] = true
-  end
+function F.delete_line(rid)
+  lines[rid] = false
+  line_raw[rid] = nil
+  line_chg[rid] = false
+  pool_dirty[rid] = true
+end
 
-  -- the pool index of every stored live line (a store written before the index existed)
-  function F.build_pools()
-    local flat = redis.call('HGETALL', K.res)
-    local add = {}
-    for i = 1, #flat, 2 do
-      for _, m in ipairs(F.pool_members(flat[i], F.stored_pools(flat[i + 1]))) do
-        add[#add + 1] = '0'
-        add[#add + 1] = m
-      end
-    end
-    if #add > 0 then F.call_chunked('ZADD', K.pool, add, 2) end
-  end
-
-  -- call fn(line) for each live line drawing on `pool`, by seq (newest first when
-  -- newest_first), from the member after `after` (nil: the first), until it returns true; then
-  -- returns the member it stopped at (nil when the pool ran out). Reads the index a page at a
-  -- time, so the work is the lines visited; brings it up to date first and leaves it as it is
-  -- during the walk.
-  function F.each_in_pool(pool, newest_first, fn, after)
-    F.ensure_pools()
-    F.sync_pools()
-    local lo, hi = '[' .. pool .. '|', '(' .. pool .. '}'
-    -- a page no longer than the call's budget: every line read is decoded
-    local size = math.min(POOL_PAGE, math.max(1, S.budget or POOL_PAGE))
-    if after then
-      if newest_first then hi = '(' .. after else lo = '(' .. after end
-    end
-    while true do
-      local page
-      if newest_first then
-        page = redis.call('ZREVRANGEBYLEX', K.pool, hi, lo, 'LIMIT', 0, size)
-      else
-        page = redis.call('ZRANGEBYLEX', K.pool, lo, hi, 'LIMIT', 0, size)
-      end
-      local rids = {}
-      for i = 1, #page do rids[i] = string.match(page[i], '^[^|]*|%d+|(.*)$') end
-      F.prefetch_lines(rids)
-      for i = 1, #rids do
-        local line = F.get_line(rids[i])
-        if line and F.is_live(line) and fn(line) then return page[i] end
-      end
-      if #page < size then return nil end
-      if newest_first then hi = '(' .. page[#page] else lo = '(' .. page[#page] end
+-- the pool index of every stored live line (a store written before the index existed)
+function F.build_pools()
+  local flat = redis.call('HGETALL', K.res)
+  local add = {}
+  for i = 1, #flat, 2 do
+    for _, m in ipairs(F.pool_members(flat[i], F.stored_pools(flat[i + 1]))) do
+      add[#add + 1] = '0'
+      add[#add + 1] = m
     end
   end
+  if #add > 0 then F.call_chunked('ZADD', K.pool, add, 2) end
+end
 
-  -- the wire line as json (docs/semantics.md "line")
-  function F.line_json(line)
-    local num = F.num
-    local parts = {}
-    for i, a in ipairs(line.alloc) do
-      parts[i] = '["' .. a[1] .. '","' .. a[2] .. '","' .. a[3] .. '",' .. num(a[4]) .. ']'
+-- call fn(line) for each live line drawing on `pool`, by seq (newest first when
+-- newest_first), from the member after `after` (nil: the first), until it returns true; then
+-- returns the member it stopped at (nil when the pool ran out). Reads the index a page at a
+-- time, so the work is the lines visited; brings it up to date first and leaves it as it is
+-- during the walk.
+function F.each_in_pool(pool, newest_first, fn, after)
+  F.ensure_pools()
+  F.sync_pools()
+  local lo, hi = '[' .. pool .. '|', '(' .. pool .. '}'
+  -- a page no longer than the call's budget: every line read is decoded
+  local size = math.min(POOL_PAGE, math.max(1, S.budget or POOL_PAGE))
+  if after then
+    if newest_first then hi = '(' .. after else lo = '(' .. after end
+  end
+  while true do
+    local page
+    if newest_first then
+      page = redis.call('ZREVRANGEBYLEX', K.pool, hi, lo, 'LIMIT', 0, size)
+    else
+      page = redis.call('ZRANGEBYLEX', K.pool, lo, hi, 'LIMIT', 0, size)
     end
-    return '{"rid":"' .. line.rid .. '","sku":"' .. SKU .. '","qty":' .. num(line.qty) ..
-      ',"loc":"' .. line.loc .. '","state":"' .. line.state .. '","expires_ms":' .. num(line.expires_ms) ..
-      ',"seq":' .. num(line.seq) .. ',"channel":"' .. line.channel .. '","customer":"' .. line.customer ..
-      '","alloc":[' .. table.concat(parts, ',') .. '],"promised_ms":' .. num(line.promised_ms) ..
-      ',"atp_after":' .. num(line.atp_after) .. '}'
-  end
-
-  -- a reply {status, rid, reason?, available?, line?} as json, the line as it is now
-  function F.reply_json(r)
-    local s = '{"status":"' .. r.status .. '","rid":"' .. r.rid .. '"'
-    if r.reason then s = s .. ',"reason":"' .. r.reason .. '"' end
-    if r.available then s = s .. ',"available":' .. F.num(r.available) end
-    if r.line then s = s .. ',"line":' .. F.line_json(r.line) end
-    return s .. '}'
-  end
-
-  function F.is_live(line)
-    return line.state == 'held' or line.state == 'committed'
-  end
-
-  function F.used(key, who)
-    return tonumber(redis.call('HGET', key, who) or '0')
-  end
-
-  function F.bump(key, who, delta)
-    if redis.call('HINCRBY', key, who, delta) == 0 then redis.call('HDEL', key, who) end
-  end
-
-  -- customer / channel usage += delta (either may be '': not counted)
-  function F.usage(customer, channel, delta)
-    if customer ~= '' then F.bump(K.cust, customer, delta) end
-    if channel ~= '' then F.bump(K.chan, channel, delta) end
-  end
-
-  function F.bo_location(loc)
-    if loc ~= '' then return loc end
-    local names = F.sorted_loc_names()
-    if #names > 0 then return names[1] end
-    return 'default'
-  end
-
-  -- add an allocation, folding it into an entry of the same kind, ref and location
-  function F.merge(allocs, new)
-    for _, a in ipairs(allocs) do
-      if a[1] == new[1] and a[2] == new[2] and a[3] == new[3] then
-        a[4] = a[4] + new[4]
-        return
-      end
+    local rids = {}
+    for i = 1, #page do rids[i] = string.match(page[i], '^[^|]*|%d+|(.*)$') end
+    F.prefetch_lines(rids)
+    for i = 1, #rids do
+      local line = F.get_line(rids[i])
+      if line and F.is_live(line) and fn(line) then return page[i] end
     end
-    allocs[#allocs + 1] = { new[1], new[2], new[3], new[4] }
+    if #page < size then return nil end
+    if newest_first then hi = '(' .. page[#page] else lo = '(' .. page[#page] end
   end
+end
 
-  function F.drop_empty(line)
-    local kept = {}
-    for _, a in ipairs(line.alloc) do
-      if a[4] > 0 then kept[#kept + 1] = a end
+-- the wire line as json (docs/semantics.md "line")
+function F.line_json(line)
+  local num = F.num
+  local parts = {}
+  for i, a in ipairs(line.alloc) do
+    parts[i] = '["' .. a[1] .. '","' .. a[2] .. '","' .. a[3] .. '",' .. num(a[4]) .. ']'
+  end
+  return '{"rid":"' .. line.rid .. '","sku":"' .. SKU .. '","qty":' .. num(line.qty) ..
+    ',"loc":"' .. line.loc .. '","state":"' .. line.state .. '","expires_ms":' .. num(line.expires_ms) ..
+    ',"seq":' .. num(line.seq) .. ',"channel":"' .. line.channel .. '","customer":"' .. line.customer ..
+    '","alloc":[' .. table.concat(parts, ',') .. '],"promised_ms":' .. num(line.promised_ms) ..
+    ',"atp_after":' .. num(line.atp_after) .. '}'
+end
+
+-- a reply {status, rid, reason?, available?, line?} as json, the line as it is now
+function F.reply_json(r)
+  local s = '{"status":"' .. r.status .. '","rid":"' .. r.rid .. '"'
+  if r.reason then s = s .. ',"reason":"' .. r.reason .. '"' end
+  if r.available then s = s .. ',"available":' .. F.num(r.available) end
+  if r.line then s = s .. ',"line":' .. F.line_json(r.line) end
+  return s .. '}'
+end
+
+function F.is_live(line)
+  return line.state == 'held' or line.state == 'committed'
+end
+
+function F.used(key, who)
+  return tonumber(redis.call('HGET', key, who) or '0')
+end
+
+function F.bump(key, who, delta)
+  if redis.call('HINCRBY', key, who, delta) == 0 then redis.call('HDEL', key, who) end
+end
+
+-- customer / channel usage += delta (either may be '': not counted)
+function F.usage(customer, channel, delta)
+  if customer ~= '' then F.bump(K.cust, customer, delta) end
+  if channel ~= '' then F.bump(K.chan, channel, delta) end
+end
+
+function F.bo_location(loc)
+  if loc ~= '' then return loc end
+  local names = F.sorted_loc_names()
+  if #names > 0 then return names[1] end
+  return 'default'
+end
+
+-- add an allocation, folding it into an entry of the same kind, ref and location
+function F.merge(allocs, new)
+  for _, a in ipairs(allocs) do
+    if a[1] == new[1] and a[2] == new[2] and a[3] == new[3] then
+      a[4] = a[4] + new[4]
+      return
     end
-    line.alloc = kept
   end
+  allocs[#allocs + 1] = { new[1], new[2], new[3], new[4] }
+end
 
-  -- add allocations to a live line and to the pool and bucket counters
-  function F.book(line, allocs)
-    for _, a in ipairs(allocs) do
-      local kind, ref, q = a[1], a[2], a[4]
-      local b = F.loc_touch(a[3])
-      if kind == 'oh' then
-        b.oa = b.oa + q
-      elseif kind == 'lot' then
-        local lot = F.get_lots()[ref]
-        lot.alloc = lot.alloc + q
-        lot_chg[ref] = true
-      elseif kind == 'bo' then
-        b.ba = b.ba + q
-      else
-        b.st = b.st + q
-      end
-      if line.state == 'held' then b.hd = b.hd + q else b.cm = b.cm + q end
-      F.merge(line.alloc, a)
-    end
-    F.mark(line.rid)
+function F.drop_empty(line)
+  local kept = {}
+  for _, a in ipairs(line.alloc) do
+    if a[4] > 0 then kept[#kept + 1] = a end
   end
+  line.alloc = kept
+end
 
-  -- remove q units of one allocation entry from the pool and bucket counters
-  function F.unbook(line, a, q)
-    local kind, ref = a[1], a[2]
+-- add allocations to a live line and to the pool and bucket counters
+function F.book(line, allocs)
+  for _, a in ipairs(allocs) do
+    local kind, ref, q = a[1], a[2], a[4]
     local b = F.loc_touch(a[3])
     if kind == 'oh' then
-      b.oa = b.oa - q
+      b.oa = b.oa + q
     elseif kind == 'lot' then
       local lot = F.get_lots()[ref]
-      if lot then
-        lot.alloc = lot.alloc - q
-        lot_chg[ref] = true
-      end
+      lot.alloc = lot.alloc + q
+      lot_chg[ref] = true
     elseif kind == 'bo' then
-      b.ba = b.ba - q
+      b.ba = b.ba + q
     else
-      b.st = b.st - q
+      b.st = b.st + q
     end
-    if line.state == 'held' then b.hd = b.hd - q else b.cm = b.cm - q end
-    a[4] = a[4] - q
-    F.mark(line.rid)
+    if line.state == 'held' then b.hd = b.hd + q else b.cm = b.cm + q end
+    F.merge(line.alloc, a)
   end
+  F.mark(line.rid)
+end
 
-  function F.return_units(line)
-    for _, a in ipairs(line.alloc) do F.unbook(line, a, a[4]) end
-    F.drop_empty(line)
-    F.usage(line.customer, line.channel, -line.qty)
+-- remove q units of one allocation entry from the pool and bucket counters
+function F.unbook(line, a, q)
+  local kind, ref = a[1], a[2]
+  local b = F.loc_touch(a[3])
+  if kind == 'oh' then
+    b.oa = b.oa - q
+  elseif kind == 'lot' then
+    local lot = F.get_lots()[ref]
+    if lot then
+      lot.alloc = lot.alloc - q
+      lot_chg[ref] = true
+    end
+  elseif kind == 'bo' then
+    b.ba = b.ba - q
+  else
+    b.st = b.st - q
   end
+  if line.state == 'held' then b.hd = b.hd - q else b.cm = b.cm - q end
+  a[4] = a[4] - q
+  F.mark(line.rid)
+end
 
-  -- the wire position as json (all locations, or only `location` when it is not nil)
-  function F.position_json(location)
-    local num, promisable, free_oh = F.num, F.promisable, F.free_oh
-    local safety = pol.safety
-    local pit, transit = {}, {}
-    local next_ms = 0
+function F.return_units(line)
+  for _, a in ipairs(line.alloc) do F.unbook(line, a, a[4]) end
+  F.drop_empty(line)
+  F.usage(line.customer, line.channel, -line.qty)
+end
+
+-- the wire position as json (all locations, or only `location` when it is not nil)
+function F.position_json(location)
+  local num, promisable, free_oh = F.num, F.promisable, F.free_oh
+  local safety = pol.safety
+  local pit, transit = {}, {}
+  local next_ms = 0
+  for _, lot in pairs(F.get_lots()) do
+    local p = promisable(lot)
+    transit[lot.loc] = (transit[lot.loc] or 0) + lot.qty
+    pit[lot.loc] = (pit[lot.loc] or 0) + p
+    if (location == nil or lot.loc == location) and p - lot.alloc > 0
+        and (next_ms == 0 or lot.eta_ms < next_ms) then
+      next_ms = lot.eta_ms
+    end
+  end
+  local names
+  if location == nil then
+    names = F.sorted_loc_names()
+  elseif locs[location] then
+    names = { location }
+  else
+    names = {}
+  end
+  local per = {}
+  local oh, hd, cm, it, pt, atp, now, short = 0, 0, 0, 0, 0, 0, 0, 0
+  for i, name in ipairs(names) do
+    local b = locs[name]
+    local p = pit[name] or 0
+    local t = transit[name] or 0
+    local a = b.oh + p - b.cm - b.hd - safety
+    per[i] = '"' .. name .. '":{"on_hand":' .. num(b.oh) .. ',"safety":' .. num(safety) ..
+      ',"held":' .. num(b.hd) .. ',"committed":' .. num(b.cm) .. ',"in_transit":' .. num(t) ..
+      ',"promisable_in_transit":' .. num(p) .. ',"atp":' .. num(a) .. ',"oh_alloc":' .. num(b.oa) ..
+      ',"bo_alloc":' .. num(b.ba) .. ',"short":' .. num(b.st) .. '}'
+    oh, hd, cm, it, pt, atp = oh + b.oh, hd + b.hd, cm + b.cm, it + t, pt + p, atp + a
+    now, short = now + free_oh(name), short + b.st
+  end
+  return '{"sku":"' .. SKU .. '","on_hand":' .. num(oh) .. ',"safety":' .. num(safety * #names) ..
+    ',"held":' .. num(hd) .. ',"committed":' .. num(cm) .. ',"in_transit":' .. num(it) ..
+    ',"promisable_in_transit":' .. num(pt) .. ',"atp":' .. num(atp) .. ',"promisable_now":' .. num(now) ..
+    ',"next_promise_ms":' .. num(next_ms) .. ',"oversold":' .. num(short) ..
+    ',"locations":{' .. table.concat(per, ',') .. '}}'
+end
+
+-- keep the position json (all locations) until the first moment time alone could change it:
+-- the earliest expiry in the index, a lot's ETA entering the horizon, or a minute from now
+function F.keep_position(json)
+  local until_ms = NOW + 60000
+  local first = redis.call('ZRANGEBYSCORE', K.exp, '(' .. F.num(NOW), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  if #first > 0 then until_ms = math.min(until_ms, tonumber(first[2])) end
+  if pol.mode ~= 'strict' and pol.horizon_s > 0 then
     for _, lot in pairs(F.get_lots()) do
-      local p = promisable(lot)
-      transit[lot.loc] = (transit[lot.loc] or 0) + lot.qty
-      pit[lot.loc] = (pit[lot.loc] or 0) + p
-      if (location == nil or lot.loc == location) and p - lot.alloc > 0
-          and (next_ms == 0 or lot.eta_ms < next_ms) then
-        next_ms = lot.eta_ms
-      end
+      local enters = lot.eta_ms - pol.horizon_s * 1000
+      if enters > NOW then until_ms = math.min(until_ms, enters) end
     end
-    local names
-    if location == nil then
-      names = F.sorted_loc_names()
-    elseif locs[location] then
-      names = { location }
-    else
-      names = {}
-    end
-    local per = {}
-    local oh, hd, cm, it, pt, atp, now, short = 0, 0, 0, 0, 0, 0, 0, 0
-    for i, name in ipairs(names) do
-      local b = locs[name]
-      local p = pit[name] or 0
-      local t = transit[name] or 0
-      local a = b.oh + p - b.cm - b.hd - safety
-      per[i] = '"' .. name .. '":{"on_hand":' .. num(b.oh) .. ',"safety":' .. num(safety) ..
-        ',"held":' .. num(b.hd) .. ',"committed":' .. num(b.cm) .. ',"in_transit":' .. num(t) ..
-        ',"promisable_in_transit":' .. num(p) .. ',"atp":' .. num(a) .. ',"oh_alloc":' .. num(b.oa) ..
-        ',"bo_alloc":' .. num(b.ba) .. ',"short":' .. num(b.st) .. '}'
-      oh, hd, cm, it, pt, atp = oh + b.oh, hd + b.hd, cm + b.cm, it + t, pt + p, atp + a
-      now, short = now + free_oh(name), short + b.st
-    end
-    return '{"sku":"' .. SKU .. '","on_hand":' .. num(oh) .. ',"safety":' .. num(safety * #names) ..
-      ',"held":' .. num(hd) .. ',"committed":' .. num(cm) .. ',"in_transit":' .. num(it) ..
-      ',"promisable_in_transit":' .. num(pt) .. ',"atp":' .. num(atp) .. ',"promisable_now":' .. num(now) ..
-      ',"next_promise_ms":' .. num(next_ms) .. ',"oversold":' .. num(short) ..
-      ',"locations":{' .. table.concat(per, ',') .. '}}'
   end
+  -- a key lives while the server clock is <= its time: gone by the first moment of change
+  redis.call('SET', K.pos, json, 'PXAT', F.num(until_ms - 1))
+  redis.call('HSET', K.state, '!K', '1')
+end
 
-  -- keep the position json (all locations) until the first moment time alone could change it:
-  -- the earliest expiry in the index, a lot's ETA entering the horizon, or a minute from now
-  function F.keep_position(json)
-    local until_ms = NOW + 60000
-    local first = redis.call('ZRANGEBYSCORE', K.exp, '(' .. F.num(NOW), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-    if #first > 0 then until_ms = math.min(until_ms, tonumber(first[2])) end
-    if pol.mode ~= 'strict' and pol.horizon_s > 0 then
-      for _, lot in pairs(F.get_lots()) do
-        local enters = lot.eta_ms - pol.horizon_s * 1000
-        if enters > NOW then until_ms = math.min(until_ms, enters) end
-      end
-    end
-    -- a key lives while the server clock is <= its time: gone by the first moment of change
-    redis.call('SET', K.pos, json, 'PXAT', F.num(until_ms - 1))
-    redis.call('HSET', K.state, '!K', '1')
+----------------------------------------------------------------------------- entries
+
+-- entry name -> the function FCALL runs; each entry file adds its own (scripts.py registers them)
+local ENTRIES = {}
+local function entry(name, body)
+  ENTRIES[name] = function(keys, argv)
+    begin(keys, argv)
+    return body()
   end
-
-  return rawget(F, name)
-end })
+end

@@ -9,14 +9,16 @@
 -- Computed on Redis TIME for all locations of a SKU that exists, the reply is also kept in the
 -- pos key (see lib.lua), where the store's batch reads find it.
 
-local flush = F.flush
-local exists = F.load_state()[1]
-local readonly = ARGV[4] == '1'
-if not readonly then F.expire_due() end
-if S.more_due then return F.more() end
-local where = ARGV[3]
-if where == '' then where = nil end
-local reply = F.position_json(where)
-flush()
-if where == nil and exists and not readonly and ARGV[2] == '0' then F.keep_position(reply) end
-return reply
+entry('position', function()
+  local flush = F.flush
+  local exists = F.load_state()[1]
+  local readonly = ARGV[4] == '1'
+  if not readonly then F.expire_due() end
+  if S.more_due then return F.more() end
+  local where = ARGV[3]
+  if where == '' then where = nil end
+  local reply = F.position_json(where)
+  flush()
+  if where == nil and exists and not readonly and ARGV[2] == '0' then F.keep_position(reply) end
+  return reply
+end)

@@ -21,11 +21,11 @@ end
 
 -- remember a line's promised date before the command changed it (rid -> old ms); a job that
 -- pauses keeps them in K.job (F.save_touched) until its report phase
-local touched, touched_order = {}, {}
 function F.touch(line)
+  local touched = S.touched
   if touched[line.rid] == nil then
     touched[line.rid] = line.promised_ms
-    touched_order[#touched_order + 1] = line.rid
+    S.touched_order[#S.touched_order + 1] = line.rid
   end
 end
 
@@ -197,14 +197,14 @@ end
 -- the touched lines of this call into K.job ('<seq:012>|<rid>|<old promised ms>', lexical order
 -- = seq order), for the report phase of a job that pauses
 function F.save_touched()
-  local add = {}
-  for _, rid in ipairs(touched_order) do
+  local add, touched = {}, S.touched
+  for _, rid in ipairs(S.touched_order) do
     local line = F.get_line(rid)
     add[#add + 1] = '0'
     add[#add + 1] = string.format('%012d|', line.seq) .. rid .. '|' .. F.num(touched[rid])
     touched[rid] = nil
   end
-  touched_order = {}
+  S.touched_order = {}
   if #add > 0 then F.call_chunked('ZADD', K.job, add, 2) end
 end
 
@@ -213,10 +213,10 @@ end
 function F.phase_report(J)
   local out = S.report
   if not J.saved then
-    local seq = {}
-    for _, rid in ipairs(touched_order) do seq[rid] = F.get_line(rid).seq end
-    table.sort(touched_order, function(a, b) return seq[a] > seq[b] end)
-    for _, rid in ipairs(touched_order) do report_line(rid, touched[rid], out) end
+    local seq, order = {}, S.touched_order
+    for _, rid in ipairs(order) do seq[rid] = F.get_line(rid).seq end
+    table.sort(order, function(a, b) return seq[a] > seq[b] end)
+    for _, rid in ipairs(order) do report_line(rid, S.touched[rid], out) end
     return true
   end
   F.save_touched()

@@ -6,32 +6,34 @@
 --        {status: not_found, rid}
 --        (or '~more' while more holds are due than one call expires: lib.lua EXPIRE_LINES)
 
-F.load_state()
-F.expire_due()
-if S.more_due then return F.more() end
-local op, rid = ARGV[3], ARGV[4]
-local reply
-if op == 'confirm' then
-  reply = F.op_confirm(rid)
-elseif op == 'release' then
-  reply = F.op_release(rid)
-elseif op == 'extend' then
-  reply = F.op_extend(rid, tonumber(ARGV[5]))
-elseif op == 'revert' then
-  reply = F.op_revert(rid, tonumber(ARGV[5]))
-elseif op == 'rollback' then
-  reply = F.op_rollback(rid)
-elseif op == 'get' then
-  local line = F.get_line(rid)
-  if line then
-    reply = { status = 'ok', rid = rid, line = line }
+entry('reservation', function()
+  F.load_state()
+  F.expire_due()
+  if S.more_due then return F.more() end
+  local op, rid = ARGV[3], ARGV[4]
+  local reply
+  if op == 'confirm' then
+    reply = F.op_confirm(rid)
+  elseif op == 'release' then
+    reply = F.op_release(rid)
+  elseif op == 'extend' then
+    reply = F.op_extend(rid, tonumber(ARGV[5]))
+  elseif op == 'revert' then
+    reply = F.op_revert(rid, tonumber(ARGV[5]))
+  elseif op == 'rollback' then
+    reply = F.op_rollback(rid)
+  elseif op == 'get' then
+    local line = F.get_line(rid)
+    if line then
+      reply = { status = 'ok', rid = rid, line = line }
+    else
+      reply = { status = 'not_found', rid = rid }
+    end
   else
-    reply = { status = 'not_found', rid = rid }
+    F.flush()
+    return redis.error_reply('ERR unknown reservation op ' .. tostring(op))
   end
-else
+  reply = F.reply_json(reply)
   F.flush()
-  return redis.error_reply('ERR unknown reservation op ' .. tostring(op))
-end
-reply = F.reply_json(reply)
-F.flush()
-return reply
+  return reply
+end)

@@ -32,15 +32,17 @@ local function purge_dead(cutoff, limit)
   return gone, more
 end
 
-F.load_state()
-local out = { F.expire_due(), 0 }
-local retention = tonumber(ARGV[3] or '0') or 0
-if S.more_due then
-  out[2] = 1
-elseif retention > 0 then
-  local gone, more = purge_dead(NOW - retention, tonumber(ARGV[4] or '64') or 64)
-  if more then out[2] = 1 end
-  for _, rid in ipairs(gone) do out[#out + 1] = rid end
-end
-F.flush()
-return out
+entry('sweep', function()
+  F.load_state()
+  local out = { F.expire_due(), 0 }
+  local retention = tonumber(ARGV[3] or '0') or 0
+  if S.more_due then
+    out[2] = 1
+  elseif retention > 0 then
+    local gone, more = purge_dead(NOW - retention, tonumber(ARGV[4] or '64') or 64)
+    if more then out[2] = 1 end
+    for _, rid in ipairs(gone) do out[#out + 1] = rid end
+  end
+  F.flush()
+  return out
+end)
