@@ -220,6 +220,17 @@ class _Server:
         """SIGKILL the server without letting it shut down (crash tests); the temp dir stays."""
         self._terminate(kill=True)
 
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop and start again on the same port (a Redis with the same data dir; a memory-only
+        broker comes back empty).
+
+        ``kill=True`` SIGKILLs instead of a clean shutdown (a crash: only what was
+        fsynced to the AOF survives).
+        """
+        self._fixed_port = self.port  # keep the port even if it was picked for us
+        self._terminate(kill=kill)
+        self.start()
+
     def __enter__(self) -> Any:
         return self.start()
 
@@ -433,15 +444,6 @@ class EmbeddedRedis(_Server):
 
         return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
 
-    def restart(self, *, kill: bool = False) -> None:
-        """Stop and start again on the same port with the same data dir.
-
-        ``kill=True`` SIGKILLs instead of a clean shutdown (a crash: only what was
-        fsynced to the AOF survives).
-        """
-        self._fixed_port = self.port  # keep the port even if it was picked for us
-        self._terminate(kill=kill)
-        self.start()
 
     def _pick_port(self) -> int:
         if "--cluster-enabled" not in self.extra_args:

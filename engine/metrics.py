@@ -37,6 +37,9 @@ atp_drift_units                            gauge: Σ |drift| units found by the 
 atp_watch_atp{sku,location}                gauge: ATP of watched SKUs
 atp_supplier_reliability{supplier}         gauge: on-time × fill rate, 0..1
 atp_dependency_up{dependency}              gauge: 1 when redis / kafka answered the last probe
+atp_publish_backlog                        gauge: API events accepted, not yet acknowledged by the broker
+atp_publish_dropped_total{reason}          API events given up (backlog_full, rejected by the broker)
+atp_producer_rebuilds_total                API producers replaced after a fatal error
 atp_http_requests_total{route,method,status}  API requests
 atp_http_request_seconds{route}            histogram: API request latency
 ========================================  ======================================================
@@ -192,6 +195,15 @@ SUPPLIER_RELIABILITY = Gauge(
 DEPENDENCY_UP = Gauge(
     "atp_dependency_up", "1 when the dependency answered the last readiness probe, else 0", ["dependency"],
     registry=REGISTRY,
+)
+PUBLISH_BACKLOG = Gauge(
+    "atp_publish_backlog", "API events accepted but not yet acknowledged by the broker", registry=REGISTRY
+)
+PUBLISH_DROPPED = Counter(
+    "atp_publish_dropped", "API events given up, by reason", ["reason"], registry=REGISTRY
+)
+PRODUCER_REBUILDS = Counter(
+    "atp_producer_rebuilds", "API producers replaced after a fatal error", registry=REGISTRY
 )
 HTTP_REQUESTS = Counter(
     "atp_http_requests", "API requests, by route template, method and status", ["route", "method", "status"],
@@ -395,6 +407,24 @@ def set_watched_atp(sku: str, location: str, atp: int) -> None:
 def set_dependency_up(dependency: str, up: bool) -> None:
     """Record the result of a readiness probe of ``dependency`` (``redis`` or ``kafka``)."""
     DEPENDENCY_UP.labels(_dependency(dependency)).set(1 if up else 0)
+
+
+PUBLISH_DROP_REASONS = ("backlog_full", "rejected")
+
+
+def set_publish_backlog(n: int) -> None:
+    """Events the API's publisher holds (its outbox and the producer's queue)."""
+    PUBLISH_BACKLOG.set(max(0, n))
+
+
+def count_publish_dropped(reason: str, n: int = 1) -> None:
+    """Count ``n`` events the publisher gave up (``PUBLISH_DROP_REASONS``; else ``other``)."""
+    PUBLISH_DROPPED.labels(reason if reason in PUBLISH_DROP_REASONS else "other").inc(n)
+
+
+def count_producer_rebuild() -> None:
+    """Count one producer replaced after a fatal error."""
+    PRODUCER_REBUILDS.inc()
 
 
 def observe_http(route: str, method: str, status: int, seconds: float) -> None:

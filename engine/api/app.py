@@ -103,7 +103,7 @@ def create_app(
     if publisher is None:
         if not settings.kafka_bootstrap:
             raise ValueError("no broker configured: set ATP_KAFKA_BOOTSTRAP")
-        publisher = EventPublisher(producer_config(settings))
+        publisher = EventPublisher(producer_config(settings), settings.publish_backlog_max)
         owned.append("publisher")
 
     @contextlib.asynccontextmanager

@@ -250,3 +250,4 @@ class InvalidOut(BaseModel):
 class HealthOut(BaseModel):
     status: str
     checks: dict[str, bool] = {}
+    reason: str | None = None

@@ -45,16 +45,21 @@ async def _kafka_up(request: Request) -> bool:
 @router.get(
     "/readyz",
     response_model=HealthOut,
-    responses={503: {"model": HealthOut, "description": "a dependency is down"}},
-    summary="Redis and the broker are reachable",
+    responses={503: {"model": HealthOut, "description": "a dependency is down, or events pile up"}},
+    summary="Redis and the broker are reachable, and reservation events are not piling up",
 )
 async def readyz(request: Request) -> OrjsonResponse:
-    """200 when Redis and the broker both answer, else 503 naming the one that did not."""
+    """200 when Redis and the broker both answer and the event backlog is under half its bound,
+    else 503 naming what is wrong (``checks``; ``reason`` says why events are not flowing)."""
     redis_ok, kafka_ok = await asyncio.gather(_redis_up(request), _kafka_up(request))
     metrics.set_dependency_up("redis", redis_ok)
     metrics.set_dependency_up("kafka", kafka_ok)
-    ready = redis_ok and kafka_ok
-    body = {"status": "ready" if ready else "unavailable", "checks": {"redis": redis_ok, "kafka": kafka_ok}}
+    events_ok, why = request.app.state.publisher.healthy()
+    ready = redis_ok and kafka_ok and events_ok
+    body: dict[str, object] = {"status": "ready" if ready else "unavailable",
+                               "checks": {"redis": redis_ok, "kafka": kafka_ok, "events": events_ok}}
+    if why:
+        body["reason"] = why
     headers = None if ready else {"Retry-After": "1"}
     return OrjsonResponse(body, status_code=200 if ready else 503, headers=headers)
 
