@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from redis.exceptions import ResponseError
 
 from engine.store.keys import KEY_NAMES
 
+#: The entry files; each defines one entry or more (apply.lua: apply and apply_many).
 ENTRY_SCRIPTS = ("hold", "reservation", "apply", "position", "sweep", "dump")
 #: The files in front of the entries, in this order (the entries use what they define).
 LIBRARY_PARTS = ("lib", "ops", "rebalance")
@@ -205,13 +207,19 @@ def build_library(read: Callable[[str], str] = _read, prefix: str = LIBRARY_PREF
     code = "\n".join(parts)
     name = prefix + hashlib.sha1(code.encode("utf-8")).hexdigest()[:16]
     # (a library's code may call only the redis API while it loads: no pairs() over ENTRIES)
-    footer = "".join(f"\nredis.register_function('{name}_{entry}', ENTRIES.{entry})" for entry in ENTRY_SCRIPTS)
+    footer = "".join(f"\nredis.register_function('{name}_{entry}', ENTRIES.{entry})" for entry in _entry_names(code))
     return Library(name, f"#!lua name={name}\n{code}{footer}\n")
 
 
+def _entry_names(code: str) -> list[str]:
+    """The entries the files define (``entry('apply_many', function() …``), in order."""
+    return re.findall(r"^\s*entry\('(\w+)', function\(\)", code, flags=re.M)
+
+
+@lru_cache(maxsize=8)
 def entries(library: Library) -> dict[str, LuaScript]:
     """Every entry of ``library``: name -> ``LuaScript``."""
-    return {name: LuaScript(name, f"{library.name}_{name}", library) for name in ENTRY_SCRIPTS}
+    return {name: LuaScript(name, f"{library.name}_{name}", library) for name in _entry_names(library.source)}
 
 
 @lru_cache(maxsize=1)
@@ -365,6 +373,83 @@ async def acall_many(client: Any, calls: Sequence[Call]) -> list[Any]:
         if _unsettled(r):
             results[i] = await asettle(client, calls[i], r)
     return list(results)
+
+
+# A stream batch: the apply calls of one SKU go as apply_many calls of at most GROUP_MAX commands
+# (lua/apply.lua), which read the SKU's state once for all of them. A command that cannot finish in
+# the call (a job part, busy, an unknown command) ends its group; it is settled as a single call
+# would be, and the group's later commands go as single calls after it.
+
+#: Commands per apply_many call: each costs about as much as an apply call's own work, so a
+#: group stays a bounded call.
+GROUP_MAX = 16
+
+
+def group_call(calls: Sequence[Call]) -> Call:
+    """One apply_many call for apply calls of one SKU (``Store._apply_calls``), in order."""
+    script, keys, args = calls[0]
+    n_keys = len(KEY_NAMES)
+    stash = [k[n_keys] for _s, k, _a in calls if len(k) > n_keys]
+    argv: list[Arg] = [args[0], args[1], len(calls)]
+    for _s, _k, a in calls:
+        argv.extend(a[2:10])  # cmd, event_id, source, offset, payload, note, keep_s, budget
+    return entries(script.library)["apply_many"], [*keys[:n_keys], *stash], argv
+
+
+class Grouped:
+    """The pure part of ``call_grouped``: which calls to send, and where their replies go."""
+
+    def __init__(self, calls: Sequence[Call]) -> None:
+        self.calls = calls
+        by_sku: dict[Any, list[int]] = {}
+        for i, (_s, _k, args) in enumerate(calls):
+            by_sku.setdefault(args[0], []).append(i)
+        self.groups = [idx[j:j + GROUP_MAX] for idx in by_sku.values() for j in range(0, len(idx), GROUP_MAX)]
+        self.sent = [group_call([calls[i] for i in idx]) if len(idx) > 1 else calls[idx[0]] for idx in self.groups]
+        self.results: list[Any] = [None] * len(calls)
+
+    def take(self, replies: Sequence[Any]) -> tuple[list[tuple[int, Any]], list[int]]:
+        """Place the replies of ``sent``. Returns the commands that stopped their group with the
+        reply to settle them from, and the commands to send again as single calls, in order."""
+        stopped: list[tuple[int, Any]] = []
+        rest: list[int] = []
+        for idx, reply in zip(self.groups, replies, strict=True):
+            if len(idx) == 1:
+                self.results[idx[0]] = reply
+                continue
+            for j, part in enumerate(reply):
+                raw = _bytes(part)
+                if raw is not None and raw[:1] == b"~":
+                    if raw == b"~stop":
+                        rest.extend(idx[j:])
+                    else:
+                        stopped.append((idx[j], part))
+                        rest.extend(idx[j + 1:])
+                    break
+                self.results[idx[j]] = part
+        return stopped, rest
+
+
+def call_grouped(client: Any, calls: Sequence[Call]) -> list[Any]:
+    """Like ``call_many`` for apply calls, with the calls of one SKU grouped (``Grouped``)."""
+    grouped = Grouped(calls)
+    stopped, rest = grouped.take(call_many(client, grouped.sent))
+    for i, reply in stopped:
+        grouped.results[i] = settle(client, calls[i], reply)
+    for i, reply in zip(rest, call_many(client, [calls[i] for i in rest]), strict=True):
+        grouped.results[i] = reply
+    return grouped.results
+
+
+async def acall_grouped(client: Any, calls: Sequence[Call]) -> list[Any]:
+    """Async twin of ``call_grouped``."""
+    grouped = Grouped(calls)
+    stopped, rest = grouped.take(await acall_many(client, grouped.sent))
+    for i, reply in stopped:
+        grouped.results[i] = await asettle(client, calls[i], reply)
+    for i, reply in zip(rest, await acall_many(client, [calls[i] for i in rest]), strict=True):
+        grouped.results[i] = reply
+    return grouped.results
 
 
 # Claims: ``SET key value NX`` per key, or on a standalone Redis one ``MSETNX`` of all of them (a

@@ -297,13 +297,13 @@ class Store(_Base):
     def apply(self, commands: Sequence[SupplyCommand], keep_replies_s: int = 0) -> list[dict[str, Any]]:
         """Apply supply commands (any SKUs) in one pipelined round trip; one supply reply each.
 
-        Commands of one SKU are applied in the order given. ``keep_replies_s`` > 0: each command
+        Commands of one SKU are applied in the order given, up to 16 in one script call. ``keep_replies_s`` > 0: each command
         with an input position (``source`` = ``topic:partition``, ``offset`` ≥ 0) that is applied
         or refused as a duplicate by event id also keeps its reply under its stash key
         (``engine.store.reply_stash``) for that many seconds, in the same script call.
         """
         calls = self._apply_calls(commands, keep_replies_s)
-        return [decode_reply(r) for r in scripts.call_many(self.redis, calls)]
+        return [decode_reply(r) for r in scripts.call_grouped(self.redis, calls)]
 
     def set_policy(self, sku: str, policy: dict[str, Any]) -> dict[str, Any]:
         """Replace the SKU's policy (missing fields take defaults) and rebalance. Supply reply."""
@@ -490,7 +490,7 @@ class AsyncStore(_Base):
         """See ``Store.apply``."""
         await self.ready()
         calls = self._apply_calls(commands, keep_replies_s)
-        return [decode_reply(r) for r in await scripts.acall_many(self.redis, calls)]
+        return [decode_reply(r) for r in await scripts.acall_grouped(self.redis, calls)]
 
     async def set_policy(self, sku: str, policy: dict[str, Any]) -> dict[str, Any]:
         """See ``Store.set_policy``."""

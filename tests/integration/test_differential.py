@@ -51,6 +51,19 @@ policies = st.builds(
 )
 
 
+batch_commands = st.one_of(
+    st.tuples(locs, st.integers(-15, 15).filter(bool)).map(lambda t: ("adjust", {"loc": t[0], "delta": t[1]})),
+    st.tuples(locs, st.integers(0, 25)).map(lambda t: ("count", {"loc": t[0], "on_hand": t[1]})),
+    st.tuples(rids, any_loc, qtys, channels).map(
+        lambda t: ("order_placed", {"rid": t[0], "loc": t[1], "qty": t[2], "channel": t[3], "customer": ""})),
+    rids.map(lambda r: ("order_cancelled", {"rid": r})),
+    st.tuples(rids, locs, qtys).map(lambda t: ("ship", {"rid": t[0], "loc": t[1], "qty": t[2]})),
+    st.tuples(locs, st.integers(1, 20), st.sampled_from(["", "L1", "L2", "L3"])).map(
+        lambda t: ("receipt", {"loc": t[0], "qty": t[1], "inbound_id": t[2]})),
+    lots.map(lambda lot: ("inbound_cancelled", {"inbound_id": lot})),
+)
+
+
 def _canon(value: Any) -> Any:
     """Both sides' JSON, compared as plain data (cjson's empty {} is an empty list here)."""
     if isinstance(value, dict):
@@ -178,6 +191,21 @@ def test_lua_scripts_match_the_oracle(r5_redis: redis_lib.Redis) -> None:
         @rule(sup=st.sampled_from(["s1", "s2"]), rel=st.sampled_from([0, 400, 800, 1000]))
         def reliability(self, sup: str, rel: int) -> None:
             self._supply("reliability", {"supplier": sup, "rel_pm": rel})
+
+        @rule(batch=st.lists(batch_commands, min_size=2, max_size=6), again=st.booleans())
+        def supply_batch(self, batch: list[tuple[str, dict[str, Any]]], again: bool) -> None:
+            # one Store.apply of several commands: one apply_many call (a job that pauses ends it,
+            # the rest follow as single calls); each reply as the oracle gives it in order
+            commands = []
+            for cmd, payload in batch:
+                self.seq += 1
+                commands.append(SupplyCommand(SKU, cmd, payload, event_id=f"e{self.seq}", source="t:0", offset=self.seq))
+            if again:  # the first once more, at the end of the batch: a duplicate by offset
+                commands.append(commands[0])
+            for command, lua in zip(commands, self.store.apply(commands), strict=True):
+                oracle = self.book.apply(command.cmd, command.payload, self.now, event_id=command.event_id,
+                                         source="t:0", offset=command.offset)
+                self._same(lua, oracle)
 
         @rule()
         def replayed_offset(self) -> None:

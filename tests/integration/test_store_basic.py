@@ -115,7 +115,8 @@ def test_guards_order_cap_customer_limit_channel_quota(redis: Any) -> None:
 
 
 def _libraries(redis: Any) -> list[str]:
-    return sorted({lib["library_name"] for lib in redis.function_list()})
+    # FUNCTION LIST: one flat [field, value, …] list per library
+    return sorted({dict(zip(lib[::2], lib[1::2], strict=True))["library_name"] for lib in redis.function_list()})
 
 
 def test_the_library_loads_itself_again_after_function_flush(redis: Any) -> None:

@@ -236,7 +236,7 @@ local function finish(r, report)
   if r.line then out[#out + 1] = ',"line":' .. r.line end
   out[#out + 1] = ',' .. lists_json(report or S.report)
   out[#out + 1] = ',"position":' .. F.position_json(nil) .. '}'
-  F.flush()
+  if not S.group then F.flush() end -- (apply_many writes back once, after its last command)
   return table.concat(out)
 end
 
@@ -248,9 +248,10 @@ local NOTHING = { at_risk = {}, slipped = {} }
 local function log_event(event_id)
   S.events = S.events + 1
   local slot = 'r' .. (S.events % EVENT_LOG_SIZE)
-  local gone = redis.call('HGET', K.state, slot)
+  local gone = state_set[slot] or redis.call('HGET', K.state, slot)
   if gone then
     redis.call('HDEL', K.state, 'e' .. gone)
+    state_set['e' .. gone] = nil
   elseif S.events > EVENT_LOG_SIZE and S.events % EVENT_TRIM_EVERY == 0 then
     -- a log written before the ring: its ids have no slot, so drop the old ones in bulk until
     -- the ring has gone round once
@@ -266,17 +267,20 @@ local function log_event(event_id)
   state_set['e' .. event_id] = S.events
 end
 
-entry('apply', function()
-  local cmd, event_id, source = ARGV[3], ARGV[4], ARGV[5]
-  local offset = tonumber(ARGV[6]) or -1
-  local keep_s = tonumber(ARGV[9]) or 0
-  S.budget = tonumber(ARGV[10] or '') or 0
-  if S.budget <= 0 then S.budget = JOB_LINES end
+-- One command, once the call's state is loaded and no due hold is left: its reply (json), or
+-- '~part…' / '~busy…' (see the header), or '~stop' (not applied: an unknown command, for the
+-- store to send alone). c: {cmd, event_id, source, offset (number), offset_raw, payload (json,
+-- or the job's token for '~continue'), note, keep_s, budget, stash (key or nil)}; seen: the state
+-- fields '@<source>', 'e<event_id>' and '!B' as they are now.
+local function apply_one(c, seen)
+  local cmd, event_id, source, offset = c.cmd, c.event_id, c.source, c.offset
+  S.budget = c.budget > 0 and c.budget or JOB_LINES
   S.report = { at_risk = {}, slipped = {} }
+  S.touched, S.touched_order = {}, {}
 
   -- the reply, kept under the stash key when asked to
   local function kept(reply)
-    if keep_s > 0 then redis.call('SET', K.stash, reply, 'EX', keep_s) end
+    if c.keep_s > 0 then redis.call('SET', c.stash, reply, 'EX', c.keep_s) end
     return reply
   end
 
@@ -286,6 +290,7 @@ entry('apply', function()
     S.job = J
     if F.run_job(J) then
       if J.saved then redis.call('HDEL', K.state, '!J') end
+      S.job = false
       return kept(finish(J.head))
     end
     F.save_touched()
@@ -297,31 +302,18 @@ entry('apply', function()
   end
 
   local checks_offset = source ~= '' and offset >= 0
-  local seen = F.load_state(checks_offset and '@' .. source or '!', event_id ~= '' and 'e' .. event_id or '!', '!B')
-  F.expire_due()
-  if S.more_due then
-    -- later offsets of this source wait until this command is applied (a pipelined batch
-    -- runs them before the store sends this one again)
-    local mark = source .. '|' .. offset .. '|'
-    if checks_offset and cmd ~= '~continue' and (not seen[7] or string.sub(seen[7], 1, #mark) == mark) then
-      state_set['!B'] = mark .. NOW -- (again: the wait is counted from this command's last call)
-    end
-    return F.more()
-  end
   if cmd == '~continue' then
     local J = S.job
-    if J and J.t == ARGV[7] then return advance(J) end
+    if J and J.t == c.payload then return advance(J) end
     -- the job was finished by another caller: its reply went there
     return finish({ status = 'ok', reason = 'job_done' }, NOTHING)
   end
   local handler = H[cmd]
-  if not handler then
-    F.flush()
-    return redis.error_reply('ERR unknown supply command ' .. tostring(cmd))
-  end
+  if not handler then return '~stop' end
 
-  if seen[7] then
-    local bsrc, boff, bms = string.match(seen[7], '^(.*)|(%d+)|(%d+)$')
+  local block = seen[3]
+  if block then
+    local bsrc, boff, bms = string.match(block, '^(.*)|(%d+)|(%d+)$')
     local mine = checks_offset and bsrc == source
     if mine and offset > tonumber(boff) and NOW - tonumber(bms) < BLOCK_MS then
       F.flush()
@@ -332,10 +324,10 @@ entry('apply', function()
       redis.call('HDEL', K.state, '!B')
     end
   end
-  if checks_offset and offset <= tonumber(seen[5] or '-1') then
+  if checks_offset and offset <= tonumber(seen[1] or '-1') then
     return finish({ status = 'duplicate', reason = 'offset' }, NOTHING)
   end
-  if event_id ~= '' and seen[6] and tonumber(seen[6]) > S.events - EVENT_LOG_SIZE then
+  if event_id ~= '' and seen[2] and tonumber(seen[2]) > S.events - EVENT_LOG_SIZE then
     return kept(finish({ status = 'duplicate', reason = 'event_id' }, NOTHING))
   end
   if S.job then
@@ -343,19 +335,106 @@ entry('apply', function()
     return '~busy' .. S.job.t
   end
 
-  if checks_offset then state_set['@' .. source] = ARGV[6] end
+  if checks_offset then state_set['@' .. source] = c.offset_raw end
   if event_id ~= '' then log_event(event_id) end
   S.applied = S.applied + 1
   S.dirty = true
   state_set['j' .. (S.applied % JOURNAL_SIZE)] =
-    NOW .. '|' .. cmd .. '|' .. (event_id ~= '' and S.events or '') .. '|' .. ARGV[8]
+    NOW .. '|' .. cmd .. '|' .. (event_id ~= '' and S.events or '') .. '|' .. c.note
 
   local J = { t = tostring(S.applied), phases = {}, i = 1 }
-  J.head = handler(cjson.decode(ARGV[7]), J)
+  J.head = handler(cjson.decode(c.payload), J)
   if REBALANCING[cmd] then
     J.phases[#J.phases + 1] = 'shed'
     J.phases[#J.phases + 1] = 'refill'
   end
   J.phases[#J.phases + 1] = 'report'
   return advance(J)
+end
+
+-- the command whose 8 arguments start at ARGV[i] (cmd, event_id, source, offset, payload, note,
+-- keep_s, budget), its stash key (when keep_s > 0) stash
+local function command_at(i, stash)
+  local keep_s = tonumber(ARGV[i + 6]) or 0
+  return {
+    cmd = ARGV[i], event_id = ARGV[i + 1], source = ARGV[i + 2], offset = tonumber(ARGV[i + 3]) or -1,
+    offset_raw = ARGV[i + 3], payload = ARGV[i + 4], note = ARGV[i + 5], keep_s = keep_s,
+    budget = tonumber(ARGV[i + 7] or '') or 0, stash = keep_s > 0 and stash or nil,
+  }
+end
+
+-- the state fields apply_one checks for c
+local function seen_fields(c)
+  return c.source ~= '' and c.offset >= 0 and '@' .. c.source or '!',
+    c.event_id ~= '' and 'e' .. c.event_id or '!', '!B'
+end
+
+-- those fields as they are now, written back or not (apply_many writes back at its end)
+local function seen_now(c)
+  local names = { seen_fields(c) }
+  local vals = redis.call('HMGET', K.state, unpack(names))
+  for i, name in ipairs(names) do
+    local v = state_set[name]
+    if v ~= nil then vals[i] = v end
+  end
+  return vals
+end
+
+-- due holds left: the command waits (nothing applied), and later offsets of its source wait for
+-- it (a pipelined batch runs them before the store sends this one again)
+local function wait_for_expiry(c, block)
+  local mark = c.source .. '|' .. c.offset .. '|'
+  if c.source ~= '' and c.offset >= 0 and c.cmd ~= '~continue'
+      and (not block or string.sub(block, 1, #mark) == mark) then
+    state_set['!B'] = mark .. NOW -- (again: the wait is counted from this command's last call)
+  end
+  return F.more()
+end
+
+entry('apply', function()
+  local c = command_at(3, K.stash)
+  local vals = F.load_state(seen_fields(c))
+  F.expire_due()
+  if S.more_due then return wait_for_expiry(c, vals[7]) end
+  local reply = apply_one(c, { vals[5], vals[6], vals[7] })
+  if reply == '~stop' then
+    F.flush()
+    return redis.error_reply('ERR unknown supply command ' .. tostring(c.cmd))
+  end
+  return reply
+end)
+
+-- apply_many: several commands of the SKU in one call, in order (the stream's batches).
+-- ARGV: 1 sku, 2 now_ms, 3 n, then 8 per command from ARGV[4] (as apply's ARGV 3..10).
+-- KEYS: the SKU's keys, then the stash keys of the commands with keep_s > 0, in their order.
+-- Reply: '~more' (due holds left: nothing applied), or an array of the commands' replies in
+-- order, ending early at the first that is '~part…', '~busy…' or '~stop' (the store carries on
+-- from that command with apply calls).
+entry('apply_many', function()
+  local n = tonumber(ARGV[3])
+  local stash_at = 14
+  local cs = {}
+  for k = 1, n do
+    local c = command_at(4 + (k - 1) * 8, nil)
+    if c.keep_s > 0 then
+      c.stash = KEYS[stash_at]
+      stash_at = stash_at + 1
+    end
+    cs[k] = c
+  end
+  local vals = F.load_state(seen_fields(cs[1]))
+  F.expire_due()
+  if S.more_due then return wait_for_expiry(cs[1], vals[7]) end
+  local out = {}
+  local seen = { vals[5], vals[6], vals[7] }
+  -- the commands read the state they change from this call's tables, so it is written back once
+  S.group = true
+  for k = 1, n do
+    if k > 1 then seen = seen_now(cs[k]) end
+    local reply = apply_one(cs[k], seen)
+    out[k] = reply
+    if string.byte(reply, 1) == 126 then break end -- '~': the store carries on from here
+  end
+  F.flush()
+  return out
 end)

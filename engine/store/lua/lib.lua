@@ -745,13 +745,14 @@ function F.write_zset(key, chg)
   if #set > 0 then F.call_chunked('ZADD', key, set, 2) end
 end
 
--- write back everything that changed; once, at the end of the script
+-- write back everything that changed since the call began or the last flush
 function F.flush()
   F.sync_pools()
   local set = {}
   if S.kept and (S.dirty or S.pos_stale or next(lot_chg)) then
     redis.call('DEL', K.pos)
     state_set['!K'] = ''
+    S.kept = false
   end
   if S.dirty then
     set[1] = '!L'
@@ -795,8 +796,10 @@ function F.flush()
         into[#into + 1] = rid
         into[#into + 1] = raw
         if home and home ~= to then drop[home][#drop[home] + 1] = rid end
+        line_home[rid] = to
       elseif home then
         drop[home][#drop[home] + 1] = rid
+        line_home[rid] = nil
       end
     end
     for key, items in pairs(put) do
@@ -819,6 +822,10 @@ function F.flush()
     F.call_chunked('ZADD', K.exp, set, 2)
   end
   F.write_zset(K.dead, dead_chg)
+  -- what is written is no longer a change: a later flush of the same call (apply_many flushes
+  -- after each command) writes only what changed since
+  state_set, lot_chg, line_chg, dead_chg, exp_add = {}, {}, {}, {}, {}
+  S.dirty, S.pos_stale = false, false
 end
 
 ----------------------------------------------------------------------------- used less often
