@@ -435,6 +435,8 @@ class SkuBook:
         if line.state not in LIVE:
             return {"status": "refused", "rid": rid, "reason": line.state, "line": line.wire()}
         if line.state == "committed":
+            if sum(a[3] for a in line.alloc) < line.qty:  # a part shipped: that cannot be undone
+                return {"status": "refused", "rid": rid, "reason": "shipped", "line": line.wire()}
             self._commit_units(line, -1)
             line.state = "held"
         line.expires_ms = expires_ms

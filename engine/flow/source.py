@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from engine import metrics
@@ -41,6 +42,9 @@ ResumeState = dict[str, int]
 """``{"topic:partition": next offset to read}`` for every topic-partition of a group."""
 
 _IDLE_WAIT = timedelta(milliseconds=5)
+#: The consumer group the flow reports its read position to (lag tools read it; recovery does not).
+PROGRESS_GROUP = "atp-flow"
+_COMMIT_EVERY_S = 1.0
 _GROUP_PREFIX = "p"
 ALL_GROUP = "all"
 """The one source partition of a ``single_group`` input: every partition of every input topic."""
@@ -146,9 +150,9 @@ class KafkaInput(FixedPartitionedSource[RawMessage, ResumeState]):
             members = [(t, index) for t in self._topics if index < counts[t]]
         conf = {
             **self._conf,
-            # Offsets live in the bytewax snapshot; the group id is required by librdkafka but unused
-            # (assign() never joins a group, which is also what keeps Tansu fast).
-            "group.id": "atp-flow-assign-only",
+            # Offsets live in the bytewax snapshot. assign() never joins the group (which is also
+            # what keeps Tansu fast); the read position is committed to it only for lag tools.
+            "group.id": PROGRESS_GROUP,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,
@@ -191,6 +195,8 @@ class _GroupPartition(StatefulSourcePartition[RawMessage, ResumeState]):
         self._max_buffer = max_buffer
         self._finished = False
         self._consumer = Consumer({**conf, "stats_cb": self._on_stats, "error_cb": self._on_error})
+        self._committed: dict[str, int] = {}
+        self._commit_at = 0.0
         self._consumer.assign(
             [TopicPartition(t, p, self._next.get(f"{t}:{p}", OFFSET_BEGINNING)) for t, p in members]
         )
@@ -203,6 +209,7 @@ class _GroupPartition(StatefulSourcePartition[RawMessage, ResumeState]):
         self._poll()
         out = self._merge()
         self._flow_control()
+        self._report_progress()
         if self._until_end and all(self._at_end.values()) and not any(self._buf.values()):
             # Emit what we have now; end on the next call.
             self._finished = True
@@ -218,6 +225,7 @@ class _GroupPartition(StatefulSourcePartition[RawMessage, ResumeState]):
         return dict(self._next)
 
     def close(self) -> None:
+        self._report_progress(force=True)
         self._consumer.close()
 
     # --- internals -------------------------------------------------------------------------
@@ -269,6 +277,25 @@ class _GroupPartition(StatefulSourcePartition[RawMessage, ResumeState]):
         for msg in out:
             self._next[msg.source] = msg.offset + 1
         return out
+
+    def _report_progress(self, force: bool = False) -> None:
+        """Commit the read position to ``PROGRESS_GROUP`` (at most once a second, asynchronously),
+        so Kafka's own lag tools see the flow. The bytewax snapshot stays what a restart resumes
+        from; this position runs at most a batch ahead of what was applied."""
+        now = time.monotonic()
+        if not force and now < self._commit_at:
+            return
+        self._commit_at = now + _COMMIT_EVERY_S
+        changed = {s: o for s, o in self._next.items() if self._committed.get(s) != o}
+        if not changed:
+            return
+        offsets = [TopicPartition(t, p, changed[s]) for (t, p), s in zip(self._members, self._sources, strict=True)
+                   if s in changed]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=not force)
+            self._committed.update(changed)
+        except KafkaException as exc:  # lag reporting only: the flow goes on
+            log.warning("could not commit the read position to %s: %s", PROGRESS_GROUP, exc)
 
     def _flow_control(self) -> None:
         # A partition far ahead of the others would grow its buffer without bound: pause its

@@ -311,6 +311,14 @@ Call = tuple[LuaScript, Sequence[str], Sequence[Arg]]
 # slot of its keys.
 
 
+def _sku_of(call_: Call) -> Any:
+    """The SKU of a stream call (apply, apply_many), else None. A stream command answered while
+    an earlier one of its SKU was still unsettled can only be a duplicate, answered with the
+    position before that one: it is asked again once the earlier one is done."""
+    script, _keys, args = call_
+    return args[0] if script.name in ("apply", "apply_many") else None
+
+
 def _pipelined(client: Any, calls: Sequence[Call]) -> Any:
     pipe = client.pipeline(transaction=False)
     for script, keys, args in calls:
@@ -347,9 +355,13 @@ def call_many(client: Any, calls: Sequence[Call]) -> list[Any]:
     if again:
         for i, r in zip(again, call_many(client, [calls[i] for i in again]), strict=True):
             results[i] = r
+    stalled: set[Any] = set()
     for i, r in enumerate(results):  # in order: a busy command waits for the ones before it
         if _unsettled(r):
             results[i] = settle(client, calls[i], r)
+            stalled.add(_sku_of(calls[i]))
+        elif _sku_of(calls[i]) in stalled:
+            results[i] = call(client, *calls[i])  # answered before an earlier one: ask again after it
     return list(results)
 
 
@@ -369,9 +381,13 @@ async def acall_many(client: Any, calls: Sequence[Call]) -> list[Any]:
     if again:
         for i, r in zip(again, await acall_many(client, [calls[i] for i in again]), strict=True):
             results[i] = r
+    stalled: set[Any] = set()
     for i, r in enumerate(results):  # in order: a busy command waits for the ones before it
         if _unsettled(r):
             results[i] = await asettle(client, calls[i], r)
+            stalled.add(_sku_of(calls[i]))
+        elif _sku_of(calls[i]) in stalled:
+            results[i] = await acall(client, *calls[i])
     return list(results)
 
 
@@ -413,7 +429,12 @@ class Grouped:
         reply to settle them from, and the commands to send again as single calls, in order."""
         stopped: list[tuple[int, Any]] = []
         rest: list[int] = []
+        stalled: set[Any] = set()  # SKUs with a command stopped: their later ones go again (_sku_of)
         for idx, reply in zip(self.groups, replies, strict=True):
+            sku = self.calls[idx[0]][2][0]
+            if sku in stalled:
+                rest.extend(idx)
+                continue
             if len(idx) == 1:
                 self.results[idx[0]] = reply
                 continue
@@ -425,6 +446,7 @@ class Grouped:
                     else:
                         stopped.append((idx[j], part))
                         rest.extend(idx[j + 1:])
+                    stalled.add(sku)
                     break
                 self.results[idx[j]] = part
         return stopped, rest

@@ -147,3 +147,22 @@ def test_setting_the_stop_event_ends_a_tailing_source(kafka_bootstrap: str, topi
 
     assert not runner.is_alive()
     assert [m.value for m in out] == [b"v"]
+
+
+def test_the_read_position_is_committed_to_the_progress_group_for_lag_tools(kafka_bootstrap: str, topics: Topics) -> None:
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    from engine.flow.source import PROGRESS_GROUP
+
+    msgs = interleaved(topics, 40)
+    produce_to_partition_zero(kafka_bootstrap, msgs)
+    read = read_all(kafka_bootstrap, topics, single_group=False)
+    assert len(read) == 40
+    per_topic = {t: sum(1 for m in msgs if m.topic == t) for t in ranked(topics)}
+    wanted = [TopicPartition(t, 0) for t in ranked(topics)]
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(PROGRESS_GROUP, wanted)])
+    committed = futures[PROGRESS_GROUP].result(timeout=30)
+    # the next offset to read of each partition: its end, once everything was read
+    assert {tp.topic: tp.offset for tp in committed.topic_partitions} == per_topic

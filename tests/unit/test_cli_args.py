@@ -153,6 +153,8 @@ def test_topics_create_against_a_dead_broker_is_one_line(
 
 def test_shell_completion_completes_command_names(monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # name the shell instead of detecting it from the parent processes (a CI runner has none)
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     code, out, err = run(["--show-completion", "bash"], capsys)
     assert code == 0 and "_atp_completion" in out, (code, out, err)
     monkeypatch.setenv("_ATP_COMPLETE", "complete_bash")

@@ -1,6 +1,6 @@
 -- apply.lua — one supply command of one SKU, applied idempotently, after lazy expiry.
--- KEYS: the keys of the SKU (see lib.lua), then, when ARGV 9 > 0, K.stash: the reply stash key
---       '<prefix>-rp:{sku}:<source>:<offset>' (engine/store/reply_stash.py)
+-- KEYS: the keys of the SKU (see lib.lua), then, when ARGV 9 > 0, the reply stash key
+--       '<prefix>-rp:{sku}:<source>:<offset>' (K.stashes[1]; engine/store/reply_stash.py)
 -- ARGV: 1 sku, 2 now_ms (0 = TIME), 3 cmd, 4 event_id ('' = no event-id check),
 --       5 source ('topic:partition', '' = no offset check), 6 offset (-1 = none),
 --       7 payload json (validated and completed by the store; for '~continue' the job's token),
@@ -270,7 +270,7 @@ end
 -- One command, once the call's state is loaded and no due hold is left: its reply (json), or
 -- '~part…' / '~busy…' (see the header), or '~stop' (not applied: an unknown command, for the
 -- store to send alone). c: {cmd, event_id, source, offset (number), offset_raw, payload (json,
--- or the job's token for '~continue'), note, keep_s, budget, stash (key or nil)}; seen: the state
+-- or the job's token for '~continue'), note, keep_s, budget, stash (its index in K.stashes)}; seen: the state
 -- fields '@<source>', 'e<event_id>' and '!B' as they are now.
 local function apply_one(c, seen)
   local cmd, event_id, source, offset = c.cmd, c.event_id, c.source, c.offset
@@ -280,7 +280,7 @@ local function apply_one(c, seen)
 
   -- the reply, kept under the stash key when asked to
   local function kept(reply)
-    if c.keep_s > 0 then redis.call('SET', c.stash, reply, 'EX', c.keep_s) end
+    if c.keep_s > 0 then redis.call('SET', K.stashes[c.stash], reply, 'EX', c.keep_s) end
     return reply
   end
 
@@ -353,7 +353,7 @@ local function apply_one(c, seen)
 end
 
 -- the command whose 8 arguments start at ARGV[i] (cmd, event_id, source, offset, payload, note,
--- keep_s, budget), its stash key (when keep_s > 0) stash
+-- keep_s, budget); stash: the index of its stash key in K.stashes (when keep_s > 0)
 local function command_at(i, stash)
   local keep_s = tonumber(ARGV[i + 6]) or 0
   return {
@@ -392,7 +392,7 @@ local function wait_for_expiry(c, block)
 end
 
 entry('apply', function()
-  local c = command_at(3, K.stash)
+  local c = command_at(3, 1)
   local vals = F.load_state(seen_fields(c))
   F.expire_due()
   if S.more_due then return wait_for_expiry(c, vals[7]) end
@@ -412,14 +412,11 @@ end)
 -- from that command with apply calls).
 entry('apply_many', function()
   local n = tonumber(ARGV[3])
-  local stash_at = 14
+  local stash = 1
   local cs = {}
   for k = 1, n do
-    local c = command_at(4 + (k - 1) * 8, nil)
-    if c.keep_s > 0 then
-      c.stash = KEYS[stash_at]
-      stash_at = stash_at + 1
-    end
+    local c = command_at(4 + (k - 1) * 8, stash)
+    if c.keep_s > 0 then stash = stash + 1 end
     cs[k] = c
   end
   local vals = F.load_state(seen_fields(cs[1]))

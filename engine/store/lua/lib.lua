@@ -55,7 +55,8 @@
 --           that changed; built once from res when a store written without it is first used.
 --  13 job   zset, the lines a paused supply job touched (apply.lua, rebalance.lua F.save_touched):
 --           '<seq, 12 digits>|<rid>|<promised ms before the command>', every score 0
---  14 stash (apply.lua only, optional) the reply stash key of the command (engine/store/reply_stash.py)
+--  14… stash (apply.lua only, optional) the reply stash keys of the commands, K.stashes
+--       (engine/store/reply_stash.py)
 -- ARGV (every script): 1 sku, 2 now_ms (0 = Redis TIME; > 0 only from tests), then the entry's own.
 --
 -- Rules: docs/semantics.md, mirrored step by step from engine/domain/oracle.py so that replies and
@@ -104,7 +105,7 @@ local function begin(keys, argv)
   K = {
     state = keys[1], lots = keys[2], res = keys[3], exp = keys[4], dead = keys[5], cust = keys[6],
     chan = keys[7], srel = keys[8], pol = keys[9], pos = keys[10], ended = keys[11], pool = keys[12],
-    job = keys[13], stash = keys[14],
+    job = keys[13], stashes = #keys > 13 and { unpack(keys, 14) } or nil,
   }
   SKU = argv[1]
   NOW = tonumber(argv[2]) or 0

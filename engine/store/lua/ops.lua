@@ -82,6 +82,11 @@ function F.op_revert(rid, expires_ms)
     return { status = 'refused', rid = rid, reason = line.state, line = line }
   end
   if line.state == 'committed' then
+    local allocated = 0
+    for _, a in ipairs(line.alloc) do allocated = allocated + a[4] end
+    if allocated < line.qty then -- a part shipped: that cannot be undone
+      return { status = 'refused', rid = rid, reason = 'shipped', line = line }
+    end
     F.commit_units(line, -1)
     line.state = 'held'
   end
