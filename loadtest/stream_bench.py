@@ -7,7 +7,10 @@ One run, in this order:
 2. **produce** — N simulated events (``engine.simulate``) to fresh input topics.
 3. **K** — the raw confluent-kafka consume rate of the same events: one consumer, ``assign`` of
    every input partition from offset 0, read to each partition's end (no parsing).
-4. **P3** — the flow with one worker reads the same topics from offset 0 to their end and applies
+4. **naive** — the peer a team would write in a day (``loadtest.naive_applier``): the same events,
+   one pipelined ``HINCRBY`` per line, no guarantees. ``p3_over_naive`` is the ratio QUALITY's P3
+   targets (≥ 1.0; ≥ 0.7 with alerting).
+5. **P3** — the flow with one worker reads the same topics from offset 0 to their end and applies
    everything to Redis (``run_flow(..., until_end=True)``). Sampled every 0.5 s: events applied,
    the consumer lag the flow reports. Lag back to 0 = every message of the backlog was consumed
    (counted by (topic, partition, offset) through the outcome and DLQ streams).
@@ -46,6 +49,7 @@ from engine.flow.runner import run_flow
 from engine.settings import Settings
 from engine.simulate import produce
 from loadtest.limits import LimitsUnavailable, run_limit
+from loadtest.naive_applier import naive_apply
 from loadtest.progress import bench_progress
 from loadtest.server_stats import parse_command_stats, script_totals
 from loadtest.target import Target, TargetError, redis_target, require_loopback
@@ -255,9 +259,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         results["produce"] = {"messages": report.messages, "ok": report.ok, "seconds": round(report.elapsed_s, 3),
                               "messages_per_s": round(report.rate, 1), "by_topic": report.by_topic}
         results["K"] = raw_consume(bootstrap, topics, args.events)
+        server = target.client()
+        results["naive"] = naive_apply(bootstrap, topics, args.events, server, prefix)
         settings = Settings(redis_url=target.url, kafka_bootstrap=bootstrap, key_prefix=prefix, workers=1,
                             batch_size=args.batch_size, flow_metrics_port=0)
-        server = target.client()
         try:
             results["P3"] = run_p3(settings, topics, args.events, args.alerting, server)
         finally:
@@ -275,7 +280,7 @@ def _e16(target: Target, progress: Any, requests: int) -> dict[str, Any]:
 
 
 def _cleanup(client: Any, prefix: str) -> None:
-    for pattern in (f"{prefix}:*", f"{prefix}-am:*"):
+    for pattern in (f"{prefix}:*", f"{prefix}-am:*", f"{prefix}-naive:*"):
         batch = list(client.scan_iter(match=pattern, count=1000))
         for i in range(0, len(batch), 1000):
             client.unlink(*batch[i:i + 1000])
@@ -285,9 +290,13 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
     p3, k, e16 = results["P3"], results["K"], results.get("E16") or {}
     rate = p3["events_per_s"]
     e16_rps = e16.get("rps")
+    naive = (results.get("naive") or {}).get("events_per_s")
     return {
         "p3_events_per_s": rate,
         "p3_streaming_events_per_s": p3["streaming_events_per_s"],
+        "naive_events_per_s": naive,
+        "p3_over_naive": round(rate / naive, 4) if naive else None,
+        "target_naive_ratio": 0.7 if p3["alerting"] else 1.0,
         "k_raw_consume_messages_per_s": k["messages_per_s"],
         "p3_over_k": round(rate / k["messages_per_s"], 4) if k["messages_per_s"] else None,
         "e16_rps": e16_rps,
