@@ -645,17 +645,24 @@ class EmbeddedBroker(_Server):
 
 
 @contextlib.contextmanager
-def embedded_stack(settings: Settings) -> Iterator[Settings]:
+def embedded_stack(settings: Settings, redis_data_dir: str | os.PathLike[str] | None = None) -> Iterator[Settings]:
     """Start Redis and/or the broker where ``redis_url`` / ``kafka_bootstrap`` are empty.
 
-    With ``redis_cluster`` set, the embedded Redis is a 3-primary cluster.
+    With ``redis_cluster`` set, the embedded Redis is a 3-primary cluster. ``redis_data_dir``: a
+    standalone embedded Redis keeps its data there (AOF, fsync every second) and finds it again
+    on the next start.
 
     Yields a copy of the settings with the URLs filled in; stops what it started on exit.
     """
     with contextlib.ExitStack() as stack:
         update: dict[str, Any] = {}
         if not settings.redis_url:
-            redis_server = EmbeddedRedisCluster() if settings.redis_cluster else EmbeddedRedis()
+            if settings.redis_cluster:
+                redis_server: Any = EmbeddedRedisCluster()
+            elif redis_data_dir is not None:
+                redis_server = EmbeddedRedis(data_dir=redis_data_dir, appendonly=True, appendfsync="everysec")
+            else:
+                redis_server = EmbeddedRedis()
             update["redis_url"] = stack.enter_context(redis_server).url
         if not settings.kafka_bootstrap:
             update["kafka_bootstrap"] = stack.enter_context(EmbeddedBroker()).bootstrap

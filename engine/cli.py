@@ -17,7 +17,9 @@ import os
 import secrets
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
@@ -604,6 +606,84 @@ def flow(
             raise CliError(f"cannot run the flow: {exc}") from exc
         except KeyboardInterrupt:
             err_console.print("flow stopped")
+
+
+@app.command()
+def up(
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="keep Redis (AOF, fsync every second) and the flow's snapshots here; "
+                           "default: nothing kept")] = None,
+    port: Annotated[int | None, typer.Option(help="API port (default: ATP_API_PORT)", min=0, max=65535)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a single node until Ctrl-C or SIGTERM: Redis and the broker (embedded unless
+    ATP_REDIS_URL / ATP_KAFKA_BOOTSTRAP name them), the topics, the flow and the API together."""
+    import hashlib
+    import signal
+
+    from connectors.embedded import EmbeddedError, embedded_stack
+    from connectors.kafka import admin_config
+    from connectors.topics import Topics, create_topics
+    from engine.demo import engine_processes
+
+    settings = load_settings()
+    token = None
+    roles = settings.api_tokens
+    if not roles:  # an admin token of this run, printed once
+        token = secrets.token_urlsafe(24)
+        roles = {hashlib.sha256(token.encode()).hexdigest(): ["read", "reserve", "operate"]}
+    redis_dir = recovery_dir = None
+    if data_dir is not None:
+        try:
+            (data_dir / "redis").mkdir(parents=True, exist_ok=True)
+            (data_dir / "recovery").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _bad(f"cannot use --data-dir {data_dir}: {exc}")
+        redis_dir = data_dir / "redis"
+        # the embedded broker keeps nothing: a snapshot of where the flow read is only worth
+        # keeping for a broker that keeps its log
+        recovery_dir = str(data_dir / "recovery") if settings.kafka_bootstrap else None
+
+    def stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        with embedded_stack(settings, redis_data_dir=redis_dir) as running:
+            create_topics(admin_config(running), Topics(), partitions=running.topic_partitions)
+            if redis_dir is not None and not settings.kafka_bootstrap and not settings.redis_url:
+                # kept stock, a new empty log: its offsets start at 0 again
+                from engine.api.redis_conn import sync_redis
+                from engine.store.store import Store
+
+                client = sync_redis(running)
+                try:
+                    Store(client, prefix=running.key_prefix).forget_offsets()
+                finally:
+                    client.close()
+            with engine_processes(running, roles, recovery_dir=recovery_dir,
+                                  api_port=port or settings.api_port) as (api_url, flow_metrics):
+                info = {"api_url": api_url, "docs_url": f"{api_url}/docs", "token": token,
+                        "redis_url": _redact(running.redis_url), "kafka_bootstrap": running.kafka_bootstrap,
+                        "flow_metrics_url": flow_metrics, "data_dir": str(data_dir) if data_dir else None}
+                _emit(info, as_json, _render_up)
+                while True:
+                    time.sleep(1)
+    except KeyboardInterrupt:
+        err_console.print("stopped")
+    except EmbeddedError as exc:
+        raise CliError(f"cannot start the single node: {_one_line(str(exc))}") from exc
+
+
+def _render_up(info: dict[str, Any]) -> None:
+    console.print(f"API       {info['api_url']}  (docs {info['docs_url']})")
+    if info["token"]:
+        console.print(f"token     {info['token']}  (all roles; this run only)")
+    console.print(f"Redis     {info['redis_url']}")
+    console.print(f"broker    {info['kafka_bootstrap']}")
+    console.print(f"metrics   {info['api_url']}/metrics, flow {info['flow_metrics_url']}")
+    console.print(f"data      {info['data_dir'] or 'not kept (--data-dir keeps Redis and the snapshots)'}")
+    console.print("Ctrl-C stops everything.")
 
 
 @app.command()

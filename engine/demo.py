@@ -79,18 +79,19 @@ def _http_ok(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def _engine(running: Settings, token_roles: dict[str, list[str]]) -> Iterator[tuple[str, str]]:
-    """The flow and the API as child processes; yields (api base URL, flow metrics URL)."""
-    recovery = tempfile.mkdtemp(prefix="atp-demo-recovery-")
+def engine_processes(running: Settings, token_roles: dict[str, list[str]], *, recovery_dir: str | None = None,
+                     api_port: int | None = None, extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, str]]:
+    """The flow and the API as child processes over ``running``'s Redis and broker; yields (API base
+    URL, flow metrics URL). ``recovery_dir``: the flow's snapshots (default: a new temp dir);
+    ``extra_env``: more settings for both."""
+    recovery = recovery_dir or tempfile.mkdtemp(prefix="atp-demo-recovery-")
     env = {
         **os.environ,
         "ATP_REDIS_URL": running.redis_url,
         "ATP_KAFKA_BOOTSTRAP": running.kafka_bootstrap,
         "ATP_API_TOKENS": orjson.dumps(token_roles).decode(),
         "ATP_RECOVERY_DIR": recovery,
-        "ATP_SNAPSHOT_INTERVAL_S": "2",
-        "ATP_SWEEP_INTERVAL_S": "0.5",
-        "ATP_WATCH_SKUS": orjson.dumps(list(HOT_SKUS)).decode(),
+        **(extra_env or {}),
     }
     flow_port = free_port()
     flow = ManagedProcess(
@@ -106,6 +107,7 @@ def _engine(running: Settings, token_roles: dict[str, list[str]]) -> Iterator[tu
                       "--port", str(port), "--log-level", "warning"],
         lambda port: _http_ok(f"http://127.0.0.1:{port}/healthz"),
         env=env,
+        port=api_port,
     )
     with flow, api:
         yield f"http://127.0.0.1:{api.port}", f"http://127.0.0.1:{flow_port}/metrics"
@@ -277,7 +279,9 @@ def demo_engine(settings: Settings, console: Console | None = None) -> Iterator[
     with embedded_stack(settings) as running:
         create_topics(admin_config(running), topics, partitions=running.topic_partitions)
         console.print(f"[dim]Redis {running.redis_url} · broker {running.kafka_bootstrap}[/dim]")
-        with _engine(running, roles) as (base, flow_metrics):
+        demo_env = {"ATP_SNAPSHOT_INTERVAL_S": "2", "ATP_SWEEP_INTERVAL_S": "0.5",
+                    "ATP_WATCH_SKUS": orjson.dumps(list(HOT_SKUS)).decode()}
+        with engine_processes(running, roles, extra_env=demo_env) as (base, flow_metrics):
             console.print(f"[dim]API {base}/docs · flow metrics {flow_metrics}[/dim]")
             producer = _Producer(running, tally)
             api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=10.0)

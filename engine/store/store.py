@@ -317,6 +317,18 @@ class Store(_Base):
         """The SKU's state dump (tests): locs, lots, lines, customers, channels, policy, reliability, seq."""
         return self._fill_policy(self._run(self._call("dump", sku)))
 
+    def forget_offsets(self) -> int:
+        """Drop every SKU's input offset watermarks (the ``@<topic:partition>`` state fields), for
+        a log that starts again from offset 0 (a new, empty broker): without this, its events
+        would be duplicates by offset. Event-id dedupe stays. One SCAN page and one SKU at a time;
+        run it while no flow applies. Returns how many watermarks went."""
+        gone = 0
+        for key in self.redis.scan_iter(match=f"{self.prefix}:{{*}}:state", count=1000):
+            fields = [f for f, _v in self.redis.hscan_iter(key, match="@*", count=1000)]
+            if fields:
+                gone += int(self.redis.hdel(key, *fields))
+        return gone
+
     def journal(self, sku: str, limit: int = 200) -> list[dict[str, Any]]:
         """The SKU's movement journal, newest first: ``{event_id, cmd, reason, ref, at}``."""
         check_int(limit, "limit", 1, 200)
