@@ -1,4 +1,5 @@
--- apply.lua — one supply command of one SKU, applied idempotently, after lazy expiry.
+-- apply.lua — supply commands of one SKU, applied idempotently after lazy expiry: apply takes one,
+-- apply_many several in order (its own header is further down).
 -- KEYS: the keys of the SKU (see lib.lua), then, when ARGV 9 > 0, the reply stash key
 --       '<prefix>-rp:{sku}:<source>:<offset>' (K.stashes[1]; engine/store/reply_stash.py)
 -- ARGV: 1 sku, 2 now_ms (0 = TIME), 3 cmd, 4 event_id ('' = no event-id check),
@@ -270,8 +271,8 @@ end
 -- One command, once the call's state is loaded and no due hold is left: its reply (json), or
 -- '~part…' / '~busy…' (see the header), or '~stop' (not applied: an unknown command, for the
 -- store to send alone). c: {cmd, event_id, source, offset (number), offset_raw, payload (json,
--- or the job's token for '~continue'), note, keep_s, budget, stash (its index in K.stashes)}; seen: the state
--- fields '@<source>', 'e<event_id>' and '!B' as they are now.
+-- or the job's token for '~continue'), note, keep_s, budget, stash (its index in K.stashes)};
+-- seen: the state fields '@<source>', 'e<event_id>' and '!B' as they are now.
 local function apply_one(c, seen)
   local cmd, event_id, source, offset = c.cmd, c.event_id, c.source, c.offset
   S.budget = c.budget > 0 and c.budget or JOB_LINES

@@ -77,7 +77,8 @@ local K                     -- the keys by role (see above)
 local SKU, NOW              -- ARGV 1 and the call's time in ms (ARGV 2, or Redis TIME)
 local DAY_MS = 86400000
 
--- the call's state (begin empties it); within a call, tables change in place, never replaced
+-- the call's state (begin empties it); within a call, tables change in place (F.flush starts
+-- the change tables afresh once they are written)
 local S                     -- scalars (begin lists them)
 local pol                   -- the policy (F.load_state)
 local rel                   -- supplier -> rel_pm (F.reliability loads it)
@@ -823,8 +824,8 @@ function F.flush()
     F.call_chunked('ZADD', K.exp, set, 2)
   end
   F.write_zset(K.dead, dead_chg)
-  -- what is written is no longer a change: a later flush of the same call (apply_many flushes
-  -- after each command) writes only what changed since
+  -- what is written is no longer a change: a later flush of the same call (apply_many ends with
+  -- one, after a command that may have written back already) writes only what changed since
   state_set, lot_chg, line_chg, dead_chg, exp_add = {}, {}, {}, {}, {}
   S.dirty, S.pos_stale = false, false
 end
