@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from connectors.topics import Topics
+from loadtest.kafka_read import InputReader
 
 
 def effects(event: dict[str, Any]) -> Iterator[tuple[str, str, int]]:
@@ -44,37 +44,20 @@ def effects(event: dict[str, Any]) -> Iterator[tuple[str, str, int]]:
 def naive_apply(bootstrap: str, topics: Topics, expected: int, client: Any, prefix: str,
                 timeout_s: float = 300.0) -> dict[str, Any]:
     """Apply every input event to ``<prefix>-naive:{sku}`` hashes; events/s from the first message."""
-    from confluent_kafka.admin import AdminClient
-
-    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
-    tps = [TopicPartition(t, p, 0) for t in topics.inputs for p in sorted(meta.topics[t].partitions)]
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "stream-bench-naive",
-                         "enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 100})
-    started = time.perf_counter()
-    consumer.assign(tps)
-    count, writes, ended, first = 0, 0, set(), None
-    try:
-        while len(ended) < len(tps) and time.perf_counter() - started < timeout_s:
-            pipe = client.pipeline(transaction=False)
-            queued = 0
-            for msg in consumer.consume(10_000, 0.2):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        ended.add((msg.topic(), msg.partition()))
-                    continue
-                if first is None:
-                    first = time.perf_counter()
-                ended.discard((msg.topic(), msg.partition()))
-                count += 1
-                for sku, bucket, delta in effects(orjson.loads(msg.value())):
-                    pipe.hincrby(f"{prefix}-naive:{{{sku}}}", bucket, delta)
-                    queued += 1
-            if queued:
-                pipe.execute()
-                writes += queued
-    finally:
-        consumer.close()
+    reader = InputReader(bootstrap, topics, "stream-bench-naive", timeout_s)
+    count, writes = 0, 0
+    for batch in reader.batches():
+        pipe = client.pipeline(transaction=False)
+        queued = 0
+        for msg in batch:
+            count += 1
+            for sku, bucket, delta in effects(orjson.loads(msg.value())):
+                pipe.hincrby(f"{prefix}-naive:{{{sku}}}", bucket, delta)
+                queued += 1
+        if queued:
+            pipe.execute()
+            writes += queued
+    started, first = reader.started, reader.first
     done = time.perf_counter()
     streaming = done - (first or started)
     return {

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from connectors.embedded import EmbeddedBroker
 from connectors.topics import Topics, create_topics
@@ -48,6 +47,7 @@ from engine.flow.dataflow import FlowStreams
 from engine.flow.runner import run_flow
 from engine.settings import Settings
 from engine.simulate import produce
+from loadtest.kafka_read import InputReader
 from loadtest.limits import LimitsUnavailable, run_limit
 from loadtest.naive_applier import naive_apply
 from loadtest.progress import bench_progress
@@ -81,30 +81,12 @@ def broker(bootstrap: str | None) -> Iterator[str]:
 
 def raw_consume(bootstrap: str, topics: Topics, expected: int, timeout_s: float = 300.0) -> dict[str, Any]:
     """Read every input partition from 0 to its end with one assign-mode consumer; no parsing."""
-    from confluent_kafka.admin import AdminClient
-
-    meta = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
-    tps = [TopicPartition(t, p, 0) for t in topics.inputs for p in sorted(meta.topics[t].partitions)]
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "stream-bench-raw", "enable.auto.commit": False,
-                         "enable.partition.eof": True, "fetch.wait.max.ms": 100})
-    started = time.perf_counter()
-    consumer.assign(tps)
-    count, size, ended, first = 0, 0, set(), None
-    try:
-        while len(ended) < len(tps) and time.perf_counter() - started < timeout_s:
-            for msg in consumer.consume(10_000, 0.2):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        ended.add((msg.topic(), msg.partition()))
-                    continue
-                if first is None:
-                    first = time.perf_counter()
-                ended.discard((msg.topic(), msg.partition()))
-                count += 1
-                size += len(msg.value() or b"")
-    finally:
-        consumer.close()
+    reader = InputReader(bootstrap, topics, "stream-bench-raw", timeout_s)
+    count, size = 0, 0
+    for batch in reader.batches():
+        count += len(batch)
+        size += sum(len(msg.value() or b"") for msg in batch)
+    started, first = reader.started, reader.first
     done = time.perf_counter()
     streaming = done - (first or started)
     return {

@@ -243,10 +243,6 @@ class EventPublisher:
             return False, f"{backlog} events wait for the broker (limit {self.max_backlog})"
         return True, ""
 
-    def pending(self) -> int:
-        """Messages queued or in flight (``backlog``)."""
-        return self.backlog()
-
     def close(self, timeout_s: float = 10.0) -> int:
         """Stop the thread, hand the outbox to the producer and flush; returns how many events
         were still undelivered."""
