@@ -42,3 +42,17 @@ class Policy(BaseModel):
     def from_wire(cls, data: dict[str, Any] | None) -> Policy:
         """Parse a stored policy; missing fields take their defaults."""
         return cls.model_validate(data or {})
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``patch`` applied to ``target`` as RFC 7396 JSON Merge Patch says: objects merge key by
+    key, ``null`` removes a key, anything else replaces. Neither argument is changed."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged

@@ -16,6 +16,7 @@ from tests.conftest import TOPIC_PARTITIONS
 from tests.integration.api_harness import (
     ADMIN,
     OPERATOR,
+    READER,
     RESERVER,
     bearer,
     figures,
@@ -180,6 +181,41 @@ async def test_policy_round_trip_changes_atp(store: Any, settings: Settings, top
         capped = await api.post("/v1/reservations", json={"lines": [{"sku": "POL-1", "qty": 3}]},
                                 headers={"Idempotency-Key": "pol-cap", **bearer(ADMIN)})
         assert capped.status_code == 409 and capped.json()["reason"] == "order_cap"
+
+
+async def test_policy_put_replaces_and_patch_merges(store: Any, settings: Settings, topics: Topics) -> None:
+    seed(store, "POL-2", 20)
+    auth = bearer(OPERATOR)
+    merge = {**auth, "Content-Type": "application/merge-patch+json"}
+    async with in_process(make_app(settings, topics)) as api:
+        full = {"mode": "presell", "order_cap": 4, "customer_limit": 6, "quotas": {"web": 10, "app": 5}}
+        assert (await api.put("/v1/policies/POL-2", json=full, headers=auth)).status_code == 200
+        patched = await api.patch("/v1/policies/POL-2", content=b'{"low_stock": 7, "quotas": {"app": null}}',
+                                  headers=merge)
+        assert patched.status_code == 200, patched.text
+        body = patched.json()
+        assert (body["low_stock"], body["order_cap"], body["customer_limit"], body["mode"]) == (7, 4, 6, "presell")
+        assert body["quotas"] == {"web": 10}
+        reset = await api.patch("/v1/policies/POL-2", content=b'{"order_cap": null}', headers=merge)
+        assert reset.json()["order_cap"] == 0 and reset.json()["customer_limit"] == 6
+        assert (await api.get("/v1/policies/POL-2", headers=auth)).json() == reset.json()
+        # PUT is whole: a partial body resets every field it leaves out
+        replaced = await api.put("/v1/policies/POL-2", json={"low_stock": 7}, headers=auth)
+        assert replaced.json() == {**(await api.get("/v1/policies/NONE-2", headers=auth)).json(), "low_stock": 7}
+
+        wrong_type = await api.patch("/v1/policies/POL-2", content=b'{"low_stock": 1}',
+                                     headers={**auth, "Content-Type": "text/plain"})
+        assert wrong_type.status_code == 415 and wrong_type.json()["error"] == "unsupported_media_type"
+        not_object = await api.patch("/v1/policies/POL-2", content=b"[1]", headers=merge)
+        assert not_object.status_code == 400 and not_object.json()["error"] == "bad_request"
+        bad_value = await api.patch("/v1/policies/POL-2", content=b'{"cap_pm": 1001}', headers=merge)
+        assert bad_value.status_code == 422 and bad_value.json()["reasons"][0]["field"] == "body.cap_pm"
+        unknown = await api.patch("/v1/policies/POL-2", content=b'{"capp": 1}', headers=merge)
+        assert unknown.status_code == 422
+        reader = await api.patch("/v1/policies/POL-2", content=b'{"low_stock": 1}',
+                                 headers={**bearer(READER), "Content-Type": "application/merge-patch+json"})
+        assert reader.status_code == 403
+        assert (await api.get("/v1/policies/POL-2", headers=auth)).json() == replaced.json()
 
 
 async def test_adjustments_and_counts_are_published_not_applied(

@@ -13,17 +13,24 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import ValidationError
 
 from engine.api.auth import Role
-from engine.api.errors import ApiError, BackendUnavailable, OrjsonResponse
+from engine.api.errors import (
+    ApiError,
+    BackendUnavailable,
+    OrjsonResponse,
+    invalid_request,
+    validation_reasons,
+)
 from engine.api.guard import require
 from engine.api.models import AcceptedOut, AdjustmentIn, CountIn, ErrorOut, InvalidOut
 from engine.api.publisher import PublishError
 from engine.domain.events import EventBase, StockAdjusted, StockCounted, event_to_json, format_time
 from engine.domain.ids import SKU_PATTERN
-from engine.domain.policy import Policy
+from engine.domain.policy import Policy, merge_patch
 
 router = APIRouter(prefix="/v1", tags=["ops"])
 
@@ -67,15 +74,66 @@ async def get_policy(request: Request, sku: SkuPath) -> OrjsonResponse:
     summary="Replace a SKU's selling policy",
 )
 async def put_policy(request: Request, sku: SkuPath, body: Policy) -> OrjsonResponse:
-    """Replace the whole policy (absent fields take their defaults). Reservations are
-    re-balanced against the new policy at once; see docs/semantics.md for the fields."""
+    """Replace the whole policy: a field left out takes its default, whatever it was before
+    (use PATCH to change some fields). Reservations are re-balanced against the new policy at
+    once; see docs/semantics.md for the fields."""
+    return await _store_policy(request, sku, body)
+
+
+async def _store_policy(request: Request, sku: str, policy: Policy) -> OrjsonResponse:
     store = request.app.state.store
     try:
-        await store.set_policy(sku, body.to_wire())
+        await store.set_policy(sku, policy.to_wire())
     except ValueError as exc:
         raise ApiError(422, "invalid_request", str(exc), reasons=[]) from exc
     raw = await store.get_policy(sku)
     return OrjsonResponse(_stored_policy(raw).to_wire())
+
+
+_MERGE_PATCH_TYPES = frozenset({"application/merge-patch+json", "application/json"})
+
+
+@router.patch(
+    "/policies/{sku}",
+    response_model=Policy,
+    responses={
+        **_AUTH_ERRORS,
+        400: {"model": ErrorOut, "description": "the body is not a JSON object"},
+        415: {"model": ErrorOut, "description": "not application/merge-patch+json"},
+    },
+    dependencies=[Depends(require(Role.OPERATE))],
+    summary="Change some fields of a SKU's selling policy",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "an RFC 7396 merge patch: fields given replace, null resets a field "
+            "to its default, a quota set to null is removed",
+            "content": {"application/merge-patch+json": {"schema": {"$ref": "#/components/schemas/Policy"}}},
+        }
+    },
+)
+async def patch_policy(request: Request, sku: SkuPath) -> OrjsonResponse:
+    """Merge the body into the current policy (RFC 7396): fields left out keep their values,
+    ``null`` resets a field to its default. Read, merge and write are separate steps, so of
+    two PATCHes racing on one SKU the later write wins whole."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in _MERGE_PATCH_TYPES:
+        raise ApiError(415, "unsupported_media_type", "send the patch as application/merge-patch+json")
+    try:
+        patch = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "bad_request", f"the body is not JSON: {exc}") from exc
+    if not isinstance(patch, dict):
+        raise ApiError(400, "bad_request", "a policy merge patch is a JSON object")
+    current = _stored_policy(await request.app.state.store.get_policy(sku)).to_wire()
+    try:
+        policy = Policy.model_validate(merge_patch(current, patch))
+    except ValidationError as exc:
+        reasons = validation_reasons(exc.errors(include_url=False))
+        for reason in reasons:
+            reason["field"] = f"body.{reason['field']}" if reason["field"] else "body"
+        return invalid_request(reasons)
+    return await _store_policy(request, sku, policy)
 
 
 async def _publish(request: Request, event: EventBase) -> OrjsonResponse:
