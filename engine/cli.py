@@ -314,7 +314,7 @@ def reserve(
         if isinstance(result, Reservation):
             _emit_reserved(result, as_json)
             return
-        body = _refusal_body(client, rid, parsed, result)
+        body = _refusal_body(client, rid, parsed, result, customer, channel)
     _emit(body, as_json, _render_refusal)
     raise typer.Exit(EXIT_REFUSED)
 
@@ -325,34 +325,19 @@ def _emit_reserved(result: Any, as_json: bool) -> None:
     _emit(reservation_view(result), as_json, _render_reservation)
 
 
-def _refusal_body(client: Any, rid: str, parsed: Sequence[tuple[str, int, str | None]], refusal: Any) -> dict[str, Any]:
+def _refusal_body(client: Any, rid: str, parsed: Sequence[tuple[str, int, str | None]], refusal: Any,
+                  customer: str | None, channel: str | None) -> dict[str, Any]:
+    from engine.api.views import refusal_view
+
     if refusal.status == "conflict":
         return {
             "error": "idempotency_conflict",
             "detail": "this reservation id was already used with different lines",
             "reservation_id": rid,
         }
-    available = dict(refusal.available)
-    missing = [sku for sku, _, _ in parsed if sku not in available]
-    if missing:
-        for sku, position in client.atp_many(list(dict.fromkeys(missing))).items():
-            available[sku] = max(0, int(position.get("atp", 0)))
-    return {
-        "error": "refused",
-        "detail": f"not enough to promise: {refusal.reason}" + (f" on {refusal.sku}" if refusal.sku else ""),
-        "reservation_id": rid,
-        "reason": refusal.reason,
-        "lines": [
-            {
-                "sku": sku,
-                "qty": qty,
-                "location": location,
-                "available": int(available.get(sku, 0)),
-                "reason": refusal.reason if refusal.sku in (None, sku) else None,
-            }
-            for sku, qty, location in parsed
-        ],
-    }
+    missing = list(dict.fromkeys(sku for sku, _, _ in parsed if sku not in refusal.available))
+    atp = {sku: int(p.get("atp", 0)) for sku, p in client.atp_many(missing).items()} if missing else {}
+    return refusal_view(refusal, parsed, atp, customer=customer, channel=channel)
 
 
 def _lifecycle(op: str, rid: str, as_json: bool, *args: int) -> None:

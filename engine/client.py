@@ -108,8 +108,8 @@ class Refusal:
 
     For a refused hold, ``reason`` is insufficient / order_cap / customer_limit / channel_quota,
     ``sku`` names the line that could not be served and ``available`` gives what each line's SKU
-    could take (the refused line: exactly what the script saw; the others: their ATP after the
-    rollback). For a lifecycle call, ``reason`` is the state that forbids it and ``lines`` the
+    could take in stock (the refused line: exactly what the script saw; the others: their ATP
+    after the rollback); a guard's ``limit`` and ``used`` are what the script saw too. For a lifecycle call, ``reason`` is the state that forbids it and ``lines`` the
     reservation as it is. A lifecycle call on several SKUs is all or nothing; the one exception
     is a release racing a shipment of another line: the lines it did release stay released and
     are in ``changed`` (so they can be published), else ``changed`` is None.
@@ -123,6 +123,8 @@ class Refusal:
     lines: list[ReservedLine] = field(default_factory=list)
     changed: Reservation | None = None
     ok: bool = False
+    limit: int | None = None  # the broken guard's limit (order_cap, customer_limit, channel_quota)
+    used: int | None = None  # units already counted against a customer_limit or channel_quota
 
 
 Result = Reservation | Refusal
@@ -275,6 +277,13 @@ def _refused_after(rid: str, op: str, replies: list[tuple[str, dict[str, Any]]],
 def _as_made(reply: dict[str, Any], made: bool) -> dict[str, Any]:
     """A hold reply, ``ok`` when this call made the line in an earlier try of the same hold."""
     return {**reply, "status": "ok"} if made and reply["status"] == "duplicate" else reply
+
+
+def _refused_hold(rid: str, sku: str, reply: dict[str, Any], others: dict[str, int]) -> Refusal:
+    """The refusal of a hold whose ``sku`` line the script refused with ``reply``; ``others``:
+    the ATP of the reservation's other SKUs."""
+    return Refusal("refused", rid, reply["reason"], sku=sku, available={sku: reply["available"], **others},
+                   limit=reply.get("limit"), used=reply.get("used"))
 
 
 def _next_pause(pause: float) -> float:
@@ -666,11 +675,9 @@ class AtpClient(_ClientBase):
     def _refusal(self, rid: str, reqs: dict[str, HoldRequest], sku: str, reply: dict[str, Any]) -> Refusal:
         if reply["status"] in ("conflict", "duplicate"):
             return Refusal("conflict", rid, "conflict", sku=sku, lines=[ReservedLine.from_wire(reply["line"])])
-        available = {sku: reply["available"]}
-        for other, req in reqs.items():
-            if other != sku:
-                available[other] = self.store.position(other, req.loc or None)["atp"]
-        return Refusal("refused", rid, reply["reason"], sku=sku, available=available)
+        available = {other: self.store.position(other, req.loc or None)["atp"]
+                     for other, req in reqs.items() if other != sku}
+        return _refused_hold(rid, sku, reply, available)
 
     def _each(self, rid: str, op: str, *args: int) -> Result:
         """``op`` on every line: one atomic call for one SKU; for several, check every line,
@@ -847,11 +854,9 @@ class AsyncAtpClient(_ClientBase):
     async def _refusal(self, rid: str, reqs: dict[str, HoldRequest], sku: str, reply: dict[str, Any]) -> Refusal:
         if reply["status"] in ("conflict", "duplicate"):
             return Refusal("conflict", rid, "conflict", sku=sku, lines=[ReservedLine.from_wire(reply["line"])])
-        available = {sku: reply["available"]}
-        for other, req in reqs.items():
-            if other != sku:
-                available[other] = (await self.store.position(other, req.loc or None))["atp"]
-        return Refusal("refused", rid, reply["reason"], sku=sku, available=available)
+        available = {other: (await self.store.position(other, req.loc or None))["atp"]
+                     for other, req in reqs.items() if other != sku}
+        return _refused_hold(rid, sku, reply, available)
 
     async def _each(self, rid: str, op: str, *args: int) -> Result:
         """See ``AtpClient._each``."""

@@ -19,7 +19,7 @@ from engine import metrics
 from engine.api.errors import ApiError, OrjsonResponse
 from engine.api.models import ReservationIn
 from engine.api.reservation_events import Change, encode, reservation_event
-from engine.api.views import position_view, reservation_body, reservation_view
+from engine.api.views import position_view, refusal_view, reservation_body, reservation_view
 from engine.client import LineRequest, Refusal, Reservation, Result
 from engine.observability.api import note_hold, note_lifecycle
 
@@ -81,29 +81,13 @@ async def hold(state: Any, rid: str, body: ReservationIn) -> OrjsonResponse:
 
 
 async def _refused(state: Any, rid: str, body: ReservationIn, refusal: Refusal) -> ApiError:
-    available = dict(refusal.available)
-    missing = [line.sku for line in body.lines if line.sku not in available]
-    if missing:  # the client names what it saw; fill in the rest from the current position
-        positions = await state.client.atp_many(list(dict.fromkeys(missing)))
-        for sku, position in positions.items():
-            available[sku] = max(0, int(position.get("atp", 0)))
-    return ApiError(
-        409,
-        "refused",
-        f"not enough to promise: {refusal.reason}" + (f" on {refusal.sku}" if refusal.sku else ""),
-        reservation_id=rid,
-        reason=refusal.reason,
-        lines=[
-            {
-                "sku": line.sku,
-                "qty": line.qty,
-                "location": line.location,
-                "available": int(available.get(line.sku, 0)),
-                "reason": refusal.reason if refusal.sku in (None, line.sku) else None,
-            }
-            for line in body.lines
-        ],
-    )
+    lines = [(line.sku, line.qty, line.location) for line in body.lines]
+    missing = [sku for sku, _q, _l in lines if sku not in refusal.available]
+    # the client names what it saw; the rest from the current position
+    atp = {sku: int(p.get("atp", 0)) for sku, p in (await state.client.atp_many(
+        list(dict.fromkeys(missing)))).items()} if missing else {}
+    view = refusal_view(refusal, lines, atp, customer=body.customer_id, channel=body.channel)
+    return ApiError(409, view.pop("error"), view.pop("detail"), **view)
 
 
 def _op_result(rid: str, result: Result) -> OrjsonResponse:

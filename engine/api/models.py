@@ -157,13 +157,27 @@ class ReservationOut(BaseModel):
 
 
 class RefusedLine(BaseModel):
-    """A line of a refused reservation and the ATP that was available for it."""
+    """A line of a refused reservation and what it could have had."""
 
     sku: str
     qty: int
     location: str | None
-    available: int = Field(description="units this line could have taken (capacity) when refused")
+    requested: int = Field(description="units asked of this SKU by all the reservation's lines: "
+                           "lines of one SKU are held as one and refused together")
+    available: int = Field(description="units of this SKU the reservation could have taken: the "
+                           "stock, bounded by the guard that refused it")
+    stock: int = Field(description="units in stock this SKU could promise, guards aside")
     reason: str | None = Field(description="why this line was refused; null = it was not the refused line")
+
+
+class GuardOut(BaseModel):
+    """The flash-sale guard that refused a hold (docs/semantics.md, "Policy")."""
+
+    name: Literal["order_cap", "customer_limit", "channel_quota"]
+    limit: int = Field(description="the policy's limit: units per reservation, customer or channel")
+    used: int | None = Field(description="units already held or bought by the customer or channel; "
+                             "null for order_cap")
+    room: int = Field(description="units the guard still allows")
 
 
 class RefusedOut(BaseModel):
@@ -173,6 +187,8 @@ class RefusedOut(BaseModel):
     detail: str
     reservation_id: str
     reason: str = Field(description="insufficient / order_cap / customer_limit / channel_quota")
+    sku: str | None = Field(description="the SKU that could not be served")
+    guard: GuardOut | None = Field(description="the guard that refused; null for insufficient stock")
     lines: list[RefusedLine]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from engine.client import Reservation, ReservedLine
+from engine.client import Refusal, Reservation, ReservedLine
 from engine.domain.events import format_time, from_ms
 
 _LOCATION_KEYS = (
@@ -122,3 +122,72 @@ def reservation_view(reservation: Reservation) -> dict[str, Any]:
         reservation.promised_ms,
         reservation.expires_ms,
     )
+
+
+
+#: What the guards that refuse a hold mean, for a refusal's ``detail`` (docs/semantics.md, "Policy").
+_GUARD_LIMITS = {
+    "order_cap": "at most {limit} units per reservation",
+    "customer_limit": "at most {limit} units per customer{who}, {used} already held or bought",
+    "channel_quota": "at most {limit} units for channel{who}, {used} already held or bought",
+}
+
+
+def refusal_view(
+    refusal: Refusal,
+    lines: Sequence[tuple[str, int, str | None]],
+    atp: Mapping[str, int],
+    *,
+    customer: str | None = None,
+    channel: str | None = None,
+) -> dict[str, Any]:
+    """A ``RefusedOut`` body for a refused hold of ``lines`` (sku, qty, location).
+
+    ``atp`` gives the stock each SKU could take (the refusal's own figures win). A line's
+    ``available`` is what would fit: the stock, bounded by the guard that refused its SKU;
+    ``requested`` sums the lines of one SKU, which are held as one and refused together."""
+    requested: dict[str, int] = {}
+    for sku, qty, _loc in lines:
+        requested[sku] = requested.get(sku, 0) + qty
+    stock = {sku: max(0, int(units)) for sku, units in {**atp, **refusal.available}.items()}
+    room = None if refusal.limit is None else max(0, refusal.limit - (refusal.used or 0))
+    fits = dict(stock)
+    if room is not None and refusal.sku in fits:
+        fits[refusal.sku] = min(fits[refusal.sku], room)
+    merged = sum(1 for sku, _q, _l in lines if sku == refusal.sku) > 1
+    return {
+        "error": "refused",
+        "detail": _refusal_detail(refusal, requested, fits, merged,
+                                  customer if refusal.reason == "customer_limit" else channel),
+        "reservation_id": refusal.reservation_id,
+        "reason": refusal.reason,
+        "sku": refusal.sku,
+        "guard": None if room is None else {
+            "name": refusal.reason, "limit": refusal.limit, "used": refusal.used, "room": room,
+        },
+        "lines": [
+            {
+                "sku": sku,
+                "qty": qty,
+                "location": location,
+                "requested": requested[sku],
+                "available": fits.get(sku, 0),
+                "stock": stock.get(sku, 0),
+                "reason": refusal.reason if refusal.sku in (None, sku) else None,
+            }
+            for sku, qty, location in lines
+        ],
+    }
+
+
+def _refusal_detail(refusal: Refusal, requested: Mapping[str, int], fits: Mapping[str, int],
+                    merged: bool, who: str | None) -> str:
+    sku = refusal.sku
+    if sku is None:
+        return f"not enough to promise: {refusal.reason}"
+    asked = f"{requested.get(sku, 0)} asked" + (" by its lines together" if merged else "")
+    guard = _GUARD_LIMITS.get(refusal.reason)
+    if guard is None:
+        return f"not enough to promise on {sku}: {asked}, {fits.get(sku, 0)} available"
+    meaning = guard.format(limit=refusal.limit, used=refusal.used, who=f" {who}" if who else "")
+    return f"{refusal.reason} on {sku}: {meaning}; {asked}, {fits.get(sku, 0)} would fit"

@@ -334,24 +334,33 @@ class SkuBook:
         self.expire_due(now)
         return [self._hold(req, now) for req in requests]
 
+    def _broken_guard(self, req: HoldRequest) -> dict[str, Any]:
+        """The flash-sale guard a hold breaks, ``{reason, limit[, used]}`` (``used``: the units
+        already counted against a customer or channel), or {} when none."""
+        p = self.policy
+        if p.order_cap > 0 and req.qty > p.order_cap:
+            return {"reason": "order_cap", "limit": p.order_cap}
+        if p.customer_limit > 0 and req.customer:
+            used = self.customers.get(req.customer, 0)
+            if used + req.qty > p.customer_limit:
+                return {"reason": "customer_limit", "limit": p.customer_limit, "used": used}
+        if req.channel in p.quotas:
+            used = self.channels.get(req.channel, 0)
+            if used + req.qty > p.quotas[req.channel]:
+                return {"reason": "channel_quota", "limit": p.quotas[req.channel], "used": used}
+        return {}
+
     def _hold(self, req: HoldRequest, now: int, replace_dead: bool = False) -> dict[str, Any]:
         existing = self.lines.get(req.rid)
         if existing is not None and not (replace_dead and existing.state in ("released", "expired")):
             same = existing.qty == req.qty and existing.loc == req.loc
             return {"status": "duplicate" if same else "conflict", "rid": req.rid, "line": existing.wire()}
-        p = self.policy
-        reason = ""
-        if p.order_cap > 0 and req.qty > p.order_cap:
-            reason = "order_cap"
-        elif p.customer_limit > 0 and req.customer and self.customers.get(req.customer, 0) + req.qty > p.customer_limit:
-            reason = "customer_limit"
-        elif req.channel in p.quotas and self.channels.get(req.channel, 0) + req.qty > p.quotas[req.channel]:
-            reason = "channel_quota"
+        guard = self._broken_guard(req)
         available = self.capacity(req.loc, now)
-        if not reason and available < req.qty:
-            reason = "insufficient"
-        if reason:
-            return {"status": "refused", "rid": req.rid, "reason": reason, "available": available}
+        if guard:
+            return {"status": "refused", "rid": req.rid, **guard, "available": available}
+        if available < req.qty:
+            return {"status": "refused", "rid": req.rid, "reason": "insufficient", "available": available}
         self.ended_ms.pop(req.rid, None)  # a released or expired line is replaced
         allocs = self._allocate(req.qty, req.loc, now)
         self.seq += 1

@@ -350,11 +350,18 @@ def decode_line(rid: str, sku: str, raw: bytes | str) -> dict[str, Any]:
     }
 
 
+def decode_refusal(payload: bytes | str) -> dict[str, Any]:
+    """A refused hold's ``<reason>:<available>[:<limit>[:<used>]]`` as ``{reason, available}``
+    plus, for a guard, its ``limit`` and (customer_limit, channel_quota) the ``used`` units."""
+    reason, *numbers = (payload.decode() if isinstance(payload, bytes) else payload).split(":")
+    return {"reason": reason, **{k: int(v) for k, v in zip(("available", "limit", "used"), numbers, strict=False)}}
+
+
 def decode_hold_replies(sku: str, requests: Sequence[HoldRequest],
                         raw: Sequence[bytes | str]) -> list[dict[str, Any]]:
     """The hold replies of docs/semantics.md from hold.lua's flat reply (status, payload per
     request): ``{status: ok|duplicate|conflict, rid, line}`` or
-    ``{status: refused, rid, reason, available}``."""
+    ``{status: refused, rid, reason, available[, limit[, used]]}``."""
     if len(raw) != 2 * len(requests):
         raise ValueError(f"hold script answered {len(raw)} items for {len(requests)} requests")
     out = []
@@ -363,8 +370,7 @@ def decode_hold_replies(sku: str, requests: Sequence[HoldRequest],
         status = status.decode() if isinstance(status, bytes) else status
         payload = raw[2 * i + 1]
         if status == "refused":
-            reason, _, available = (payload.decode() if isinstance(payload, bytes) else payload).partition(":")
-            out.append({"status": status, "rid": req.rid, "reason": reason, "available": int(available)})
+            out.append({"status": status, "rid": req.rid, **decode_refusal(payload)})
         else:
             out.append({"status": status, "rid": req.rid, "line": decode_line(req.rid, sku, payload)})
     return out

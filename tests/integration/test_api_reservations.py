@@ -183,6 +183,45 @@ async def test_policy_round_trip_changes_atp(store: Any, settings: Settings, top
         assert capped.status_code == 409 and capped.json()["reason"] == "order_cap"
 
 
+async def test_guard_refusals_name_the_guard_and_what_would_fit(
+    store: Any, settings: Settings, topics: Topics
+) -> None:
+    seed(store, "GRD-1", 100)
+    seed(store, "GRD-2", 100)
+    store.set_policy("GRD-1", {"order_cap": 50, "customer_limit": 70, "quotas": {"app": 30}})
+    auth = bearer(ADMIN)
+
+    async def hold(key: str, lines: list[dict[str, Any]], **extra: Any) -> Any:
+        return await api.post("/v1/reservations", json={"lines": lines, **extra},
+                              headers={"Idempotency-Key": key, **auth})
+
+    async with in_process(make_app(settings, topics)) as api:
+        # two lines of one SKU are held as one: the sum is what the cap refuses
+        capped = await hold("grd-cap", [{"sku": "GRD-1", "qty": 30}, {"sku": "GRD-1", "qty": 30},
+                                        {"sku": "GRD-2", "qty": 5}])
+        assert capped.status_code == 409
+        body = capped.json()
+        assert (body["reason"], body["sku"]) == ("order_cap", "GRD-1")
+        assert body["guard"] == {"name": "order_cap", "limit": 50, "used": None, "room": 50}
+        assert [(ln["sku"], ln["requested"], ln["available"], ln["stock"], ln["reason"]) for ln in body["lines"]] == [
+            ("GRD-1", 60, 50, 100, "order_cap"), ("GRD-1", 60, 50, 100, "order_cap"), ("GRD-2", 5, 100, 100, None)]
+        assert "at most 50 units per reservation" in body["detail"] and "together" in body["detail"]
+
+        assert (await hold("grd-c1", [{"sku": "GRD-1", "qty": 40}], customer_id="c-1")).status_code == 201
+        limited = (await hold("grd-c2", [{"sku": "GRD-1", "qty": 40}], customer_id="c-1")).json()
+        assert limited["guard"] == {"name": "customer_limit", "limit": 70, "used": 40, "room": 30}
+        assert limited["lines"][0]["available"] == 30 and limited["lines"][0]["stock"] == 60
+        assert "c-1" in limited["detail"] and "30 would fit" in limited["detail"]
+
+        assert (await hold("grd-a1", [{"sku": "GRD-1", "qty": 25}], channel="app")).status_code == 201
+        quota = (await hold("grd-a2", [{"sku": "GRD-1", "qty": 10}], channel="app")).json()
+        assert quota["guard"] == {"name": "channel_quota", "limit": 30, "used": 25, "room": 5}
+        assert quota["lines"][0]["available"] == 5
+
+        short = (await hold("grd-short", [{"sku": "GRD-2", "qty": 101}])).json()
+        assert (short["reason"], short["guard"], short["lines"][0]["available"]) == ("insufficient", None, 100)
+
+
 async def test_policy_put_replaces_and_patch_merges(store: Any, settings: Settings, topics: Topics) -> None:
     seed(store, "POL-2", 20)
     auth = bearer(OPERATOR)

@@ -110,7 +110,12 @@ def test_guards_order_cap_customer_limit_channel_quota(redis: Any) -> None:
     assert [(x["status"], x.get("reason")) for x in r] == [
         ("refused", "order_cap"), ("ok", None), ("refused", "customer_limit"),
         ("refused", "channel_quota"), ("ok", None)]
-    assert r[0]["available"] == 100
+    # each guard names its limit and the usage the script saw; the stock is the capacity
+    assert [{k: x[k] for k in ("available", "limit", "used") if k in x} for x in r if x["status"] == "refused"] == [
+        {"available": 100, "limit": 5},
+        {"available": 96, "limit": 6, "used": 4},
+        {"available": 96, "limit": 3, "used": 0},
+    ]
     assert store.get_policy("S1")["order_cap"] == 5
 
 

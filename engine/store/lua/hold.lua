@@ -5,8 +5,9 @@
 --       '<qty>|<loc ('' = any)>|<ttl_ms>|<channel ('' = none)>|<customer ('' = none)>|<commit 0|1>'
 --       (the terms of a batch mostly repeat: each distinct string is parsed once)
 -- Reply: array, two items per request, in order: status, then for ok | duplicate | conflict the
---        line in its stored form (see lib.lua), for refused '<reason>:<available>'; the store
---        builds the hold replies {status, rid, line} | {status: refused, rid, reason, available}
+--        line in its stored form (see lib.lua), for refused '<reason>:<available>', then for a
+--        guard ':<limit>' and, but for order_cap, ':<used>'; the store builds the hold replies
+--        {status, rid, line} | {status: refused, rid, reason, available[, limit[, used]]}
 --        (or '~more' while more holds are due than one call expires: lib.lua EXPIRE_LINES)
 
 entry('hold', function()
@@ -28,9 +29,15 @@ entry('hold', function()
       t = { tonumber(qty), loc, tonumber(ttl), channel, customer, commit == '1' }
       terms[ARGV[i + 1]] = t
     end
-    local status, raw, reason, available = hold_one(ARGV[i], t[1], t[2], t[3], t[4], t[5], t[6], false)
+    local status, raw, reason, available, limit, used = hold_one(ARGV[i], t[1], t[2], t[3], t[4], t[5],
+      t[6], false)
     out[#out + 1] = status
-    out[#out + 1] = raw or reason .. ':' .. num(available)
+    if not raw then
+      raw = reason .. ':' .. num(available)
+      if limit then raw = raw .. ':' .. num(limit) end
+      if used then raw = raw .. ':' .. num(used) end
+    end
+    out[#out + 1] = raw
   end
   flush()
   return out

@@ -590,24 +590,31 @@ end
 
 ----------------------------------------------------------------------------- operations
 
+-- the guard a hold of qty breaks (order_cap, customer_limit, channel_quota), its limit and the
+-- units already counted against it (nil for the per-reservation order_cap); nil when none
+local function broken_guard(qty, channel, customer)
+  if pol.order_cap > 0 and qty > pol.order_cap then return 'order_cap', pol.order_cap end
+  if pol.customer_limit > 0 and customer ~= '' then
+    local used = F.used(K.cust, customer)
+    if used + qty > pol.customer_limit then return 'customer_limit', pol.customer_limit, used end
+  end
+  local quota = channel ~= '' and pol.quotas[channel]
+  if quota then
+    local used = F.used(K.chan, channel)
+    if used + qty > quota then return 'channel_quota', quota, used end
+  end
+end
+
 -- one hold request: the status ('ok', 'duplicate', 'conflict' or 'refused'), then the line's stored
--- form, or for a refusal nil, the reason and the capacity that was available
+-- form, or for a refusal nil, the reason, the capacity that was available and, for a guard, its
+-- limit and usage
 function F.hold_one(rid, qty, loc, ttl_ms, channel, customer, commit, replace_dead)
   local existing = F.get_line(rid)
   if existing and not (replace_dead and (existing.state == 'released' or existing.state == 'expired')) then
     if existing.qty == qty and existing.loc == loc then return 'duplicate', F.encode_line(existing) end
     return 'conflict', F.encode_line(existing)
   end
-  local reason = nil
-  if pol.order_cap > 0 and qty > pol.order_cap then
-    reason = 'order_cap'
-  elseif pol.customer_limit > 0 and customer ~= ''
-      and F.used(K.cust, customer) + qty > pol.customer_limit then
-    reason = 'customer_limit'
-  elseif channel ~= '' and pol.quotas[channel] ~= nil
-      and F.used(K.chan, channel) + qty > pol.quotas[channel] then
-    reason = 'channel_quota'
-  end
+  local reason, limit, used = broken_guard(qty, channel, customer)
   local available = F.capacity(loc)
   if S.job then
     -- a supply job is still re-filling short lines: they come first
@@ -615,7 +622,7 @@ function F.hold_one(rid, qty, loc, ttl_ms, channel, customer, commit, replace_de
     if available < 0 then available = 0 end
   end
   if not reason and available < qty then reason = 'insufficient' end
-  if reason then return 'refused', nil, reason, available end
+  if reason then return 'refused', nil, reason, available, limit, used end
   if existing then dead_chg[rid] = false end -- a released or expired line is replaced
   local allocs = F.allocate(qty, loc)
   local seq = S.seq + 1
