@@ -36,6 +36,7 @@ from rich.table import Table
 from connectors.embedded import ManagedProcess, embedded_stack, free_port
 from connectors.kafka import admin_config, producer_config
 from connectors.topics import Topics, create_topics
+from engine.http import AsyncAtpHttpClient, AtpHttpError
 from engine.settings import Settings
 
 HOT_SKUS = {"FLASH-1": 300, "FLASH-2": 200, "FLASH-3": 120}
@@ -164,47 +165,46 @@ def _load_catalogue(api: httpx.Client, producer: _Producer) -> None:
 
 
 async def _shopper(base: str, token: str, stop: float, tally: Tally, producer: _Producer, seed: int) -> None:
+    """One checkout service: holds through the HTTP client, then confirms, releases or lets the
+    hold expire. A hold that fails after the client's retries counts as an error."""
     rng = random.Random(seed)
     skus = [*HOT_SKUS, PRESELL_SKU]
     weights = [3, 2, 1, 1]
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=10.0) as http:
+    async with AsyncAtpHttpClient(base, token, timeout=10.0) as atp:
         while time.monotonic() < stop:
             sku = rng.choices(skus, weights)[0]
             rid = f"demo-{uuid.uuid4().hex[:16]}"
-            body = {"lines": [{"sku": sku, "qty": rng.randint(1, 2)}], "ttl_seconds": HOLD_TTL_S,
-                    "channel": rng.choice(["web", "web", "app", "marketplace"]),
-                    "customer_id": f"cust-{rng.randint(1, 4000)}"}
+            qty = rng.randint(1, 2)
+            channel = rng.choice(["web", "web", "app", "marketplace"])
             started = time.perf_counter()
             try:
-                resp = await http.post("/v1/reservations", json=body, headers={"Idempotency-Key": rid})
-            except httpx.HTTPError:
+                result = await atp.hold([(sku, qty)], reservation_id=rid, ttl_seconds=HOLD_TTL_S, channel=channel,
+                                        customer=f"cust-{rng.randint(1, 4000)}")
+            except AtpHttpError as exc:
                 tally.count("error")
+                if exc.status is not None:  # an answer (not a dropped connection) has its latency
+                    with tally.lock:
+                        tally.latencies_ms.append((time.perf_counter() - started) * 1000)
                 continue
             with tally.lock:
                 tally.latencies_ms.append((time.perf_counter() - started) * 1000)
-            if resp.status_code == 409:
+            if not result.ok:
                 tally.count("refused")
-                continue
-            if resp.status_code != 201:
-                tally.count("error")
                 continue
             tally.count("held")
             roll = rng.random()
-            if roll < 0.7:
-                done = await http.post(f"/v1/reservations/{rid}/confirm")
-                if done.status_code == 200:
+            with contextlib.suppress(AtpHttpError):  # a checkout that could not finish: not a sale
+                if roll < 0.7:
+                    await atp.confirm(rid)
                     tally.count("confirmed")
                     # What the order system does next: the order enters the log.
-                    line = body["lines"][0]
                     producer.send(producer.topics.orders, sku, _event(
-                        "order.placed", order_id=rid, channel=body["channel"],
-                        lines=[{"sku": line["sku"], "qty": line["qty"]}]))
-            elif roll < 0.9:
-                if (await http.post(f"/v1/reservations/{rid}/release")).status_code == 200:
+                        "order.placed", order_id=rid, channel=channel, lines=[{"sku": sku, "qty": qty}]))
+                elif roll < 0.9:
+                    await atp.release(rid)
                     tally.count("released")
-            else:
-                tally.count("left_to_expire")
+                else:
+                    tally.count("left_to_expire")
 
 
 def _consume_outputs(running: Settings, topics: Topics, tally: Tally, stop: threading.Event) -> None:
