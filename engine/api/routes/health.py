@@ -17,8 +17,11 @@ router = APIRouter(tags=["health"])
 
 _PROBE_TIMEOUT_S = 2.0
 
+# An empty security requirement says in the OpenAPI document that these need no token.
+_PUBLIC = {"security": []}
 
-@router.get("/healthz", response_model=HealthOut, summary="The process is alive")
+
+@router.get("/healthz", response_model=HealthOut, summary="The process is alive", openapi_extra=_PUBLIC)
 async def healthz() -> OrjsonResponse:
     """Always 200 while the process serves requests."""
     return OrjsonResponse({"status": "ok", "checks": {}})
@@ -47,6 +50,7 @@ async def _kafka_up(request: Request) -> bool:
     response_model=HealthOut,
     responses={503: {"model": HealthOut, "description": "a dependency is down, or events pile up"}},
     summary="Redis and the broker are reachable, and reservation events are not piling up",
+    openapi_extra=_PUBLIC,
 )
 async def readyz(request: Request) -> OrjsonResponse:
     """200 when Redis and the broker both answer and the event backlog is under half its bound,
@@ -69,6 +73,8 @@ async def readyz(request: Request) -> OrjsonResponse:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus exposition"}},
     summary="Prometheus metrics",
+    name="metrics",
+    openapi_extra=_PUBLIC,
 )
 async def prometheus() -> Response:
     """The engine's metrics registry in the Prometheus text format."""
