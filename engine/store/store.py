@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
+from redis.exceptions import SlotNotCoveredError
 
-from engine.store import scripts
+from engine.store import listing, scripts
 from engine.store.keys import (
     DEFAULT_PREFIX,
     dead_scan_pattern,
@@ -334,6 +335,48 @@ class Store(_Base):
         check_int(limit, "limit", 1, 200)
         return journal_entries(self.redis.hgetall(sku_keys(sku, self.prefix).state), limit)
 
+    def list_reservations(self, *, sku: str | None = None, customer: str | None = None,
+                          state: str | None = None, cursor: str | None = None,
+                          limit: int = listing.LIST_LIMIT_DEFAULT) -> listing.Page:
+        """One page of reservations (``engine.store.listing``: bounded work per page, weakly
+        consistent like SCAN). With ``sku``, its lines; else whole reservations. ``cursor``: the
+        ``next_cursor`` of the page before (None: the first page).
+
+        Raises ``ValueError`` for a bad filter or limit, ``listing.BadCursor`` (a ValueError)
+        for a cursor this listing did not give for these filters."""
+        plan = listing.plan_page(self.prefix, listing.ListQuery(sku, customer, state, limit), cursor)
+        op = next(plan)  # the cursor is checked here, before any read
+        while True:
+            try:
+                op = plan.send(self._listing_read(op))
+            except StopIteration as done:
+                return done.value
+
+    def _listing_read(self, op: listing.Op) -> Any:
+        kind = op[0]
+        if kind == "now":
+            return self._now_arg() or _server_ms(self.redis.time())
+        if kind == "shards":
+            return sorted(_primaries(self.redis)) if isinstance(self.redis, RedisCluster) else [0]
+        if kind == "hscan":
+            _kind, key, pos, count = op
+            return self.redis.hscan(key, pos, count=count)
+        if kind == "scan":
+            _kind, shard, pos, match, count = op
+            if isinstance(self.redis, RedisCluster):
+                node = _primary_of(self.redis, shard)
+                answered, keys = self.redis.scan(pos, match=match, count=count, target_nodes=node)
+                return answered[node.name], keys
+            return self.redis.scan(pos, match=match, count=count)
+        pipe = self.redis.pipeline(transaction=False)
+        if kind == "get":
+            for key in op[1]:  # one GET per key: they live in different cluster slots
+                pipe.get(key)
+        else:
+            for key, field in op[1]:
+                pipe.hget(key, field)
+        return pipe.execute()
+
     def _scan_skus(self, pattern: str, max_skus: int) -> list[str]:
         seen: set[str] = set()
         for key in self.redis.scan_iter(match=pattern, count=1000):
@@ -525,6 +568,44 @@ class AsyncStore(_Base):
         check_int(limit, "limit", 1, 200)
         return journal_entries(await self.redis.hgetall(sku_keys(sku, self.prefix).state), limit)
 
+    async def list_reservations(self, *, sku: str | None = None, customer: str | None = None,
+                                state: str | None = None, cursor: str | None = None,
+                                limit: int = listing.LIST_LIMIT_DEFAULT) -> listing.Page:
+        """See ``Store.list_reservations``."""
+        plan = listing.plan_page(self.prefix, listing.ListQuery(sku, customer, state, limit), cursor)
+        op = next(plan)  # the cursor is checked here, before any read
+        await self.ready()
+        while True:
+            try:
+                op = plan.send(await self._listing_read(op))
+            except StopIteration as done:
+                return done.value
+
+    async def _listing_read(self, op: listing.Op) -> Any:
+        kind = op[0]
+        if kind == "now":
+            return self._now_arg() or _server_ms(await self.redis.time())
+        if kind == "shards":
+            return sorted(_primaries(self.redis)) if isinstance(self.redis, AsyncRedisCluster) else [0]
+        if kind == "hscan":
+            _kind, key, pos, count = op
+            return await self.redis.hscan(key, pos, count=count)
+        if kind == "scan":
+            _kind, shard, pos, match, count = op
+            if isinstance(self.redis, AsyncRedisCluster):
+                node = _primary_of(self.redis, shard)
+                answered, keys = await self.redis.scan(pos, match=match, count=count, target_nodes=node)
+                return answered[node.name], keys
+            return await self.redis.scan(pos, match=match, count=count)
+        pipe = self.redis.pipeline(transaction=False)
+        if kind == "get":
+            for key in op[1]:
+                pipe.get(key)
+        else:
+            for key, field in op[1]:
+                pipe.hget(key, field)
+        return await pipe.execute()
+
     async def _scan_skus(self, pattern: str, max_skus: int) -> list[str]:
         seen: set[str] = set()
         async for key in self.redis.scan_iter(match=pattern, count=1000):
@@ -590,6 +671,19 @@ class AsyncStore(_Base):
             for key in doomed:
                 pipe.delete(key)
             await pipe.execute()
+
+
+def _primaries(cluster: Any) -> dict[int, Any]:
+    """Shard id → primary of a sync or async Cluster client (``listing.cluster_primaries``)."""
+    return listing.cluster_primaries(cluster.nodes_manager.slots_cache)
+
+
+def _primary_of(cluster: Any, shard: int) -> Any:
+    """The primary serving slot ``shard`` now (after a failover: the replica that took over)."""
+    nodes = cluster.nodes_manager.slots_cache.get(shard)
+    if not nodes:
+        raise SlotNotCoveredError(f"no node serves slot {shard}")
+    return nodes[0]
 
 
 def _server_ms(time_reply: Any) -> int:
