@@ -32,6 +32,8 @@ from typer.exceptions import TyperException
 
 from engine.domain.ids import id_problem
 from engine.settings import Settings
+from engine.store.listing import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX
+from engine.store.wire import RESERVATION_STATES
 
 EXIT_ERROR = 1
 EXIT_BAD_ARGUMENT = 2
@@ -53,6 +55,8 @@ token_app = typer.Typer(help="API bearer tokens.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(policy_app, name="policy")
 app.add_typer(token_app, name="token")
+reservations_app = typer.Typer(help="Reservations, many at a time.", no_args_is_help=True)
+app.add_typer(reservations_app, name="reservations")
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -377,6 +381,57 @@ def extend(
 def show(reservation_id: RidArg, as_json: JsonOpt = False) -> None:
     """Show a reservation."""
     _lifecycle("get_reservation", reservation_id, as_json)
+
+
+def _render_page(body: dict[str, Any]) -> None:
+    table = Table(show_header=True)
+    for column in ("reservation", "state", "sku", "qty", "location", "line state", "customer", "expires",
+                   "promised"):
+        table.add_column(column)
+    for item in body["items"]:
+        for i, line in enumerate(item["lines"]):
+            first = i == 0
+            table.add_row(item["reservation_id"] if first else "", item["state"] if first else "", line["sku"],
+                          str(line["qty"]), line["location"] or "any", line["state"], line["customer_id"] or "-",
+                          line["expires_at"] or "-", line["promised_at"] or "-")
+    console.print(table)
+    if body["next_cursor"] is None:
+        console.print(f"{len(body['items'])} reservation(s); the listing is complete")
+    else:
+        console.print(f"{len(body['items'])} reservation(s); more with --cursor {body['next_cursor']}", soft_wrap=True)
+
+
+@reservations_app.command("list")
+def reservations_list(
+    sku: Annotated[str | None, typer.Option("--sku", help="only this SKU's lines")] = None,
+    customer: Annotated[str | None, typer.Option("--customer", help="only this customer's reservations")] = None,
+    state: Annotated[str | None, typer.Option(
+        "--state", help=f"only this state: {', '.join(RESERVATION_STATES)}")] = None,
+    cursor: Annotated[str | None, typer.Option("--cursor", help="next_cursor of the page before")] = None,
+    limit: Annotated[int, typer.Option(
+        "--limit", help="most reservations in the page", min=1, max=LIST_LIMIT_MAX)] = LIST_LIMIT_DEFAULT,
+    as_json: JsonOpt = False,
+) -> None:
+    """List reservations a page at a time (keys as GET /v1/reservations); --cursor goes on.
+
+    Each page does bounded work, so it may hold fewer than --limit, even none, before the end."""
+    from engine.api.views import reservation_page_view
+    from engine.store.listing import BadCursor
+
+    if sku is not None:
+        _require_id("sku", sku, "--sku")
+    if customer is not None:
+        _require_id("customer_id", customer, "--customer")
+    if state is not None and state not in RESERVATION_STATES:
+        _bad(f"bad --state {state!r}: one of {', '.join(RESERVATION_STATES)}")
+    settings = load_settings()
+    with _talking_to_redis(settings):
+        try:
+            page = _store(settings).list_reservations(sku=sku, customer=customer, state=state, cursor=cursor,
+                                                      limit=limit)
+        except BadCursor as exc:
+            _bad(f"bad --cursor: {exc}")
+    _emit(reservation_page_view(page), as_json, _render_page)
 
 
 # --- commands: policy ---------------------------------------------------------------------------

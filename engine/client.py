@@ -27,7 +27,7 @@ from engine.domain.ids import require_id, require_qty
 from engine.store.keys import decode_rid_index as _decode_index
 from engine.store.keys import rid_index_key, rid_index_pending, rid_index_value
 from engine.store.store import AsyncStore, Clock, Store
-from engine.store.wire import HoldRequest, checked_hold_request
+from engine.store.wire import HoldRequest, checked_hold_request, reservation_state
 
 MAX_LINES = 100
 MAX_TTL_S = 86_400
@@ -106,7 +106,7 @@ class Reservation:
 class Refusal:
     """A call that did not succeed: ``status`` refused / conflict / not_found, with a reason.
 
-    For a refused hold, ``reason`` is insufficient / order_cap / customer_limit / channel_quota,
+    For a refused hold, ``reason`` is one of ``engine.store.wire.HOLD_REFUSALS``,
     ``sku`` names the line that could not be served and ``available`` gives what each line's SKU
     could take in stock (the refused line: exactly what the script saw; the others: their ATP
     after the rollback); a guard's ``limit`` and ``used`` are what the script saw too. For a lifecycle call, ``reason`` is the state that forbids it and ``lines`` the
@@ -176,8 +176,7 @@ def group_lines(lines: Sequence[LineRequest | tuple[str, int, str | None]]) -> d
 
 
 def _state_of(lines: list[ReservedLine]) -> str:
-    states = {line.state for line in lines}
-    return states.pop() if len(states) == 1 else "partial"
+    return reservation_state(line.state for line in lines)
 
 
 def _reservation(status: str, rid: str, lines: list[ReservedLine]) -> Reservation:

@@ -19,15 +19,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope, Send
 
 from connectors.kafka import producer_config
 from connectors.topics import Topics
 from engine import metrics
 from engine.api.auth import TokenTable
-from engine.api.errors import install_error_handlers
+from engine.api.docs import install_docs
+from engine.api.errors import document_problems, install_error_handlers
 from engine.api.hot_path import HotPath
 from engine.api.limits import BodySizeLimit
+from engine.api.models import ErrorOut
 from engine.api.observe import RequestMetrics
 from engine.api.publisher import EventPublisher
 from engine.api.redis_conn import async_redis
@@ -48,8 +51,40 @@ Available-to-promise and reservations for checkouts, plus operations endpoints.
 Every `/v1` call needs `Authorization: Bearer <token>`; settings map the token's sha256 to
 its roles: `read` (ATP, reservations, policies), `reserve` (hold / confirm / release /
 extend; implies `read`), `operate` (policies, adjustments, counts; implies `read`).
-Errors are JSON `{"error": code, "detail": ...}`.
+Errors are RFC 9457 problems (`application/problem+json`): `type`, `title`, `status`,
+`detail`, and `error`, a stable code to branch on, with the code's own members.
 """
+
+_TAGS = [
+    {"name": "atp", "description": "Available-to-promise of one SKU or many (role `read`)."},
+    {
+        "name": "reservations",
+        "description": "Hold stock for a checkout, then confirm, release or extend the hold "
+        "(role `reserve`; reading one, or listing them a page at a time, needs `read`).",
+    },
+    {
+        "name": "ops",
+        "description": "Selling policies per SKU, and stock adjustments and counts published to the "
+        "event log (role `operate`; reading a policy needs `read`).",
+    },
+    {"name": "health", "description": "Liveness, readiness and Prometheus metrics; no token needed."},
+]
+
+# Relative: the document names whatever host and port served it, behind any proxy.
+_SERVERS = [{"url": "/", "description": "the server that serves this document"}]
+
+# What the HTTP layer (engine.api.edge) answers before any route runs, so every operation can get it.
+_EDGE_REFUSALS: dict[int | str, dict[str, Any]] = {
+    414: {"model": ErrorOut, "description": "request line longer than max_header_bytes"},
+    431: {"model": ErrorOut, "description": "request headers over max_header_bytes or max_headers"},
+}
+
+
+def _operation_id(route: APIRoute) -> str:
+    """The route's name (its function's name unless the decorator sets ``name``): ``get_atp``
+    rather than FastAPI's ``get_atp_v1_atp__sku__get``. The OpenAPI lint
+    (tests/integration/test_openapi_lint.py) holds them unique."""
+    return route.name
 
 
 class AtpApi(FastAPI):
@@ -69,6 +104,12 @@ class AtpApi(FastAPI):
     async def reference(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve a request through FastAPI alone."""
         await super().__call__(scope, receive, send)
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's document, with every error reply under ``application/problem+json``."""
+        if self.openapi_schema is None:
+            document_problems(super().openapi())
+        return self.openapi_schema  # type: ignore[return-value]  # set by FastAPI.openapi
 
 
 def create_app(
@@ -139,6 +180,11 @@ def create_app(
         title="atp-engine",
         version=API_VERSION,
         description=_DESCRIPTION,
+        openapi_tags=_TAGS,
+        servers=_SERVERS,
+        generate_unique_id_function=_operation_id,
+        docs_url=None,  # engine.api.docs serves the docs pages without a CDN
+        redoc_url=None,
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -154,7 +200,8 @@ def create_app(
 
     install_error_handlers(app)
     for router in (atp.router, reservations.router, ops.router, health.router):
-        app.include_router(router)
+        app.include_router(router, responses=_EDGE_REFUSALS)
+    install_docs(app)
     # Outermost first: count every request, including the ones the size limit refuses.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)

@@ -38,9 +38,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httptools
-import orjson
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from engine.api.errors import PROBLEM_JSON, problem_bytes
 
 if TYPE_CHECKING:
     from uvicorn.config import Config
@@ -57,15 +58,13 @@ OVERLOADED_RETRY_S = 1
 async def overloaded(scope: Any, receive: Any, send: Any) -> None:
     """The answer past ``limit_concurrency``: the API's 503 ``unavailable`` (JSON, with
     ``Retry-After``) instead of uvicorn's plain-text one, so every client sees one error shape."""
-    body = orjson.dumps({
-        "error": "unavailable", "detail": "the server is at its connection limit; retry later",
-        "retry_after": OVERLOADED_RETRY_S,
-    })
+    body = problem_bytes(503, "unavailable", "the server is at its connection limit; retry later",
+                         retry_after=OVERLOADED_RETRY_S)
     await send({
         "type": "http.response.start",
         "status": 503,
         "headers": [
-            (b"content-type", b"application/json"),
+            (b"content-type", PROBLEM_JSON.encode("ascii")),
             (b"content-length", str(len(body)).encode("ascii")),
             (b"retry-after", str(OVERLOADED_RETRY_S).encode("ascii")),
             (b"connection", b"close"),
@@ -302,13 +301,13 @@ class EdgeProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         self.logger.warning("%d to %s: %s", status, _peer(self.client), detail)
-        body = orjson.dumps({"error": code, "detail": detail})
+        body = problem_bytes(status, code, detail)
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
         content.extend(
             [
-                b"content-type: application/json\r\n",
+                b"content-type: " + PROBLEM_JSON.encode("ascii") + b"\r\n",
                 b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
                 b"connection: close\r\n",
                 b"\r\n",

@@ -1,14 +1,19 @@
-"""Every error the API returns, as JSON ``{"error": code, "detail": ..., ...}``.
+"""Every error the API returns, as an RFC 9457 problem (``application/problem+json``)::
 
-Callers branch on ``error`` (a stable, machine-readable code); ``detail`` is for humans.
+    {"type": "urn:atp-engine:problem:<code>", "title": ..., "status": 409, "detail": ...,
+     "error": "<code>", ...code-specific members}
+
+Callers branch on ``error`` (a stable, machine-readable code, the last part of ``type``);
+``title`` is the code's fixed summary, ``detail`` this occurrence's explanation, for humans.
 Bad input is always a 4xx. A backend that cannot be reached (Redis down, broker not
 answering) is a 503 with ``retry_after`` seconds and a ``Retry-After`` header, so clients
 know the call may be retried.
 
-Codes: ``unauthorized`` 401 · ``forbidden`` 403 · ``not_found`` 404 · ``method_not_allowed``
-405 · ``refused`` / ``not_allowed`` 409 · ``payload_too_large`` 413 · ``unsupported_media_type``
-415 · ``invalid_request`` / ``idempotency_conflict`` 422 · ``internal`` 500 (a bug) ·
-``unavailable`` 503.
+Codes: ``missing_idempotency_key`` / ``bad_request`` 400 · ``unauthorized`` 401 ·
+``forbidden`` 403 · ``not_found`` 404 · ``method_not_allowed`` 405 · ``refused`` /
+``not_allowed`` 409 · ``payload_too_large`` 413 · ``uri_too_long`` 414 ·
+``unsupported_media_type`` 415 · ``invalid_request`` / ``idempotency_conflict`` 422 ·
+``headers_too_large`` 431 · ``internal`` 500 (a bug) · ``unavailable`` 503.
 """
 
 from __future__ import annotations
@@ -57,6 +62,35 @@ class OrjsonResponse(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
 
 
+PROBLEM_JSON = "application/problem+json"
+#: The problem type of an error code: a URN, since it names a kind of problem rather than a page.
+PROBLEM_TYPE_PREFIX = "urn:atp-engine:problem:"
+
+
+class ProblemResponse(OrjsonResponse):
+    """An RFC 9457 problem reply."""
+
+    media_type = PROBLEM_JSON
+
+
+def problem(status: int, code: str, detail: Any, **extra: Any) -> dict[str, Any]:
+    """The problem body of an error: the RFC 9457 members, then ``error`` (the code) and the
+    code's own members."""
+    return {
+        "type": PROBLEM_TYPE_PREFIX + code,
+        "title": code.replace("_", " ").capitalize(),
+        "status": status,
+        "detail": detail,
+        "error": code,
+        **extra,
+    }
+
+
+def problem_bytes(status: int, code: str, detail: Any, **extra: Any) -> bytes:
+    """``problem(...)`` serialised, for the replies sent below the ASGI app (engine.api.edge)."""
+    return orjson.dumps(problem(status, code, detail, **extra))
+
+
 class ApiError(Exception):
     """An error reply: HTTP ``status``, machine-readable ``code``, human ``detail``, extra fields."""
 
@@ -76,7 +110,7 @@ class ApiError(Exception):
         self.extra = extra
 
     def response(self) -> OrjsonResponse:
-        """The JSON response for this error."""
+        """The problem response for this error."""
         return error_response(self.status, self.code, self.detail, self.headers, **self.extra)
 
 
@@ -96,8 +130,8 @@ class BackendUnavailable(ApiError):
 def error_response(
     status: int, code: str, detail: Any, headers: dict[str, str] | None = None, **extra: Any
 ) -> OrjsonResponse:
-    """The JSON body every error shares: ``{"error": code, "detail": detail, **extra}``."""
-    return OrjsonResponse({"error": code, "detail": detail, **extra}, status_code=status, headers=headers)
+    """The problem response of an error (``problem``)."""
+    return ProblemResponse(problem(status, code, detail, **extra), status_code=status, headers=headers)
 
 
 def validation_reasons(errors: Any) -> list[dict[str, Any]]:
@@ -216,6 +250,18 @@ async def _on_runtime_error(request: Request, exc: Exception) -> OrjsonResponse:
 async def _on_unexpected(request: Request, exc: Exception) -> OrjsonResponse:
     # A bug, not bad input: answered as JSON too; Starlette logs the traceback.
     return error_response(500, "internal", "unexpected server error")
+
+
+def document_problems(openapi: dict[str, Any]) -> None:
+    """Move every 4xx/5xx reply of an OpenAPI document from ``application/json`` to
+    ``application/problem+json``, what the app sends (FastAPI files every model under the
+    route's own media type)."""
+    for operations in openapi.get("paths", {}).values():
+        for operation in operations.values():
+            for status, reply in operation.get("responses", {}).items():
+                content = reply.get("content", {})
+                if status[:1] in ("4", "5") and "application/json" in content:
+                    content[PROBLEM_JSON] = content.pop("application/json")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -260,6 +260,9 @@ class HotPath:
             await self.app(scope, receive, send)
             return
         location = found.group(1).decode("ascii") if found is not None else None
+        if location is not None and not is_valid_id("location", location):
+            await self.app(scope, receive, send)  # its 422 says why
+            return
         await self._reply(scope, receive, send, "atp", started, checkout.position(self.state, sku, location))
 
     async def _reply(

@@ -24,6 +24,7 @@ from engine.domain.ids import (
     Qty,
     Sku,
 )
+from engine.store.wire import GUARDS, HOLD_REFUSALS
 
 MAX_LINES = 100
 MAX_QUERY_SKUS = 1000
@@ -173,26 +174,39 @@ class RefusedLine(BaseModel):
 class GuardOut(BaseModel):
     """The flash-sale guard that refused a hold (docs/semantics.md, "Policy")."""
 
-    name: Literal["order_cap", "customer_limit", "channel_quota"]
+    name: Literal[GUARDS]  # type: ignore[valid-type]  # Literal[("a", "b")] is Literal["a", "b"]
     limit: int = Field(description="the policy's limit: units per reservation, customer or channel")
     used: int | None = Field(description="units already held or bought by the customer or channel; "
                              "null for order_cap")
     room: int = Field(description="units the guard still allows")
 
 
-class RefusedOut(BaseModel):
+class ProblemOut(BaseModel):
+    """Every error is an RFC 9457 problem (``application/problem+json``) with the code's own
+    members beside these."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="urn:atp-engine:problem:<error>")
+    title: str = Field(description="the error code's fixed summary")
+    status: int = Field(description="the HTTP status")
+    error: str = Field(description="the stable, machine-readable error code")
+    detail: Any = Field(description="this occurrence, for humans")
+
+
+class RefusedOut(ProblemOut):
     """409: the reservation was refused whole; nothing is held."""
 
     error: Literal["refused"]
     detail: str
     reservation_id: str
-    reason: str = Field(description="insufficient / order_cap / customer_limit / channel_quota")
+    reason: str = Field(description=" / ".join(HOLD_REFUSALS))
     sku: str | None = Field(description="the SKU that could not be served")
     guard: GuardOut | None = Field(description="the guard that refused; null for insufficient stock")
     lines: list[RefusedLine]
 
 
-class NotAllowedOut(BaseModel):
+class NotAllowedOut(ProblemOut):
     """409: the operation is not possible in the reservation's current state."""
 
     error: Literal["not_allowed"]
@@ -238,13 +252,8 @@ class AcceptedOut(BaseModel):
 # --- errors (documented in OpenAPI) ------------------------------------------------------------
 
 
-class ErrorOut(BaseModel):
-    """Every error: a stable code, a human detail, and code-specific fields."""
-
-    model_config = ConfigDict(extra="allow")
-
-    error: str
-    detail: Any
+class ErrorOut(ProblemOut):
+    """An error: a stable code, a human detail, and code-specific members."""
 
 
 class ReasonOut(BaseModel):
@@ -253,10 +262,8 @@ class ReasonOut(BaseModel):
     message: str
 
 
-class InvalidOut(BaseModel):
+class InvalidOut(ProblemOut):
     """422: what is wrong, field by field."""
-
-    model_config = ConfigDict(extra="allow")
 
     error: Literal["invalid_request", "idempotency_conflict"]
     detail: str
@@ -267,3 +274,30 @@ class HealthOut(BaseModel):
     status: str
     checks: dict[str, bool] = {}
     reason: str | None = None
+
+
+# --- listing reservations -------------------------------------------------------------------
+
+
+class ListedLineOut(LineOut):
+    """A line as a listing shows it: whom and which channel it counts against, too."""
+
+    customer_id: str | None = Field(description="the customer the line counts against; null = none")
+    channel: str | None = Field(description="the sales channel the line counts against; null = none")
+
+
+class ListedReservationOut(ReservationOut):
+    """A reservation in a listing. With ``sku`` in the query only its line of that SKU, and
+    ``state`` is that line's (read the whole reservation with ``GET /v1/reservations/{rid}``)."""
+
+    lines: list[ListedLineOut]
+
+
+class ReservationPageOut(BaseModel):
+    """One page of a listing. It may hold fewer items than ``limit``, even none, while
+    ``next_cursor`` is not null: each page does a bounded amount of work."""
+
+    items: list[ListedReservationOut]
+    next_cursor: str | None = Field(
+        description="pass it as `cursor` (with the same filters) for the next page; null = the listing is complete"
+    )

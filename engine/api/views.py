@@ -11,6 +11,8 @@ from typing import Any
 
 from engine.client import Refusal, Reservation, ReservedLine
 from engine.domain.events import format_time, from_ms
+from engine.store.listing import Page
+from engine.store.wire import UNKNOWN_LOCATION, reservation_state
 
 _LOCATION_KEYS = (
     "on_hand",
@@ -158,7 +160,8 @@ def refusal_view(
     return {
         "error": "refused",
         "detail": _refusal_detail(refusal, requested, fits, merged,
-                                  customer if refusal.reason == "customer_limit" else channel),
+                                  customer if refusal.reason == "customer_limit" else channel,
+                                  next((loc for sku, _q, loc in lines if sku == refusal.sku), None)),
         "reservation_id": refusal.reservation_id,
         "reason": refusal.reason,
         "sku": refusal.sku,
@@ -181,13 +184,34 @@ def refusal_view(
 
 
 def _refusal_detail(refusal: Refusal, requested: Mapping[str, int], fits: Mapping[str, int],
-                    merged: bool, who: str | None) -> str:
+                    merged: bool, who: str | None, where: str | None) -> str:
     sku = refusal.sku
     if sku is None:
         return f"not enough to promise: {refusal.reason}"
     asked = f"{requested.get(sku, 0)} asked" + (" by its lines together" if merged else "")
+    if refusal.reason == UNKNOWN_LOCATION:
+        return f"{sku} has no location {where!r}: no stock and no inbound there"
     guard = _GUARD_LIMITS.get(refusal.reason)
     if guard is None:
         return f"not enough to promise on {sku}: {asked}, {fits.get(sku, 0)} available"
     meaning = guard.format(limit=refusal.limit, used=refusal.used, who=f" {who}" if who else "")
     return f"{refusal.reason} on {sku}: {meaning}; {asked}, {fits.get(sku, 0)} would fit"
+
+
+def listed_reservation_view(rid: str, lines: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A ``ListedReservationOut`` body from a reservation id and its store wire lines."""
+    reserved = [ReservedLine.from_wire(dict(line)) for line in lines]
+    body = reservation_body(rid, reservation_state(line.state for line in reserved), reserved)
+    wire = {line["sku"]: line for line in lines}
+    for view in body["lines"]:
+        view["customer_id"] = wire[view["sku"]]["customer"] or None
+        view["channel"] = wire[view["sku"]]["channel"] or None
+    return body
+
+
+def reservation_page_view(page: Page) -> dict[str, Any]:
+    """A ``ReservationPageOut`` body from a store listing page."""
+    return {
+        "items": [listed_reservation_view(item.reservation_id, item.lines) for item in page.items],
+        "next_cursor": page.next_cursor,
+    }

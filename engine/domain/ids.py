@@ -25,6 +25,10 @@ QTY_MAX = 1_000_000_000
 DEFAULT_LOCATION = "default"
 """The location used where an event or call names none (holds excepted: no location = any)."""
 
+ANY_LOCATION = "any"
+"""Not a location name (in any case): a hold means any location by naming none, and a warehouse
+called ``any`` would turn a request for any location into one for that warehouse."""
+
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 SHORT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
 """location, channel, supplier_id."""
@@ -51,7 +55,9 @@ ID_KINDS: tuple[str, ...] = tuple(_RULES)
 def is_valid_id(kind: str, value: object) -> bool:
     """True when ``value`` is a string matching the pattern of ``kind`` (one of ``ID_KINDS``)."""
     pattern = _RULES[kind][0]
-    return isinstance(value, str) and pattern.match(value) is not None
+    if not isinstance(value, str) or pattern.match(value) is None:
+        return False
+    return kind != "location" or value.lower() != ANY_LOCATION
 
 
 def id_problem(kind: str, value: object) -> str | None:
@@ -60,6 +66,8 @@ def id_problem(kind: str, value: object) -> str | None:
     if not isinstance(value, str):
         return f"{kind} must be a string, not {type(value).__name__}"
     if pattern.match(value):
+        if kind == "location" and value.lower() == ANY_LOCATION:
+            return f"location {value!r} is reserved: leave the location out to mean any location"
         return None
     if not value:
         return f"{kind} is empty"
@@ -154,8 +162,23 @@ def require_qty(value: object) -> int:
 
 
 Sku = Annotated[str, StringConstraints(strict=True, pattern=SKU_PATTERN), Field(description="SKU")]
+def _not_any(value: str) -> str:
+    if value.lower() == ANY_LOCATION:
+        raise PydanticCustomError(
+            "bad_id", "location '{value}' is reserved: leave the location out to mean any location",
+            {"value": value},
+        )
+    return value
+
+
 Location = Annotated[
-    str, StringConstraints(strict=True, pattern=SHORT_ID_PATTERN), Field(description="location code")
+    str,
+    StringConstraints(strict=True, pattern=SHORT_ID_PATTERN),
+    Field(
+        description="location code (not 'any', in any case: a hold names no location to mean any)",
+        json_schema_extra={"not": {"pattern": "^[Aa][Nn][Yy]$"}},
+    ),
+    AfterValidator(_not_any),
 ]
 Channel = Annotated[
     str, StringConstraints(strict=True, pattern=SHORT_ID_PATTERN), Field(description="sales channel")

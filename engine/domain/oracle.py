@@ -103,7 +103,8 @@ class SkuBook:
     reliability: dict[str, int] = field(default_factory=dict)
     seq: int = 0
     offsets: dict[str, int] = field(default_factory=dict)
-    recent_events: deque[str] = field(default_factory=lambda: deque(maxlen=EVENT_LOG_SIZE))
+    # the last EVENT_LOG_SIZE event ids applied, each with what it came with (cmd, payload, note)
+    recent_events: deque[tuple[str, tuple[Any, ...]]] = field(default_factory=lambda: deque(maxlen=EVENT_LOG_SIZE))
     journal: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=JOURNAL_SIZE))
     # rid -> when the line reached a final state (released, expired, shipped): the retention purge
     ended_ms: dict[str, int] = field(default_factory=dict)
@@ -355,6 +356,8 @@ class SkuBook:
         if existing is not None and not (replace_dead and existing.state in ("released", "expired")):
             same = existing.qty == req.qty and existing.loc == req.loc
             return {"status": "duplicate" if same else "conflict", "rid": req.rid, "line": existing.wire()}
+        if req.loc and req.loc not in self.locs and all(lot.loc != req.loc for lot in self.lots.values()):
+            return {"status": "refused", "rid": req.rid, "reason": "unknown_location", "available": 0}
         guard = self._broken_guard(req)
         available = self.capacity(req.loc, now)
         if guard:
@@ -488,12 +491,16 @@ class SkuBook:
         self.expire_due(now)
         if source and offset >= 0 and offset <= self.offsets.get(source, -1):
             return self._supply_reply({"status": "duplicate", "reason": "offset"}, {}, now)
-        if event_id and event_id in self.recent_events:
-            return self._supply_reply({"status": "duplicate", "reason": "event_id"}, {}, now)
+        content = (cmd, payload, reason, ref)
+        seen = next((was for eid, was in self.recent_events if eid == event_id), None) if event_id else None
+        if seen is not None:
+            # an id reused with another command, payload or note is not applied either
+            why = "event_id" if seen == content else "event_id_reused"
+            return self._supply_reply({"status": "duplicate", "reason": why}, {}, now)
         if source and offset >= 0:
             self.offsets[source] = offset
         if event_id:
-            self.recent_events.append(event_id)
+            self.recent_events.append((event_id, content))
         self.journal.append({"event_id": event_id, "cmd": cmd, "reason": reason, "ref": ref, "at": now})
         handler = getattr(self, f"_cmd_{cmd}")
         old_promises: dict[str, int] = {}

@@ -17,7 +17,8 @@ and a restart resumes from the last snapshot, which is safe because applying is 
 command the scripts reject (a Lua error: a bug, never bad input, which the parse step catches)
 is isolated by applying the batch one command at a time, and goes to the DLQ (``apply_failed``);
 the other commands of that batch were applied by the failed round trip already, so their
-outcomes then say ``duplicate`` (with the position after them).
+outcomes then say ``duplicate`` (with the position after them). A message whose event id the
+store has applied with other content is not applied and goes to the DLQ (``event_id_reused``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ from engine.store.keys import decode_rid_index, rid_index_key, validate_sku
 from engine.store.store import Store
 
 log = logging.getLogger(__name__)
+
+#: The store's duplicate reason, and the DLQ reason, for an event id that came back with other content.
+REUSED_EVENT_ID = "event_id_reused"
 
 RID_INDEX_TTL_S = 90 * 86_400
 """How long the flow keeps an order's SKUs for a later cancel without lines."""
@@ -107,6 +111,7 @@ class Applier:
         self._index_orders(store, batch)
         metrics.observe_apply_batch(time.perf_counter() - started, len(bound))
         counts: Counter[tuple[str, str]] = Counter()
+        reused: set[tuple[str, int, int]] = set()
         for command, reply in zip(bound, replies, strict=True):
             if reply is None:
                 continue  # dead-lettered by _apply
@@ -114,6 +119,8 @@ class Applier:
             supply = command.supply
             assert supply is not None
             counts[(sc.event_type, str(reply.get("status", "")))] += 1
+            if reply.get("reason") == REUSED_EVENT_ID:
+                self._reused(command, reused, out)
             out.append(
                 (
                     supply.sku,
@@ -136,6 +143,21 @@ class Applier:
         for (event_type, status), n in counts.items():
             metrics.record_event(event_type, status, n)
         return out
+
+    @staticmethod
+    def _reused(command: Command, seen: set[tuple[str, int, int]], out: list[Applied]) -> None:
+        """One DLQ record per message whose event id the store knows with other content: the
+        message was not applied (the first one with that id was), and saying so loses nothing."""
+        raw = command.raw
+        if (raw.topic, raw.partition, raw.offset) in seen:
+            return
+        seen.add((raw.topic, raw.partition, raw.offset))
+        sc = command.sku_command
+        out.append(dead_letter(
+            raw, REUSED_EVENT_ID,
+            f"event_id {sc.event_id!r} was applied with other content (command, payload, reason or "
+            "ref); this message was not applied", sc.event_type, sc.event_id,
+        ))
 
     # --- 1. cancels without lines ----------------------------------------------------------
 

@@ -6,7 +6,7 @@ oracle returns. Requests are validated here so that no bad value ever reaches a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,16 @@ MAX_TIME_MS = 10**14 - 1
 MAX_OFFSET = 2**53 - 1
 
 HOLD_STATUSES = ("ok", "duplicate", "refused", "conflict", "not_found")
+#: Why the hold script refuses a request (docs/semantics.md, hold_batch): the flash-sale guards,
+#: then a location the SKU has neither stock nor inbound at, then short stock.
+GUARDS = ("order_cap", "customer_limit", "channel_quota")
+UNKNOWN_LOCATION = "unknown_location"
+HOLD_REFUSALS = (*GUARDS, UNKNOWN_LOCATION, "insufficient")
 LINE_STATES = ("held", "committed", "shipped", "released", "expired")
+#: A reservation of lines in different states is ``partial`` (``reservation_state``).
+PARTIAL = "partial"
+#: The states the API reports for a reservation: its lines' common state, or ``partial``.
+RESERVATION_STATES = (*LINE_STATES, PARTIAL)
 
 SUPPLY_COMMANDS = (
     "inbound_created",
@@ -41,6 +50,13 @@ SUPPLY_COMMANDS = (
 )
 
 POLICY_DEFAULTS: dict[str, Any] = Policy().to_wire()
+
+
+def reservation_state(states: Iterable[str]) -> str:
+    """The state of a reservation whose lines are in ``states``: theirs when they all agree,
+    else ``partial``."""
+    distinct = set(states)
+    return distinct.pop() if len(distinct) == 1 else PARTIAL
 
 
 def check_int(value: object, what: str, lo: int, hi: int) -> int:

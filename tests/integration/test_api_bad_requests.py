@@ -118,9 +118,11 @@ async def test_bad_request_gets_4xx_with_a_reason_and_changes_nothing(
     async with in_process(make_app(settings, topics)) as api:
         reply = await api.request(method, path, **kwargs)
     assert reply.status_code == status, reply.text
-    assert reply.headers["content-type"].startswith("application/json")
+    assert reply.headers["content-type"] == "application/problem+json"
     data = reply.json()
     assert data["error"] == code
+    # RFC 9457: the type names the code, the status repeats the HTTP one
+    assert (data["type"], data["status"]) == (f"urn:atp-engine:problem:{code}", status) and data["title"]
     assert isinstance(data["detail"], str) and data["detail"]
     if field is not None:
         assert field in [r["field"] for r in data["reasons"]] or any(

@@ -181,8 +181,10 @@ def _refusal(sock: socket.socket) -> tuple[int, dict[str, Any], bool]:
     except ConnectionResetError as exc:
         raise AssertionError("reset before an answer was read") from exc
     assert headers.get("connection") == "close"
-    assert headers["content-type"] == "application/json"
-    return status, json.loads(body), _closed_within(sock, 5) is not None
+    assert headers["content-type"] == "application/problem+json"
+    problem = json.loads(body)
+    assert (problem["status"], problem["type"]) == (status, f"urn:atp-engine:problem:{problem['error']}")
+    return status, problem, _closed_within(sock, 5) is not None
 
 
 def test_a_50_mb_header_is_answered_431_and_the_connection_closed(api: Api) -> None:

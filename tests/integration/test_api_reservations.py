@@ -222,6 +222,33 @@ async def test_guard_refusals_name_the_guard_and_what_would_fit(
         assert (short["reason"], short["guard"], short["lines"][0]["available"]) == ("insufficient", None, 100)
 
 
+async def test_unknown_locations_have_their_own_reason_and_any_is_not_a_location(
+    store: Any, settings: Settings, topics: Topics
+) -> None:
+    seed(store, "LOC-1", 10, location="WH1")
+    auth = bearer(ADMIN)
+    async with in_process(make_app(settings, topics)) as api:
+        unknown = await api.post("/v1/reservations", json={"lines": [{"sku": "LOC-1", "qty": 1, "location": "WH9"}]},
+                                 headers={"Idempotency-Key": "loc-unknown", **auth})
+        assert unknown.status_code == 409
+        body = unknown.json()
+        assert (body["reason"], body["lines"][0]["available"]) == ("unknown_location", 0)
+        assert "WH9" in body["detail"]
+        for spelling in ("any", "ANY"):
+            reply = await api.post("/v1/reservations",
+                                   json={"lines": [{"sku": "LOC-1", "qty": 1, "location": spelling}]},
+                                   headers={"Idempotency-Key": f"loc-{spelling}", **auth})
+            assert reply.status_code == 422, reply.text
+            assert reply.json()["reasons"][0]["field"] == "body.lines.0.location"
+            assert "leave the location out" in reply.json()["detail"]
+        anywhere = await api.post("/v1/reservations", json={"lines": [{"sku": "LOC-1", "qty": 1}]},
+                                  headers={"Idempotency-Key": "loc-anywhere", **auth})
+        assert anywhere.status_code == 201
+        assert anywhere.json()["lines"][0]["allocations"][0]["location"] == "WH1"
+        at_wh1 = await api.get("/v1/atp/LOC-1", params={"location": "any"}, headers=auth)
+        assert at_wh1.status_code == 422
+
+
 async def test_policy_put_replaces_and_patch_merges(store: Any, settings: Settings, topics: Topics) -> None:
     seed(store, "POL-2", 20)
     auth = bearer(OPERATOR)

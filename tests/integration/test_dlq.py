@@ -82,3 +82,33 @@ def test_each_bad_message_becomes_one_dlq_record_and_the_next_good_event_is_appl
     store = Store(redis)
     assert [store.position(f"G{i}")["on_hand"] for i in range(len(bad))] == [10 + i for i in range(len(bad))]
     assert store.position("S1")["on_hand"] == 0  # nothing of a bad message was applied
+
+
+def test_an_event_id_reused_with_other_content_is_dead_lettered_once_and_not_applied(
+    settings: Settings, topics: Topics, redis: Any, kafka_bootstrap: str
+) -> None:
+    orders = topics.orders
+    order = {"event_id": "ord-1", "type": "order.placed", "occurred_at": AT, "order_id": "o-1", "channel": "web",
+             "lines": [{"sku": "R1", "qty": 2}, {"sku": "R2", "qty": 1}]}
+    stream = [
+        Msg(topics.adjustments, b"R1", counted("c-1", "R1", 10)),
+        Msg(topics.adjustments, b"R2", counted("c-2", "R2", 10)),
+        Msg(orders, b"R1", orjson.dumps(order)),
+        Msg(orders, b"R1", orjson.dumps(order)),  # a redelivery: a duplicate, nothing to say
+        # the same id with other lines: both SKUs' commands are refused, one DLQ record for the message
+        Msg(orders, b"R1", orjson.dumps({**order, "lines": [{"sku": "R1", "qty": 5}, {"sku": "R2", "qty": 5}]})),
+        Msg(topics.adjustments, b"R1", counted("c-1", "R1", 99)),  # a count's id reused with another figure
+    ]
+    landed = produce(kafka_bootstrap, stream)
+
+    run_flow(settings, topics, until_end=True, serve_metrics=False)
+
+    records = [decode_dlq_value(m.value) for m in read_topic(kafka_bootstrap, topics.dlq)]
+    assert sorted((r.offset, r.reason) for r in records) == sorted(
+        (where.offset, "event_id_reused") for where in (landed[4], landed[5]))
+    assert {r.event_id for r in records} == {"ord-1", "c-1"}
+    assert all(r.original in (stream[4].value, stream[5].value) for r in records)
+    store = Store(redis)
+    # only the first of each id was applied
+    assert (store.position("R1")["committed"], store.position("R2")["committed"]) == (2, 1)
+    assert store.position("R1")["on_hand"] == 10

@@ -12,7 +12,7 @@ from engine.api.errors import OrjsonResponse
 from engine.api.guard import require
 from engine.api.models import AtpOut, AtpQueryIn, AtpQueryOut, ErrorOut, InvalidOut
 from engine.api.views import position_view
-from engine.domain.ids import SHORT_ID_PATTERN, SKU_PATTERN
+from engine.domain.ids import SKU_PATTERN, Location
 
 router = APIRouter(prefix="/v1/atp", tags=["atp"], dependencies=[Depends(require(Role.READ))])
 
@@ -25,9 +25,7 @@ _ERRORS = {
 }
 
 SkuPath = Annotated[str, Path(pattern=SKU_PATTERN, description="SKU")]
-LocationQuery = Annotated[
-    str | None, Query(pattern=SHORT_ID_PATTERN, description="one location; absent = all locations")
-]
+LocationQuery = Annotated[Location | None, Query(description="one location; absent = all locations")]
 
 
 @router.get("/{sku}", response_model=AtpOut, responses=_ERRORS, summary="ATP of one SKU")

@@ -23,7 +23,8 @@
 --        '~busy'  an earlier offset of the same source is waiting for due holds to expire
 --
 -- A command whose offset is at or below the source's watermark, or whose event id is one of the
--- last 1000 applied, is a duplicate. Any other command records both, appends to the journal (last
+-- last 1000 applied, is a duplicate (reason 'offset', 'event_id', or 'event_id_reused' when the
+-- id came with another command or payload). Any other command records both, appends to the journal (last
 -- 200) and is applied; all but ship / order_placed / order_cancelled rebalance. The reply of an
 -- applied command or of a duplicate by event id is kept under the stash key for keep_s seconds
 -- (a replay aid for the flow's alert step); a duplicate by offset writes nothing.
@@ -243,10 +244,23 @@ end
 
 local NOTHING = { at_risk = {}, slipped = {} }
 
+-- what an event id stands for in this SKU: a digest of the command and its payload, so that the
+-- id coming back with other content is told apart from a redelivery
+local function content_digest(c)
+  return string.sub(redis.sha1hex(c.cmd .. '\n' .. c.payload .. '\n' .. c.note), 1, 12)
+end
+
+-- the number and digest of a recent-event field ('<n>' was written before digests were: it
+-- matches any content)
+local function event_entry(value)
+  local n, digest = string.match(value, '^(%d+):?(%x*)$')
+  return tonumber(n), digest
+end
+
 -- record event_id as the S.events-th id applied. The ring field 'r<S.events mod 1000>' names the
 -- id applied 1000 ids ago, which leaves the window now (it cannot have been applied again since:
 -- it was a duplicate until this moment), so its field goes: O(1) per id, the log never read whole.
-local function log_event(event_id)
+local function log_event(event_id, digest)
   S.events = S.events + 1
   local slot = 'r' .. (S.events % EVENT_LOG_SIZE)
   local gone = state_set[slot] or redis.call('HGET', K.state, slot)
@@ -260,12 +274,12 @@ local function log_event(event_id)
     local flat = redis.call('HGETALL', K.state)
     local old = {}
     for i = 1, #flat, 2 do
-      if string.byte(flat[i], 1) == 101 and tonumber(flat[i + 1]) <= oldest then old[#old + 1] = flat[i] end
+      if string.byte(flat[i], 1) == 101 and event_entry(flat[i + 1]) <= oldest then old[#old + 1] = flat[i] end
     end
     if #old > 0 then F.call_chunked('HDEL', K.state, old, 1) end
   end
   state_set[slot] = event_id
-  state_set['e' .. event_id] = S.events
+  state_set['e' .. event_id] = S.events .. ':' .. digest
 end
 
 -- One command, once the call's state is loaded and no due hold is left: its reply (json), or
@@ -328,8 +342,14 @@ local function apply_one(c, seen)
   if checks_offset and offset <= tonumber(seen[1] or '-1') then
     return finish({ status = 'duplicate', reason = 'offset' }, NOTHING)
   end
-  if event_id ~= '' and seen[2] and tonumber(seen[2]) > S.events - EVENT_LOG_SIZE then
-    return kept(finish({ status = 'duplicate', reason = 'event_id' }, NOTHING))
+  local digest = event_id ~= '' and content_digest(c)
+  if digest and seen[2] then
+    local n, was = event_entry(seen[2])
+    if n > S.events - EVENT_LOG_SIZE then
+      -- nothing is applied either way; the flow dead-letters an id reused with other content
+      local reason = (was == '' or was == digest) and 'event_id' or 'event_id_reused'
+      return kept(finish({ status = 'duplicate', reason = reason }, NOTHING))
+    end
   end
   if S.job then
     F.flush()
@@ -337,7 +357,7 @@ local function apply_one(c, seen)
   end
 
   if checks_offset then state_set['@' .. source] = c.offset_raw end
-  if event_id ~= '' then log_event(event_id) end
+  if digest then log_event(event_id, digest) end
   S.applied = S.applied + 1
   S.dirty = true
   state_set['j' .. (S.applied % JOURNAL_SIZE)] =

@@ -605,6 +605,14 @@ local function broken_guard(qty, channel, customer)
   end
 end
 
+-- true when a lot of the SKU comes in at loc (a location may have inbound before any on-hand)
+function F.lot_at(loc)
+  for _, lot in pairs(F.get_lots()) do
+    if lot.loc == loc then return true end
+  end
+  return false
+end
+
 -- one hold request: the status ('ok', 'duplicate', 'conflict' or 'refused'), then the line's stored
 -- form, or for a refusal nil, the reason, the capacity that was available and, for a guard, its
 -- limit and usage
@@ -614,6 +622,7 @@ function F.hold_one(rid, qty, loc, ttl_ms, channel, customer, commit, replace_de
     if existing.qty == qty and existing.loc == loc then return 'duplicate', F.encode_line(existing) end
     return 'conflict', F.encode_line(existing)
   end
+  if loc ~= '' and not locs[loc] and not F.lot_at(loc) then return 'refused', nil, 'unknown_location', 0 end
   local reason, limit, used = broken_guard(qty, channel, customer)
   local available = F.capacity(loc)
   if S.job then
