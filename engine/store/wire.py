@@ -323,7 +323,8 @@ def journal_entries(state: dict[Any, Any], limit: int = JOURNAL_SIZE) -> list[di
     ``{event_id, cmd, reason, ref, at}`` per applied command, at most ``limit``."""
     fields = {_text(k): _text(v) for k, v in state.items()}
     _seq, applied, _events = state_counters(fields)
-    ids = {v: k[1:] for k, v in fields.items() if k.startswith("e")}
+    # 'e<event id>' -> '<n>:<content digest>' (or '<n>', written before digests were kept)
+    ids = {v.partition(":")[0]: k[1:] for k, v in fields.items() if k.startswith("e")}
     out = []
     for n in range(applied, max(0, applied - min(limit, JOURNAL_SIZE)), -1):
         raw = fields.get(f"j{n % JOURNAL_SIZE}")
