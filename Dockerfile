@@ -1,5 +1,6 @@
 # The engine image: one image for the `atp` command (topics, flow, serve, ...).
-FROM python:3.11-slim
+# The base is pinned by tag only: pin it by digest where a registry is reachable (README "Production").
+FROM python:3.11-slim-trixie
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -7,15 +8,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-# Dependencies first so code edits do not reinstall them; the packages are copied afterwards.
+# The locked dependencies first (every file checked against its hash) so that code edits do not
+# reinstall them; setuptools, the build backend, is in the lock too, so the build fetches nothing.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY engine ./engine
 COPY connectors ./connectors
-RUN pip install . \
- && useradd --system --uid 10001 --home-dir /var/lib/atp atp \
+# A numeric user (no name lookup needed by the runtime or by Kubernetes' runAsNonRoot) that owns
+# only the state directory; the installed code stays root's and read-only to it.
+RUN pip install --no-deps --no-build-isolation . \
+ && groupadd --system --gid 10001 atp \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/atp --no-create-home atp \
  && mkdir -p /var/lib/atp/recovery \
- && chown -R atp /var/lib/atp
+ && chown -R 10001:10001 /var/lib/atp
 
-USER atp
+USER 10001:10001
 WORKDIR /var/lib/atp
 CMD ["atp", "--help"]

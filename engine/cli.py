@@ -31,7 +31,7 @@ from rich.table import Table
 from typer.exceptions import TyperException
 
 from engine.domain.ids import id_problem
-from engine.settings import Settings
+from engine.settings import MAX_TOPIC_REPLICATION, Settings
 from engine.store.listing import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX
 from engine.store.wire import RESERVATION_STATES
 
@@ -558,7 +558,9 @@ def _services(settings: Settings, what: str) -> Iterator[Settings]:
 
     try:
         with embedded_stack(settings) as running:
-            create_topics(admin_config(running), Topics(), partitions=running.topic_partitions)
+            # a configured broker gets the configured replication; the embedded one is one node
+            create_topics(admin_config(running), Topics(), partitions=running.topic_partitions,
+                          replication_factor=running.topic_replication if settings.kafka_bootstrap else 1)
             err_console.print(
                 f"[dim]{what}: embedded services — Redis {running.redis_url}, broker {running.kafka_bootstrap}[/dim]",
                 soft_wrap=True,
@@ -690,7 +692,8 @@ def up(
     signal.signal(signal.SIGTERM, stop)
     try:
         with embedded_stack(settings, redis_data_dir=redis_dir) as running:
-            create_topics(admin_config(running), Topics(), partitions=running.topic_partitions)
+            create_topics(admin_config(running), Topics(), partitions=running.topic_partitions,
+                          replication_factor=running.topic_replication if settings.kafka_bootstrap else 1)
             if redis_dir is not None and not settings.kafka_bootstrap and not settings.redis_url:
                 # kept stock, a new empty log: its offsets start at 0 again
                 from engine.api.redis_conn import sync_redis
@@ -743,6 +746,10 @@ def demo(
 @topics_app.command("create")
 def topics_create(
     partitions: Annotated[int | None, typer.Option(help="default: ATP_TOPIC_PARTITIONS", min=1, max=1024)] = None,
+    replication: Annotated[
+        int | None, typer.Option(help="replicas of each partition (default: ATP_TOPIC_REPLICATION)",
+                                 min=1, max=MAX_TOPIC_REPLICATION)
+    ] = None,
     prefix: Annotated[str, typer.Option(help="prefix of every topic name")] = "",
     suffix: Annotated[str, typer.Option(help="suffix of every topic name")] = "",
     timeout: Annotated[float, typer.Option(help="seconds to wait for the broker", min=0.5, max=300)] = 10.0,
@@ -763,7 +770,9 @@ def topics_create(
         raise CliError("no broker configured: set ATP_KAFKA_BOOTSTRAP")
     try:
         created = create_topics(
-            {**admin_config(settings), "logger": _quiet_kafka_logger()}, names, partitions=partitions or settings.topic_partitions, timeout_s=timeout
+            {**admin_config(settings), "logger": _quiet_kafka_logger()}, names,
+            partitions=partitions or settings.topic_partitions,
+            replication_factor=replication or settings.topic_replication, timeout_s=timeout,
         )
     except KafkaException as exc:
         raise CliError(f"cannot create topics on {settings.kafka_bootstrap}: {_one_line(str(exc))}") from exc

@@ -30,6 +30,8 @@ MAX_HEADER_BYTES_CAP = 1024 * 1024
 MAX_HEADERS_CAP = 10_000
 MAX_CONNECTIONS_CAP = 1_000_000
 TIMEOUT_CAP_S = 3600.0
+# The broker refuses more replicas than it has brokers; past this a value is a typo, not a cluster.
+MAX_TOPIC_REPLICATION = 32
 
 
 def _config_file() -> Path | None:
@@ -58,6 +60,11 @@ class Settings(BaseSettings):
     kafka_sasl_password: str | None = None
     kafka_ssl_ca: str | None = None
     topic_partitions: int = Field(3, ge=1, le=1024)
+    topic_replication: int = Field(
+        1, ge=1, le=MAX_TOPIC_REPLICATION,
+        description="replication factor of the topics the engine creates on a configured broker "
+                    "(min.insync.replicas is the broker's)",
+    )
 
     # The flow.
     workers: int = Field(1, ge=1, le=64)

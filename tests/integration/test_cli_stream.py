@@ -75,3 +75,23 @@ def test_unreachable_broker_is_one_line(cli_env: None, monkeypatch: pytest.Monke
     assert body["error"] == "error" and body["detail"].startswith("cannot create topics on 127.0.0.1:")
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("atp: error: cannot create topics on 127.0.0.1:")
+
+
+def test_topics_create_asks_for_the_configured_replication(
+    cli_env: None, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    suffix = f".rf{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("ATP_TOPIC_REPLICATION", "2")
+    code, out, err = run(["topics", "create", "--suffix", suffix, "--timeout", "10", "--json"], capsys)
+    if code == 0:
+        # A broker that grants it (a cluster, or one that records the factor it was asked for).
+        metadata = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10)
+        for name in Topics(suffix=suffix).all:
+            replicas = {len(p.replicas) for p in metadata.topics[name].partitions.values()}
+            assert replicas == {2}, (name, replicas)
+    else:
+        # A single-node Kafka refuses two replicas: the factor reached the broker.
+        assert code == cli.EXIT_ERROR, err
+        assert "replication factor" in orjson.loads(out)["detail"].lower(), out

@@ -92,6 +92,8 @@ def test_a_missing_config_file_means_defaults(monkeypatch: pytest.MonkeyPatch, t
         ("ATP_WORKERS", "0"),
         ("ATP_WORKERS", "many"),
         ("ATP_TOPIC_PARTITIONS", "2000"),
+        ("ATP_TOPIC_REPLICATION", "0"),
+        ("ATP_TOPIC_REPLICATION", "33"),
         ("ATP_KEY_PREFIX", "Bad-Prefix"),
         ("ATP_KEY_PREFIX", "{atp}"),
         ("ATP_KAFKA_SECURITY_PROTOCOL", "TLS"),
@@ -191,3 +193,10 @@ def test_plaintext_kafka_config_has_no_credentials() -> None:
         "bootstrap.servers": "b:9092",
         "security.protocol": "PLAINTEXT",
     }
+
+
+def test_topic_replication_is_one_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One: the embedded broker and a single-node Kafka have one replica to give.
+    assert Settings().topic_replication == 1
+    monkeypatch.setenv("ATP_TOPIC_REPLICATION", "3")
+    assert Settings().topic_replication == 3
