@@ -87,6 +87,16 @@ RULES: tuple[AlertRule, ...] = (
         "{{ $labels.job }} on {{ $labels.instance }} cannot reach the Kafka broker.",
     ),
     AlertRule(
+        "AtpLogReset",
+        "sum by (topic) (increase(atp_log_resets_total[15m]))",
+        ">",
+        0,
+        "0m",
+        "critical",
+        "The log of {{ $labels.topic }} started again (a new topic id): the flow reads it from its "
+        "start; check what producers republish (README, 'When the log is reset').",
+    ),
+    AlertRule(
         "AtpTargetDown",
         'up{job=~"atp-.*"}',
         "==",

@@ -160,7 +160,14 @@ APPLY_BATCH_SIZE = Histogram(
     "atp_apply_batch_size", "Events per applied batch", buckets=_BATCH_BUCKETS, registry=REGISTRY
 )
 CONSUMER_LAG = Gauge(
-    "atp_consumer_lag", "Messages between the consumed offset and the partition end", ["topic", "partition"],
+    "atp_consumer_lag",
+    "Messages between the consumed offset and the partition end; negative when the flow is past "
+    "the end, which only a log that started again can make",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+LOG_RESETS = Counter(
+    "atp_log_resets", "Input topics found with a new identity (a log that started again)", ["topic"],
     registry=REGISTRY,
 )
 DLQ = Counter("atp_dlq", "Messages sent to the dead-letter topic, by reason", ["reason"], registry=REGISTRY)
@@ -279,8 +286,14 @@ def observe_apply_batch(seconds: float, size: int) -> None:
 
 
 def set_consumer_lag(topic: str, partition: int, lag: int) -> None:
-    """Set how many messages the consumer is behind on one partition."""
-    CONSUMER_LAG.labels(_topic(topic), _partition(partition)).set(max(0, lag))
+    """Set how many messages the consumer is behind on one partition (negative: past the end)."""
+    CONSUMER_LAG.labels(_topic(topic), _partition(partition)).set(lag)
+
+
+def record_log_reset(topic: str, resets: int = 1) -> None:
+    """Count an input topic found with a new identity (``engine.flow.log_identity``); 0 makes the
+    series exist, so the alert rule reads 0 rather than nothing."""
+    LOG_RESETS.labels(_topic(topic)).inc(resets)
 
 
 def record_dlq(reason: str) -> None:

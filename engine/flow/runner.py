@@ -31,11 +31,13 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
+from confluent_kafka import KafkaException
 
 from connectors.topics import ADJUSTMENTS, INBOUND, INPUT_TOPICS, ORDERS, RECEIPTS, Topics
 from engine import metrics
 from engine.flow.alerting import alerting_extra
 from engine.flow.dataflow import Extra, OutcomeItem, build_flow
+from engine.flow.log_identity import TopicLog, admin_client, identify, topic_ids
 from engine.flow.sinks import dlq_sink
 from engine.flow.source import KafkaInput, RawMessage
 from engine.observability.flow import observe_flow
@@ -82,6 +84,17 @@ MERGE_RANK: tuple[str, ...] = (INBOUND, RECEIPTS, ADJUSTMENTS, ORDERS)
 """Input topics in the order that breaks timestamp ties: supply news before the orders that use it."""
 
 
+def input_logs(settings: Settings, conf: dict[str, Any], inputs: list[str]) -> dict[str, TopicLog]:
+    """The generation of each input topic's log, recorded in Redis (``engine.flow.log_identity``).
+    A broker that cannot tell topic ids leaves resets unnoticed: said once, loudly."""
+    try:
+        ids = topic_ids(admin_client(conf), inputs)
+    except KafkaException as exc:
+        log.warning("cannot read the input topics' ids (%s): a log that starts again would not be noticed", exc)
+        return {}
+    return identify(make_store(settings).redis, settings.key_prefix, ids)
+
+
 def flow_from_settings(
     settings: Settings,
     topics: Topics = Topics(),  # frozen: one shared default is safe
@@ -107,14 +120,16 @@ def flow_from_settings(
         raise FlowConfigError("no Redis configured: set ATP_REDIS_URL (or run through `atp flow`)")
     conf = settings.kafka_config()
     n_workers = workers or settings.workers
+    inputs = [topics.name(base) for base in MERGE_RANK]
     source = KafkaInput(
         conf,
-        [topics.name(base) for base in MERGE_RANK],
+        inputs,
         batch_size=settings.batch_size,
         max_buffer=max(20_000, 4 * settings.batch_size),
         until_end=until_end,
         stop_event=stop_event,
         single_group=n_workers == 1,
+        logs=input_logs(settings, conf, inputs),
     )
     store_factory = functools.partial(make_store, settings)
     if alerting:

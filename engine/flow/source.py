@@ -35,6 +35,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from confluent_kafka.admin import AdminClient
 
 from engine import metrics
+from engine.flow.log_identity import LogReset, TopicLog, admin_client, describe, moved, source_name
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ _IDLE_WAIT = timedelta(milliseconds=5)
 #: The consumer group the flow reports its read position to (lag tools read it; recovery does not).
 PROGRESS_GROUP = "atp-flow"
 _COMMIT_EVERY_S = 1.0
+#: How often a running source checks that its topics are still the logs it reads.
+_LOG_CHECK_EVERY_S = 10.0
 _GROUP_PREFIX = "p"
 ALL_GROUP = "all"
 """The one source partition of a ``single_group`` input: every partition of every input topic."""
@@ -60,11 +63,12 @@ class RawMessage:
     value: bytes | None
     key: bytes | None = None
     timestamp_ms: int = 0
+    log: str = ""  # the generation of the topic's log ('' = its first; engine.flow.log_identity)
 
     @property
     def source(self) -> str:
-        """``topic:partition``: the store's offset-watermark key for this message."""
-        return f"{self.topic}:{self.partition}"
+        """``topic:partition`` (``topic@<log>:partition`` after a reset): the store's offset-watermark key."""
+        return source_name(self.topic, self.partition, self.log)
 
 
 def group_name(index: int) -> str:
@@ -121,6 +125,7 @@ class KafkaInput(FixedPartitionedSource[RawMessage, ResumeState]):
         max_buffer: int = 20_000,
         fetch_wait_ms: int = 100,
         single_group: bool = False,
+        logs: Mapping[str, TopicLog] | None = None,
     ) -> None:
         if isinstance(topics, str) or not topics:
             raise ValueError("topics must be a non-empty sequence of topic names")
@@ -134,6 +139,7 @@ class KafkaInput(FixedPartitionedSource[RawMessage, ResumeState]):
         self._max_buffer = max_buffer
         self._fetch_wait_ms = fetch_wait_ms
         self._single_group = single_group
+        self._logs = dict(logs or {})
 
     def list_parts(self) -> list[str]:
         if self._single_group:
@@ -167,6 +173,7 @@ class KafkaInput(FixedPartitionedSource[RawMessage, ResumeState]):
             until_end=self._until_end,
             stop_event=self._stop_event,
             max_buffer=self._max_buffer,
+            logs={t: self._logs[t] for t, _p in members if t in self._logs},
         )
 
 
@@ -181,9 +188,13 @@ class _GroupPartition(StatefulSourcePartition[RawMessage, ResumeState]):
         until_end: bool,
         stop_event: threading.Event | None,
         max_buffer: int,
+        logs: dict[str, TopicLog],
     ) -> None:
         self._members = members
-        self._sources = [f"{t}:{p}" for t, p in members]
+        self._tags = {t: log.tag for t, log in logs.items()}
+        self._logs = logs
+        self._source_of = {(t, p): source_name(t, p, self._tags.get(t, "")) for t, p in members}
+        self._sources = [self._source_of[m] for m in members]
         self._rank = {s: r for r, s in enumerate(self._sources)}
         self._next: dict[str, int] = {s: resume[s] for s in self._sources if s in resume}
         self._buf: dict[str, deque[RawMessage]] = {s: deque() for s in self._sources}
@@ -194,11 +205,14 @@ class _GroupPartition(StatefulSourcePartition[RawMessage, ResumeState]):
         self._stop_event = stop_event
         self._max_buffer = max_buffer
         self._finished = False
+        self._admin = admin_client(conf) if logs else None
+        self._asked: dict[str, Any] | None = None  # a describe request in flight
         self._consumer = Consumer({**conf, "stats_cb": self._on_stats, "error_cb": self._on_error})
         self._committed: dict[str, int] = {}
         self._commit_at = 0.0
+        self._log_check_at = time.monotonic() + _LOG_CHECK_EVERY_S
         self._consumer.assign(
-            [TopicPartition(t, p, self._next.get(f"{t}:{p}", OFFSET_BEGINNING)) for t, p in members]
+            [TopicPartition(t, p, self._next.get(self._source_of[(t, p)], OFFSET_BEGINNING)) for t, p in members]
         )
 
     # --- bytewax hooks ---------------------------------------------------------------------
@@ -210,6 +224,7 @@ class _GroupPartition(StatefulSourcePartition[RawMessage, ResumeState]):
         out = self._merge()
         self._flow_control()
         self._report_progress()
+        self._check_logs()
         if self._until_end and all(self._at_end.values()) and not any(self._buf.values()):
             # Emit what we have now; end on the next call.
             self._finished = True
@@ -235,7 +250,7 @@ class _GroupPartition(StatefulSourcePartition[RawMessage, ResumeState]):
         # Partitions far ahead are paused instead (see _flow_control), which bounds the buffers.
         for msg in self._consumer.consume(self._batch_size * 2, 0):
             err = msg.error()
-            source = f"{msg.topic()}:{msg.partition()}"
+            source = self._source_of.get((msg.topic(), msg.partition()), f"{msg.topic()}:{msg.partition()}")
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     if source in self._at_end:
@@ -246,9 +261,10 @@ class _GroupPartition(StatefulSourcePartition[RawMessage, ResumeState]):
                 log.warning("error consuming %s (librdkafka retries): %s", source, err)
                 continue
             ts_type, ts = msg.timestamp()
-            self._buf[source].append(
-                RawMessage(msg.topic(), msg.partition(), msg.offset(), msg.value(), msg.key(), ts if ts_type else 0)
-            )
+            self._buf[source].append(RawMessage(
+                msg.topic(), msg.partition(), msg.offset(), msg.value(), msg.key(), ts if ts_type else 0,
+                self._tags.get(msg.topic(), ""),
+            ))
             self._at_end[source] = False
 
     def _merge(self) -> list[RawMessage]:
@@ -277,6 +293,29 @@ class _GroupPartition(StatefulSourcePartition[RawMessage, ResumeState]):
         for msg in out:
             self._next[msg.source] = msg.offset + 1
         return out
+
+    def _check_logs(self) -> None:
+        """Every ``_LOG_CHECK_EVERY_S``: stop the flow if an input topic is no longer the log it
+        was (deleted and created again, a broker that lost its data). Reading on would skip the
+        new log's first messages or wait for offsets it may never reach; a restart reads it from
+        its start as a new generation (``engine.flow.log_identity``). The broker's answer is
+        awaited across batches, never here."""
+        if self._admin is None:
+            return
+        if self._asked is None:
+            if time.monotonic() >= self._log_check_at:
+                self._asked = describe(self._admin, list(self._logs), _LOG_CHECK_EVERY_S)
+            return
+        gone = moved(self._asked, self._logs)
+        if gone is None:
+            return
+        self._asked = None
+        self._log_check_at = time.monotonic() + _LOG_CHECK_EVERY_S
+        if gone:
+            for topic in gone:
+                metrics.record_log_reset(topic)
+            raise LogReset(f"input topic(s) {', '.join(sorted(gone))} have a new topic id: the log started "
+                           "again; restart the flow to read it as a new generation")
 
     def _report_progress(self, force: bool = False) -> None:
         """Commit the read position to ``PROGRESS_GROUP`` (at most once a second, asynchronously),
@@ -318,7 +357,7 @@ class _GroupPartition(StatefulSourcePartition[RawMessage, ResumeState]):
                 pstats = topics.get(topic, {}).get("partitions", {}).get(str(part))
                 if not pstats or pstats.get("hi_offset", -1) < 0:
                     continue
-                position = self._next.get(f"{topic}:{part}", 0)
+                position = self._next.get(self._source_of[(topic, part)], 0)
                 metrics.set_consumer_lag(topic, part, int(pstats["hi_offset"]) - position)
         except (ValueError, TypeError, AttributeError) as exc:  # stats are best effort
             log.debug("unreadable consumer stats: %s", exc)

@@ -128,6 +128,11 @@ def _build_sku_keys(sku: str, prefix: str) -> SkuKeys:
 _sku_keys = lru_cache(maxsize=65_536)(_build_sku_keys)
 
 
+def logs_key(prefix: str = DEFAULT_PREFIX) -> str:
+    """The hash of the input topics' identities and generations (``engine.flow.log_identity``)."""
+    return f"{validate_prefix(prefix)}:logs"
+
+
 def rid_index_key(rid: str, prefix: str = DEFAULT_PREFIX) -> str:
     """Key of the client-side index ``rid -> JSON list of the SKUs`` of a multi-SKU reservation."""
     validate_id(rid, "reservation_id")

@@ -24,6 +24,7 @@ from engine.store.keys import (
     dead_scan_pattern,
     decode_rid_index,
     exp_scan_pattern,
+    logs_key,
     rid_index_key,
     sku_from_key,
     sku_keys,
@@ -321,8 +322,11 @@ class Store(_Base):
     def forget_offsets(self) -> int:
         """Drop every SKU's input offset watermarks (the ``@<topic:partition>`` state fields), for
         a log that starts again from offset 0 (a new, empty broker): without this, its events
-        would be duplicates by offset. Event-id dedupe stays. One SCAN page and one SKU at a time;
-        run it while no flow applies. Returns how many watermarks went."""
+        would be duplicates by offset. The recorded log identities go too, so the new log is a first
+        generation rather than a reset (``engine.flow.log_identity``). Event-id dedupe stays. One
+        SCAN page and one SKU at a time; run it while no flow applies. Returns how many watermarks
+        went."""
+        self.redis.delete(logs_key(self.prefix))
         gone = 0
         for key in self.redis.scan_iter(match=f"{self.prefix}:{{*}}:state", count=1000):
             fields = [f for f, _v in self.redis.hscan_iter(key, match="@*", count=1000)]
