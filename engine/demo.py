@@ -54,6 +54,9 @@ class Tally:
 
     reservations: Counter[str] = field(default_factory=Counter)
     alerts: Counter[str] = field(default_factory=Counter)
+    critical: Counter[str] = field(default_factory=Counter)  # SKU -> critical alerts fired
+    episodes: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)  # condition -> episodes
+    alert_span_ms: list[int] = field(default_factory=list)  # the first and last alert's event time
     triggers: int = 0
     events_sent: int = 0
     latencies_ms: list[float] = field(default_factory=list)
@@ -62,6 +65,32 @@ class Tally:
     def count(self, what: str) -> None:
         with self.lock:
             self.reservations[what] += 1
+
+    def note_alert(self, body: dict[str, Any]) -> None:
+        """Count one alert message (hold ``lock``): by kind and status, and each new firing per
+        SKU (critical) and per condition (episodes)."""
+        self.alerts[f"{body.get('kind')}:{body.get('status')}"] += 1
+        at = int(body.get("occurred_ms") or 0)
+        self.alert_span_ms[:] = [min(self.alert_span_ms[0], at), max(self.alert_span_ms[1], at)] \
+            if self.alert_span_ms else [at, at]
+        if body.get("status") != "firing" or body.get("revision"):
+            return
+        sku = str(body.get("sku"))
+        if body.get("severity") == "critical":
+            self.critical[sku] += 1
+        self.episodes[(str(body.get("kind")), sku, str(body.get("location")), str(body.get("subject")))] += 1
+
+    def alert_rates(self) -> dict[str, Any]:
+        """Per simulated day (the alerts' event-time span, at least a day): the most critical
+        firings of one SKU and the most episodes of one condition (hold ``lock``)."""
+        days = max(1.0, (self.alert_span_ms[1] - self.alert_span_ms[0]) / 86_400_000) if self.alert_span_ms else 1.0
+        return {
+            "simulated_days": round(days, 2),
+            "critical_firings_per_sku_day_max": round(max(self.critical.values(), default=0) / days, 2),
+            "episodes_per_condition_day_max": round(max(self.episodes.values(), default=0) / days, 2),
+            "critical_most": [[sku, n] for sku, n in self.critical.most_common(3)],
+            "episodes_most": [[*cond, n] for cond, n in self.episodes.most_common(3)],
+        }
 
 
 def _now_rfc3339(delta: timedelta = timedelta()) -> str:
@@ -79,6 +108,23 @@ def _http_ok(url: str) -> bool:
         return False
 
 
+def child_env(running: Settings, token_roles: dict[str, list[str]], recovery_dir: str,
+              extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the flow and API processes: this one's, plus what ``running`` says
+    about Redis and the broker — the URLs the embedded servers got, and whether Redis is a
+    Cluster (``running`` may say so while this environment does not: a plain client on a
+    Cluster gets MOVED for most keys)."""
+    return {
+        **os.environ,
+        "ATP_REDIS_URL": running.redis_url,
+        "ATP_REDIS_CLUSTER": "true" if running.redis_cluster else "false",
+        "ATP_KAFKA_BOOTSTRAP": running.kafka_bootstrap,
+        "ATP_API_TOKENS": orjson.dumps(token_roles).decode(),
+        "ATP_RECOVERY_DIR": recovery_dir,
+        **(extra_env or {}),
+    }
+
+
 @contextlib.contextmanager
 def engine_processes(running: Settings, token_roles: dict[str, list[str]], *, recovery_dir: str | None = None,
                      api_port: int | None = None, extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, str]]:
@@ -86,14 +132,7 @@ def engine_processes(running: Settings, token_roles: dict[str, list[str]], *, re
     URL, flow metrics URL). ``recovery_dir``: the flow's snapshots (default: a new temp dir);
     ``extra_env``: more settings for both."""
     recovery = recovery_dir or tempfile.mkdtemp(prefix="atp-demo-recovery-")
-    env = {
-        **os.environ,
-        "ATP_REDIS_URL": running.redis_url,
-        "ATP_KAFKA_BOOTSTRAP": running.kafka_bootstrap,
-        "ATP_API_TOKENS": orjson.dumps(token_roles).decode(),
-        "ATP_RECOVERY_DIR": recovery,
-        **(extra_env or {}),
-    }
+    env = child_env(running, token_roles, recovery, extra_env)
     flow_port = free_port()
     flow = ManagedProcess(
         "flow",
@@ -228,7 +267,7 @@ def _consume_outputs(running: Settings, topics: Topics, tally: Tally, stop: thre
                     continue
                 body = orjson.loads(msg.value())
                 with tally.lock:
-                    tally.alerts[f"{body.get('kind')}:{body.get('status')}"] += 1
+                    tally.note_alert(body)
     finally:
         consumer.close()
 
@@ -365,15 +404,14 @@ def _settle(console: Console) -> None:
 
 
 def _summary(engine: DemoEngine) -> dict[str, Any]:
-    import redis
-
+    from engine.api.redis_conn import sync_redis
     from engine.store.invariants import check_invariants
 
     api, running, tally, base, flow_metrics = (
         engine.api, engine.settings, engine.tally, engine.api_url, engine.flow_metrics_url)
     body = api.post("/v1/atp/query", json={"skus": [*HOT_SKUS, PRESELL_SKU]}).json()
     positions = {p["sku"]: p for p in body.get("positions", [])}
-    client = redis.Redis.from_url(running.redis_url)
+    client = sync_redis(running)  # a Cluster client on a Cluster: the check reads every primary
     try:
         violations = check_invariants(client)
     finally:
@@ -384,6 +422,7 @@ def _summary(engine: DemoEngine) -> dict[str, Any]:
         lat = sorted(tally.latencies_ms)
         res = dict(tally.reservations)
         alerts = dict(tally.alerts)
+        rates = tally.alert_rates()
         triggers, sent = tally.triggers, tally.events_sent
     return {
         "reservations_ok": res.get("held", 0),
@@ -398,6 +437,7 @@ def _summary(engine: DemoEngine) -> dict[str, Any]:
         "invariant_violations": violations,
         "alerts_emitted": sum(alerts.values()),
         "alerts_by_kind": alerts,
+        **rates,
         "triggers_emitted": triggers,
         "events_sent": sent,
         "atp": {sku: {k: p.get(k) for k in ("atp", "on_hand", "in_transit", "held", "committed")}
@@ -417,8 +457,11 @@ def _print_summary(summary: dict[str, Any], console: Console, as_json: bool) -> 
     table.add_column("value", justify="right")
     for key in ("duration_s", "reservations_ok", "reservations_refused", "reservations_confirmed",
                 "reservations_released", "reservations_left_to_expire", "http_errors", "hold_p50_ms",
-                "hold_p99_ms", "oversold", "alerts_emitted", "triggers_emitted", "events_sent"):
+                "hold_p99_ms", "oversold", "alerts_emitted", "triggers_emitted", "events_sent", "simulated_days",
+                "critical_firings_per_sku_day_max", "episodes_per_condition_day_max"):
         table.add_row(key, str(summary.get(key)))
+    for kind, n in sorted(summary["alerts_by_kind"].items()):
+        table.add_row(f"alerts {kind}", str(n))
     for sku, pos in summary["atp"].items():
         table.add_row(f"ATP {sku}", str(pos))
     table.add_row("invariant violations", str(len(summary["invariant_violations"])))

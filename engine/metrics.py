@@ -102,9 +102,10 @@ ALERT_KINDS = (
     "supplier_unreliable",
 )
 # Kinds that have a firing → resolved life; the others are one-shot notices.
-STATEFUL_ALERT_KINDS = frozenset(
-    {"low_stock", "stockout", "oversold", "inbound_late", "demand_surge", "supplier_unreliable"}
-)
+STATEFUL_ALERT_KINDS = frozenset({
+    "low_stock", "stockout", "oversold", "order_unfulfillable", "promise_at_risk", "inbound_late", "demand_surge",
+    "supplier_unreliable",
+})
 ALERT_STATUSES = ("firing", "resolved")
 HOLD_ENDS = ("confirmed", "released", "expired")
 DEPENDENCIES = ("redis", "kafka")
@@ -334,17 +335,18 @@ def set_expiry_lag(seconds: float) -> None:
 # --- alerts, replenishment, supply ---------------------------------------------------------------
 
 
-def record_alert(kind: str, status: str) -> None:
-    """Count one published alert transition and keep ``atp_alerts_firing`` in step.
+def record_alert(kind: str, status: str, revision: int = 0) -> None:
+    """Count one published alert message and keep ``atp_alerts_firing`` in step.
 
-    A ``firing`` of a stateful kind adds one firing alert, a ``resolved`` removes one. The gauge
-    is per process and starts at 0, so after a restart it counts transitions since the restart;
-    a caller that knows the absolute number should use ``set_alerts_firing``.
+    A ``firing`` of a stateful kind adds one firing alert, a ``resolved`` removes one; a follow-up
+    firing of the same episode (``revision`` > 0) changes nothing. The gauge is per process and
+    starts at 0, so after a restart it counts transitions since the restart; a caller that knows
+    the absolute number should use ``set_alerts_firing``.
     """
     label_kind = _alert_kind(kind)
     label_status = _alert_status(status)
     ALERTS.labels(label_kind, label_status).inc()
-    if kind in STATEFUL_ALERT_KINDS:
+    if kind in STATEFUL_ALERT_KINDS and revision == 0:
         if status == "firing":
             ALERTS_FIRING.labels(label_kind).inc()
         elif status == "resolved":

@@ -115,7 +115,24 @@ class Settings(BaseSettings):
     # Alerts and replenishment defaults (per-SKU policy overrides).
     low_stock_threshold: int = Field(10, ge=0)
     demand_surge_pct: float = Field(50.0, gt=0)
+    alert_resolve_after_s: float = Field(
+        3600.0, ge=0, le=7 * 86_400,
+        description="low_stock, stockout, oversold, promise_at_risk and demand_surge resolve only once clear "
+                    "for this long without a break (event time)",
+    )
+    unfulfillable_quiet_s: float = Field(
+        8 * 3600.0, gt=0, le=7 * 86_400,
+        description="refused orders of a SKU and location are one order_unfulfillable episode until this "
+                    "long passes without one (event time)",
+    )
     supplier_unreliable_below: float = Field(0.8, ge=0, le=1)
+    supplier_resolve_band: float = Field(
+        0.05, ge=0, le=1, description="supplier_unreliable resolves at a score ≥ unreliable_below + band")
+    supplier_alpha: float = Field(
+        0.2, gt=0, le=1, description="EWMA weight of each receipt in the supplier's on-time and fill rates")
+    demand_alpha: float = Field(0.25, gt=0, le=1, description="EWMA weight of each closed day in demand d and σ")
+    demand_window_hours: int = Field(24, ge=1, le=744, description="demand_surge: the recent window")
+    demand_baseline_days: int = Field(7, ge=1, le=90, description="demand_surge: the baseline before that window")
     service_level: float = Field(0.95, gt=0, lt=1)
     review_period_days: float = Field(1.0, gt=0)
     default_lead_time_days: float = Field(7.0, gt=0)

@@ -10,14 +10,18 @@ same (recovered) state yields the same ids.
 | kind | location | fires when | resolves when |
 |---|---|---|---|
 | low_stock | each | ATP ≤ T (T = policy threshold, > 0) | ATP > T + band, band = max(1, ⌈T/10⌉) |
-| stockout | each | ATP ≤ 0 | ATP > 0 |
+| stockout | each | ATP ≤ 0 | ATP > band (the low-stock band) |
 | oversold | each | short > 0 (live reservations without supply) | short = 0 |
-| order_unfulfillable | order's | an order_placed was refused | one-shot |
+| order_unfulfillable | order's | an order_placed was refused | no refusal there for a quiet period |
 | promise_at_risk | "" | a reply lists lines the command left short | a reply lists none and no line is short (oversold = 0) |
 | promise_slipped | "" | a reply lists lines whose promised date moved later | one-shot |
 | inbound_late | lot's | time > lot ETA + grace, lot still open | the lot is received or cancelled, or its ETA moves past the clock |
 | demand_surge | each | recent/day ≥ max(M, baseline·(1 + P/100)) | recent/day < max(M/2, baseline·(1 + P/200)) |
 
+low_stock, stockout, oversold, promise_at_risk and demand_surge resolve only once clear for
+``resolve_after_ms`` without a break. order_unfulfillable gathers the refused orders of a SKU and location into one
+episode: the firing names the first, follow-up firings (``revision`` + 1, at most one an hour)
+and the resolution carry the count, the units and the latest orders.
 (P = demand_surge_pct, M = surge_min_units; ``supplier_unreliable`` lives in ``engine.domain.suppliers``
 since its state is keyed by supplier, but uses the same ``Condition`` and ``build_alert``.)
 
@@ -46,11 +50,13 @@ from engine.domain.outputs import Alert, ReservationImpact, Severity, rfc3339, s
 if TYPE_CHECKING:
     from engine.domain.policy import Policy
 
+#: critical = someone should act now: a promise made to a customer is broken or at risk. A SKU
+#: that sells out, or orders refused for want of stock, are what a sale is expected to bring.
 SEVERITY: dict[str, Severity] = {
     "low_stock": "warning",
-    "stockout": "critical",
+    "stockout": "warning",
     "oversold": "critical",
-    "order_unfulfillable": "critical",
+    "order_unfulfillable": "warning",
     "promise_at_risk": "critical",
     "promise_slipped": "warning",
     "inbound_late": "warning",
@@ -70,10 +76,20 @@ class AlertPolicy:
     """A surge needs at least this many units per day, so 1 → 2 units is no surge."""
     inbound_grace_ms: int = 0
     """A lot is late once the clock passes ETA + grace."""
+    resolve_after_ms: int = 60 * 60_000
+    """low_stock, stockout, oversold, promise_at_risk and demand_surge resolve only once clear for
+    this long without a break (SKU clock): a SKU sold out again within the hour is still the same
+    episode, not a new page."""
+    unfulfillable_quiet_ms: int = 8 * 60 * 60_000
+    """Refused orders of one SKU and location are one order_unfulfillable episode until this long
+    passes without one (8 h: at most three episodes a day); while they go on, the episode's totals
+    are sent again at most once per ``UNFULFILLABLE_UPDATE_MS``."""
 
     def __post_init__(self) -> None:
-        if self.low_stock < 0 or self.surge_min_units < 0 or self.inbound_grace_ms < 0:
-            raise ValueError("low_stock, surge_min_units and inbound_grace_ms must be ≥ 0")
+        if min(self.low_stock, self.surge_min_units, self.inbound_grace_ms, self.resolve_after_ms) < 0:
+            raise ValueError("low_stock, surge_min_units, inbound_grace_ms and resolve_after_ms must be ≥ 0")
+        if self.unfulfillable_quiet_ms < 1:
+            raise ValueError(f"unfulfillable_quiet_ms must be ≥ 1, got {self.unfulfillable_quiet_ms}")
         if not self.demand_surge_pct > 0:
             raise ValueError(f"demand_surge_pct must be > 0, got {self.demand_surge_pct}")
 
@@ -89,7 +105,12 @@ class AlertPolicy:
         low = (
             policy.low_stock if policy is not None and policy.low_stock > 0 else settings.low_stock_threshold
         )
-        return cls(low_stock=int(low), demand_surge_pct=float(settings.demand_surge_pct))
+        return cls(
+            low_stock=int(low),
+            demand_surge_pct=float(settings.demand_surge_pct),
+            resolve_after_ms=int(settings.alert_resolve_after_s * 1000),
+            unfulfillable_quiet_ms=int(settings.unfulfillable_quiet_s * 1000),
+        )
 
 
 @dataclass
@@ -102,23 +123,57 @@ class Condition:
     revision: int = 0
     named: dict[str, int] = field(default_factory=dict)
     """promise_at_risk: reservation → short, as announced in the current episode."""
+    clear_since_ms: int = -1
+    """Since when the firing condition has been clear without a break (SKU clock); -1: it is not."""
+    count: int = 0
+    units: int = 0
+    orders: list[str] = field(default_factory=list)
+    last_ms: int = 0
+    sent_ms: int = 0
+    """order_unfulfillable: refused orders, their units, their ids (newest first, bounded), when the
+    last was refused and when the episode's totals were last sent."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a snapshot taken before a field existed resumes with the field's default
+        self.__dict__.update({**_CONDITION_DEFAULTS, **state})
 
 
-def transition(cond: Condition, fire: bool, clear: bool) -> Literal["firing", "resolved"] | None:
-    """Move ``cond``: fire when idle and ``fire``; resolve when firing and ``clear``; else nothing.
+_CONDITION_DEFAULTS: dict[str, Any] = {"clear_since_ms": -1, "count": 0, "units": 0, "orders": [], "last_ms": 0, "sent_ms": 0}
 
-    ``fire`` and ``clear`` are separate predicates so the gap between them is the hysteresis.
+#: The orders an order_unfulfillable alert names (newest first).
+UNFULFILLABLE_ORDERS_SHOWN = 20
+#: How often, at most, a going order_unfulfillable episode sends its totals again (SKU clock).
+UNFULFILLABLE_UPDATE_MS = 60 * 60_000
+
+
+def transition(
+    cond: Condition, fire: bool, clear: bool, now_ms: int = 0, clear_for_ms: int = 0
+) -> Literal["firing", "resolved"] | None:
+    """Move ``cond``: fire when idle and ``fire``; resolve when firing and ``clear`` has held,
+    observation after observation, for ``clear_for_ms`` by ``now_ms``; else nothing.
+
+    ``fire`` and ``clear`` are separate predicates so the gap between them is the hysteresis in
+    level, ``clear_for_ms`` the one in time.
     """
-    if not cond.firing and fire:
+    if not cond.firing:
+        if not fire:
+            return None
         cond.firing = True
         cond.episode += 1
         cond.revision = 0
         cond.named = {}
+        cond.clear_since_ms = -1
         return "firing"
-    if cond.firing and clear:
-        cond.firing = False
-        return "resolved"
-    return None
+    if not clear:
+        cond.clear_since_ms = -1
+        return None
+    if cond.clear_since_ms < 0:
+        cond.clear_since_ms = now_ms
+    if now_ms - cond.clear_since_ms < clear_for_ms:
+        return None
+    cond.firing = False
+    cond.clear_since_ms = -1
+    return "resolved"
 
 
 def alert_id(kind: str, sku: str, location: str, subject: str, episode: int | str) -> str:
@@ -160,7 +215,7 @@ def build_alert(
         event_id=event_id,
         supplier=supplier,
         summary=summary,
-        values=dict(values),
+        values={k: round(v, 2) if isinstance(v, float) else v for k, v in values.items()},
         reservations=list(reservations),
     )
 
@@ -256,9 +311,9 @@ def evaluate(
     ctx = _Ctx(state.sku, obs.occurred_ms, obs.event_id)
     out: list[Alert] = []
     out += _book_lots(state, obs, ctx)
-    out += _order_unfulfillable(obs, ctx)
+    out += _order_unfulfillable(state, obs, policy, ctx)
     out += _promise_slipped(obs, ctx)
-    out += _promise_at_risk(state, obs, ctx)
+    out += _promise_at_risk(state, obs, policy, ctx)
     if obs.position is not None:
         out += _position_rules(state, obs.position, policy, ctx)
     for loc, reading in sorted((demand or {}).items()):
@@ -286,12 +341,13 @@ def tick(
 def _position_rules(state: AlertState, pos: PositionFigures, policy: AlertPolicy, ctx: _Ctx) -> list[Alert]:
     out: list[Alert] = []
     threshold, band = policy.low_stock, policy.low_stock_band
+    now, least = state.clock_ms, policy.resolve_after_ms
     for loc in sorted(pos.locations):
         f = pos.locations[loc]
 
         cond = state.condition("low_stock", loc)
         status = transition(
-            cond, threshold > 0 and f.atp <= threshold, threshold == 0 or f.atp > threshold + band
+            cond, threshold > 0 and f.atp <= threshold, threshold == 0 or f.atp > threshold + band, now, least
         )
         if status:
             what = "at or below" if status == "firing" else "back above"
@@ -308,8 +364,9 @@ def _position_rules(state: AlertState, pos: PositionFigures, policy: AlertPolicy
                 )
             )
 
+        # resolves above the low-stock band, so a single unit released does not end a sell-out
         cond = state.condition("stockout", loc)
-        status = transition(cond, f.atp <= 0, f.atp > 0)
+        status = transition(cond, f.atp <= 0, f.atp > band, now, least)
         if status:
             text = "nothing left to promise" if status == "firing" else "units to promise again"
             out.append(
@@ -320,12 +377,12 @@ def _position_rules(state: AlertState, pos: PositionFigures, policy: AlertPolicy
                     location=loc,
                     subject="",
                     summary=f"{text} at {loc}: ATP {f.atp}",
-                    values=_figures(f),
+                    values={**_figures(f), "resolve_above": band},
                 )
             )
 
         cond = state.condition("oversold", loc)
-        status = transition(cond, f.short > 0, f.short == 0)
+        status = transition(cond, f.short > 0, f.short == 0, now, least)
         if status:
             text = (
                 f"{f.short} promised units at {loc} have no supply"
@@ -357,19 +414,52 @@ def _figures(f: LocationFigures) -> dict[str, int]:
     }
 
 
-def _order_unfulfillable(obs: Observation, ctx: _Ctx) -> list[Alert]:
+def _order_unfulfillable(state: AlertState, obs: Observation, policy: AlertPolicy, ctx: _Ctx) -> list[Alert]:
+    """Refused stream orders of one SKU and location are one episode: it fires at the first,
+    sends its totals again at most hourly while refusals go on, and resolves (with the totals) at
+    the first observation after a quiet period without one."""
+    out: list[Alert] = []
+    quiet, clock = policy.unfulfillable_quiet_ms, state.clock_ms
+    for (kind, loc, _subject), cond in sorted(state.conditions.items()):
+        if kind == "order_unfulfillable" and cond.firing and clock >= cond.last_ms + quiet:
+            cond.firing = False
+            out.append(_unfulfillable_alert("resolved", cond, loc, ctx, f"no order refused at {loc} for "
+                                            f"{quiet // 60_000} min"))
     if obs.command != "order_placed" or obs.status != "refused":
-        return []
-    return [
-        ctx.one_shot(
-            "order_unfulfillable",
-            obs.location,
-            obs.rid,
-            summary=f"order {obs.rid} for {obs.qty} units could not be reserved ({obs.reason or 'refused'}); "
-            f"{obs.available} available",
-            values={"qty": obs.qty, "available": obs.available},
-        )
-    ]
+        return out
+    cond = state.condition("order_unfulfillable", obs.location)
+    fresh = transition(cond, True, False, clock)
+    if fresh:
+        cond.count, cond.units, cond.orders, cond.sent_ms = 0, 0, [], clock
+    cond.count += 1
+    cond.units += obs.qty
+    cond.orders = [obs.rid, *(o for o in cond.orders if o != obs.rid)][:UNFULFILLABLE_ORDERS_SHOWN]
+    cond.last_ms = clock
+    if not fresh and clock - cond.sent_ms < min(quiet, UNFULFILLABLE_UPDATE_MS):
+        return out
+    if not fresh:
+        cond.revision += 1
+        cond.sent_ms = clock
+    latest = f"latest: {obs.rid} for {obs.qty} units ({obs.reason or 'refused'}), {obs.available} available"
+    out.append(_unfulfillable_alert("firing", cond, obs.location, ctx, latest, obs))
+    return out
+
+
+def _unfulfillable_alert(status: Literal["firing", "resolved"], cond: Condition, loc: str, ctx: _Ctx,
+                         detail: str, obs: Observation | None = None) -> Alert:
+    values: dict[str, int | float] = {"orders": cond.count, "units": cond.units}
+    if obs is not None:
+        values.update(qty=obs.qty, available=obs.available)
+    return ctx.alert(
+        "order_unfulfillable",
+        status,
+        cond,
+        location=loc,
+        subject="",
+        summary=f"{cond.count} order(s) for {cond.units} units could not be reserved at {loc}; {detail}",
+        values=values,
+        reservations=[ReservationImpact(rid=rid) for rid in cond.orders],
+    )
 
 
 def _promise_slipped(obs: Observation, ctx: _Ctx) -> list[Alert]:
@@ -400,12 +490,13 @@ def _promise_slipped(obs: Observation, ctx: _Ctx) -> list[Alert]:
     ]
 
 
-def _promise_at_risk(state: AlertState, obs: Observation, ctx: _Ctx) -> list[Alert]:
+def _promise_at_risk(state: AlertState, obs: Observation, policy: AlertPolicy, ctx: _Ctx) -> list[Alert]:
     if obs.position is None:  # a tick without a position knows nothing of the reservations
         return []
     at_risk = {a.rid: a.short for a in obs.at_risk}
     cond = state.condition("promise_at_risk")
-    status = transition(cond, bool(at_risk), not at_risk and obs.position.oversold == 0)
+    status = transition(cond, bool(at_risk), not at_risk and obs.position.oversold == 0, state.clock_ms,
+                        policy.resolve_after_ms)
     if status is None and cond.firing and any(rid not in cond.named for rid in at_risk):
         cond.revision += 1
         status = "firing"
@@ -443,7 +534,8 @@ def _demand_surge(
     fire_level = max(least, r.baseline_per_day * (1 + pct / 100))
     clear_level = max(least / 2, r.baseline_per_day * (1 + pct / 200))
     cond = state.condition("demand_surge", loc)
-    status = transition(cond, r.recent_per_day >= fire_level, r.recent_per_day < clear_level)
+    status = transition(cond, r.recent_per_day >= fire_level, r.recent_per_day < clear_level, state.clock_ms,
+                        policy.resolve_after_ms)
     if status is None:
         return []
     values: dict[str, int | float] = {

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from engine.domain.observation import Observation
 
@@ -51,6 +52,12 @@ class DemandParams:
             raise ValueError(f"window_hours must be in 1..744, got {self.window_hours}")
         if not 1 <= self.baseline_days <= 90:
             raise ValueError(f"baseline_days must be in 1..90, got {self.baseline_days}")
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> DemandParams:
+        """From ``Settings.demand_alpha``, ``demand_window_hours``, ``demand_baseline_days``."""
+        return cls(alpha=float(settings.demand_alpha), window_hours=int(settings.demand_window_hours),
+                   baseline_days=int(settings.demand_baseline_days))
 
 
 @dataclass

@@ -22,6 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.domain.schemas import register_schema
 
 SCHEMA_VERSION = 1
+#: Alerts are at version 2: order_unfulfillable became an episode per SKU and location (subject
+#: '', values orders / units, the latest orders in reservations), stockout and
+#: order_unfulfillable became warnings. Triggers stay at version 1.
+ALERT_SCHEMA_VERSION = 2
 
 ALERTS_TOPIC = "inventory.alerts"
 REPLENISHMENT_TOPIC = "inventory.replenishment"
@@ -85,10 +89,9 @@ class ReservationImpact(BaseModel):
 
 class Alert(_Message):
     """One alert transition. A condition fires once when it becomes true and resolves once when it
-    is clearly false again (hysteresis); one-shot kinds (``order_unfulfillable``,
-    ``promise_slipped``) only fire."""
+    is clearly false again (hysteresis); the one-shot kind ``promise_slipped`` only fires."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = ALERT_SCHEMA_VERSION
     alert_id: str = Field(
         pattern=_SHA1_HEX,
         description="sha1 of kind|sku|location|subject|episode (supplier alerts: kind|||supplier|episode; "
@@ -102,15 +105,16 @@ class Alert(_Message):
     location: str = Field("", description="'' when the alert is about the whole SKU or a supplier")
     subject: str = Field(
         "",
-        description="what the alert is about beyond the position: the reservation id "
-        "(order_unfulfillable), the inbound lot id (inbound_late), the supplier id (supplier_unreliable)",
+        description="what the alert is about beyond the position: the inbound lot id (inbound_late), "
+        "the supplier id (supplier_unreliable); '' otherwise",
     )
     episode: int = Field(ge=1, description="1 for the first firing of this condition, +1 per later firing")
     revision: int = Field(
         0,
         ge=0,
         description="0, or n > 0 for the n-th follow-up firing message of the same episode "
-        "(promise_at_risk when more reservations become at risk)",
+        "(promise_at_risk when more reservations become at risk; order_unfulfillable with its totals "
+        "while refusals go on)",
     )
     occurred_at: str = Field(description="event time (or tick time) of the transition, RFC 3339")
     occurred_ms: int = Field(ge=0, description="occurred_at in milliseconds since the epoch")
@@ -121,7 +125,9 @@ class Alert(_Message):
         default_factory=dict, description="the numbers that explain the alert (ATP, threshold, rates, …)"
     )
     reservations: list[ReservationImpact] = Field(
-        default_factory=list, description="affected reservations, newest first (promise alerts)"
+        default_factory=list,
+        description="affected reservations, newest first (promise alerts; order_unfulfillable: the latest "
+        "refused orders, at most 20)",
     )
 
     def message_key(self) -> bytes:

@@ -44,7 +44,7 @@ class RulePolicies:
         """Engine defaults from ``Settings``, overridden where the SKU's ``Policy`` sets a value."""
         return cls(
             alerts=AlertPolicy.from_settings(settings, policy),
-            demand=DemandParams(),
+            demand=DemandParams.from_settings(settings),
             replenishment=ReplenishmentPolicy.from_settings(settings, policy),
         )
 

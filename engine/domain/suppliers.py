@@ -51,8 +51,9 @@ class SupplierParams:
 
     @classmethod
     def from_settings(cls, settings: Any) -> SupplierParams:
-        """``unreliable_below`` from ``Settings.supplier_unreliable_below``."""
-        return cls(unreliable_below=float(settings.supplier_unreliable_below))
+        """From ``Settings.supplier_alpha``, ``supplier_unreliable_below``, ``supplier_resolve_band``."""
+        return cls(alpha=float(settings.supplier_alpha), unreliable_below=float(settings.supplier_unreliable_below),
+                   band=float(settings.supplier_resolve_band))
 
 
 @dataclass

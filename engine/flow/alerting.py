@@ -327,7 +327,7 @@ class Publish(_RedisStep):
         out: list[Alert | ReplenishmentTrigger | SupplierMessage] = []
         for _, e in batch:
             for alert in e.alerts:
-                metrics.record_alert(alert.kind, alert.status)
+                metrics.record_alert(alert.kind, alert.status, alert.revision)
             if e.triggers:
                 metrics.record_replenishment_trigger(len(e.triggers))
             out += e.alerts

@@ -29,7 +29,7 @@ from tests.integration import alertkit as k
 from tests.integration.alertkit import LOC, Event, at, iso
 from tests.integration.flowkit import read_topic
 
-pytestmark = pytest.mark.slow  # ~10 s a case: the crash needs a snapshot first, and epochs are wall-clock
+pytestmark = [pytest.mark.slow, pytest.mark.kafka_compat]  # ~10 s a case: the crash needs a snapshot first, and epochs are wall-clock
 
 SKU = "R15-1"
 POLICY = {"low_stock": 10, "lead_time_days": 1}
@@ -78,7 +78,7 @@ def _items(crash_after: int | None) -> list[Any]:
 
 
 def _flow(redis: Any, items: list[Any], alert_out: Any, trigger_out: Any, outcomes: list[Any]) -> Any:
-    settings = Settings.model_construct()
+    settings = Settings.model_construct(alert_resolve_after_s=0)  # crossings minutes apart resolve at once
 
     def extra(streams: FlowStreams) -> None:
         attach_alerting(streams, settings=settings, store_factory=lambda: Store(redis), alert_output=alert_out,

@@ -126,9 +126,10 @@ EXPECTED = [
     ("demand_surge", "firing", "WH1", 1),      # 30 units in 24 h against 19.2/day before
     ("low_stock", "firing", "WH1", 1),         # ATP 20 ≤ 20
     ("stockout", "firing", "WH1", 1),          # ATP 0
-    ("order_unfulfillable", "firing", "s-12", 1),
+    ("order_unfulfillable", "firing", "WH1", 1),  # s-12, the first order refused
     ("low_stock", "resolved", "WH1", 1),       # lot L1 (presell): ATP 80 > 22
     ("stockout", "resolved", "WH1", 1),
+    ("order_unfulfillable", "resolved", "WH1", 1),  # the next event, 8 h after the last refusal
     ("promise_slipped", "firing", "L1", 1),    # L1's ETA day 9 → day 12
     ("demand_surge", "resolved", "WH1", 1),    # the window moved past the sale
     ("promise_at_risk", "firing", "", 1),      # L1 arrived with 10 of 80

@@ -52,6 +52,9 @@ def count(offset: int, on_hand: int, status: str = "ok", t: int = T0) -> Outcome
     return outcome(offset, "count", {"loc": "WH1", "on_hand": on_hand}, reply, t)
 
 
+RESOLVE_AFTER_MS = int(Settings.model_construct().alert_resolve_after_s * 1000)
+
+
 def logic(clock: Clock | None = None, state: bytes | None = None, stream: StreamClock | None = None) -> SkuLogic:
     stream = stream or StreamClock(idle_s=3600, wall_ms=clock or Clock(T0))
     cfg = MonitorConfig(Settings.model_construct(), stream, tick_interval_s=10)
@@ -96,7 +99,8 @@ def test_a_missed_replay_with_its_memo_gives_the_first_pass_again_from_the_resto
 
     assert [a.to_json() for a in replayed[0].alerts] == [a.to_json() for a in fired[0].alerts]
     assert replayed[0].memo is None  # a replay writes no memo
-    later = feed(restored, Seen(count(2, 50), KNOBS))
+    feed(restored, Seen(count(2, 50, t=T0 + 1), KNOBS))  # clear from here on
+    later = feed(restored, Seen(count(3, 50, t=T0 + 1 + RESOLVE_AFTER_MS), KNOBS))  # clear long enough
     assert [(a.kind, a.status, a.alert_id) for a in later[0].alerts] == [
         ("low_stock", "resolved", fired[0].alerts[0].alert_id)
     ]

@@ -17,7 +17,7 @@ from engine.settings import Settings
 T0 = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 HOUR = 3_600_000
 SKU = "SKU-1"
-POLICY = AlertPolicy(low_stock=10)
+POLICY = AlertPolicy(low_stock=10, resolve_after_ms=0)
 
 
 def sha1(*parts: object) -> str:
@@ -91,7 +91,7 @@ def test_small_oscillation_around_the_threshold_does_not_flap():
 
 
 def test_band_is_ten_percent_of_a_larger_threshold():
-    policy = AlertPolicy(low_stock=50)  # band ceil(5.0) = 5 → resolves above 55
+    policy = AlertPolicy(low_stock=50, resolve_after_ms=0)  # band ceil(5.0) = 5 → resolves above 55
     assert policy.low_stock_band == 5
     _, alerts = run([60, 50, 55, 56], policy)
     assert kinds(alerts) == [("low_stock", "firing", 1), ("low_stock", "resolved", 1)]
@@ -101,30 +101,46 @@ def test_band_is_ten_percent_of_a_larger_threshold():
 def test_threshold_zero_disables_low_stock_and_resolves_a_firing_one():
     state, alerts = run([5])
     assert kinds(alerts) == [("low_stock", "firing", 1)]
-    _, alerts = evaluate(state, seen(5, T0 + 5000), T0 + 5000, AlertPolicy(low_stock=0))
+    _, alerts = evaluate(state, seen(5, T0 + 5000), T0 + 5000, AlertPolicy(low_stock=0, resolve_after_ms=0))
     assert kinds(alerts) == [("low_stock", "resolved", 1)]
-    _, alerts = run([5, 0, 5], AlertPolicy(low_stock=0))
+    _, alerts = run([5, 0, 5], AlertPolicy(low_stock=0, resolve_after_ms=0))
     assert [a.kind for a in alerts] == ["stockout", "stockout"]
 
 
-def test_stockout_fires_at_zero_and_resolves_above_zero_after_low_stock():
-    _, alerts = run([12, 3, 0, -2, 1, 0])
+def test_stockout_fires_at_zero_and_resolves_only_above_the_band():
+    # T = 10, band 1: one unit back (ATP 1) does not end the sell-out; ATP 2 does
+    _, alerts = run([12, 3, 0, -2, 1, 0, 2, 0])
     assert kinds(alerts) == [
         ("low_stock", "firing", 1),
         ("stockout", "firing", 1),
         ("stockout", "resolved", 1),
         ("stockout", "firing", 2),
     ]
-    assert alerts[1].severity == "critical"
+    assert alerts[1].severity == "warning"  # a sell-out is what a sale brings; no one is paged
     assert alerts[1].alert_id == sha1("stockout", SKU, "default", "", 1)
-    assert alerts[2].values["atp"] == 1
+    assert (alerts[2].values["atp"], alerts[2].values["resolve_above"]) == (2, 1)
+
+
+def test_a_condition_resolves_only_once_clear_for_the_resolve_period_without_a_break():
+    # one observation a minute, a 5-minute period: the clears at minutes 1, 3 and 5 are each broken
+    # by a new dip, so it is one episode; clear from minute 7, it resolves at minute 12
+    policy = AlertPolicy(low_stock=0, resolve_after_ms=5 * 60_000)
+    state, out = None, []
+    for minute, atp in enumerate([0, 5, 0, 5, 0, 5, 0, 5, 5, 5, 5, 5, 5, 0]):
+        state, alerts = evaluate(state, seen(atp, T0 + minute * 60_000), T0 + minute * 60_000, policy)
+        out += alerts
+    assert [(a.kind, a.status, a.episode, (a.occurred_ms - T0) // 60_000) for a in out] == [
+        ("stockout", "firing", 1, 0),
+        ("stockout", "resolved", 1, 12),
+        ("stockout", "firing", 2, 13),
+    ]
 
 
 def test_oversold_fires_while_reservations_lack_supply():
-    state, alerts = evaluate(None, seen(-3, T0, short=3), T0, AlertPolicy(low_stock=0))
+    state, alerts = evaluate(None, seen(-3, T0, short=3), T0, AlertPolicy(low_stock=0, resolve_after_ms=0))
     assert kinds(alerts) == [("stockout", "firing", 1), ("oversold", "firing", 1)]
     assert alerts[1].values["short"] == 3
-    _, alerts = evaluate(state, seen(0, T0 + 1, short=0), T0 + 1, AlertPolicy(low_stock=0))
+    _, alerts = evaluate(state, seen(0, T0 + 1, short=0), T0 + 1, AlertPolicy(low_stock=0, resolve_after_ms=0))
     assert kinds(alerts) == [("oversold", "resolved", 1)]
 
 
@@ -146,15 +162,15 @@ def test_locations_are_judged_separately_in_sorted_order():
 # --- one-shots ---------------------------------------------------------------------------------
 
 
-def refused_order(event: str = "ev-9") -> Observation:
+def refused_order(event: str = "ev-9", rid: str = "order-7", at: int = T0) -> Observation:
     return Observation(
         sku=SKU,
         command="order_placed",
-        occurred_ms=T0,
+        occurred_ms=at,
         event_id=event,
         status="refused",
         reason="insufficient",
-        rid="order-7",
+        rid=rid,
         qty=5,
         available=2,
         location="WH1",
@@ -162,16 +178,29 @@ def refused_order(event: str = "ev-9") -> Observation:
     )
 
 
-def test_refused_order_raises_a_one_shot_order_unfulfillable():
-    state, alerts = evaluate(None, refused_order(), T0, AlertPolicy(low_stock=0))
-    [alert] = alerts
-    assert (alert.kind, alert.status, alert.severity) == ("order_unfulfillable", "firing", "critical")
-    assert alert.subject == "order-7" and alert.location == "WH1"
-    assert alert.values == {"qty": 5, "available": 2}
-    assert alert.alert_id == sha1("order_unfulfillable", SKU, "WH1", "order-7", "event:ev-9")
-    # No resolve ever; a second refusal of another event is its own alert.
-    _, again = evaluate(state, refused_order("ev-10"), T0, AlertPolicy(low_stock=0))
-    assert [a.alert_id for a in again] == [sha1("order_unfulfillable", SKU, "WH1", "order-7", "event:ev-10")]
+def test_refused_orders_are_one_order_unfulfillable_episode_with_their_totals():
+    policy = AlertPolicy(low_stock=0, resolve_after_ms=0, unfulfillable_quiet_ms=HOUR)
+    state, alerts = evaluate(None, refused_order(), T0, policy)
+    [first] = alerts
+    assert (first.kind, first.status, first.severity) == ("order_unfulfillable", "firing", "warning")
+    assert (first.subject, first.location, first.revision) == ("", "WH1", 0)
+    assert first.values == {"orders": 1, "units": 5, "qty": 5, "available": 2}
+    assert first.alert_id == sha1("order_unfulfillable", SKU, "WH1", "", 1)
+    assert [r.rid for r in first.reservations] == ["order-7"]
+    # more refusals within the quiet period: gathered, silent
+    for i in range(30):
+        state, alerts = evaluate(state, refused_order(f"ev-{i}", rid=f"o-{i}", at=T0 + i * 60_000), T0, policy)
+        assert alerts == []
+    # still refusing an hour after the totals were sent: one follow-up of the same episode
+    state, [update] = evaluate(state, refused_order("ev-u", rid="o-u", at=T0 + HOUR), T0, policy)
+    assert (update.status, update.episode, update.revision, update.alert_id) == ("firing", 1, 1, first.alert_id)
+    assert (update.values["orders"], update.values["units"]) == (32, 160)
+    assert [r.rid for r in update.reservations][:3] == ["o-u", "o-29", "o-28"]
+    assert len(update.reservations) == 20  # newest first, bounded
+    # an hour without a refusal: the next observation resolves it with the totals
+    quiet = Observation(sku=SKU, command="count", occurred_ms=T0 + 2 * HOUR + 1, status="ok")
+    _, [done] = evaluate(state, quiet, T0 + 2 * HOUR + 1, policy)
+    assert (done.status, done.alert_id, done.values) == ("resolved", first.alert_id, {"orders": 32, "units": 160})
 
 
 def test_accepted_or_duplicate_order_raises_nothing():
@@ -230,7 +259,7 @@ def risk(t: int, *items: tuple[str, int]) -> Observation:
 
 
 def test_promise_at_risk_fires_once_adds_a_revision_for_new_reservations_and_resolves():
-    policy = AlertPolicy(low_stock=0)
+    policy = AlertPolicy(low_stock=0, resolve_after_ms=0)
     state, a1 = evaluate(None, risk(T0, ("r2", 3), ("r1", 1)), T0, policy)
     at_risk = [a for a in a1 if a.kind == "promise_at_risk"]
     assert [(a.status, a.episode, a.revision) for a in at_risk] == [("firing", 1, 0)]
@@ -470,7 +499,7 @@ def test_state_pickles_with_lots_and_conditions():
 def test_alert_serialises_to_json_that_parses_back_and_is_keyed_by_sku():
     _, [alert] = run([5])
     data = orjson.loads(alert.to_json())
-    assert data["schema_version"] == 1 and data["occurred_at"] == "2025-01-01T00:00:00.000Z"
+    assert data["schema_version"] == 2 and data["occurred_at"] == "2025-01-01T00:00:00.000Z"
     assert data["kind"] == "low_stock" and data["status"] == "firing"
     assert Alert.from_json(alert.to_json()) == alert
     assert alert.message_key() == b"SKU-1"
@@ -507,7 +536,7 @@ def test_oracle_replies_drive_stockout_at_risk_and_slip_alerts():
         obs = Observation.from_reply(
             sku=SKU, command=cmd, args=args, reply=reply, occurred_ms=t, event_id=event
         )
-        state, alerts = evaluate(state, obs, t, AlertPolicy(low_stock=5))
+        state, alerts = evaluate(state, obs, t, AlertPolicy(low_stock=5, resolve_after_ms=0))
         out.extend(alerts)
 
     step("count", {"loc": "WH1", "on_hand": 4}, T0, "c1")

@@ -200,3 +200,18 @@ def test_topic_replication_is_one_unless_set(monkeypatch: pytest.MonkeyPatch) ->
     assert Settings().topic_replication == 1
     monkeypatch.setenv("ATP_TOPIC_REPLICATION", "3")
     assert Settings().topic_replication == 3
+
+
+def test_alert_windows_and_scores_come_from_settings() -> None:
+    from engine.domain.sku_monitor import RulePolicies
+    from engine.domain.suppliers import SupplierParams
+
+    s = Settings(alert_resolve_after_s=60, unfulfillable_quiet_s=7200, demand_alpha=0.5, demand_window_hours=12,
+                 demand_baseline_days=3, supplier_alpha=0.1, supplier_resolve_band=0.1)
+    rules = RulePolicies.from_settings(s)
+    assert (rules.alerts.resolve_after_ms, rules.alerts.unfulfillable_quiet_ms) == (60_000, 7_200_000)
+    assert (rules.demand.alpha, rules.demand.window_hours, rules.demand.baseline_days) == (0.5, 12, 3)
+    supplier = SupplierParams.from_settings(s)
+    assert (supplier.alpha, supplier.band, supplier.unreliable_below) == (0.1, 0.1, 0.8)
+    with pytest.raises(ValidationError):
+        Settings(demand_window_hours=0)
