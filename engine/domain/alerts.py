@@ -9,8 +9,8 @@ same (recovered) state yields the same ids.
 
 | kind | location | fires when | resolves when |
 |---|---|---|---|
-| low_stock | each | ATP ≤ T (T = policy threshold, > 0) | ATP > T + band, band = max(1, ⌈T/10⌉) |
-| stockout | each | ATP ≤ 0 | ATP > band (the low-stock band) |
+| low_stock | each in use | ATP ≤ T (T = policy threshold, > 0) | ATP > T + band, band = max(1, ⌈T/10⌉) |
+| stockout | each in use | ATP ≤ 0 | ATP > band (the low-stock band) |
 | oversold | each | short > 0 (live reservations without supply) | short = 0 |
 | order_unfulfillable | order's | an order_placed was refused | no refusal there for a quiet period |
 | promise_at_risk | "" | a reply lists lines the command left short | a reply lists none and no line is short (oversold = 0) |
@@ -19,7 +19,8 @@ same (recovered) state yields the same ids.
 | demand_surge | each | recent/day ≥ max(M, baseline·(1 + P/100)) | recent/day < max(M/2, baseline·(1 + P/200)) |
 
 low_stock, stockout, oversold, promise_at_risk and demand_surge resolve only once clear for
-``resolve_after_ms`` without a break. order_unfulfillable gathers the refused orders of a SKU and location into one
+``resolve_after_ms`` without a break. A location is *in use* with stock, inbound, reservations or
+recent demand, or has had any of them; one that never had is not judged. order_unfulfillable gathers the refused orders of a SKU and location into one
 episode: the firing names the first, follow-up firings (``revision`` + 1, at most one an hour)
 and the resolution carry the count, the units and the latest orders.
 (P = demand_surge_pct, M = surge_min_units; ``supplier_unreliable`` lives in ``engine.domain.suppliers``
@@ -241,6 +242,12 @@ class AlertState:
     must survive for the next firing's id."""
     lots: dict[str, OpenLot] = field(default_factory=dict)
     clock_ms: int = 0
+    stocked: set[str] = field(default_factory=set)
+    """Locations that have had stock, inbound or reservations: a sell-out there is news."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a snapshot taken before ``stocked`` existed resumes with it empty
+        self.__dict__.update({"stocked": set(), **state})
 
     def condition(self, kind: str, location: str = "", subject: str = "") -> Condition:
         """The condition of (kind, location, subject), created idle when new."""
@@ -315,7 +322,7 @@ def evaluate(
     out += _promise_slipped(obs, ctx)
     out += _promise_at_risk(state, obs, policy, ctx)
     if obs.position is not None:
-        out += _position_rules(state, obs.position, policy, ctx)
+        out += _position_rules(state, obs.position, policy, ctx, demand or {})
     for loc, reading in sorted((demand or {}).items()):
         out += _demand_surge(state, loc, reading, policy, ctx)
     out += _late_lots(state, policy, ctx)
@@ -338,16 +345,29 @@ def tick(
 # --- rules ----------------------------------------------------------------------------------------
 
 
-def _position_rules(state: AlertState, pos: PositionFigures, policy: AlertPolicy, ctx: _Ctx) -> list[Alert]:
+def _in_use(state: AlertState, loc: str, f: LocationFigures, demand: DemandReading | None) -> bool:
+    """A location that has had stock, inbound or reservations, or has recent demand. One that never
+    had any (a warehouse the SKU is not stocked at) sells nothing: its ATP of 0 (or −safety) is no
+    sell-out, so low_stock and stockout are not judged there."""
+    if f.on_hand or f.in_transit or f.held or f.committed or f.short:
+        state.stocked.add(loc)
+    return loc in state.stocked or (demand is not None and demand.recent_units > 0)
+
+
+def _position_rules(
+    state: AlertState, pos: PositionFigures, policy: AlertPolicy, ctx: _Ctx, demand: Mapping[str, DemandReading]
+) -> list[Alert]:
     out: list[Alert] = []
     threshold, band = policy.low_stock, policy.low_stock_band
     now, least = state.clock_ms, policy.resolve_after_ms
     for loc in sorted(pos.locations):
         f = pos.locations[loc]
+        used = _in_use(state, loc, f, demand.get(loc))
 
         cond = state.condition("low_stock", loc)
         status = transition(
-            cond, threshold > 0 and f.atp <= threshold, threshold == 0 or f.atp > threshold + band, now, least
+            cond, used and threshold > 0 and f.atp <= threshold,
+            not used or threshold == 0 or f.atp > threshold + band, now, least,
         )
         if status:
             what = "at or below" if status == "firing" else "back above"
@@ -366,7 +386,7 @@ def _position_rules(state: AlertState, pos: PositionFigures, policy: AlertPolicy
 
         # resolves above the low-stock band, so a single unit released does not end a sell-out
         cond = state.condition("stockout", loc)
-        status = transition(cond, f.atp <= 0, f.atp > band, now, least)
+        status = transition(cond, used and f.atp <= 0, not used or f.atp > band, now, least)
         if status:
             text = "nothing left to promise" if status == "firing" else "units to promise again"
             out.append(

@@ -38,7 +38,8 @@ def seen(atp: int, t: int, short: int = 0, loc: str = "default", event: str = ""
         occurred_ms=t,
         event_id=event or f"e{t}",
         location=loc,
-        position=position(**{loc: {"atp": atp, "on_hand": max(atp, 0), "short": short}}),
+        # 5 units committed: a location in use (an empty one is not judged)
+        position=position(**{loc: {"atp": atp, "on_hand": max(atp, 0) + 5, "committed": 5, "short": short}}),
     )
 
 
@@ -149,14 +150,31 @@ def test_locations_are_judged_separately_in_sorted_order():
         sku=SKU,
         command="count",
         occurred_ms=T0,
-        position=position(WH2={"atp": 0}, WH1={"atp": 5}, WH3={"atp": 100}),
+        position=position(WH2={"atp": 0, "on_hand": 4, "committed": 4}, WH1={"atp": 5, "on_hand": 5},
+                          WH3={"atp": 100, "on_hand": 100}, WH4={"atp": -2, "safety": 2}),
     )
     _, alerts = evaluate(None, obs, T0, POLICY)
     assert [(a.kind, a.location) for a in alerts] == [
         ("low_stock", "WH1"),
         ("low_stock", "WH2"),
         ("stockout", "WH2"),
-    ]
+    ]  # WH4 never held anything and sells nothing: its ATP −safety is no sell-out
+
+
+def test_a_location_that_sold_out_stays_judged_when_empty():
+    had = Observation(sku=SKU, command="count", occurred_ms=T0, position=position(WH1={"atp": 20, "on_hand": 20}))
+    state, _ = evaluate(None, had, T0, POLICY)
+    gone = Observation(sku=SKU, command="count", occurred_ms=T0 + 1, position=position(WH1={"atp": 0}))
+    _, alerts = evaluate(state, gone, T0 + 1, POLICY)
+    assert [(a.kind, a.location) for a in alerts] == [("low_stock", "WH1"), ("stockout", "WH1")]
+
+
+def test_an_empty_location_is_judged_once_it_has_demand():
+    quiet = Observation(sku=SKU, command="count", occurred_ms=T0, position=position(WH9={"atp": 0}))
+    assert evaluate(None, quiet, T0, POLICY)[1] == []
+    wanted = {"WH9": DemandReading(recent_units=3, baseline_per_day=0.0, baseline_days=0, window_hours=24)}
+    _, alerts = evaluate(None, quiet, T0, POLICY, demand=wanted)
+    assert [(a.kind, a.location) for a in alerts] == [("low_stock", "WH9"), ("stockout", "WH9")]
 
 
 # --- one-shots ---------------------------------------------------------------------------------
