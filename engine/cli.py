@@ -185,6 +185,18 @@ def _render_refusal(body: dict[str, Any]) -> None:
         err_console.print(f"  {line['sku']} × {line['qty']}: available {line['available']}")
 
 
+def _render_journal(view: dict[str, Any]) -> None:
+    table = Table(title=f"journal of {view['sku']}, newest first", title_justify="left")
+    for column in ("n", "at", "cmd", "qty", "reason", "ref", "event_id"):
+        table.add_column(column)
+    for e in view["entries"]:
+        table.add_row(str(e["n"]), e["at"] or "", e["cmd"], "" if e["qty"] is None else str(e["qty"]),
+                      e["reason"], e["ref"], e["event_id"])
+    console.print(table)
+    if view["next_before"]:
+        console.print(f"more: --before {view['next_before']}")
+
+
 def _render_policy(view: dict[str, Any]) -> None:
     table = Table(title=f"policy of {view['sku']}", title_justify="left", show_header=False)
     table.add_column("field")
@@ -263,6 +275,23 @@ def get(
     with _talking_to_redis(settings):
         position = _client(settings).atp(sku, location)
     _emit(position_view(position, location), as_json, _render_position)
+
+
+@app.command()
+def journal(
+    sku: Annotated[str, typer.Argument(help="the SKU")],
+    limit: Annotated[int, typer.Option(min=1, max=200, help="entries to show")] = 50,
+    before: Annotated[int | None, typer.Option(min=1, help="only entries numbered below this (next_before)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show what was applied to a SKU, newest first (keys as GET /v1/skus/{sku}/journal)."""
+    from engine.api.views import journal_view
+
+    _require_id("sku", sku)
+    settings = load_settings()
+    with _talking_to_redis(settings):
+        entries = _store(settings).journal(sku, limit, before)
+    _emit(journal_view(sku, entries, limit), as_json, _render_journal)
 
 
 def _parse_line(text: str) -> tuple[str, int, str | None]:

@@ -34,7 +34,7 @@ from engine.api.models import ErrorOut
 from engine.api.observe import RequestMetrics
 from engine.api.publisher import EventPublisher
 from engine.api.redis_conn import async_redis
-from engine.api.routes import atp, health, ops, reservations
+from engine.api.routes import atp, health, ops, reservations, skus
 from engine.client import AsyncAtpClient
 from engine.observability.api import start_api_observer
 from engine.settings import Settings
@@ -67,6 +67,7 @@ _TAGS = [
         "description": "Selling policies per SKU, and stock adjustments and counts published to the "
         "event log (role `operate`; reading a policy needs `read`).",
     },
+    {"name": "skus", "description": "What was applied to a SKU: its journal of movements (role `read`)."},
     {"name": "health", "description": "Liveness, readiness and Prometheus metrics; no token needed."},
 ]
 
@@ -199,7 +200,7 @@ def create_app(
         log.warning("no API tokens configured (ATP_API_TOKENS): every /v1 call will be refused with 401")
 
     install_error_handlers(app)
-    for router in (atp.router, reservations.router, ops.router, health.router):
+    for router in (atp.router, reservations.router, ops.router, skus.router, health.router):
         app.include_router(router, responses=_EDGE_REFUSALS)
     install_docs(app)
     # Outermost first: count every request, including the ones the size limit refuses.

@@ -301,3 +301,24 @@ class ReservationPageOut(BaseModel):
     next_cursor: str | None = Field(
         description="pass it as `cursor` (with the same filters) for the next page; null = the listing is complete"
     )
+
+
+class JournalEntryOut(BaseModel):
+    """One command applied to a SKU."""
+
+    n: int = Field(description="its number among the SKU's applied commands")
+    at_ms: int = Field(description="when it was applied (Redis time)")
+    at: str | None
+    cmd: str = Field(description="the store command: receipt, adjust, count, order_placed, policy, …")
+    qty: int | None = Field(description="the quantity it named (qty, delta or the counted on_hand)")
+    reason: str
+    ref: str
+    event_id: str = Field(description="the input event's id; '' for an operator command")
+
+
+class JournalPageOut(BaseModel):
+    """A page of a SKU's journal, newest first."""
+
+    sku: str
+    entries: list[JournalEntryOut]
+    next_before: int | None = Field(description="pass as before= for the next page; null at the end")

@@ -215,3 +215,13 @@ def reservation_page_view(page: Page) -> dict[str, Any]:
         "items": [listed_reservation_view(item.reservation_id, item.lines) for item in page.items],
         "next_cursor": page.next_cursor,
     }
+
+
+def journal_view(sku: str, entries: Sequence[Mapping[str, Any]], limit: int) -> dict[str, Any]:
+    """A ``JournalPageOut`` body from ``Store.journal`` entries; ``next_before`` continues below
+    the last entry (None once a page comes back short)."""
+    return {
+        "sku": sku,
+        "entries": [{**e, "at_ms": e["at"], "at": rfc3339(e["at"])} for e in entries],
+        "next_before": entries[-1]["n"] if len(entries) == limit and entries[-1]["n"] > 1 else None,
+    }

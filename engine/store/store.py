@@ -334,10 +334,11 @@ class Store(_Base):
                 gone += int(self.redis.hdel(key, *fields))
         return gone
 
-    def journal(self, sku: str, limit: int = 200) -> list[dict[str, Any]]:
-        """The SKU's movement journal, newest first: ``{event_id, cmd, reason, ref, at}``."""
+    def journal(self, sku: str, limit: int = 200, before: int | None = None) -> list[dict[str, Any]]:
+        """The SKU's movement journal (the last 200 commands applied), newest first, ``limit`` at a
+        time below command number ``before``: ``{n, at, cmd, qty, reason, ref, event_id}``."""
         check_int(limit, "limit", 1, 200)
-        return journal_entries(self.redis.hgetall(sku_keys(sku, self.prefix).state), limit)
+        return journal_entries(self.redis.hgetall(sku_keys(sku, self.prefix).state), limit, before)
 
     def list_reservations(self, *, sku: str | None = None, customer: str | None = None,
                           state: str | None = None, cursor: str | None = None,
@@ -566,11 +567,11 @@ class AsyncStore(_Base):
         await self.ready()
         return self._fill_policy(await self._run(self._call("dump", sku)))
 
-    async def journal(self, sku: str, limit: int = 200) -> list[dict[str, Any]]:
+    async def journal(self, sku: str, limit: int = 200, before: int | None = None) -> list[dict[str, Any]]:
         """See ``Store.journal``."""
         await self.ready()
         check_int(limit, "limit", 1, 200)
-        return journal_entries(await self.redis.hgetall(sku_keys(sku, self.prefix).state), limit)
+        return journal_entries(await self.redis.hgetall(sku_keys(sku, self.prefix).state), limit, before)
 
     async def list_reservations(self, *, sku: str | None = None, customer: str | None = None,
                                 state: str | None = None, cursor: str | None = None,

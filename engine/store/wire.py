@@ -318,21 +318,27 @@ def state_counters(state: dict[Any, Any]) -> tuple[int, int, int]:
     return seq, applied, events
 
 
-def journal_entries(state: dict[Any, Any], limit: int = JOURNAL_SIZE) -> list[dict[str, Any]]:
-    """The movement journal, newest first, from a SKU's whole state hash (HGETALL):
-    ``{event_id, cmd, reason, ref, at}`` per applied command, at most ``limit``."""
+def journal_entries(state: dict[Any, Any], limit: int = JOURNAL_SIZE, before: int | None = None) -> list[dict[str, Any]]:
+    """The movement journal, newest first, from a SKU's whole state hash (HGETALL): ``{n, at,
+    cmd, qty, reason, ref, event_id}`` per applied command (``n`` its number, ``qty`` the
+    quantity it named or None), at most ``limit``, only those numbered below ``before``."""
     fields = {_text(k): _text(v) for k, v in state.items()}
     _seq, applied, _events = state_counters(fields)
     # 'e<event id>' -> '<n>:<content digest>' (or '<n>', written before digests were kept)
     ids = {v.partition(":")[0]: k[1:] for k, v in fields.items() if k.startswith("e")}
+    top = applied if before is None else min(applied, before - 1)
     out = []
-    for n in range(applied, max(0, applied - min(limit, JOURNAL_SIZE)), -1):
+    for n in range(top, max(0, applied - JOURNAL_SIZE, top - limit), -1):
         raw = fields.get(f"j{n % JOURNAL_SIZE}")
         if raw is None:
             continue
-        at, cmd, events, reason, ref = raw.split("|")
-        out.append({"event_id": ids.get(events, "") if events else "", "cmd": cmd,
-                    "reason": _unescape(reason), "ref": _unescape(ref), "at": int(at)})
+        parts = raw.split("|")
+        at, cmd, events = parts[:3]
+        # '<at>|<cmd>|<events>|<qty>|<reason>|<ref>'; entries written before qty have five parts
+        qty, reason, ref = parts[3:] if len(parts) == 6 else ("", *parts[3:])
+        out.append({"n": n, "at": int(at), "cmd": cmd, "qty": int(qty) if qty else None,
+                    "reason": _unescape(reason), "ref": _unescape(ref),
+                    "event_id": ids.get(events, "") if events else ""})
     return out
 
 

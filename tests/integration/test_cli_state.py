@@ -15,6 +15,7 @@ import pytest
 from connectors.embedded import free_port
 from engine import cli
 from engine.settings import Settings
+from engine.store.wire import SupplyCommand
 from tests.integration.api_harness import seed, sync_store
 
 GET_KEYS = {
@@ -138,3 +139,18 @@ def test_unreachable_redis_is_one_line_and_exit_1(
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("atp: error: cannot reach Redis at redis://:***@127.0.0.1:")
         assert "hunter2" not in err
+
+
+def test_atp_journal_json_prints_the_same_page(
+    cli_env: dict[str, str], redis_url: str, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sync_store(redis_url, settings).apply([
+        SupplyCommand("JRN-2", "count", {"loc": "WH1", "on_hand": 10}, event_id="c-1"),
+        SupplyCommand("JRN-2", "receipt", {"loc": "WH1", "qty": 5}, event_id="r-1"),
+    ])
+    code, out, err = run(["journal", "JRN-2", "--limit", "1", "--json"], capsys)
+    assert code == 0, err
+    body = orjson.loads(out)
+    assert [(e["cmd"], e["qty"]) for e in body["entries"]] == [("receipt", 5)] and body["next_before"] == 2
+    code, out, err = run(["journal", "bad sku", "--json"], capsys)
+    assert code == 2 and orjson.loads(out)["error"] == "bad_argument"

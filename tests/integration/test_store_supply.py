@@ -201,7 +201,18 @@ def test_replayed_offsets_and_repeated_event_ids_change_nothing(store: Store) ->
                                        source="inventory.receipts:2", offset=10)])[0]
     assert other["status"] == "ok" and other["position"]["on_hand"] == 6
     journal = store.journal("S")
-    assert [(j["event_id"], j["cmd"]) for j in journal] == [("ev-9", "receipt"), ("ev-1", "receipt")]
+    assert [(j["event_id"], j["cmd"], j["qty"]) for j in journal] == [("ev-9", "receipt", 1), ("ev-1", "receipt", 5)]
+
+
+def test_the_journal_pages_newest_first_with_each_commands_quantity(store: Store) -> None:
+    store.apply([cmd("adjust", event_id=f"a{i}", loc="A", delta=i - 2) for i in range(5) if i != 2])
+    store.apply([cmd("count", event_id="c", loc="A", on_hand=7), cmd("reliability", supplier="s1", rel_pm=500)])
+    first = store.journal("S", limit=3)
+    assert [(j["n"], j["cmd"], j["qty"], j["event_id"]) for j in first] == [
+        (6, "reliability", None, ""), (5, "count", 7, "c"), (4, "adjust", 2, "a4")]
+    rest = store.journal("S", limit=3, before=first[-1]["n"])
+    assert [(j["n"], j["qty"]) for j in rest] == [(3, 1), (2, -1), (1, -2)]
+    assert store.journal("S", limit=3, before=1) == []
 
 
 def test_the_event_id_log_keeps_the_last_1000_ids(store: Store) -> None:

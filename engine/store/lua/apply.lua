@@ -244,6 +244,13 @@ end
 
 local NOTHING = { at_risk = {}, slipped = {} }
 
+-- the quantity a command names, for its journal entry: qty, delta (adjust) or on_hand (count); ''
+-- for the commands without one (policy, reliability, a cancel)
+local function movement_qty(payload)
+  return string.match(payload, '"qty":(%-?%d+)') or string.match(payload, '"delta":(%-?%d+)')
+    or string.match(payload, '"on_hand":(%d+)') or ''
+end
+
 -- what an event id stands for in this SKU: a digest of the command and its payload, so that the
 -- id coming back with other content is told apart from a redelivery
 local function content_digest(c)
@@ -360,8 +367,8 @@ local function apply_one(c, seen)
   if digest then log_event(event_id, digest) end
   S.applied = S.applied + 1
   S.dirty = true
-  state_set['j' .. (S.applied % JOURNAL_SIZE)] =
-    NOW .. '|' .. cmd .. '|' .. (event_id ~= '' and S.events or '') .. '|' .. c.note
+  state_set['j' .. (S.applied % JOURNAL_SIZE)] = NOW .. '|' .. cmd .. '|' .. (event_id ~= '' and S.events or '') ..
+    '|' .. movement_qty(c.payload) .. '|' .. c.note
 
   local J = { t = tostring(S.applied), phases = {}, i = 1 }
   J.head = handler(cjson.decode(c.payload), J)
