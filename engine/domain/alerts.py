@@ -20,7 +20,7 @@ same (recovered) state yields the same ids.
 
 low_stock, stockout, oversold, promise_at_risk and demand_surge resolve only once clear for
 ``resolve_after_ms`` without a break. A location is *in use* with stock, inbound, reservations or
-recent demand, or has had any of them; one that never had is not judged. order_unfulfillable gathers the refused orders of a SKU and location into one
+recent demand; one without any is not judged (and resolves if it was firing). order_unfulfillable gathers the refused orders of a SKU and location into one
 episode: the firing names the first, follow-up firings (``revision`` + 1, at most one an hour)
 and the resolution carry the count, the units and the latest orders.
 (P = demand_surge_pct, M = surge_min_units; ``supplier_unreliable`` lives in ``engine.domain.suppliers``
@@ -242,12 +242,6 @@ class AlertState:
     must survive for the next firing's id."""
     lots: dict[str, OpenLot] = field(default_factory=dict)
     clock_ms: int = 0
-    stocked: set[str] = field(default_factory=set)
-    """Locations that have had stock, inbound or reservations: a sell-out there is news."""
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        # a snapshot taken before ``stocked`` existed resumes with it empty
-        self.__dict__.update({"stocked": set(), **state})
 
     def condition(self, kind: str, location: str = "", subject: str = "") -> Condition:
         """The condition of (kind, location, subject), created idle when new."""
@@ -260,6 +254,11 @@ class AlertState:
     def firing(self) -> list[tuple[str, str, str]]:
         """Keys of the conditions firing now, sorted."""
         return sorted(k for k, c in self.conditions.items() if c.firing)
+
+    def clear_marks(self) -> frozenset[tuple[tuple[str, str, str], int]]:
+        """Since when each firing condition has been clear: what judging a position can change
+        without sending anything (so a replay must see that position again)."""
+        return frozenset((k, c.clear_since_ms) for k, c in self.conditions.items() if c.firing and c.clear_since_ms >= 0)
 
 
 @dataclass(frozen=True)
@@ -345,13 +344,13 @@ def tick(
 # --- rules ----------------------------------------------------------------------------------------
 
 
-def _in_use(state: AlertState, loc: str, f: LocationFigures, demand: DemandReading | None) -> bool:
-    """A location that has had stock, inbound or reservations, or has recent demand. One that never
-    had any (a warehouse the SKU is not stocked at) sells nothing: its ATP of 0 (or −safety) is no
-    sell-out, so low_stock and stockout are not judged there."""
-    if f.on_hand or f.in_transit or f.held or f.committed or f.short:
-        state.stocked.add(loc)
-    return loc in state.stocked or (demand is not None and demand.recent_units > 0)
+def _in_use(f: LocationFigures, demand: DemandReading | None) -> bool:
+    """A location with stock, inbound or reservations now, or with recent demand. One with none (a
+    warehouse the SKU is not stocked at, or written off with no one asking) sells nothing: its ATP
+    of 0 (or −safety) is no sell-out, so low_stock and stockout are not judged there. Only the
+    figures and the demand count, never what came before: a replay after a crash judges alike."""
+    busy = f.on_hand or f.in_transit or f.held or f.committed or f.short
+    return bool(busy) or (demand is not None and demand.recent_units > 0)
 
 
 def _position_rules(
@@ -362,7 +361,7 @@ def _position_rules(
     now, least = state.clock_ms, policy.resolve_after_ms
     for loc in sorted(pos.locations):
         f = pos.locations[loc]
-        used = _in_use(state, loc, f, demand.get(loc))
+        used = _in_use(f, demand.get(loc))
 
         cond = state.condition("low_stock", loc)
         status = transition(

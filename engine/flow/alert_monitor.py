@@ -15,7 +15,8 @@ its **memo**: the observation recorded when it was first applied (``engine.flow.
 which gives back the same state and the same messages. An observation is memoised only when its
 reply mattered — it produced a message, its status was not ``ok``, it closed a lot, it placed an
 order somewhere other than its named/default location, it listed affected reservations, it
-opened/closed a replenishment position, or the SKU's policy had changed; every other missed outcome
+opened/closed a replenishment position, it started or broke a firing condition's resolve period,
+or the SKU's policy had changed; every other missed outcome
 is rebuilt from the command alone (status ``ok``, no position), which leaves the state exactly as
 the first pass did. A duplicate the monitor did observe (offset at or below what it saw) is judged
 as news: its position is today's, as any reply's.
@@ -265,8 +266,11 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
         mon = st.monitor
         lots_before = dict(mon.alerts.lots)
         open_before = _open_positions(mon)
+        marks_before = mon.alerts.clear_marks()
         st.monitor, out = observe(mon, obs, policies)
         reopened = _open_positions(st.monitor) != open_before
+        # a condition that started (or stopped) being clear changed state without a message
+        remarked = st.monitor.alerts.clear_marks() != marks_before
 
         uses = knobs.use_reliability
         supplier: list[SupplierMessage] = []
@@ -288,7 +292,7 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
         memo = None
         if not missed:
             self._count_oversold(obs)
-            if out.alerts or out.triggers or reopened or policy_changed or _reply_mattered(obs, o):
+            if out.alerts or out.triggers or reopened or remarked or policy_changed or _reply_mattered(obs, o):
                 memo = Memo(obs, knobs)
         if not (late or out.alerts or out.triggers or supplier or memo or stash_of):
             return None

@@ -158,14 +158,13 @@ def test_locations_are_judged_separately_in_sorted_order():
         ("low_stock", "WH1"),
         ("low_stock", "WH2"),
         ("stockout", "WH2"),
-    ]  # WH4 never held anything and sells nothing: its ATP −safety is no sell-out
+    ]  # WH4 holds nothing and sells nothing: its ATP −safety is no sell-out
 
 
-def test_a_location_that_sold_out_stays_judged_when_empty():
-    had = Observation(sku=SKU, command="count", occurred_ms=T0, position=position(WH1={"atp": 20, "on_hand": 20}))
-    state, _ = evaluate(None, had, T0, POLICY)
-    gone = Observation(sku=SKU, command="count", occurred_ms=T0 + 1, position=position(WH1={"atp": 0}))
-    _, alerts = evaluate(state, gone, T0 + 1, POLICY)
+def test_a_location_sold_out_by_orders_is_judged_when_empty():
+    sold = {"WH1": DemandReading(recent_units=20, baseline_per_day=0.0, baseline_days=0, window_hours=24)}
+    gone = Observation(sku=SKU, command="ship", occurred_ms=T0, position=position(WH1={"atp": 0}))
+    _, alerts = evaluate(None, gone, T0, POLICY, demand=sold)
     assert [(a.kind, a.location) for a in alerts] == [("low_stock", "WH1"), ("stockout", "WH1")]
 
 
