@@ -17,6 +17,7 @@ pointing at it.
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import ctypes
 import ctypes.util
@@ -36,12 +37,15 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from connectors import kafka_dist
+
 if TYPE_CHECKING:
     from engine.settings import Settings
 
 __all__ = [
     "EmbeddedBroker",
     "EmbeddedError",
+    "EmbeddedKafka",
     "EmbeddedRedis",
     "EmbeddedRedisCluster",
     "embedded_stack",
@@ -639,6 +643,155 @@ class EmbeddedBroker(_Server):
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
         admin.list_topics(timeout=2.0)
         return True
+
+
+# --- Apache Kafka ------------------------------------------------------------------------
+
+
+class EmbeddedKafka(_Server):
+    """Apache Kafka (KRaft, one node acting as broker and controller) on 127.0.0.1, run from the jars
+    ``connectors.kafka_dist`` fetched (``python -m connectors.kafka_dist``; needs Java 11+).
+
+    Configured like compose's ``kafka`` service: topics are never auto-created, internal topics have
+    replication factor 1. The log dirs are in the temp dir, so ``restart()`` keeps the topics and
+    their messages and ``stop()`` drops them. As on any Kafka, a restart after ``kill()`` answers
+    only once the dead broker's registration has lapsed (``broker.session.timeout.ms``, 9 s).
+    ``home`` is the fetched folder (default ``kafka_dist.dist_dir()``).
+    """
+
+    name = "kafka"
+    stop_signal = signal.SIGTERM  # a controlled shutdown: about a second for one node
+    stop_grace_s = 20.0
+
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        home: str | os.PathLike[str] | None = None,
+        heap: str = "1g",
+        start_timeout_s: float = 120.0,
+    ) -> None:
+        super().__init__(port, start_timeout_s)
+        self.home = Path(home) if home is not None else kafka_dist.dist_dir()
+        if not kafka_dist.is_fetched(self.home):
+            raise EmbeddedError(
+                f"Apache Kafka {kafka_dist.KAFKA_VERSION} is not fetched into {self.home}:"
+                " run `python -m connectors.kafka_dist` (needs Maven and Java)"
+            )
+        try:
+            self.java = kafka_dist.java_bin()
+        except kafka_dist.DistError as exc:
+            raise EmbeddedError(str(exc)) from exc
+        self.heap = heap
+        #: The KRaft controller's own loopback port (picked with ``port``, kept across restarts).
+        self.controller_port = 0
+
+    @property
+    def bootstrap(self) -> str:
+        """127.0.0.1:PORT"""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    def _pick_port(self) -> int:
+        port = free_port()
+        self.controller_port = free_port()
+        while self.controller_port == port:
+            self.controller_port = free_port()
+        return port
+
+    def _java(self, main: str, *args: str) -> list[str]:
+        return [
+            self.java,
+            "-Xms256m", f"-Xmx{self.heap}",
+            # C1 only: about half the start time, and less CPU taken from the tests on a small
+            # machine; the tests' traffic is far below what C1-compiled code serves.
+            "-XX:TieredStopAtLevel=1",
+            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration=file:{self.home / 'config' / 'log4j.properties'}",
+            "-cp", f"{kafka_dist.libs_dir(self.home)}/*",
+            main, *args,
+        ]  # fmt: skip
+
+    def _write_config(self) -> Path:
+        if not self.controller_port:
+            self.controller_port = free_port()
+        config = self.workdir / "server.properties"
+        config.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"log.dirs={self.data_dir}",
+                    # As compose: the engine creates its topics with its partition count.
+                    "auto.create.topics.enable=false",
+                    "offsets.topic.replication.factor=1",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    # Fewer partitions of the internal topics than the default 50: each is files
+                    # and a log to load, created on the first commit and of no use on one node.
+                    "offsets.topic.num.partitions=3",
+                    "transaction.state.log.num.partitions=3",
+                    "",
+                ]
+            )
+        )
+        return config
+
+    def _format(self, config: Path) -> None:
+        """Format the log dirs for a new single-node cluster (once; a restart finds them formatted)."""
+        if (self.data_dir / "meta.properties").is_file():
+            return
+        # A Kafka Uuid in its string form: 16 random bytes, base64url, no padding, not led by '-'.
+        cluster_id = "-"
+        while cluster_id.startswith("-"):
+            cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+        cmd = self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config))
+        with open(self.log_path, "ab") as log:
+            try:
+                done = subprocess.run(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.workdir,
+                    env=self.env,
+                    start_new_session=True,
+                    preexec_fn=_child_preexec(os.getpid()),  # noqa: PLW1509 - dies with us
+                    timeout=self.start_timeout_s,
+                    check=False,
+                )
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                raise EmbeddedError(f"cannot format Kafka's log dirs: {exc}") from exc
+        if done.returncode != 0:
+            raise EmbeddedError(
+                f"formatting Kafka's log dirs failed (exit {done.returncode}); log {self.log_path}:\n{self.log_tail()}"
+            )
+
+    def _command(self) -> list[str]:
+        config = self._write_config()
+        self._format(config)
+        return self._java("kafka.Kafka", str(config))
+
+    def _probe(self) -> bool:
+        if not _tcp_open(self.port):
+            return False
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        # The port opens before the broker has registered with its controller; until then it
+        # lists no broker and topic creation would fail for want of one.
+        return bool(admin.list_topics(timeout=2.0).brokers)
 
 
 # --- both, as the settings ask -----------------------------------------------------------

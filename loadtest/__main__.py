@@ -6,6 +6,10 @@ check-and-decrement script: one hot key's physical limit) always run first, and
 E1 once more at the end (``limits.E1_end``, ``limits.e1_drift``: how much the machine's speed moved). Progress goes to stderr; stdout
 gets the whole result as one JSON document, also kept in loadtest/results/ with a PNG plot.
 
+``--cluster`` (or ``ATP_REDIS_CLUSTER=true``) also runs P1, P2 and P4 on an embedded Redis Cluster
+of 3 primaries, each on 1 hot SKU and on ``--wide-skus`` (1,000) SKUs, beside the same runs on
+the standalone server: ``cluster`` in the JSON, rows ``<bench> <shape>`` in the summary.
+
 Exit codes: 0 the run finished (targets met or not; see ``summary``), 1 a benchmark could not
 run (its entry carries ``error``), 2 bad arguments, 3 ``--fail-on-miss`` and a target was missed.
 """
@@ -13,9 +17,11 @@ run (its entry carries ``error``), 2 bad arguments, 3 ``--fail-on-miss`` and a t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import secrets
 import sys
 import time
 import traceback
@@ -30,9 +36,9 @@ from loadtest.http_sale import HttpSaleConfig, run_http_sale
 from loadtest.limits import LimitResult, Limits, measure_limits, measure_minimal, run_limit
 from loadtest.memory import MemoryConfig, run_memory
 from loadtest.progress import bench_progress, console
-from loadtest.report import summary_rows, write_results
+from loadtest.report import CLUSTER_BENCHES, HOT, WIDE, cluster_table, summary_rows, write_results
 from loadtest.script_cost import ScriptCostConfig, run_script_cost
-from loadtest.target import TargetError, redis_target
+from loadtest.target import CLUSTER_PRIMARIES, Target, TargetError, redis_target
 
 ALIASES = {
     "p1": "P1", "flash_sale": "P1", "p2": "P2", "http_sale": "P2", "p4": "P4", "atp_query": "P4",
@@ -40,6 +46,8 @@ ALIASES = {
 }  # fmt: skip
 # P6 reads P1's server figures; P2 and P7 (the longest) last
 ORDER = ("P1", "P6", "P4", "P5", "P2", "P7")
+#: SKUs of the Cluster comparison's wide runs (P4's batch takes at most 1,000).
+WIDE_SKUS = 1000
 
 
 def parse_names(names: Sequence[str]) -> list[str]:
@@ -64,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run of a few seconds each")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--fail-on-miss", action="store_true", help="exit 3 when a target is missed")
+    p.add_argument("--cluster", action=argparse.BooleanOptionalAction,
+                   default=os.environ.get("ATP_REDIS_CLUSTER", "").strip().lower() in ("1", "true", "yes", "on"),
+                   help=f"also run P1, P2 and P4 on an embedded Redis Cluster of {CLUSTER_PRIMARIES} primaries, "
+                        "beside the standalone runs, on 1 hot SKU and on --wide-skus SKUs (default: ATP_REDIS_CLUSTER)")
+    p.add_argument("--wide-skus", type=int, default=WIDE_SKUS, help="SKUs of the Cluster comparison's wide runs")
     p.add_argument("--e1-requests", type=int, default=50_000)
     p.add_argument("--e16-requests", type=int, default=100_000)
     p.add_argument("--m1-requests", type=int, default=50_000)
@@ -90,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _configs(a: argparse.Namespace) -> dict[str, Any]:
+    if not 2 <= a.wide_skus <= 1000:
+        raise ValueError("--wide-skus must be in [2, 1000]")
+    return {**_sizes(a), "cluster": a.cluster, "wide_skus": a.wide_skus}
+
+
+def _sizes(a: argparse.Namespace) -> dict[str, Any]:
     if a.quick:
         return {
             "e1": 10_000, "e16": 20_000, "m1": 10_000, "m16": 20_000,
@@ -159,6 +178,55 @@ def _print_summary(rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
+def _shaped(name: str, config: Any, skus: int) -> Any:
+    """``config`` of benchmark ``name`` on ``skus`` SKUs (P4: a batch of that many)."""
+    if name == "P4":
+        return dataclasses.replace(config, skus=skus, profile=False)
+    return dataclasses.replace(config, skus=skus)
+
+
+def run_cluster_comparison(standalone: Target, names: list[str], cfg: dict[str, Any], progress: Any,
+                           e1: float, e16: float, done: dict[str, Any]) -> dict[str, Any]:
+    """P1, P2 and P4 (those of ``names``) on ``standalone`` and on an embedded Redis Cluster, each
+    on 1 hot SKU and on ``cfg["wide_skus"]``, with the sizes of ``cfg``. The standalone hot P1 and
+    P2 are those of ``done`` (the run's own, same sizes). Cells run one after the other, standalone
+    then Cluster, so a drift of the machine's speed touches both alike."""
+    shapes = {HOT: 1, WIDE: cfg["wide_skus"]}
+    runs: dict[str, Any] = {}
+    with redis_target(cluster=True) as clustered:
+        for name in (n for n in names if n in CLUSTER_BENCHES):
+            runs[name] = {}
+            for shape, skus in shapes.items():
+                config = _shaped(name, cfg[name], skus)
+                cell: dict[str, Any] = {}
+                for where, target in (("standalone", standalone), ("cluster", clustered)):
+                    earlier = done.get(name)
+                    if where == "standalone" and shape == HOT and name != "P4" and isinstance(earlier, dict) \
+                            and "error" not in earlier:
+                        cell[where] = earlier
+                        continue
+                    # a token of the cell's own: its SKUs and reservation ids are new on either server
+                    fresh = dataclasses.replace(target, token=secrets.token_hex(3))
+                    try:
+                        out = _guarded(cell, where, lambda n=name, t=fresh, c=config: _bench(n, t, c, progress, e1, e16))
+                    finally:
+                        if not fresh.embedded:
+                            fresh.cleanup()
+                    if out is not None:
+                        cell[where] = out
+                runs[name][shape] = cell
+    return {"primaries": CLUSTER_PRIMARIES, "wide_skus": cfg["wide_skus"], "runs": runs,
+            "table": cluster_table(runs, cfg["wide_skus"])}
+
+
+def _bench(name: str, target: Target, config: Any, progress: Any, e1: float, e16: float) -> dict[str, Any]:
+    if name == "P1":
+        return run_flash_sale(target, config, progress, e1_rps=e1)
+    if name == "P2":
+        return run_http_sale(target, config, progress, e1_rps=e1)
+    return run_atp_query(target, config, progress, e16_rps=e16)
+
+
 def run(names: list[str], cfg: dict[str, Any], redis_url: str | None, quiet: bool) -> dict[str, Any]:
     """Run the limits and the chosen benchmarks; return the results document."""
     results: dict[str, Any] = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "benchmarks": names}
@@ -198,6 +266,10 @@ def run(names: list[str], cfg: dict[str, Any], redis_url: str | None, quiet: boo
                 out = _guarded(results, name, lambda: run_http_sale(target, cfg["P2"], progress, e1_rps=e1))
             if out is not None:
                 results[name] = out
+        if cfg.get("cluster") and any(n in CLUSTER_BENCHES for n in names):
+            out = _guarded(results, "cluster", lambda: run_cluster_comparison(target, names, cfg, progress, e1, e16, results))
+            if out is not None:
+                results["cluster"] = out
         if limits is not None and names:
             # E1 once more: how much the machine's own speed drifted while the benchmarks ran
             end = _guarded(results, "limits_end", lambda: run_limit(target, "E1-end", 1, cfg["e1"], progress))
@@ -229,7 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps(results, default=str))
     _print_summary(results["summary"])
     console.print(f"results: {kept}" + (f"  plot: {png}" if png else "") + (f"  copy: {args.json}" if args.json else ""))
-    failed = [k for k in ["limits", "limits_minimal", *names] if isinstance(results.get(k), dict) and "error" in results[k]]
+    failed = [k for k in ["limits", "limits_minimal", *names, "cluster"]
+              if isinstance(results.get(k), dict) and "error" in results[k]]
+    failed += [f"cluster {row['bench']} {row['shape']} {row['figure']}" for row in results.get("cluster", {}).get("table", [])
+               if row.get("error")]
     if failed:
         return 1
     if args.fail_on_miss and any(r["met"] is False for r in results["summary"]):

@@ -98,6 +98,7 @@ def api_server(target: Target, bootstrap: str, start_timeout_s: float = 60.0) ->
     env = {
         **os.environ,
         "ATP_REDIS_URL": target.url,
+        "ATP_REDIS_CLUSTER": "true" if target.cluster else "false",
         "ATP_KAFKA_BOOTSTRAP": bootstrap,
         "ATP_KEY_PREFIX": target.prefix,
         "ATP_API_TOKENS": json.dumps({token_digest(token): ["reserve"]}),

@@ -26,6 +26,7 @@ class AtpQueryConfig:
     queries: int = 5_000
     duration_s: float = 8.0
     seed: int = 11
+    profile: bool = True  # also profile the position script (instrumented copy, 20 calls per SKU)
 
     def __post_init__(self) -> None:
         if not 1 <= self.skus <= 1000:
@@ -94,7 +95,7 @@ def run_atp_query(target: Target, cfg: AtpQueryConfig, progress: Progress, e16_r
     summary = summarize(lat)
     positions_per_s = len(lat) * cfg.skus / took
     calls = phase.calls(SCRIPTS)
-    profile = _position_profile(target, names)
+    profile = _position_profile(target, names) if cfg.profile else None
     return {
         "name": "P4",
         "config": cfg.__dict__,

@@ -1,6 +1,7 @@
 """P1 — a flash sale on one hot SKU through the Python checkout client.
 
-``stock`` units of one SKU, ``demand`` (≫ stock) reservation attempts of 1..``qty_max`` units,
+``stock`` units of one SKU (or split evenly over ``skus`` SKUs, attempt i on SKU i mod ``skus``:
+the Cluster comparison's wide sale), ``demand`` (≫ stock) reservation attempts of 1..``qty_max`` units,
 made by ``callers`` concurrent callers per process (asyncio tasks on one ``AsyncAtpClient``, or
 threads on one ``AtpClient``) in ``procs`` worker processes. The clients coalesce the concurrent
 holds of one SKU into one script call. Every attempt is recorded; zero oversell is checked from
@@ -22,8 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from loadtest.history import ERROR, OK, REFUSED, History, check_oversell
-from loadtest.limits import stock_sku
+from loadtest.history import ERROR, OK, REFUSED, History, check_oversell_many
+from loadtest.limits import stock_skus
 from loadtest.progress import Progress
 from loadtest.server_stats import SCRIPTS, ServerMeter
 from loadtest.stats import ratio, summarize, time_series
@@ -48,22 +49,28 @@ class FlashSaleConfig:
     connections: int = 64  # Redis connections per worker process
     duration_s: float = 20.0
     seed: int = 7
+    skus: int = 1  # the stock split evenly over this many SKUs
 
     def __post_init__(self) -> None:
         if self.mode not in ("async", "threads"):
             raise ValueError("mode must be async or threads")
-        for name in ("stock", "demand", "callers", "procs", "qty_max", "max_batch", "connections"):
+        for name in ("stock", "demand", "callers", "procs", "qty_max", "max_batch", "connections", "skus"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.duration_s <= 0:
             raise ValueError("duration_s must be positive")
 
+    @property
+    def stock_per_sku(self) -> int:
+        return -(-self.stock // self.skus)
+
 
 @dataclass(frozen=True)
 class _Job:
     url: str
+    cluster: bool
     prefix: str
-    sku: str
+    skus: tuple[str, ...]  # attempt i holds skus[i % len(skus)]
     rid_prefix: str
     attempts: int
     callers: int
@@ -88,16 +95,20 @@ async def _async_sale(job: _Job, done: Any, errors: dict[str, int]) -> History:
 
     from engine.client import AsyncAtpClient
 
-    # A blocking pool: a caller waits for a free connection instead of failing (redis-py's
-    # default pool raises MaxConnectionsError past 100 connections).
-    pool = aioredis.BlockingConnectionPool.from_url(job.url, max_connections=job.connections, timeout=30)
-    redis = aioredis.Redis(connection_pool=pool)
+    if job.cluster:
+        # Its pools raise MaxConnectionsError rather than wait: room for every caller on one node.
+        redis: Any = aioredis.RedisCluster.from_url(job.url, max_connections=job.callers + job.connections)
+    else:
+        # A blocking pool: a caller waits for a free connection instead of failing (redis-py's
+        # default pool raises MaxConnectionsError past 100 connections).
+        pool = aioredis.BlockingConnectionPool.from_url(job.url, max_connections=job.connections, timeout=30)
+        redis = aioredis.Redis(connection_pool=pool)
     client = AsyncAtpClient(redis, prefix=job.prefix, max_batch=job.max_batch)
     history = History()
     ids = iter(range(job.attempts))
     rng = random.Random(job.seed)
     await redis.ping()
-    sku, qty_max, deadline = job.sku, job.qty_max, time.monotonic() + job.duration_s
+    skus, qty_max, deadline = job.skus, job.qty_max, time.monotonic() + job.duration_s
 
     async def caller() -> None:
         for i in ids:  # one iterator shared by every caller: each id is used once
@@ -105,13 +116,14 @@ async def _async_sale(job: _Job, done: Any, errors: dict[str, int]) -> History:
             if now >= deadline:
                 return
             qty = 1 if qty_max == 1 else rng.randint(1, qty_max)
+            k = i % len(skus)
             try:
-                result = await client.hold(f"{job.rid_prefix}{i}", [(sku, qty, None)])
+                result = await client.hold(f"{job.rid_prefix}{i}", [(skus[k], qty, None)])
                 outcome = OK if result.ok else REFUSED
             except Exception as exc:
                 outcome = ERROR
                 _note(errors, exc)
-            history.record(now, time.monotonic(), qty, outcome)
+            history.record(now, time.monotonic(), qty, outcome, k)
             done.value += 1
 
     try:
@@ -126,8 +138,11 @@ def _threaded_sale(job: _Job, done: Any, errors: dict[str, int]) -> History:
 
     from engine.client import AtpClient
 
-    pool = redis.BlockingConnectionPool.from_url(job.url, max_connections=job.connections, timeout=30)
-    conn = redis.Redis(connection_pool=pool)
+    if job.cluster:
+        conn: Any = redis.RedisCluster.from_url(job.url)
+    else:
+        pool = redis.BlockingConnectionPool.from_url(job.url, max_connections=job.connections, timeout=30)
+        conn = redis.Redis(connection_pool=pool)
     client = AtpClient(conn, prefix=job.prefix, max_batch=job.max_batch)
     history = History()
     lock = threading.Lock()
@@ -145,14 +160,15 @@ def _threaded_sale(job: _Job, done: Any, errors: dict[str, int]) -> History:
             now = time.monotonic()
             if i is None or now >= deadline:
                 break
+            k = i % len(job.skus)
             try:
-                result = client.hold(f"{job.rid_prefix}{i}", [(job.sku, qty, None)])
+                result = client.hold(f"{job.rid_prefix}{i}", [(job.skus[k], qty, None)])
                 outcome = OK if result.ok else REFUSED
             except Exception as exc:
                 outcome = ERROR
                 with lock:
                     _note(errors, exc)
-            local.record(now, time.monotonic(), qty, outcome)
+            local.record(now, time.monotonic(), qty, outcome, k)
             done.value += 1
         with lock:
             history.extend(local)
@@ -189,19 +205,22 @@ def _worker(job: _Job, done: Any, out: Any) -> None:
 def run_flash_sale(target: Target, cfg: FlashSaleConfig, progress: Progress, name: str = "P1",
                    e1_rps: float = 0.0) -> dict[str, Any]:
     """Run the sale and return its report (a JSON-ready dict)."""
-    store = stock_sku(target, f"{name}-hot", cfg.stock)
-    sku = target.sku(f"{name}-hot")
+    skus = target.skus(f"{name}-hot", cfg.skus)
+    store = stock_skus(target, skus, cfg.stock_per_sku)
     client = store.redis
     ctx = mp.get_context("spawn")
     share = -(-cfg.demand // cfg.procs)
-    task = progress.add_task(f"{name}: flash sale ({cfg.procs}×{cfg.callers} {cfg.mode} callers)", total=cfg.demand)
+    where = f"{cfg.skus} SKUs" if cfg.skus > 1 else "1 SKU"
+    task = progress.add_task(f"{name}: flash sale, {where} ({cfg.procs}×{cfg.callers} {cfg.mode} callers)",
+                             total=cfg.demand)
     workers = []
     with ServerMeter(client) as meter:
         for p in range(cfg.procs):
             done = ctx.Value("q", 0, lock=False)
             recv, send = ctx.Pipe(duplex=False)
-            job = _Job(target.url, target.prefix, sku, target.rid(f"{name}-p{p}-"), share, cfg.callers, cfg.mode,
-                       cfg.qty_max, cfg.max_batch, cfg.connections, cfg.duration_s, cfg.seed + p)
+            job = _Job(target.url, target.cluster, target.prefix, tuple(skus), target.rid(f"{name}-p{p}-"), share,
+                       cfg.callers, cfg.mode, cfg.qty_max, cfg.max_batch, cfg.connections, cfg.duration_s,
+                       cfg.seed + p)
             proc = ctx.Process(target=_worker, args=(job, done, send), daemon=True)
             proc.start()
             send.close()
@@ -235,11 +254,11 @@ def run_flash_sale(target: Target, cfg: FlashSaleConfig, progress: Progress, nam
         client_cpu_s += cpu_s
         for kind, n in kinds.items():
             error_kinds[kind] = error_kinds.get(kind, 0) + n
-    position = store.position(sku)
+    positions = store.positions(skus)
     client.close()
     assert meter.result is not None
     phase = meter.result
-    report = _report(name, cfg, history, position, phase, e1_rps)
+    report = _report(name, cfg, history, positions, phase, e1_rps)
     report["error_kinds"] = error_kinds
     # Who limits the rate: the client processes' CPU per hold (start-up included) and the share
     # of the sale's wall time Redis spent inside the hold script.
@@ -248,9 +267,10 @@ def run_flash_sale(target: Target, cfg: FlashSaleConfig, progress: Progress, nam
     return report
 
 
-def _report(name: str, cfg: FlashSaleConfig, history: History, position: dict[str, Any], phase: Any,
+def _report(name: str, cfg: FlashSaleConfig, history: History, positions: list[dict[str, Any]], phase: Any,
             e1_rps: float) -> dict[str, Any]:
-    check = check_oversell(cfg.stock, zip(history.qty, history.outcome, strict=True), position)
+    check = check_oversell_many(cfg.stock_per_sku, zip(history.sku, history.qty, history.outcome, strict=True),
+                                positions)
     t0 = history.first_start()
     duration = max(history.last_end() - t0, 1e-9)
     sellout_end = history.last_end(OK)
@@ -291,7 +311,9 @@ def _report(name: str, cfg: FlashSaleConfig, history: History, position: dict[st
         "script_usec_per_hold": round(script_usec / attempts, 3) if attempts else 0.0,
         "server_cpu_us_per_hold": round(phase.cpu_us_per(attempts), 3),
         "oversell_check": check.to_dict(),
-        "final_position": {k: position.get(k) for k in ("on_hand", "held", "committed", "atp", "oversold")},
+        # of every SKU of the sale together
+        "final_position": {k: sum(int(p.get(k) or 0) for p in positions)
+                           for k in ("on_hand", "held", "committed", "atp", "oversold")},
         "server": phase.to_dict(),
         "series": [i.__dict__ for i in time_series(ends, lat, oks, 0.0, 0.5)],
     }

@@ -9,7 +9,7 @@ says were reserved and ``atp`` must be the stock minus them.
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,21 +23,24 @@ class History:
 
     ``start`` / ``end`` are ``time.monotonic()`` seconds (one clock for every process of the
     machine); ``outcome`` is ``OK``, ``REFUSED`` (the engine said no: sold out, a guard) or
-    ``ERROR`` (no answer: exception, timeout, 5xx — the hold may or may not exist).
+    ``ERROR`` (no answer: exception, timeout, 5xx — the hold may or may not exist); ``sku`` is
+    the index of the attempt's SKU in a sale of several (0 for a sale of one).
     """
 
     start: array = field(default_factory=lambda: array("d"))
     end: array = field(default_factory=lambda: array("d"))
     qty: array = field(default_factory=lambda: array("q"))
     outcome: array = field(default_factory=lambda: array("b"))
+    sku: array = field(default_factory=lambda: array("l"))
 
-    def record(self, start: float, end: float, qty: int, outcome: int) -> None:
+    def record(self, start: float, end: float, qty: int, outcome: int, sku: int = 0) -> None:
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
         self.start.append(start)
         self.end.append(end)
         self.qty.append(qty)
         self.outcome.append(outcome)
+        self.sku.append(sku)
 
     def extend(self, other: History) -> None:
         """Append another history (e.g. a worker process's)."""
@@ -45,6 +48,7 @@ class History:
         self.end.extend(other.end)
         self.qty.extend(other.qty)
         self.outcome.extend(other.outcome)
+        self.sku.extend(other.sku)
 
     def __len__(self) -> int:
         return len(self.outcome)
@@ -154,4 +158,35 @@ def check_oversell(
         ok=not problems, stock=stock, sold_qty=sold, successes=successes, refusals=refusals,
         errors=errors, final_held=held, final_committed=committed, final_atp=atp,
         problems=tuple(problems),
+    )  # fmt: skip
+
+
+#: Problems of a sale of several SKUs listed in full; the rest are counted.
+PROBLEMS_SHOWN = 10
+
+
+def check_oversell_many(
+    stock: int,
+    attempts: Iterable[tuple[int, int, int]],
+    positions: Sequence[Mapping[str, Any]],
+) -> OversellCheck:
+    """``check_oversell`` of a sale of ``len(positions)`` SKUs, ``stock`` units each: ``attempts``
+    are ``(sku index, qty, outcome)``, ``positions`` each SKU's final position in index order.
+    Each SKU is checked on its own; the result adds their figures up (``stock`` = the sale's
+    whole stock) and names the SKU of each problem (the first ``PROBLEMS_SHOWN`` of them)."""
+    per_sku: list[list[tuple[int, int]]] = [[] for _ in positions]
+    for sku, qty, outcome in attempts:
+        per_sku[sku].append((qty, outcome))
+    checks = [check_oversell(stock, a, p) for a, p in zip(per_sku, positions, strict=True)]
+    if len(checks) == 1:
+        return checks[0]
+    problems = [f"SKU #{k}: {p}" for k, c in enumerate(checks) for p in c.problems]
+    if len(problems) > PROBLEMS_SHOWN:
+        problems[PROBLEMS_SHOWN:] = [f"… and {len(problems) - PROBLEMS_SHOWN} more"]
+    return OversellCheck(
+        ok=all(c.ok for c in checks), stock=stock * len(checks),
+        sold_qty=sum(c.sold_qty for c in checks), successes=sum(c.successes for c in checks),
+        refusals=sum(c.refusals for c in checks), errors=sum(c.errors for c in checks),
+        final_held=sum(c.final_held for c in checks), final_committed=sum(c.final_committed for c in checks),
+        final_atp=sum(c.final_atp for c in checks), problems=tuple(problems),
     )  # fmt: skip

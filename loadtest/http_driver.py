@@ -26,7 +26,8 @@ GRACE_S = 5.0
 
 @dataclass(frozen=True)
 class Step:
-    """One load step: ``mode`` closed (``connections`` back to back) or open (``rate``/s)."""
+    """One load step: ``mode`` closed (``connections`` back to back) or open (``rate``/s).
+    Request i holds ``sku``, or ``skus[i % len(skus)]`` when ``skus`` are given."""
 
     mode: str
     duration_s: float
@@ -35,6 +36,11 @@ class Step:
     rid_prefix: str
     rate: float = 0.0
     qty: int = 1
+    skus: tuple[str, ...] = ()
+
+    def sku_index(self, i: int) -> int:
+        """The index in ``skus`` of request i's SKU (0 without ``skus``)."""
+        return i % len(self.skus) if self.skus else 0
 
     def __post_init__(self) -> None:
         if self.mode not in ("closed", "open"):
@@ -49,8 +55,8 @@ class Step:
 class StepResult:
     """Per request: scheduled time (open loop; = start in closed loop), when the driver got to
     it (``began``: late when the driver itself was starved of CPU), when it was sent (``start``,
-    after waiting for a free connection), ``end`` (all ``time.monotonic()``) and the HTTP status
-    (0 = no answer)."""
+    after waiting for a free connection), ``end`` (all ``time.monotonic()``), the HTTP status
+    (0 = no answer) and the index of its SKU (``Step.sku_index``)."""
 
     t0: float = 0.0
     sched: array = field(default_factory=lambda: array("d"))
@@ -58,14 +64,16 @@ class StepResult:
     start: array = field(default_factory=lambda: array("d"))
     end: array = field(default_factory=lambda: array("d"))
     status: array = field(default_factory=lambda: array("h"))
+    sku: array = field(default_factory=lambda: array("l"))
     errors: dict[str, int] = field(default_factory=dict)
 
-    def record(self, sched: float, began: float, start: float, end: float, status: int) -> None:
+    def record(self, sched: float, began: float, start: float, end: float, status: int, sku: int = 0) -> None:
         self.sched.append(sched)
         self.began.append(began)
         self.start.append(start)
         self.end.append(end)
         self.status.append(status)
+        self.sku.append(sku)
 
     def error(self, exc: BaseException) -> None:
         kind = f"{type(exc).__name__}: {exc}"[:160]
@@ -164,7 +172,8 @@ class _Pool:
 
 
 def _raw(host: str, port: int, token: str, step: Step, i: int) -> bytes:
-    body = b'{"lines":[{"sku":"%s","qty":%d}],"ttl_seconds":600}' % (step.sku.encode(), step.qty)
+    sku = step.skus[step.sku_index(i)] if step.skus else step.sku
+    body = b'{"lines":[{"sku":"%s","qty":%d}],"ttl_seconds":600}' % (sku.encode(), step.qty)
     return (
         b"POST /v1/reservations HTTP/1.1\r\nHost: %s:%d\r\nAuthorization: Bearer %s\r\n"
         b"Idempotency-Key: %s%d\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
@@ -172,13 +181,13 @@ def _raw(host: str, port: int, token: str, step: Step, i: int) -> bytes:
     )
 
 
-async def _one(pool: _Pool, raw: bytes, sched: float, out: StepResult) -> None:
+async def _one(pool: _Pool, raw: bytes, sched: float, out: StepResult, sku: int) -> None:
     began = start = time.monotonic()
     try:
         conn = await pool.get()
     except Exception as exc:
         out.error(exc)
-        out.record(sched, began, start, time.monotonic(), 0)
+        out.record(sched, began, start, time.monotonic(), 0, sku)
         return
     start = time.monotonic()
     try:
@@ -186,9 +195,9 @@ async def _one(pool: _Pool, raw: bytes, sched: float, out: StepResult) -> None:
     except Exception as exc:
         out.error(exc)
         pool.discard(conn)
-        out.record(sched, began, start, time.monotonic(), 0)
+        out.record(sched, began, start, time.monotonic(), 0, sku)
         return
-    out.record(sched, began, start, time.monotonic(), status)
+    out.record(sched, began, start, time.monotonic(), status, sku)
     if keep:
         pool.put(conn)
     else:
@@ -208,7 +217,7 @@ async def _open_loop(host: str, port: int, token: str, step: Step) -> StepResult
         delay = sched - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        task = loop.create_task(_one(pool, _raw(host, port, token, step, i), sched, out))
+        task = loop.create_task(_one(pool, _raw(host, port, token, step, i), sched, out, step.sku_index(i)))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     if tasks:
@@ -239,17 +248,18 @@ async def _closed_loop(host: str, port: int, token: str, step: Step) -> StepResu
                     await asyncio.sleep(0.05)
                     continue
                 conn = _Conn(reader, writer)
-            raw = _raw(host, port, token, step, next(counter))
+            i = next(counter)
+            raw = _raw(host, port, token, step, i)
             start = time.monotonic()
             try:
                 status, keep = await asyncio.wait_for(conn.request(raw), REQUEST_TIMEOUT_S)
             except Exception as exc:
                 out.error(exc)
-                out.record(start, start, start, time.monotonic(), 0)
+                out.record(start, start, start, time.monotonic(), 0, step.sku_index(i))
                 conn.close()
                 conn = None
                 continue
-            out.record(start, start, start, time.monotonic(), status)
+            out.record(start, start, start, time.monotonic(), status, step.sku_index(i))
             if not keep:
                 conn.close()
                 conn = None

@@ -10,7 +10,9 @@
 Every step sells its own SKU with a stock of ``stock_fraction`` of the step's requests (demand
 5× stock by default), so each step has successes (201) and sold-out refusals (409), and each
 is checked for zero oversell from its recorded history (201 = held, 409 = refused, anything
-else or no answer = unknown outcome).
+else or no answer = unknown outcome). With ``skus`` > 1 (the Cluster comparison's wide sale)
+a step sells ``skus`` SKUs instead, the stock split evenly, request i on SKU i mod ``skus``,
+each SKU checked on its own.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from loadtest.api_server import api_server, broker_bootstrap, process_cpu_s
-from loadtest.history import ERROR, OK, REFUSED, check_oversell
+from loadtest.history import ERROR, OK, REFUSED, check_oversell_many
 from loadtest.http_driver import Step, StepResult, run_step
-from loadtest.limits import stock_sku
+from loadtest.limits import stock_skus
 from loadtest.progress import Progress
 from loadtest.stats import ratio, summarize, time_series
 from loadtest.target import Target
@@ -42,10 +44,13 @@ class HttpSaleConfig:
     measure_s: float = 8.0
     measure_fraction: float = 0.8
     stock_fraction: float = 0.2
+    skus: int = 1  # each step's stock split evenly over this many SKUs
 
     def __post_init__(self) -> None:
         if self.connections < 1 or self.probe_s <= 0 or self.step_s <= 0 or self.measure_s <= 0:
             raise ValueError("connections and durations must be positive")
+        if self.skus < 1:
+            raise ValueError("skus must be at least 1")
         if not 0 < self.stock_fraction <= 1 or not 0 < self.measure_fraction <= 1:
             raise ValueError("stock_fraction and measure_fraction must be in (0, 1]")
         if not self.fractions or any(f <= 0 for f in self.fractions):
@@ -60,9 +65,10 @@ def _outcome(status: int) -> int:
     return ERROR
 
 
-def summarize_step(label: str, step: Step, stock: int, res: StepResult, position: dict[str, Any],
+def summarize_step(label: str, step: Step, stock: int, res: StepResult, positions: list[dict[str, Any]],
                    api_cpu_s: float) -> dict[str, Any]:
-    """The report of one step (JSON-ready)."""
+    """The report of one step (JSON-ready): ``stock`` units of each of its SKUs, whose final
+    ``positions`` are in ``step.skus`` order (the one of ``step.sku`` without ``skus``)."""
     n = len(res.status)
     in_window = sum(1 for e in res.end if e <= res.t0 + step.duration_s)
     latency = [e - s for s, e in zip(res.sched, res.end, strict=True)]
@@ -71,7 +77,8 @@ def summarize_step(label: str, step: Step, stock: int, res: StepResult, position
     codes: dict[str, int] = {}
     for st in res.status:
         codes[str(st)] = codes.get(str(st), 0) + 1
-    check = check_oversell(stock, ((step.qty, _outcome(st)) for st in res.status), position)
+    check = check_oversell_many(stock, ((k, step.qty, _outcome(st)) for k, st in zip(res.sku, res.status, strict=True)),
+                                positions)
     achieved = in_window / step.duration_s
     return {
         "label": label,
@@ -107,16 +114,19 @@ def run_http_sale(target: Target, cfg: HttpSaleConfig, progress: Progress, e1_rp
                 expected = max(1000.0, duration * 3000)
             stock = max(50, math.ceil(expected * cfg.stock_fraction))
             name = f"P2-{label}"
-            store = stock_sku(target, name, stock)
-            step = Step(mode=mode, duration_s=duration, connections=connections or cfg.connections, sku=target.sku(name),
-                        rid_prefix=target.rid(f"{name}-"), rate=rate)
+            skus = target.skus(name, cfg.skus)
+            per_sku = -(-stock // len(skus))
+            store = stock_skus(target, skus, per_sku)
+            step = Step(mode=mode, duration_s=duration, connections=connections or cfg.connections, sku=skus[0],
+                        rid_prefix=target.rid(f"{name}-"), rate=rate, skus=tuple(skus) if len(skus) > 1 else ())
             cpu0 = process_cpu_s(api.pid)
             res = driver.submit(run_step, api.host, api.port, api.token, step).result()
             cpu = process_cpu_s(api.pid) - cpu0
-            position = store.position(step.sku)
+            positions = store.positions(skus)
             store.redis.close()
-            report = summarize_step(label, step, stock, res, position, cpu)
-            report["stock"] = stock
+            report = summarize_step(label, step, per_sku, res, positions, cpu)
+            report["stock"] = per_sku * len(skus)
+            report["skus"] = len(skus)
             progress.advance(task)
             return {"report": report, "result": res}
 

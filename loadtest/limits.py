@@ -64,12 +64,16 @@ def ensure_redis_benchmark() -> str:
 
 def stock_sku(target: Target, name: str, on_hand: int) -> Any:
     """Count ``on_hand`` units of a new SKU of this run (default location); returns a ``Store``."""
+    return stock_skus(target, [target.sku(name)], on_hand)
+
+
+def stock_skus(target: Target, skus: list[str], on_hand: int) -> Any:
+    """Count ``on_hand`` units of each of ``skus`` (default location); returns a ``Store``."""
     from engine.store.store import Store, SupplyCommand
 
     client = target.client()
     store = Store(client, prefix=target.prefix)
-    sku = target.sku(name)
-    store.apply([SupplyCommand(sku=sku, cmd="count", payload={"loc": "default", "on_hand": on_hand})])
+    store.apply([SupplyCommand(sku=sku, cmd="count", payload={"loc": "default", "on_hand": on_hand}) for sku in skus])
     return store
 
 

@@ -16,6 +16,29 @@ from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
+#: The benchmarks the Cluster comparison runs on both Redis shapes, and its two shapes: the sale
+#: (or P4's batch) on one hot SKU, and on many.
+CLUSTER_BENCHES = ("P1", "P2", "P4")
+HOT, WIDE = "hot", "wide"
+
+#: Per benchmark, the figures the Cluster comparison sets side by side: (figure, unit, its path in
+#: the benchmark's report).
+CLUSTER_FIGURES: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
+    "P1": (("successes/s while stock lasted", "holds/s", ("successes_per_s",)),
+           ("attempts/s over the sale", "holds/s", ("attempts_per_s",)),
+           ("hold latency p50", "ms", ("latency", "p50_ms")),
+           ("hold latency p99", "ms", ("latency", "p99_ms")),
+           ("zero oversell", "", ("oversell_check", "ok"))),
+    "P2": (("saturating rate", "req/s", ("saturating_rps",)),
+           ("rps at 80 % of saturation", "req/s", ("rps",)),
+           ("p50 at 80 %", "ms", ("p50_ms",)),
+           ("p99 at 80 %", "ms", ("p99_ms",)),
+           ("zero oversell", "", ("zero_oversell",))),
+    "P4": (("atp_many latency p50", "ms", ("latency", "p50_ms")),
+           ("atp_many latency p99", "ms", ("latency", "p99_ms")),
+           ("positions/s", "positions/s", ("positions_per_s",))),
+}  # fmt: skip
+
 
 def _row(bench: str, figure: str, value: Any, unit: str, limit: str | None = None, ratio: Any = None,
          target: str | None = None, met: bool | None = None) -> dict[str, Any]:
@@ -23,10 +46,36 @@ def _row(bench: str, figure: str, value: Any, unit: str, limit: str | None = Non
             "target": target, "met": met}  # fmt: skip
 
 
+def _dig(report: dict[str, Any], path: tuple[str, ...]) -> Any:
+    for key in path:
+        report = report[key]
+    return report
+
+
+def cluster_table(runs: dict[str, Any], wide_skus: int) -> list[dict[str, Any]]:
+    """The Cluster comparison side by side (pure): one row per benchmark × shape × figure of
+    ``CLUSTER_FIGURES`` with its ``standalone`` and ``cluster`` values and ``ratio`` = cluster /
+    standalone (None for a flag or a zero); ``error`` names a run that failed (its values None).
+    ``runs``: benchmark -> shape (``HOT``, ``WIDE``) -> ``{"standalone": report, "cluster": report}``."""
+    rows = []
+    for bench in CLUSTER_BENCHES:
+        for shape, cell in (runs.get(bench) or {}).items():
+            label = "1 SKU" if shape == HOT else f"{wide_skus:,} SKUs"
+            failed = "; ".join(f"{where}: {r['error']}" for where, r in cell.items() if "error" in r)
+            for figure, unit, path in CLUSTER_FIGURES[bench]:
+                values = {where: None if failed else _dig(cell[where], path) for where in ("standalone", "cluster")}
+                s, c = values["standalone"], values["cluster"]
+                numeric = isinstance(s, int | float) and not isinstance(s, bool) and s
+                rows.append({"bench": bench, "shape": label, "figure": figure, "unit": unit, "standalone": s,
+                             "cluster": c, "ratio": round(c / s, 3) if numeric and c is not None else None,
+                             "error": failed or None})
+    return rows
+
+
 def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Headline figures of every benchmark that ran, in the P1…P7 order (pure)."""
     rows = []
-    for name in ("limits", "limits_minimal", "P1", "P2", "P4", "P5", "P6", "P7"):
+    for name in ("limits", "limits_minimal", "P1", "P2", "P4", "P5", "P6", "P7", "cluster"):
         entry = results.get(name)
         if isinstance(entry, dict) and "error" in entry:
             rows.append(_row(name, "could not run", entry["error"], ""))
@@ -78,6 +127,19 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         if "p1_usec_per_hold" in p6:
             rows.append(_row("P6", f"script time per hold, coalesced (P1, {p6['p1_holds_per_call']} holds/call)",
                              p6["p1_usec_per_hold"], "us", target="<= 5 us", met=p6["p1_target_met"]))
+    failed = set()
+    for r in (results.get("cluster") or {}).get("table", []):
+        bench = f"{r['bench']} {r['shape']}"
+        if r["error"]:
+            if bench not in failed:
+                failed.add(bench)
+                rows.append(_row(bench, "could not run", r["error"], ""))
+        elif isinstance(r["standalone"], bool):
+            both = r["standalone"] and r["cluster"]
+            rows.append(_row(bench, f"{r['figure']}, standalone and cluster", both, "", target="true", met=both))
+        else:
+            rows.append(_row(bench, f"{r['figure']}, standalone / cluster", [r["standalone"], r["cluster"]], r["unit"],
+                             "standalone", r["ratio"]))
     p7 = results.get("P7")
     if p7:
         rows.extend(_row("P7", r["figure"], r["value"], r["unit"], r["vs"], r["ratio"], r["target"], r["met"])

@@ -1,5 +1,6 @@
 """What the Redis server itself says about a phase of a benchmark: per-command call counts and
-time (``INFO commandstats``), its own CPU time (``INFO cpu``) and memory (``INFO memory``).
+time (``INFO commandstats``), its own CPU time (``INFO cpu``) and memory (``INFO memory``). On a
+Redis Cluster (a ``redis.RedisCluster`` client) every figure is the sum over its nodes.
 
 ``usec`` in commandstats is wall-clock time inside the command (for FCALL or EVALSHA: the whole script,
 including the commands it calls), so on a busy machine it also counts time the server thread
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from redis.cluster import RedisCluster
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,22 @@ def parse_command_stats(info: dict[str, Any]) -> dict[str, CommandStat]:
     return out
 
 
+def _infos(client: Any, section: str) -> list[dict[str, Any]]:
+    """``INFO <section>`` of the server, or of every primary of a Cluster (a Cluster client sends
+    INFO to one node unless told otherwise)."""
+    if isinstance(client, RedisCluster):
+        return list(client.info(section, target_nodes=RedisCluster.PRIMARIES).values())
+    return [client.info(section)]
+
+
 def command_stats(client: Any) -> dict[str, CommandStat]:
     """``INFO commandstats`` as command name (lower case, e.g. ``evalsha``) -> calls and usec."""
-    return parse_command_stats(client.info("commandstats"))
+    total: dict[str, CommandStat] = {}
+    for info in _infos(client, "commandstats"):
+        for name, stat in parse_command_stats(info).items():
+            seen = total.get(name, CommandStat(0, 0))
+            total[name] = CommandStat(seen.calls + stat.calls, seen.usec + stat.usec)
+    return total
 
 
 def script_totals(stats: dict[str, CommandStat]) -> CommandStat:
@@ -54,14 +70,13 @@ def script_totals(stats: dict[str, CommandStat]) -> CommandStat:
 
 
 def server_cpu_s(client: Any) -> float:
-    """CPU seconds (user + system) the server process has used since it started."""
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+    """CPU seconds (user + system) the server process (every node's) has used since it started."""
+    return sum(float(info["used_cpu_user"]) + float(info["used_cpu_sys"]) for info in _infos(client, "cpu"))
 
 
 def used_memory(client: Any) -> int:
-    """``used_memory`` in bytes."""
-    return int(client.info("memory")["used_memory"])
+    """``used_memory`` in bytes (of every node)."""
+    return sum(int(info["used_memory"]) for info in _infos(client, "memory"))
 
 
 @dataclass(frozen=True)
@@ -118,7 +133,10 @@ class ServerMeter:
         self._cpu0 = 0.0
 
     def __enter__(self) -> ServerMeter:
-        self.client.config_resetstat()
+        if isinstance(self.client, RedisCluster):  # else it goes to one node
+            self.client.config_resetstat(target_nodes=RedisCluster.PRIMARIES)
+        else:
+            self.client.config_resetstat()
         self._cpu0 = server_cpu_s(self.client)
         return self
 

@@ -1,4 +1,5 @@
-"""The Redis server a benchmark run talks to: the embedded one (default) or ``ATP_REDIS_URL``.
+"""The Redis server a benchmark run talks to: the embedded one (default) or ``ATP_REDIS_URL``;
+or, for the Cluster comparison (``--cluster``), an embedded Redis Cluster of ``CLUSTER_PRIMARIES``.
 
 Benchmark keys live under their own key prefix (``lt``) and every SKU name carries the run's
 token, so a run against a shared server never touches the engine's own keys; ``cleanup()``
@@ -19,6 +20,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 PREFIX = "lt"
+#: Primaries of the embedded Redis Cluster the Cluster comparison runs on.
+CLUSTER_PRIMARIES = 3
 
 
 class TargetError(RuntimeError):
@@ -39,12 +42,13 @@ def require_loopback(host: str) -> None:
 
 @dataclass
 class Target:
-    """A reachable Redis (standalone) plus the run's naming scheme."""
+    """A reachable Redis (standalone, or a Cluster when ``cluster``) plus the run's naming scheme."""
 
     url: str
     embedded: bool
     token: str
     prefix: str = PREFIX
+    cluster: bool = False
 
     @property
     def host(self) -> str:
@@ -62,24 +66,32 @@ class Target:
         """A SKU of this run: ``LT-<token>-<name>`` (a valid SKU id for names of [A-Za-z0-9-])."""
         return f"LT-{self.token}-{name}"
 
+    def skus(self, name: str, count: int) -> list[str]:
+        """``count`` SKUs of this run: ``[sku(name)]`` for one, else ``sku(name)-0000`` …"""
+        if count == 1:
+            return [self.sku(name)]
+        return [self.sku(f"{name}-{k:04d}") for k in range(count)]
+
     def rid(self, name: str) -> str:
         """A reservation id of this run: ``r-<token>-<name>``."""
         return f"r-{self.token}-{name}"
 
     def client(self, **kwargs: Any) -> Any:
-        """A new sync ``redis.Redis`` for this server (replies as bytes)."""
+        """A new sync ``redis.Redis`` (``redis.RedisCluster`` on a Cluster) for this server,
+        replies as bytes."""
         import redis
 
-        return redis.Redis.from_url(self.url, **kwargs)
+        return (redis.RedisCluster if self.cluster else redis.Redis).from_url(self.url, **kwargs)
 
     def async_client(self, **kwargs: Any) -> Any:
-        """A new ``redis.asyncio.Redis`` for this server."""
+        """A new ``redis.asyncio.Redis`` (``RedisCluster`` on a Cluster) for this server."""
         import redis.asyncio as aioredis
 
-        return aioredis.Redis.from_url(self.url, **kwargs)
+        return (aioredis.RedisCluster if self.cluster else aioredis.Redis).from_url(self.url, **kwargs)
 
     def cleanup(self) -> int:
-        """Delete every key of this run (SCAN + UNLINK); returns how many were deleted."""
+        """Delete every key of this run (SCAN + UNLINK, on every primary of a Cluster); returns
+        how many were deleted."""
         client = self.client()
         deleted = 0
         try:
@@ -98,10 +110,17 @@ class Target:
 
 
 @contextlib.contextmanager
-def redis_target(url: str | None = None) -> Iterator[Target]:
+def redis_target(url: str | None = None, *, cluster: bool = False) -> Iterator[Target]:
     """The Redis to benchmark: ``url``, else ``ATP_REDIS_URL``, else an embedded server that is
     stopped on exit. A given server must be a loopback standalone Redis; the run's keys are
-    deleted from it on exit."""
+    deleted from it on exit. ``cluster``: an embedded Redis Cluster of ``CLUSTER_PRIMARIES``
+    (``url`` is not used)."""
+    if cluster:
+        from connectors.embedded import EmbeddedRedisCluster
+
+        with EmbeddedRedisCluster(CLUSTER_PRIMARIES) as nodes:
+            yield Target(url=nodes.url, embedded=True, token=secrets.token_hex(3), cluster=True)
+        return
     url = url or os.environ.get("ATP_REDIS_URL") or ""
     token = secrets.token_hex(3)
     if url:
@@ -111,7 +130,8 @@ def redis_target(url: str | None = None) -> Iterator[Target]:
         try:
             client.ping()
             if client.info("cluster").get("cluster_enabled"):
-                raise TargetError("benchmarks need a standalone Redis (one SKU = one server anyway)")
+                raise TargetError("benchmarks need a standalone Redis (one SKU = one server anyway); "
+                                  "--cluster compares it with an embedded Redis Cluster")
         except TargetError:
             raise
         except Exception as exc:

@@ -2,7 +2,9 @@
 
 Servers are session-scoped: ``ATP_REDIS_URL`` / ``ATP_KAFKA_BOOTSTRAP`` point the suite at
 external ones, otherwise embedded ones are started on free loopback ports and stopped at the
-end of the session, whatever happens. ``ATP_REDIS_CLUSTER=true`` runs the suite against a
+end of the session, whatever happens. The embedded broker is Tansu unless ``ATP_TEST_BROKER=kafka``
+asks for Apache Kafka (KRaft, one node, from the jars ``python -m connectors.kafka_dist`` fetches;
+needs Java 11+, and Maven for the one-time fetch): without them that run stops at once with the reason. ``ATP_REDIS_CLUSTER=true`` runs the suite against a
 Redis Cluster (an embedded one with 3 primaries unless ATP_REDIS_URL names one; R14 in docs/quality.md).
 
 Per test:
@@ -16,6 +18,9 @@ Per test:
 * ``topics`` — a fresh ``Topics`` set (unique suffix), created with 3 partitions.
 * ``settings`` — ``Settings`` pointing at both servers, unaffected by the developer's own
   ``ATP_*`` variables or ``atp.toml``.
+
+Any further client of the suite's Redis comes from ``redis_client(url, cluster)``, which builds a
+Cluster client on a Cluster run, so every test runs unchanged on either.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import importlib.util
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis as redis_lib
 
-from connectors.embedded import EmbeddedBroker, EmbeddedRedis, EmbeddedRedisCluster, stop_all
+from connectors import kafka_dist
+from connectors.embedded import EmbeddedBroker, EmbeddedKafka, EmbeddedRedis, EmbeddedRedisCluster, stop_all
 from connectors.topics import Topics, create_topics
 from engine.settings import Settings
 
@@ -73,15 +80,101 @@ def redis_url(redis_cluster_mode: bool) -> Iterator[str]:
         server.stop()
 
 
+def redis_client(url: str, cluster: bool, *, asyncio: bool = False, **kwargs: Any) -> Any:
+    """A new client of the suite's Redis at ``url``: a ``RedisCluster`` when ``cluster`` (the
+    ``redis_cluster_mode`` fixture, or ``Settings.redis_cluster``), else a ``Redis``; their
+    ``redis.asyncio`` twins with ``asyncio=True``. ``kwargs`` go to ``from_url`` (e.g.
+    ``decode_responses=True``). Test code builds its clients here, so every test runs unchanged
+    on a Cluster: a plain client there reaches one primary and gets MOVED for most keys."""
+    if asyncio:
+        import redis.asyncio as aioredis
+
+        return (aioredis.RedisCluster if cluster else aioredis.Redis).from_url(url, **kwargs)
+    return (redis_lib.RedisCluster if cluster else redis_lib.Redis).from_url(url, **kwargs)
+
+
+#: Which embedded broker the suite starts when ATP_KAFKA_BOOTSTRAP is unset.
+TEST_BROKER_ENV = "ATP_TEST_BROKER"
+TANSU, APACHE_KAFKA, EXTERNAL = "tansu", "kafka", "external"
+
+
+def _embedded_broker_choice() -> str:
+    choice = (os.environ.get(TEST_BROKER_ENV) or TANSU).strip().lower()
+    if choice not in (TANSU, APACHE_KAFKA):
+        raise pytest.UsageError(f"{TEST_BROKER_ENV}={choice!r}: expected {TANSU!r} (default) or {APACHE_KAFKA!r}")
+    return choice
+
+
+def apache_kafka_missing() -> str | None:
+    """Why Apache Kafka cannot run on this machine (no Java 11+, or not fetched and no Maven), else None."""
+    try:
+        kafka_dist.java_bin()
+        if not kafka_dist.is_fetched():
+            kafka_dist.mvn_bin()
+    except kafka_dist.DistError as exc:
+        return str(exc)
+    return None
+
+
+def _start_apache_kafka() -> EmbeddedKafka:
+    kafka_dist.ensure_fetched()  # a no-op once fetched; CI fetches before the tests
+    return EmbeddedKafka().start()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Fail before collecting anything: a run that asked for Apache Kafka must not quietly use another broker.
+    if _embedded_broker_choice() == APACHE_KAFKA and not os.environ.get("ATP_KAFKA_BOOTSTRAP"):
+        missing = apache_kafka_missing()
+        if missing:
+            raise pytest.UsageError(f"{TEST_BROKER_ENV}={APACHE_KAFKA}: {missing}")
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
+def broker_kind() -> str:
+    """The broker behind ``kafka_bootstrap``: ``external`` (ATP_KAFKA_BOOTSTRAP), else the embedded
+    one ATP_TEST_BROKER names, ``tansu`` (default) or ``kafka`` (Apache Kafka)."""
+    return EXTERNAL if os.environ.get("ATP_KAFKA_BOOTSTRAP") else _embedded_broker_choice()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(broker_kind: str) -> Iterator[str]:
     """host:port of the broker the suite uses (external from ATP_KAFKA_BOOTSTRAP, else embedded)."""
-    external = os.environ.get("ATP_KAFKA_BOOTSTRAP")
-    if external:
-        yield external
+    if broker_kind == EXTERNAL:
+        yield os.environ["ATP_KAFKA_BOOTSTRAP"]
         return
-    broker = EmbeddedBroker()
-    broker.start()
+    broker: EmbeddedBroker | EmbeddedKafka
+    if broker_kind == APACHE_KAFKA:
+        broker = _start_apache_kafka()
+    else:
+        broker = EmbeddedBroker().start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def apache_kafka_home() -> Path:
+    """The fetched Apache Kafka (fetched now if needed), for tests that need real Kafka. Without
+    Java 11+ (or Maven for the fetch) they are skipped with the reason, except under CI (``CI``
+    set), where they fail."""
+    missing = apache_kafka_missing()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Apache Kafka tests: {missing}")
+        pytest.skip(missing)  # a developer machine without a JDK: said, not hidden
+    return kafka_dist.ensure_fetched()
+
+
+@pytest.fixture(scope="session")
+def apache_kafka_bootstrap(broker_kind: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """host:port of an Apache Kafka, for tests of what only real Kafka shows: the suite's broker
+    under ATP_TEST_BROKER=kafka, else one started for them (skipped or failed as ``apache_kafka_home`` says)."""
+    if broker_kind == APACHE_KAFKA:
+        yield request.getfixturevalue("kafka_bootstrap")
+        return
+    request.getfixturevalue("apache_kafka_home")
+    broker = _start_apache_kafka()
     try:
         yield broker.bootstrap
     finally:
@@ -120,12 +213,8 @@ def _store_invariants() -> Callable[[Any], list[str]] | None:
 @pytest.fixture
 def redis(redis_url: str, redis_cluster_mode: bool, invariant_check: list[Check]) -> Iterator[Any]:
     """A client on a clean Redis; the store's invariant checker runs at teardown when available."""
-    if redis_cluster_mode:
-        client: Any = redis_lib.RedisCluster.from_url(redis_url, decode_responses=True)
-        client.flushall(target_nodes=redis_lib.RedisCluster.PRIMARIES)
-    else:
-        client = redis_lib.Redis.from_url(redis_url, decode_responses=True)
-        client.flushall()
+    client = redis_client(redis_url, redis_cluster_mode, decode_responses=True)
+    client.flushall()  # a Cluster client sends FLUSHALL to every primary
     checker = _store_invariants()
     if checker is not None:
         invariant_check.append(lambda: checker(client))

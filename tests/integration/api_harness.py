@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
-import redis as redis_lib
 import uvicorn
 from fastapi import FastAPI
 
@@ -30,6 +29,7 @@ from engine.api.auth import token_digest
 from engine.settings import Settings
 from engine.store.store import Store
 from engine.store.wire import SupplyCommand
+from tests.conftest import redis_client
 
 #: Plain tokens by role set; settings carry only their digests.
 READER = "reader-token"
@@ -89,7 +89,8 @@ def served(app: FastAPI) -> Iterator[str]:
 
 
 def sync_store(redis_url: str, settings: Settings) -> Store:
-    return Store(redis_lib.Redis.from_url(redis_url), prefix=settings.key_prefix)
+    """A store on the suite's Redis (a Cluster client when ``settings.redis_cluster``)."""
+    return Store(redis_client(redis_url, settings.redis_cluster), prefix=settings.key_prefix)
 
 
 def seed(store: Store, sku: str, on_hand: int, location: str = "default") -> None:

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis as redis_lib
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
@@ -29,7 +28,7 @@ from schemathesis.checks import (
 from connectors.topics import Topics, create_topics
 from engine.settings import Settings
 from engine.store.invariants import check_invariants
-from tests.conftest import TOPIC_PARTITIONS
+from tests.conftest import TOPIC_PARTITIONS, redis_client
 from tests.integration.api_harness import ADMIN, bearer, make_app, seed, served, sync_store
 
 EXAMPLES = 40
@@ -48,9 +47,8 @@ def fuzz_target(redis_url: str, kafka_bootstrap: str, redis_cluster_mode: bool) 
         base = Settings(redis_url=redis_url, kafka_bootstrap=kafka_bootstrap, redis_cluster=redis_cluster_mode)
     topics = Topics(suffix=".fuzz")
     create_topics({"bootstrap.servers": kafka_bootstrap}, topics, partitions=TOPIC_PARTITIONS)
-    if not redis_cluster_mode:
-        redis_lib.Redis.from_url(redis_url).flushall()
     store = sync_store(redis_url, base)
+    store.redis.flushall()
     for sku in ("0", "A", "SKU-1"):  # short SKUs the generator is likely to hit
         seed(store, sku, 50)
     app = make_app(base, topics)
@@ -93,5 +91,4 @@ def test_no_generated_request_gets_a_5xx_or_an_undocumented_reply(
                 failures.append(f"{operation.label} [{mode.value}]: {exc}")
     assert not failures, "\n\n".join(failures)
     # Whatever the fuzzer managed to hold, confirm or release, the books still add up (R12).
-    client = redis_lib.Redis.from_url(redis_url) if not redis_cluster_mode else redis_lib.RedisCluster.from_url(redis_url)
-    assert check_invariants(client) == []
+    assert check_invariants(redis_client(redis_url, redis_cluster_mode)) == []

@@ -56,6 +56,7 @@ def store(redis: Any, redis_url: str, settings: Settings) -> Any:
     return sync_store(redis_url, settings)
 
 
+@pytest.mark.kafka_compat  # its events, read back from the broker
 async def test_hold_confirm_release_lifecycle_and_its_events(
     store: Any, settings: Settings, topics: Topics, kafka_bootstrap: str
 ) -> None:

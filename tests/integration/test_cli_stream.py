@@ -14,6 +14,8 @@ from connectors.topics import Topics
 from engine import cli
 from engine.settings import Settings
 
+pytestmark = pytest.mark.kafka_compat  # also run on Apache Kafka (README, tests)
+
 
 @pytest.fixture
 def cli_env(redis: Any, redis_url: str, kafka_bootstrap: str, settings: Settings,

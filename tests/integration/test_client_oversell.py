@@ -15,11 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis as redis_lib
-import redis.asyncio as aioredis
 
 from engine.client import AsyncAtpClient, AtpClient, Refusal, Reservation
 from engine.store.store import Store
 from engine.store.wire import HoldRequest, SupplyCommand
+from tests.conftest import redis_client
 
 STOCK = 100
 CALLS = 1000
@@ -28,15 +28,11 @@ SKU = "FLASH-1"
 
 
 def sync_client(url: str, cluster: bool) -> Any:
-    if cluster:
-        return redis_lib.RedisCluster.from_url(url, decode_responses=True)
-    return redis_lib.Redis.from_url(url, decode_responses=True)
+    return redis_client(url, cluster, decode_responses=True)
 
 
 def async_client(url: str, cluster: bool) -> Any:
-    if cluster:
-        return aioredis.RedisCluster.from_url(url, decode_responses=True)
-    return aioredis.Redis.from_url(url, decode_responses=True)
+    return redis_client(url, cluster, asyncio=True, decode_responses=True)
 
 
 def put_stock(redis: Any, qty: int = STOCK) -> None:

@@ -7,13 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-import redis as redis_lib
-import redis.asyncio as aioredis
 
 from engine.client import AsyncAtpClient, AtpClient, LineRequest, Refusal, Reservation
 from engine.store.keys import rid_index_key
 from engine.store.store import Store
 from engine.store.wire import HoldRequest, SupplyCommand
+from tests.conftest import redis_client
 
 T0 = 1_700_000_000_000
 
@@ -142,10 +141,7 @@ def test_the_same_multi_sku_id_sent_50_times_concurrently_makes_one_reservation(
     stock(redis, A=100, B=100)
 
     async def go() -> list[Any]:
-        if redis_cluster_mode:
-            conn: Any = aioredis.RedisCluster.from_url(redis_url, decode_responses=True)
-        else:
-            conn = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        conn = redis_client(redis_url, redis_cluster_mode, asyncio=True, decode_responses=True)
         client = AsyncAtpClient(conn)
         try:
             return await asyncio.gather(
@@ -209,8 +205,7 @@ def test_concurrent_release_confirm_and_expiry_races_never_return_units_twice(
 ) -> None:
     stock(redis, A=1000)
     clients = [
-        AtpClient(redis_lib.RedisCluster.from_url(redis_url, decode_responses=True) if redis_cluster_mode
-                  else redis_lib.Redis.from_url(redis_url, decode_responses=True))
+        AtpClient(redis_client(redis_url, redis_cluster_mode, decode_responses=True))
         for _ in range(8)
     ]
     n = 200

@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 import pytest
-import redis as redis_lib
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -23,6 +22,7 @@ from engine.domain.policy import Policy
 from engine.store.invariants import check_sku
 from engine.store.store import Store
 from engine.store.wire import HoldRequest, SupplyCommand
+from tests.conftest import redis_client
 
 SKU = "SKU-R5"
 START = 1_700_000_000_000
@@ -76,11 +76,11 @@ def _canon(value: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def r5_redis(redis_url: str) -> redis_lib.Redis:
-    return redis_lib.Redis.from_url(redis_url)
+def r5_redis(redis_url: str, redis_cluster_mode: bool) -> Any:
+    return redis_client(redis_url, redis_cluster_mode)
 
 
-def test_lua_scripts_match_the_oracle(r5_redis: redis_lib.Redis) -> None:
+def test_lua_scripts_match_the_oracle(r5_redis: Any) -> None:
     client = r5_redis
 
     class Differential(RuleBasedStateMachine):

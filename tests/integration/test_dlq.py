@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import pytest
 
 from connectors.dlq import decode_dlq_value, header
 from connectors.topics import Topics
@@ -15,6 +16,8 @@ from engine.flow.runner import run_flow
 from engine.settings import Settings
 from engine.store.store import Store
 from tests.integration.flowkit import produce, read_topic
+
+pytestmark = pytest.mark.kafka_compat  # also run on Apache Kafka (README, tests)
 
 AT = "2026-01-01T00:00:00Z"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from redis import RedisCluster
 from connectors.embedded import (
     EmbeddedBroker,
     EmbeddedError,
+    EmbeddedKafka,
     EmbeddedRedis,
     EmbeddedRedisCluster,
     embedded_stack,
@@ -343,3 +345,104 @@ def test_embedded_stack_starts_a_cluster_when_settings_ask_for_one(monkeypatch: 
         client = RedisCluster.from_url(filled.redis_url)
         assert len(client.get_primaries()) == 3
         client.close()
+
+
+# --- Apache Kafka (connectors/kafka_dist.py fetches it; the fixture skips or fails without Java) ------
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+@pytest.mark.kafka_compat
+def test_embedded_kafka_keeps_its_log_across_a_crash_and_leaves_nothing_after_stop(
+    apache_kafka_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CI finds leftovers by this marker in a process's environment: Kafka must carry it too.
+    marker = os.environ.get("ATP_CI_RUN_ID") or "atp-test-marker"
+    monkeypatch.setenv("ATP_CI_RUN_ID", marker)
+    kafka = EmbeddedKafka(home=apache_kafka_home)
+    with kafka:
+        pid, port, controller, workdir = kafka.pid, kafka.port, kafka.controller_port, kafka.workdir
+        assert pid is not None and _alive(pid)
+        assert _environ(pid).get("ATP_CI_RUN_ID") == marker
+        assert kafka.bootstrap == f"127.0.0.1:{port}" and controller != port and _port_open(controller)
+        conf = {"bootstrap.servers": kafka.bootstrap}
+        topics = Topics(suffix=".kafka")
+        assert sorted(create_topics(conf, topics, 2)) == sorted(topics.all)
+        producer = Producer({**conf, "enable.idempotence": True})
+        producer.produce(topics.orders, key=b"SKU-1", value=b"kept")
+        assert producer.flush(30) == 0
+
+        kafka.restart(kill=True)  # a crash: unlike Tansu, Kafka comes back with its log
+        assert kafka.port == port and kafka.controller_port == controller and kafka.pid != pid
+        listed = AdminClient(conf).list_topics(timeout=10).topics
+        assert set(topics.all) <= set(listed) and len(listed[topics.orders].partitions) == 2
+        consumer = Consumer({**conf, "group.id": "embedded-check", "enable.partition.eof": True})
+        consumer.assign([TopicPartition(topics.orders, p, 0) for p in range(2)])
+        values, ends, deadline = [], 0, time.monotonic() + 30
+        while ends < 2 and time.monotonic() < deadline:
+            msg = consumer.poll(1.0)
+            if msg is not None:
+                if msg.error():
+                    ends += 1
+                else:
+                    values.append(msg.value())
+        consumer.close()
+        assert values == [b"kept"]
+        pid = kafka.pid
+    assert pid is not None and _wait_gone(pid, port), f"kafka {pid} still alive after stop()"
+    assert not _port_open(controller)
+    assert not workdir.exists(), "the temp dir (logs, log dirs) is removed on stop"
+
+
+@pytest.mark.kafka_compat
+def test_a_sigkilled_parent_takes_its_kafka_with_it(apache_kafka_home: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import time
+        from connectors.embedded import EmbeddedKafka
+        k = EmbeddedKafka(home={str(apache_kafka_home)!r}).start()
+        print(k.pid, k.port, k.controller_port, k.workdir, flush=True)
+        time.sleep(300)
+        """
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True, env=_clean_env())
+    assert parent.stdout is not None
+    line = parent.stdout.readline()
+    assert line, f"the parent did not start Kafka: {parent.stderr.read() if parent.stderr else ''}"
+    *numbers, workdir = line.split()
+    pid, port, controller = (int(x) for x in numbers)
+    assert _alive(pid)
+    try:
+        os.kill(parent.pid, signal.SIGKILL)
+        assert _reap(parent) == -signal.SIGKILL
+        assert _wait_gone(pid, port), f"orphan kafka {pid}"
+        assert not _port_open(controller)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # a SIGKILLed parent cannot remove its temp dir
+
+
+def test_asking_for_apache_kafka_without_java_stops_the_run_at_once_and_says_why(tmp_path: Path) -> None:
+    (tmp_path / "test_never.py").write_text("def test_never():\n    raise AssertionError('collected')\n")
+    env = _clean_env()
+    env.pop("JAVA_HOME", None)
+    env.update(ATP_TEST_BROKER="kafka", PATH=str(Path(sys.executable).parent))  # no java on it
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
+         "--rootdir", str(tmp_path), str(tmp_path / "test_never.py")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout + run.stderr
+    assert "ATP_TEST_BROKER=kafka: Apache Kafka needs Java 11 or later" in run.stderr, run.stderr
+    assert "collected" not in run.stdout + run.stderr
+
+    env["ATP_TEST_BROKER"] = "redpanda"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
+         "--rootdir", str(tmp_path), str(tmp_path / "test_never.py")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR and "'redpanda'" in run.stderr, run.stdout + run.stderr

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import pytest
 from bytewax.testing import TestingSink
 
 from connectors.topics import Topics
@@ -18,6 +19,8 @@ from engine.settings import Settings
 from engine.store.store import Store
 from engine.store.wire import HoldRequest
 from tests.integration.flowkit import produce
+
+pytestmark = pytest.mark.kafka_compat  # also run on Apache Kafka (README, tests)
 
 SKU = "E2E-1"
 DAY = 86_400_000

@@ -16,6 +16,8 @@ from engine.flow.runner import MERGE_RANK
 from engine.flow.source import ALL_GROUP, KafkaInput, RawMessage, group_name
 from tests.integration.flowkit import produce
 
+pytestmark = pytest.mark.kafka_compat  # also run on Apache Kafka (README, tests)
+
 
 @dataclass(frozen=True)
 class Msg:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import pytest
 from bytewax.testing import TestingSink
 
 from connectors.dlq import decode_dlq_value
@@ -14,6 +15,8 @@ from engine.flow.runner import run_flow
 from engine.settings import Settings
 from engine.simulate import produce
 from tests.integration.flowkit import digest, engine_state, mask_clock_fields, read_topic, state_diff
+
+pytestmark = pytest.mark.kafka_compat  # also run on Apache Kafka (README, tests)
 
 
 def replay(settings: Settings, topics: Topics, workers: int = 1) -> list[tuple[str, Outcome]]:

@@ -6,12 +6,12 @@ import asyncio
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from engine.store import scripts
 from engine.store.store import AsyncStore, Store
 from engine.store.wire import HoldRequest, SupplyCommand
+from tests.conftest import redis_client
 
 T0 = 1_700_000_000_000
 
@@ -120,8 +120,16 @@ def test_guards_order_cap_customer_limit_channel_quota(redis: Any) -> None:
 
 
 def _libraries(redis: Any) -> list[str]:
+    """The names of the loaded libraries; on a Cluster, those of every primary, which must agree
+    (a key's script runs on whichever primary owns its slot)."""
+    listing = redis.function_list()
+    # a Cluster client answers {node: its reply} from every primary
+    replies = list(listing.values()) if isinstance(listing, dict) else [listing]
     # FUNCTION LIST: one flat [field, value, …] list per library
-    return sorted({dict(zip(lib[::2], lib[1::2], strict=True))["library_name"] for lib in redis.function_list()})
+    names = [sorted({dict(zip(lib[::2], lib[1::2], strict=True))["library_name"] for lib in reply})
+             for reply in replies]
+    assert all(n == names[0] for n in names), f"the primaries hold different libraries: {listing}"
+    return names[0]
 
 
 def test_the_library_loads_itself_again_after_function_flush(redis: Any) -> None:
@@ -198,10 +206,7 @@ def test_async_store_gives_the_same_replies(redis: Any, redis_url: str, redis_cl
     stock(sync, "S1", 4)
 
     async def go() -> list[Any]:
-        if redis_cluster_mode:
-            client: Any = aioredis.RedisCluster.from_url(redis_url, decode_responses=True)
-        else:
-            client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        client = redis_client(redis_url, redis_cluster_mode, asyncio=True, decode_responses=True)
         store = AsyncStore(client, now_ms=T0)
         try:
             await client.function_flush()  # each async path loads the library again when it is lost

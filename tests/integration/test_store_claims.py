@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from engine.store import scripts
 from engine.store.store import AsyncStore, Store
 from engine.store.wire import HoldRequest, SupplyCommand, decode_hold_replies
+from tests.conftest import redis_client
 
 
 def hold_call(store: Store, rids: list[str]) -> tuple[list[HoldRequest], scripts.Call]:
@@ -46,8 +45,7 @@ def test_the_async_twin_claims_the_same_way(redis: Any, redis_url: str, redis_cl
     redis.set("k:b", "theirs")
 
     async def go() -> tuple[list[bool], list[bool]]:
-        client: Any = (aioredis.RedisCluster.from_url(redis_url) if redis_cluster_mode
-                       else aioredis.Redis.from_url(redis_url))
+        client = redis_client(redis_url, redis_cluster_mode, asyncio=True)
         try:
             store = AsyncStore(client)
             await store.ready()

@@ -9,11 +9,10 @@ import asyncio
 import time
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from engine.store.keys import sku_keys
 from engine.store.store import AsyncStore, Store
 from engine.store.wire import HoldRequest, SupplyCommand
+from tests.conftest import redis_client
 
 
 def server_ms(redis: Any) -> int:
@@ -101,8 +100,7 @@ def test_the_async_store_reads_kept_positions_too(redis: Any, redis_url: str, re
     store.positions(["S"])
 
     async def go() -> tuple[dict[str, Any], dict[str, Any]]:
-        client: Any = (aioredis.RedisCluster.from_url(redis_url) if redis_cluster_mode
-                       else aioredis.Redis.from_url(redis_url))
+        client = redis_client(redis_url, redis_cluster_mode, asyncio=True)
         try:
             astore = AsyncStore(client)
             [kept] = await astore.positions(["S"])

@@ -8,11 +8,11 @@ import asyncio
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from engine.store.reply_stash import stash_key
 from engine.store.store import AsyncStore, Store
 from engine.store.wire import SupplyCommand, decode_reply
+from tests.conftest import redis_client
 
 SRC = "inventory.adjustments:0"
 
@@ -79,10 +79,7 @@ def test_keep_replies_must_be_a_sane_number_of_seconds(redis: Any) -> None:
 
 def test_the_async_store_keeps_replies_too(redis: Any, redis_url: str, redis_cluster_mode: bool) -> None:
     async def go() -> list[Any]:
-        if redis_cluster_mode:
-            client: Any = aioredis.RedisCluster.from_url(redis_url, decode_responses=True)
-        else:
-            client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        client = redis_client(redis_url, redis_cluster_mode, asyncio=True, decode_responses=True)
         try:
             return await AsyncStore(client).apply([count(5, 0)], keep_replies_s=60)
         finally:
