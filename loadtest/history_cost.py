@@ -15,7 +15,7 @@ kind is timed on that SKU:
   holding on-hand units lose them);
 * ``receipt``: the big lot arrives (its allocations move to on-hand);
 * ``due_expiry``: min(``due_max``, N/2) holds made to expire at one moment; once due, the next
-  hold call on the SKU expires them (lazily, however many script calls the store needs);
+  hold call on the SKU gives their units back (one due bucket) and holds;
 * ``purge``: ``Store.purge`` of every ended line (retention ``retention_ms``), a bounded number
   of lines per script call.
 
@@ -811,11 +811,14 @@ class _Hot:
     def prepare_due(self, other: _Other) -> dict[str, Any]:
         """Hold ``shape.due`` lines that all come due at one moment (the other client paused while
         they are made); returns the moment (server ms) and the held units before."""
+        from engine.domain.oracle import due_at
+
         due = self.shape.due
         other.pause()
         task = self.progress.add_task(f"P7 {self.label}: {due:,} holds to come due", total=due)
-        # every hold expires at the same moment: far enough ahead that the last batch is made in time
-        deadline = self._server_ms() + int(2000 * due * self.build_hold_s) + 1000
+        # every hold expires at the same moment: far enough ahead that the last batch is made in
+        # time, and a whole second (holds end at one)
+        deadline = due_at(self._server_ms() + int(2000 * due * self.build_hold_s) + 1000)
         b = self.cfg.batch
         for i in range(0, due, b):
             ttl = deadline - self._server_ms()

@@ -70,8 +70,8 @@ class ScriptCostConfig:
 def instrument_entry(entry: str, work: str = "requests (checks, allocation, line json)") -> str:
     """An entry file whose body returns ``[segment, µs, …]`` instead of its reply (pure).
 
-    A segment ends after the body's ``expire_due()`` line, before its ``flush()`` and before its
-    final ``return``; ``work`` names the one between lazy expiry and write-back. Whatever cannot be
+    A segment ends after the body's ``settle()`` line (expiry), before its ``flush()`` and before
+    its final ``return``; ``work`` names the one between expiry and write-back. Whatever cannot be
     found is merged into the next segment. (``begin`` and FCALL itself run before the body: P6's
     call costs measure them.)
     """
@@ -84,7 +84,7 @@ def instrument_entry(entry: str, work: str = "requests (checks, allocation, line
                  "\n  __P.mark('entry: reply encoding')" + _MARKER_RETURN + entry[r.end():])
     entry = re.sub(r"^(\s*)((?:F\.)?flush\(\)\s*)$", lambda m: f"{m.group(1)}__P.mark({_lua_str('entry: ' + work)})\n"
                    f"{m.group(1)}{m.group(2)}", entry, count=1, flags=re.M)
-    entry = re.sub(r"^((?!\s*local function)(\s*).*\bexpire_due\(\).*)$", r"\1\n\2__P.mark('entry: lazy expiry')", entry,
+    entry = re.sub(r"^((?!\s*local function)(\s*).*\bsettle\(.*\).*)$", r"\1\n\2__P.mark('entry: expiry')", entry,
                    count=1, flags=re.M)
     return entry
 

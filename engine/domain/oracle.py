@@ -16,6 +16,9 @@ from engine.domain.policy import Policy
 
 DEFAULT_LOCATION = "default"
 DAY_MS = 86_400_000
+#: Holds expire at whole seconds: a hold's expiry is rounded up to one, so every line that comes
+#: due in one second is given back together (docs/semantics.md "Expiry").
+DUE_MS = 1000
 EVENT_LOG_SIZE = 1000
 JOURNAL_SIZE = 200
 LIVE = ("held", "committed")
@@ -23,6 +26,11 @@ LIVE = ("held", "committed")
 REBALANCING = frozenset(
     {"inbound_created", "inbound_updated", "inbound_cancelled", "receipt", "adjust", "count", "policy", "reliability"}
 )
+
+
+def due_at(ms: int) -> int:
+    """The whole second (ms) a hold taken until ``ms`` expires at."""
+    return -(-ms // DUE_MS) * DUE_MS
 
 
 @dataclass
@@ -325,7 +333,7 @@ class SkuBook:
             line = self.lines[rid]
             self._return_units(line)
             line.state = "expired"
-            self.ended_ms[rid] = now
+            self.ended_ms[rid] = line.expires_ms
         return [rid for _exp, rid in due]
 
     # ------------------------------------------------------------------ checkout operations
@@ -373,7 +381,7 @@ class SkuBook:
             qty=req.qty,
             loc=req.loc,
             state="committed" if req.commit else "held",
-            expires_ms=0 if req.commit else now + req.ttl_ms,
+            expires_ms=0 if req.commit else due_at(now + req.ttl_ms),
             seq=self.seq,
             channel=req.channel,
             customer=req.customer,
@@ -435,11 +443,12 @@ class SkuBook:
             return {"status": "not_found", "rid": rid}
         if line.state != "held":
             return {"status": "refused", "rid": rid, "reason": line.state, "line": line.wire()}
-        line.expires_ms = now + ttl_ms
+        line.expires_ms = due_at(now + ttl_ms)
         return {"status": "ok", "rid": rid, "line": line.wire()}
 
     def revert(self, rid: str, expires_ms: int, now: int) -> dict[str, Any]:
-        """Undo a confirm or extend: a live line is held again until ``expires_ms``."""
+        """Undo a confirm or extend: a live line is held again until ``expires_ms`` (rounded up to
+        a whole second), or expires now when that time has passed."""
         self.expire_due(now)
         line = self.lines.get(rid)
         if line is None:
@@ -451,7 +460,11 @@ class SkuBook:
                 return {"status": "refused", "rid": rid, "reason": "shipped", "line": line.wire()}
             self._commit_units(line, -1)
             line.state = "held"
-        line.expires_ms = expires_ms
+        line.expires_ms = due_at(expires_ms)
+        if line.expires_ms <= now:
+            self._return_units(line)
+            line.state = "expired"
+            self.ended_ms[rid] = line.expires_ms
         return {"status": "ok", "rid": rid, "line": line.wire()}
 
     def purge(self, now: int, retention_ms: int) -> list[str]:

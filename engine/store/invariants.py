@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from engine.domain.oracle import due_at
 from engine.store import scripts
 from engine.store.keys import DEFAULT_PREFIX, sku_from_key, sku_keys, validate_prefix
 from engine.store.wire import decode_line, decode_reply, normalize_policy
@@ -41,7 +42,7 @@ def _promisable(lot: dict[str, Any], policy: dict[str, Any], rel: dict[str, int]
     return lot["qty"] * policy["cap_pm"] * r // 1_000_000
 
 
-_READS = 12  # pipelined reads per SKU, in the order _check_state() unpacks them
+_READS = 15  # pipelined reads per SKU, in the order _check_state() unpacks them
 _BUCKETS = ("oh", "hd", "cm", "oa", "ba", "st")
 _FINAL = ("released", "expired", "shipped")
 
@@ -59,6 +60,9 @@ def _queue_reads(pipe: Any, k: Any) -> None:
     pipe.hgetall(k.ended)
     pipe.zrange(k.pool, 0, -1)
     pipe.hget(k.state, "!J")
+    pipe.hget(k.state, "!W")
+    pipe.hgetall(k.due)
+    pipe.zrange(k.duet, 0, -1, withscores=True)
 
 
 def location_buckets(raw: Any) -> dict[str, dict[str, int]]:
@@ -125,7 +129,7 @@ def _check_many(client: Any, skus: list[str], prefix: str) -> list[str]:
 def _check_state(sku: str, raw: list[Any], pos: dict[str, Any], now: int) -> list[str]:
     out: list[str] = []
     (loc_raw, lots_raw, res_raw, raw_pol, srel_raw, cust_raw, chan_raw, exp_raw, dead_raw, ended_raw, pool_raw,
-     job_raw) = raw
+     job_raw, w_raw, due_raw, duet_raw) = raw
     buckets: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(_BUCKETS, 0))
     buckets.update(location_buckets(loc_raw))
     lots = {_text(i): _lot(v) for i, v in lots_raw.items()}
@@ -141,6 +145,8 @@ def _check_state(sku: str, raw: list[Any], pos: dict[str, Any], now: int) -> lis
                for rid, ln in ended.items() if ln["state"] not in _FINAL)
     out.extend(f"{sku}: line {rid} is kept twice" for rid in lines.keys() & ended.keys())
     out.extend(_check_pool_index(sku, lines, {_text(m) for m in pool_raw}))
+    folded_to, _, _ = _due_mark(w_raw)
+    out.extend(_check_due(sku, lines, w_raw, due_raw, duet_raw))
     lines.update(ended)
     policy = normalize_policy(orjson.loads(raw_pol) if raw_pol else {})
     rel = {_text(s): int(v) for s, v in srel_raw.items()}
@@ -178,6 +184,8 @@ def _check_state(sku: str, raw: list[Any], pos: dict[str, Any], now: int) -> lis
             if state != "shipped" and line["alloc"]:
                 out.append(f"{sku}: {state} line {rid} still has allocations {line['alloc']}")
             continue
+        if _buried_late(line, folded_to):
+            continue  # due, its units given back with its bucket; not buried yet
         total = 0
         for kind, ref, loc, q in line["alloc"]:
             total += q
@@ -233,6 +241,70 @@ def _check_state(sku: str, raw: list[Any], pos: dict[str, Any], now: int) -> lis
             out.append(f"{sku}@{loc}: ATP reported {got}, formula gives {atp}")
     if pos["atp"] != sum(v["atp"] for v in pos["locations"].values()):
         out.append(f"{sku}: SKU ATP {pos['atp']} is not the sum over its locations")
+    return out
+
+
+def _due_mark(raw: Any) -> tuple[int, int, int]:
+    """``!W``: (the last folded second W, lines of folded buckets not buried yet, next due T)."""
+    if raw is None:
+        return 0, 0, 0
+    w, pending, nxt = (int(v) for v in _text(raw).split(","))
+    return w, pending, nxt
+
+
+def _buried_late(line: dict[str, Any], folded_to: int) -> bool:
+    """A held line of a folded bucket: expired, its units already given back, not buried yet."""
+    return line["state"] == "held" and 0 < due_at(line["expires_ms"]) <= folded_to
+
+
+def _check_due(sku: str, live: dict[str, dict[str, Any]], w_raw: Any, due_raw: dict[Any, Any],
+               duet_raw: list[Any]) -> list[str]:
+    """The due buckets (lua/lib.lua KEYS[14], [15]) against the held lines."""
+    folded_to, pending, nxt = _due_mark(w_raw)
+    want_n: dict[int, int] = defaultdict(int)
+    want_alloc: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    want_use: dict[str, int] = defaultdict(int)
+    for line in live.values():
+        if line["state"] != "held" or line["expires_ms"] <= 0:
+            continue
+        t = due_at(line["expires_ms"])
+        want_n[t] += 1
+        if t > folded_to:
+            for kind, ref, loc, q in line["alloc"]:
+                want_alloc[t][f"{kind},{ref},{loc}"] += q
+        if line["customer"]:
+            want_use[f"c{t}|{line['customer']}"] += line["qty"]
+        if line["channel"]:
+            want_use[f"h{t}|{line['channel']}"] += line["qty"]
+    got_n: dict[int, int] = {}
+    got_alloc: dict[int, dict[str, int]] = {}
+    got_use: dict[str, int] = {}
+    for field, value in due_raw.items():
+        name, text = _text(field), _text(value)
+        if name.startswith("p"):
+            count, _, alloc = text.partition("|")
+            got_n[int(name[1:])] = int(count)
+            got_alloc[int(name[1:])] = {e.rsplit(",", 1)[0]: int(e.rsplit(",", 1)[1]) for e in alloc.split(";") if e}
+        else:
+            got_use[name] = int(text)
+    out: list[str] = []
+    if got_n != dict(want_n):
+        out.append(f"{sku}: due buckets count lines {got_n}, the held lines say {dict(want_n)}")
+    for t in sorted(got_alloc.keys() | want_alloc.keys()):
+        want = {k: q for k, q in want_alloc.get(t, {}).items() if q}
+        if got_alloc.get(t, {}) != want:
+            out.append(f"{sku}: due bucket {t} holds {got_alloc.get(t, {})}, its held lines {want}")
+    if got_use != {k: q for k, q in want_use.items() if q}:
+        out.append(f"{sku}: due usage {got_use} != the held lines' {dict(want_use)}")
+    listed = {int(float(score)) for _m, score in duet_raw}
+    if listed != set(got_n):
+        out.append(f"{sku}: due bucket index {sorted(listed)} != buckets {sorted(got_n)}")
+    waiting = sum(n for t, n in want_n.items() if t <= folded_to)
+    if pending != waiting:
+        out.append(f"{sku}: {pending} lines of folded buckets to bury, the held lines say {waiting}")
+    ahead = [t for t in want_n if t > folded_to]
+    if ahead and not 0 < nxt <= min(ahead):
+        out.append(f"{sku}: next due bucket {nxt}, but bucket {min(ahead)} is not folded")
     return out
 
 

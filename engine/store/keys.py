@@ -57,6 +57,7 @@ def validate_prefix(prefix: object) -> str:
 # Order of the KEYS every script receives (lib.lua names them in the same order).
 KEY_NAMES: tuple[str, ...] = (
     "state", "lots", "res", "exp", "dead", "cust", "chan", "srel", "pol", "pos", "ended", "pool", "job",
+    "due", "duet",
 )
 
 
@@ -83,6 +84,9 @@ class SkuKeys:
     #             the lines they move in allocation order without reading the others
     job: str    # zset (all scores 0): '<seq:012>|<rid>|<promised ms before>' of each line a paused
     #             supply job touched, for its report phase (see lua/rebalance.lua)
+    due: str    # hash, due buckets: 'p<T>' -> '<n>|<alloc>' of the held lines expiring at second T,
+    #             'c<T>|<customer>' / 'h<T>|<channel>' -> their units (see lua/lib.lua)
+    duet: str   # zset T -> T of the buckets in ``due``
 
     @property
     def all(self) -> list[str]:

@@ -257,7 +257,7 @@ class Store(_Base):
         return self._run(self._op_call("release", sku, rid))
 
     def extend(self, sku: str, rid: str, ttl_ms: int) -> dict[str, Any]:
-        """A held line expires ``ttl_ms`` from now. Op reply."""
+        """A held line expires ``ttl_ms`` from now, rounded up to a whole second. Op reply."""
         return self._run(self._op_call("extend", sku, rid, ttl_ms))
 
     def revert(self, sku: str, rid: str, expires_ms: int) -> dict[str, Any]:

@@ -142,7 +142,8 @@ async def test_confirm_when_one_line_has_expired_commits_nothing(store: Store, s
             held = await client.post("/v1/reservations", json=body, headers={"Idempotency-Key": "exp-1"})
             assert held.status_code == 201, held.text
             assert store.extend("EXP-A", "exp-1", 60_000)["status"] == "ok"  # line A lives on
-            await asyncio.sleep(1.3)
+            secs, micros = store.redis.time()  # line B ends at its whole second, on Redis's clock
+            await asyncio.sleep((held.json()["expires_ms"] - int(secs) * 1000 - int(micros) // 1000) / 1000 + 0.05)
             refused = await client.post("/v1/reservations/exp-1/confirm")
             assert refused.status_code == 409, refused.text
             assert refused.json()["state"] == "expired"

@@ -94,7 +94,7 @@ def build(client: AtpClient, store: Store, redis: Any, prefix: str) -> Expected:
     redis.set(rid_index_key("lp-pending", prefix), rid_index_value(["LS-A"], pending=True))
     redis.set(rid_index_key("lp-leftover", prefix), rid_index_value(["LS-B"]))
     redis.set(rid_index_key("lp-broken", prefix), b"not json")
-    time.sleep(1.2)
+    time.sleep(2.1)  # a 1 s hold ends at the whole second after it: within 2 s
     return expected
 
 

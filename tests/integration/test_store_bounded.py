@@ -21,8 +21,10 @@ from engine.store.wire import HoldRequest, SupplyCommand
 
 T0 = 1_700_000_000_000
 KEEP_MS = 60_000
-# lines one call expires, as lib.lua says
-EXPIRE_LINES = int(re.search(r"EXPIRE_LINES = \d+, (\d+)", scripts.load_library().source)[1])
+# lines one call buries, and the hot path's share, as lib.lua says
+_BURY = re.search(r"EXPIRE_LINES, HOLD_BURY = \d+, (\d+), (\d+)", scripts.load_library().source)
+EXPIRE_LINES, HOLD_BURY = int(_BURY[1]), int(_BURY[2])
+FOLD_MAX = int(re.search(r"FOLD_MAX = (\d+)", scripts.load_library().source)[1])
 
 
 def _ended_lines(store: Store, sku: str, n: int) -> None:
@@ -45,6 +47,7 @@ def test_a_purge_of_20k_ended_lines_is_many_bounded_calls_each_leaving_a_whole_s
     _ended_lines(store, "LONG", 20_000)
     store.now_ms = T0 + 2_000
     assert store.position("LONG")["held"] == 0  # every hold has expired
+    assert store.sweep() == 20_000 - EXPIRE_LINES  # buried: the position call took the first few
     store.now_ms = T0 + 2_000 + KEEP_MS
     named: list[str] = []
     calls = 0
@@ -74,38 +77,73 @@ def test_purge_loops_until_every_sku_is_done(redis: Any) -> None:
     assert store.purge(KEEP_MS) == 0
 
 
-def test_a_wave_of_20k_holds_coming_due_is_expired_in_bounded_calls_before_the_next_hold(redis: Any) -> None:
+def _sweep_call_once(store: Store, redis: Any, sku: str) -> list[Any]:
+    """One call of the sweep script, as the store sends it."""
+    return redis.execute_command(*scripts.fcall(*store._sweep_call(sku)))
+
+
+def test_a_wave_of_20k_holds_coming_due_is_given_back_at_once_and_buried_in_bounded_calls(redis: Any) -> None:
     store = Store(redis, now_ms=T0)
     _ended_lines(store, "WAVE", 20_000)  # 20k holds of one unit on stock 20k, all due at T0 + 1 s
     store.now_ms = T0 + 2_000
     call = store._hold_call("WAVE", [HoldRequest("after-the-wave", 5_000, "", 60_000)])
-    chunks = 0
-    while True:
-        # the hold script, sent as the store sends it, one call at a time
-        reply = redis.execute_command(*scripts.fcall(*call))
-        if reply not in (scripts.MORE, scripts.MORE.decode()):
-            break
-        chunks += 1
-        assert _held_as_stored(store, redis, "WAVE") == 20_000 - chunks * EXPIRE_LINES  # one chunk each
-        if chunks % 25 == 1:  # the whole check reads all 20k lines: every 25th call
-            assert check_invariants(redis) == []
-    assert chunks == 20_000 // EXPIRE_LINES - 1  # the call that expires the last chunk goes on to hold
-    assert check_invariants(redis) == []
+    # the first call after the wave holds at once: the due units came back with their bucket
+    reply = redis.execute_command(*scripts.fcall(*call))
     status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
-    assert status == "ok"  # the due holds' units were promisable again: nothing refused
+    assert status == "ok"
+    assert _held_as_stored(store, redis, "WAVE") == 5_000
+    assert check_invariants(redis) == []  # the wave's lines are due, not buried yet: still whole
+    buried, calls = HOLD_BURY, 0
+    while True:
+        out = _sweep_call_once(store, redis, "WAVE")
+        buried += int(out[0])
+        calls += 1
+        assert int(out[0]) <= EXPIRE_LINES
+        if calls % 25 == 1:  # the whole check reads all 20k lines: every 25th call
+            assert check_invariants(redis) == []
+        if not int(out[1]):
+            break
+    assert buried == 20_000  # each line once
+    assert calls >= 20_000 // EXPIRE_LINES
+    assert check_invariants(redis) == []
     position = store.position("WAVE")
     assert (position["held"], position["atp"]) == (5_000, 15_000)
     expired = [ln for ln in store.dump("WAVE")["lines"].values() if ln["state"] == "expired"]
     assert len(expired) == 20_000
+    keys = sku_keys("WAVE")
+    assert redis.zcard(keys.exp) == 1 and redis.zcard(keys.duet) == 1  # the new hold's
 
 
-def test_the_store_hides_the_chunks_a_hold_after_a_wave_is_one_call_for_its_caller(redis: Any) -> None:
+def test_a_hold_after_a_wave_is_one_call_and_the_sweeper_buries_the_rest(redis: Any) -> None:
     store = Store(redis, now_ms=T0)
     _ended_lines(store, "WAVE2", 3_000)
     store.now_ms = T0 + 2_000
     [reply] = store.hold_batch("WAVE2", [HoldRequest("next", 3_000, "", 60_000)])
     assert reply["status"] == "ok" and reply["line"]["alloc"] == [["oh", "A", "A", 3_000]]
+    assert store.sweep() == 3_000 - HOLD_BURY
     assert store.sweep() == 0
+
+
+def test_a_guard_counts_the_usage_of_due_lines_as_returned_before_they_are_buried(redis: Any) -> None:
+    store = Store(redis, now_ms=T0)
+    store.apply([SupplyCommand("LIM", "policy", {"policy": Policy(customer_limit=1).to_wire()}),
+                 SupplyCommand("LIM", "count", {"loc": "A", "on_hand": 500})])
+    others = [HoldRequest(f"o{i}", 1, "", 1_000, customer=f"x{i}") for i in range(200)]
+    assert {r["status"] for r in store.hold_batch("LIM", others)} == {"ok"}
+    # its expiry entry sorts after the others': the next call's few burials do not reach it
+    [first] = store.hold_batch("LIM", [HoldRequest("z-mine", 1, "", 1_000, customer="me", channel="web")])
+    assert first["status"] == "ok"
+    [refused] = store.hold_batch("LIM", [HoldRequest("again", 1, "", 60_000, customer="me")])
+    assert refused["status"] == "refused" and refused["reason"] == "customer_limit"
+    store.now_ms = T0 + 1_000  # all 201 due; one call buries only a few of them
+    [again] = store.hold_batch("LIM", [HoldRequest("again2", 1, "", 60_000, customer="me")])
+    assert again["status"] == "ok"
+    assert store.dump("LIM")["customers"]["me"] == 1
+    assert redis.hget(sku_keys("LIM").cust, "me") == "2"  # the due line is not buried yet
+    assert check_invariants(redis) == []
+    store.sweep()
+    assert redis.hget(sku_keys("LIM").cust, "me") == "1"
+    assert check_invariants(redis) == []
 
 
 # ---------------------------------------------------------------------------- supply at scale
@@ -268,14 +306,19 @@ def test_a_command_behind_a_job_waits_and_the_store_finishes_the_job_first(redis
 
 def test_stream_commands_of_one_batch_apply_in_order_when_the_first_meets_a_wave_of_due_holds(redis: Any) -> None:
     store = Store(redis, now_ms=T0)
-    _ended_lines(store, "ORD", 40)  # 40 holds due: the first call expires 32, the second the rest
-    store.now_ms = T0 + 2_000
+    store.apply([SupplyCommand("ORD", "count", {"loc": "A", "on_hand": 100})])
+    # holds due in more distinct seconds than one call gives back: the first call stops
+    spread = [HoldRequest(f"h{i}", 1, "", (i + 1) * 1_000) for i in range(FOLD_MAX + 6)]
+    assert {r["status"] for r in store.hold_batch("ORD", spread)} == {"ok"}
+    store.now_ms = T0 + 3_600_000
     first = SupplyCommand("ORD", "adjust", {"loc": "A", "delta": 5}, source="t:3", offset=1)
     second = SupplyCommand("ORD", "count", {"loc": "A", "on_hand": 50}, source="t:3", offset=2)
     replies = store.apply([first, second])  # one pipeline: the second runs while the first waits
     assert [r["status"] for r in replies] == ["ok", "ok"]
     assert replies[1]["position"]["on_hand"] == 50  # the count came last
+    assert replies[1]["position"]["held"] == 0
     assert [j["cmd"] for j in store.journal("ORD", limit=2)] == ["count", "adjust"]
+    assert check_invariants(redis) == []
 
 
 def test_the_async_store_gathers_a_job_the_same_way(redis: Any, redis_url: str) -> None:

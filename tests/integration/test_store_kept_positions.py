@@ -44,11 +44,19 @@ def test_a_batch_read_keeps_the_position_and_a_change_drops_it(redis: Any) -> No
     assert after["atp"] == 15 - 3 - 2 and after == store.position("S")
 
 
+def sleep_until(redis: Any, ms: int) -> None:
+    """Sleep until the server's clock has reached ``ms``."""
+    while (left := ms - server_ms(redis)) >= 0:
+        time.sleep(left / 1000 + 0.005)
+
+
 def test_a_kept_position_expires_when_a_hold_does(redis: Any) -> None:
     store = stocked(redis)
-    store.hold_batch("S", [HoldRequest("r1", 4, ttl_ms=1_000)])  # margin for a busy machine
+    [held] = store.hold_batch("S", [HoldRequest("r1", 4, ttl_ms=1_000)])  # margin for a busy machine
     assert store.positions(["S"])[0]["held"] == 4
-    time.sleep(1.05)
+    expires = held["line"]["expires_ms"]
+    assert expires % 1000 == 0  # holds end at whole seconds
+    sleep_until(redis, expires)
     pos = store.positions(["S"])[0]
     assert (pos["held"], pos["atp"]) == (0, 10)
 
@@ -57,8 +65,8 @@ def test_shortening_a_hold_drops_the_kept_position(redis: Any) -> None:
     store = stocked(redis)
     store.hold_batch("S", [HoldRequest("r1", 4, ttl_ms=60_000)])
     assert store.positions(["S"])[0]["held"] == 4
-    store.extend("S", "r1", 200)
-    time.sleep(0.25)
+    extended = store.extend("S", "r1", 200)
+    sleep_until(redis, extended["line"]["expires_ms"])
     assert store.positions(["S"])[0]["held"] == 0
 
 

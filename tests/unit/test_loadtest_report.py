@@ -189,7 +189,7 @@ def test_fixed_and_marginal_split_a_linear_cost() -> None:
 HOLD = """-- hold.lua
 entry('hold', function()
   F.load_state()
-  F.expire_due()
+  F.settle(HOLD_BURY)
   if S.more_due then return F.more() end
   local replies = {}
   flush()
@@ -202,13 +202,13 @@ def test_an_instrumented_entry_marks_each_step_and_returns_the_marks() -> None:
     src = instrument_entry(HOLD)
     marks = re.findall(r"__P\.mark\('([^']*)'\)", src)
     assert marks == [
-        "start", "(one clock reading)", "entry: lazy expiry", "entry: requests (checks, allocation, line json)",
+        "start", "(one clock reading)", "entry: expiry", "entry: requests (checks, allocation, line json)",
         "entry: write back (flush)", "entry: reply encoding",
     ]
     # the body still runs its statements in order, starts its marks afresh on every call, and
     # returns the marks instead of the reply
     assert src.index("__P.m = {}") < src.index("F.load_state()")
-    assert src.index("expire_due()") < src.index("'entry: lazy expiry'") < src.index("\n  flush()")
+    assert src.index("settle(HOLD_BURY)") < src.index("'entry: expiry'") < src.index("\n  flush()")
     assert "local __reply = cjson.encode(replies)" in src
     assert src.rstrip().endswith("return __out\nend)")
 
@@ -216,7 +216,7 @@ def test_an_instrumented_entry_marks_each_step_and_returns_the_marks() -> None:
 def test_an_instrumented_entry_merges_steps_it_cannot_find() -> None:
     src = instrument_entry("entry('x', function()\n  local x = 1\n  return x\nend)\n")
     marks = re.findall(r"__P\.mark\('([^']*)'\)", src)
-    assert "entry: lazy expiry" not in marks and "entry: reply encoding" in marks
+    assert "entry: expiry" not in marks and "entry: reply encoding" in marks
 
 
 def test_the_instrumented_library_has_its_own_name_and_the_same_entries() -> None:
@@ -271,16 +271,16 @@ def test_summary_rows_compare_with_limits_and_targets() -> None:
 
 
 def test_an_instrumented_position_entry_marks_a_guarded_expiry_and_names_its_work() -> None:
-    entry = ("local function expire_due() end\nentry('position', function()\n"
-             "  if ARGV[4] ~= '1' then expire_due() end\n  local reply = position(nil)\n  flush()\n"
+    entry = ("local function settle() end\nentry('position', function()\n"
+             "  if ARGV[4] ~= '1' then F.settle() end\n  local reply = position(nil)\n  flush()\n"
              "  return cjson.encode(reply)\nend)\n")
     src = instrument_entry(entry, work="position figures")
     marks = re.findall(r"__P\.mark\('([^']*)'\)", src)
-    assert marks[-4:] == ["entry: lazy expiry", "entry: position figures", "entry: write back (flush)",
+    assert marks[-4:] == ["entry: expiry", "entry: position figures", "entry: write back (flush)",
                           "entry: reply encoding"]
-    # the file's own definition of expire_due is not mistaken for the call
-    assert src.count("__P.mark('entry: lazy expiry')") == 1
-    assert src.index("then expire_due() end") < src.index("'entry: lazy expiry'")
+    # the file's own definition of settle is not mistaken for the call
+    assert src.count("__P.mark('entry: expiry')") == 1
+    assert src.index("then F.settle() end") < src.index("'entry: expiry'")
 
 
 def test_a_benchmark_that_could_not_run_is_one_row_with_its_error() -> None:

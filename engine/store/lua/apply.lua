@@ -1,4 +1,4 @@
--- apply.lua — supply commands of one SKU, applied idempotently after lazy expiry: apply takes one,
+-- apply.lua — supply commands of one SKU, applied idempotently after the due holds are given back: apply takes one,
 -- apply_many several in order (its own header is further down).
 -- KEYS: the keys of the SKU (see lib.lua), then, when ARGV 9 > 0, the reply stash key
 --       '<prefix>-rp:{sku}:<source>:<offset>' (K.stashes[1]; engine/store/reply_stash.py)
@@ -15,7 +15,7 @@
 --        slipped: [{rid, old_ms, new_ms}], lot?, clamped?, line?, available?, position};
 --        at_risk and slipped name the lines this command touched (docs/semantics.md).
 --        Or, for the store (engine/store/scripts.py), which sends the call again:
---        '~more'  more holds are due than one call expires (lib.lua EXPIRE_LINES); nothing applied
+--        '~more'  more seconds of holds are due than one call folds (lib.lua FOLD_MAX); nothing applied
 --        '~part<token>|"at_risk":[…],"slipped":[…]'  the command's work on lines goes on in the
 --                 next call ('~continue' with the token); the lists are this call's share
 --        '~busy<token>'  another command's job is in progress: nothing applied; finish that
@@ -159,6 +159,10 @@ local function order_replace(p, line)
     p.customer or '', true, true)
   if status == 'refused' then
     line.state = state
+    if state == 'held' then
+      line.bucket = F.due_at(line.expires_ms)
+      F.due_count(line.bucket, 1, line.qty, line.customer, line.channel)
+    end
     F.book(line, kept)
     F.usage(line.customer, line.channel, line.qty)
     return { status = 'refused', reason = reason, available = available }
@@ -422,9 +426,9 @@ end
 entry('apply', function()
   local c = command_at(3, 1)
   local vals = F.load_state(seen_fields(c))
-  F.expire_due()
-  if S.more_due then return wait_for_expiry(c, vals[7]) end
-  local reply = apply_one(c, { vals[5], vals[6], vals[7] })
+  F.settle()
+  if S.more_due then return wait_for_expiry(c, vals[8]) end
+  local reply = apply_one(c, { vals[6], vals[7], vals[8] })
   if reply == '~stop' then
     F.flush()
     return redis.error_reply('ERR unknown supply command ' .. tostring(c.cmd))
@@ -448,10 +452,10 @@ entry('apply_many', function()
     cs[k] = c
   end
   local vals = F.load_state(seen_fields(cs[1]))
-  F.expire_due()
-  if S.more_due then return wait_for_expiry(cs[1], vals[7]) end
+  F.settle()
+  if S.more_due then return wait_for_expiry(cs[1], vals[8]) end
   local out = {}
-  local seen = { vals[5], vals[6], vals[7] }
+  local seen = { vals[6], vals[7], vals[8] }
   -- the commands read the state they change from this call's tables, so it is written back once
   S.group = true
   for k = 1, n do

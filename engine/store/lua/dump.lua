@@ -1,4 +1,5 @@
--- dump.lua — the state dump of one SKU, for tests. Reads only: no lazy expiry.
+-- dump.lua — the state dump of one SKU, for tests. Reads only: no due bucket is folded; lines of
+-- folded buckets show as expired (lib.lua F.got_line), as a writing call would leave them.
 -- KEYS: the keys of the SKU (see lib.lua)
 -- ARGV: 1 sku, 2 now_ms (unused)
 -- Reply: json {locs: {loc: {on_hand, safety, held, committed, oh_alloc, bo_alloc, short}},
@@ -17,16 +18,25 @@ entry('dump', function()
   F.load_all_lines()
   for rid, line in pairs(lines) do
     if line == true then line = F.get_line(rid) end
-    if line then out.lines[rid] = line end
+    if line then
+      line.bucket = nil -- bookkeeping, not part of the line
+      out.lines[rid] = line
+    end
   end
   -- '~' fields are the units of purged shipped lines, not a customer or channel
-  local function usage_map(flat, into)
+  -- lines of folded buckets read above are buried in this call's tables only: their usage is
+  -- subtracted here as a flush would
+  local function usage_map(key, flat, into)
     for i = 1, #flat, 2 do
       if string.sub(flat[i], 1, 1) ~= '~' then into[flat[i]] = tonumber(flat[i + 1]) end
     end
+    for who, d in pairs(use_chg[key]) do
+      local n = (into[who] or 0) + d
+      into[who] = n ~= 0 and n or nil
+    end
   end
-  usage_map(redis.call('HGETALL', K.cust), out.customers)
-  usage_map(redis.call('HGETALL', K.chan), out.channels)
+  usage_map(K.cust, redis.call('HGETALL', K.cust), out.customers)
+  usage_map(K.chan, redis.call('HGETALL', K.chan), out.channels)
   local flat = redis.call('HGETALL', K.srel)
   for i = 1, #flat, 2 do out.reliability[flat[i]] = tonumber(flat[i + 1]) end
   local raw = redis.call('GET', K.pol)

@@ -1,5 +1,5 @@
 -- hold.lua — a batch of holds of one SKU (the coalesced hot path); each request all-or-nothing,
--- processed in order, after lazy expiry.
+-- processed in order, after the due holds are given back.
 -- KEYS: the keys of the SKU (see lib.lua)
 -- ARGV: 1 sku, 2 now_ms (0 = TIME), then 2 slots per request: rid, and the request's terms
 --       '<qty>|<loc ('' = any)>|<ttl_ms>|<channel ('' = none)>|<customer ('' = none)>|<commit 0|1>'
@@ -8,12 +8,12 @@
 --        line in its stored form (see lib.lua), for refused '<reason>:<available>', then for a
 --        guard ':<limit>' and, but for order_cap, ':<used>'; the store builds the hold replies
 --        {status, rid, line} | {status: refused, rid, reason, available[, limit[, used]]}
---        (or '~more' while more holds are due than one call expires: lib.lua EXPIRE_LINES)
+--        (or '~more' while more seconds of holds are due than one call folds: lib.lua FOLD_MAX)
 
 entry('hold', function()
   local flush = F.flush
   F.load_state()
-  F.expire_due()
+  F.settle(HOLD_BURY)
   if S.more_due then return F.more() end
   local rids = {}
   for i = 3, #ARGV, 2 do rids[#rids + 1] = ARGV[i] end

@@ -25,14 +25,18 @@
 --                     being received or cancelled, promisable to nobody meanwhile}
 --       '!B'          '<source>|<offset>|<ms>': a stream command that stopped for due holds; later
 --                     offsets of that source wait for it (apply.lua), for at most 5 s
+--       '!W'          '<W>,<pending>,<next>': due buckets up to second W are folded, <pending> of
+--                     their lines are not buried yet, <next> is the earliest unfolded T (0: none
+--                     known); absent = 0,0,0
 --   2 lots  hash lot_id -> '<loc>,<qty>,<eta_ms>,<supplier>,<alloc>'
 --   3 res   hash rid -> a live line (held, committed), compact: '<state>|<qty>|<loc>|<expires_ms>|<seq>|<channel>|
 --           <customer>|<promised_ms>|<atp_after>|<alloc>', alloc = 'kind,ref,loc,qty' entries
 --           joined by ';' (wire shape: docs/semantics.md "line"; engine/store/wire.py decodes it)
 --   4 exp   zset, the expiry index: member = the rids (space separated) that were set to expire
---           at its score, one member per call and time, split into members of at most 32 rids.
---           A line confirmed, released or extended since is a stale entry: lazy expiry skips it
---           (it checks the line), and every entry leaves the index once its time has passed.
+--           at its score, one member per call and time, split into members of at most 16 rids.
+--           It finds the lines of folded buckets to bury (F.bury_due). A line confirmed,
+--           released or extended since is a stale entry: burying skips it (it checks the line),
+--           and every entry leaves the index once its time has passed.
 --   5 dead  zset rid -> ms when the line reached a final state (released, expired, shipped); the
 --           sweeper purges lines older than the retention
 --   6 cust  hash customer -> live+shipped units; '~<customer>' -> units of purged shipped lines
@@ -55,7 +59,18 @@
 --           that changed; built once from res when a store written without it is first used.
 --  13 job   zset, the lines a paused supply job touched (apply.lua, rebalance.lua F.save_touched):
 --           '<seq, 12 digits>|<rid>|<promised ms before the command>', every score 0
---  14… stash (apply.lua only, optional) the reply stash keys of the commands, K.stashes
+--  14 due   hash, the due buckets: held lines by the second they expire at (expires_ms is always a
+--           whole second, T below). A bucket's units are given back all at once when T comes
+--           (F.fold), so a due hold's units are promisable at once however many lines came due;
+--           the lines themselves are then "buried" (state expired, usage returned, out of the
+--           indexes) a few per call (F.bury_due) or when a call reads them (F.got_line).
+--       'p<T>'        '<n>|<alloc>': n = held lines expiring at T (after the fold: lines of T not
+--                     yet buried) and, until the fold, the sum of their allocations in the line's
+--                     alloc form ('kind,ref,loc,qty' joined by ';')
+--       'c<T>|<customer>', 'h<T>|<channel>'  units of those lines per customer / channel: a guard
+--                     subtracts the ones of folded buckets (their lines are due, not yet buried)
+--  15 duet  zset T -> T of the buckets in 'due' (folded ones stay until their lines are buried)
+--  16… stash (apply.lua only, optional) the reply stash keys of the commands, K.stashes
 --       (engine/store/reply_stash.py)
 -- ARGV (every script): 1 sku, 2 now_ms (0 = Redis TIME; > 0 only from tests), then the entry's own.
 --
@@ -97,6 +112,11 @@ local pool_fresh            -- rid -> the pools of a line F.hold_one created
 -- changes to write back: key -> true / value (write) or false (delete)
 local lot_chg, line_chg, dead_chg
 local exp_add               -- expires_ms -> rids to add to the expiry index
+local due_chg               -- T -> {n = delta, e = {'kind,ref,loc' -> delta}}: due bucket changes
+local due_raw               -- T -> its 'p<T>' record as read (false: none), once read
+local due_folded            -- T -> true: folded in this call (its allocations are gone)
+local due_use               -- 'c<T>|<customer>' / 'h<T>|<channel>' -> delta
+local use_chg               -- K.cust / K.chan -> who -> delta: usage changes to write
 local NUM                   -- number -> its decimal string
 local OH_ALLOC              -- location -> qty -> stored form of one on-hand allocation there
 
@@ -106,7 +126,7 @@ local function begin(keys, argv)
   K = {
     state = keys[1], lots = keys[2], res = keys[3], exp = keys[4], dead = keys[5], cust = keys[6],
     chan = keys[7], srel = keys[8], pol = keys[9], pos = keys[10], ended = keys[11], pool = keys[12],
-    job = keys[13], stashes = #keys > 13 and { unpack(keys, 14) } or nil,
+    job = keys[13], due = keys[14], duet = keys[15], stashes = #keys > 15 and { unpack(keys, 16) } or nil,
   }
   SKU = argv[1]
   NOW = tonumber(argv[2]) or 0
@@ -122,10 +142,16 @@ local function begin(keys, argv)
     names = false,            -- sorted location names (false = rebuild)
     lots_loaded = false, rel_loaded = false, live_lines = false, pool_ready = false,
     touched = {}, touched_order = {}, -- rid -> promised ms before the command, and their order
-  }                                   -- (rebalance.lua F.touch)
+                                      -- (rebalance.lua F.touch)
+    W = 0, pending = 0, next_due = 0, -- '!W' (F.load_state)
+    wdirty = false,           -- '!W' must be written back
+    buried = 0,               -- lines buried in this call (F.bury)
+  }
   pol, rel, locs, loc_raw, state_set, lots, lines = {}, {}, {}, {}, {}, {}, {}
   line_raw, line_home, line_orig, pool_dirty, pool_now, pool_fresh = {}, {}, {}, {}, {}, {}
   lot_chg, line_chg, dead_chg, exp_add, NUM, OH_ALLOC = {}, {}, {}, {}, {}, {}
+  due_chg, due_raw, due_folded, due_use = {}, {}, {}, {}
+  use_chg = { [K.cust] = {}, [K.chan] = {} }
 end
 
 -- the functions
@@ -180,11 +206,15 @@ function F.parse_policy(raw)
   for ch, v in string.gmatch(q, '([^,=]+)=(%d+)') do p.quotas[ch] = tonumber(v) end
 end
 
--- read '!L', '!P', '!K' and '!J' (and any further state fields, returned from index 5 on)
+-- read '!L', '!P', '!K', '!J' and '!W' (and any further state fields, returned from index 6 on)
 function F.load_state(...)
-  local vals = redis.call('HMGET', K.state, '!L', '!P', '!K', '!J', ...)
+  local vals = redis.call('HMGET', K.state, '!L', '!P', '!K', '!J', '!W', ...)
   S.kept = vals[3] == '1'
   S.job = vals[4] and cjson.decode(vals[4]) or false
+  if vals[5] then
+    local w, p, n = string.match(vals[5], '^(%d+),(%-?%d+),(%d+)$')
+    S.W, S.pending, S.next_due = tonumber(w), tonumber(p), tonumber(n)
+  end
   local raw = vals[1]
   if raw then
     local a, b, c = string.match(raw, '^(%d+),(%d+),(%d+)')
@@ -284,19 +314,25 @@ function F.decode_line(rid, raw)
   for kind, ref, at, q in string.gmatch(alloc, '([^,;]+),([^,;]*),([^,;]+),(%d+)') do
     entries[#entries + 1] = { kind, ref, at, tonumber(q) }
   end
+  local expires = tonumber(exp)
   return {
-    rid = rid, sku = SKU, qty = tonumber(qty), loc = loc, state = state, expires_ms = tonumber(exp),
+    rid = rid, sku = SKU, qty = tonumber(qty), loc = loc, state = state, expires_ms = expires,
     seq = tonumber(seq), channel = channel, customer = customer, alloc = entries,
     promised_ms = tonumber(promised), atp_after = tonumber(atp),
+    -- the due bucket the line is counted in (held lines only)
+    bucket = state == 'held' and expires > 0 and F.due_at(expires) or nil,
   }
 end
 
 function F.got_line(rid, raw, home)
   if raw then
-    lines[rid] = F.decode_line(rid, raw)
+    local line = F.decode_line(rid, raw)
+    lines[rid] = line
     line_raw[rid] = raw
     line_orig[rid] = raw
     line_home[rid] = home
+    -- a held line of a folded bucket has expired: its units went back with the bucket
+    if line.bucket and line.bucket <= S.W then F.bury(line) end
   else
     lines[rid] = false
   end
@@ -525,34 +561,168 @@ function F.expire_at(rid, ms)
   if rids then rids[#rids + 1] = rid else exp_add[ms] = { rid } end
 end
 
--- Lazy expiry is bounded: one call expires at most EXPIRE_LINES lines, from at most
--- EXPIRE_MEMBERS index entries (an entry longer than that is split). When more are due it sets
--- S.more_due, and the entry answers F.more() without doing its own work: the store calls it
--- again (each call leaves a whole state), so a wave of holds coming due is many short calls,
--- never one that stalls every other SKU. Entries act only once no due hold is left, as the
--- rules require.
-local EXPIRE_MEMBERS, EXPIRE_LINES = 16, 16
+-- Expiry works on due buckets (KEYS[14], [15]): every held line is counted in the bucket of the
+-- second it expires at, and when that second comes the first call of the SKU gives back the
+-- bucket's units all at once (F.fold: one record per second, whatever the number of lines). So a
+-- due hold's units are promisable at once, however many lines came due together. The lines are
+-- buried afterwards, a few per call (F.bury_due), or as soon as a call reads one (F.got_line):
+-- their state becomes expired, usage is returned, they leave the indexes. Until then a guard
+-- subtracts their usage (F.used_live). Only when more than FOLD_MAX seconds are due at once
+-- (no call touched the SKU for that long) does a call answer F.more() and let the store call
+-- again, each call leaving a whole state.
+local FOLD_MAX = 64
+local DUE_MS = 1000
+-- lines buried per call, from at most EXPIRE_MEMBERS index entries; the checkout's calls (hold,
+-- reservation) bury fewer, the sweeper and the stream's calls the rest
+local EXPIRE_MEMBERS, EXPIRE_LINES, HOLD_BURY = 16, 16, 4
 -- the most rids one index entry holds (F.flush splits a batch's), so a chunk takes whole entries
 local EXPIRE_ENTRY = 16
+-- folded buckets a guard reads the due usage of (beyond: their units count as used)
+local GUARD_BUCKETS = 64
 -- pool-index members read per ZRANGEBYLEX of a walk over one pool (F.each_in_pool)
 local POOL_PAGE = 128
 
--- expire due held lines, in (expires_ms, rid) order within the call; returns how many
-function F.expire_due()
-  local due = redis.call('ZRANGEBYSCORE', K.exp, '-inf', NOW, 'WITHSCORES', 'LIMIT', 0, EXPIRE_MEMBERS + 1)
-  if #due == 0 then return 0 end
+-- the whole second a hold taken until ms expires at (expiries are kept whole seconds)
+function F.due_at(ms)
+  return math.ceil(ms / DUE_MS) * DUE_MS
+end
+
+local function due_rec(T)
+  local r = due_chg[T]
+  if not r then
+    r = { n = 0, e = {} }
+    due_chg[T] = r
+  end
+  return r
+end
+
+-- q units of allocation a (kind, ref, loc) join (or, q < 0, leave) bucket T
+function F.due_entry(T, a, q)
+  local e = due_rec(T).e
+  local key = a[1] .. ',' .. a[2] .. ',' .. a[3]
+  e[key] = (e[key] or 0) + q
+end
+
+-- one line of qty units joins (sign 1) or leaves (-1) bucket T: its count and usage
+function F.due_count(T, sign, qty, customer, channel)
+  local r = due_rec(T)
+  r.n = r.n + sign
+  local t = F.num(T)
+  if customer ~= '' then
+    local f = 'c' .. t .. '|' .. customer
+    due_use[f] = (due_use[f] or 0) + sign * qty
+  end
+  if channel ~= '' then
+    local f = 'h' .. t .. '|' .. channel
+    due_use[f] = (due_use[f] or 0) + sign * qty
+  end
+  if sign > 0 and T > S.W and (S.next_due == 0 or T < S.next_due) then
+    S.next_due = T
+    S.wdirty = true
+  end
+end
+
+-- a held line starts to be counted in the bucket of its expiry
+function F.due_enter(line)
+  local T = F.due_at(line.expires_ms)
+  line.bucket = T
+  F.due_count(T, 1, line.qty, line.customer, line.channel)
+  for _, a in ipairs(line.alloc) do F.due_entry(T, a, a[4]) end
+end
+
+-- a held line stops being counted in its bucket (confirmed, extended, reverted)
+function F.due_leave(line)
+  local T = line.bucket
+  if not T then return end
+  for _, a in ipairs(line.alloc) do F.due_entry(T, a, -a[4]) end
+  F.due_count(T, -1, line.qty, line.customer, line.channel)
+  line.bucket = nil
+end
+
+-- give back q units of one allocation of a folded bucket to its pool and location
+local function fold_units(kind, ref, at, q)
+  local b = F.loc_touch(at)
+  if kind == 'oh' then
+    b.oa = b.oa - q
+  elseif kind == 'lot' then
+    local lot = F.get_lots()[ref]
+    if lot then
+      lot.alloc = lot.alloc - q
+      lot_chg[ref] = true
+    end
+  elseif kind == 'bo' then
+    b.ba = b.ba - q
+  else
+    b.st = b.st - q
+  end
+  b.hd = b.hd - q
+end
+
+-- give back the units of every bucket that is due (at most FOLD_MAX of them; more: S.more_due)
+function F.fold()
+  local nd = S.next_due
+  if nd == 0 or nd > NOW then return end
+  local ts = redis.call('ZRANGEBYSCORE', K.duet, '(' .. F.num(S.W), NOW, 'LIMIT', 0, FOLD_MAX + 1)
+  if #ts > FOLD_MAX then
+    S.more_due = true
+    ts[#ts] = nil
+  end
+  if #ts > 0 then
+    local fields = {}
+    for i = 1, #ts do fields[i] = 'p' .. ts[i] end
+    local recs = redis.call('HMGET', K.due, unpack(fields))
+    for i = 1, #ts do
+      local T, raw = tonumber(ts[i]), recs[i]
+      due_raw[T] = raw or false
+      due_folded[T] = true
+      if raw then
+        local n, alloc = string.match(raw, '^(%-?%d+)|(.*)$')
+        S.pending = S.pending + tonumber(n)
+        for kind, ref, at, q in string.gmatch(alloc, '([^,;]+),([^,;]*),([^,;]+),(%-?%d+)') do
+          fold_units(kind, ref, at, tonumber(q))
+        end
+      end
+      S.W = T
+    end
+    S.pos_stale = true
+  end
+  local after = redis.call('ZRANGEBYSCORE', K.duet, '(' .. F.num(S.W), '+inf', 'LIMIT', 0, 1)
+  S.next_due = #after > 0 and tonumber(after[1]) or 0
+  S.wdirty = true
+end
+
+-- a held line of a folded bucket ends as expired: its units went back with the bucket, its usage
+-- and its place in the indexes go now; it counts as ended from its expiry
+function F.bury(line)
+  F.due_count(line.bucket, -1, line.qty, line.customer, line.channel)
+  line.bucket = nil
+  F.usage(line.customer, line.channel, -line.qty)
+  line.alloc = {}
+  line.state = 'expired'
+  F.mark(line.rid)
+  dead_chg[line.rid] = line.expires_ms
+  S.pending = S.pending - 1
+  S.wdirty = true
+  S.buried = S.buried + 1
+end
+
+-- bury up to `most` lines of folded buckets, oldest entries first (F.got_line buries each as it
+-- is read); sets S.bury_more when some are left
+function F.bury_due(most)
+  if S.pending <= 0 then return end
+  local due = redis.call('ZRANGEBYSCORE', K.exp, '-inf', S.W, 'WITHSCORES', 'LIMIT', 0, EXPIRE_MEMBERS + 1)
   local rids, seen, taken = {}, {}, {}
   for i = 1, #due, 2 do
-    if i > 2 * EXPIRE_MEMBERS or #rids >= EXPIRE_LINES then
-      S.more_due = true
+    if i > 2 * EXPIRE_MEMBERS or #rids >= most then
+      S.bury_more = true
       break
     end
     taken[#taken + 1] = due[i]
     for rid in string.gmatch(due[i], '%S+') do
-      if #rids >= EXPIRE_LINES then
+      if #rids >= most then
         -- the entry's other rids stay due under a new entry of the same time
         F.expire_at(rid, tonumber(due[i + 1]))
-        S.more_due = true
+        S.bury_more = true
       elseif not seen[rid] then
         seen[rid] = true
         rids[#rids + 1] = rid
@@ -560,29 +730,16 @@ function F.expire_due()
     end
   end
   F.prefetch_lines(rids)
-  local expiring = {}
-  for _, rid in ipairs(rids) do
-    local line = F.get_line(rid)
-    if line and line.state == 'held' and line.expires_ms > 0 and line.expires_ms <= NOW then
-      expiring[#expiring + 1] = line
-    end
-  end
-  local blt = F.blt
-  table.sort(expiring, function(a, b)
-    if a.expires_ms ~= b.expires_ms then return a.expires_ms < b.expires_ms end
-    return blt(a.rid, b.rid)
-  end)
-  for _, line in ipairs(expiring) do
-    F.return_units(line)
-    line.state = 'expired'
-    F.mark(line.rid)
-    dead_chg[line.rid] = NOW
-  end
-  F.call_chunked('ZREM', K.exp, taken, 1)
-  return #expiring
+  if #taken > 0 then F.call_chunked('ZREM', K.exp, taken, 1) end
 end
 
--- the reply of an entry that stopped after a chunk of expiry (see EXPIRE_LINES)
+-- what every entry that may act does first: give back due buckets, then bury a few lines
+function F.settle(most)
+  F.fold()
+  F.bury_due(most or EXPIRE_LINES)
+end
+
+-- the reply of an entry that stopped with more seconds due than one call folds (FOLD_MAX)
 function F.more()
   F.flush()
   return '~more'
@@ -595,12 +752,12 @@ end
 local function broken_guard(qty, channel, customer)
   if pol.order_cap > 0 and qty > pol.order_cap then return 'order_cap', pol.order_cap end
   if pol.customer_limit > 0 and customer ~= '' then
-    local used = F.used(K.cust, customer)
+    local used = F.used_live(K.cust, customer, 'c')
     if used + qty > pol.customer_limit then return 'customer_limit', pol.customer_limit, used end
   end
   local quota = channel ~= '' and pol.quotas[channel]
   if quota then
-    local used = F.used(K.chan, channel)
+    local used = F.used_live(K.chan, channel, 'h')
     if used + qty > quota then return 'channel_quota', quota, used end
   end
 end
@@ -639,7 +796,7 @@ function F.hold_one(rid, qty, loc, ttl_ms, channel, customer, commit, replace_de
   F.book_new(allocs, not commit)
   if customer ~= '' or channel ~= '' then F.usage(customer, channel, qty) end
   local num = F.num
-  local expires = commit and 0 or NOW + ttl_ms
+  local expires = commit and 0 or F.due_at(NOW + ttl_ms)
   local raw = (commit and 'committed|' or 'held|') .. num(qty) .. '|' .. loc .. '|' .. num(expires) .. '|' ..
     seq .. '|' .. channel .. '|' .. customer .. '|' .. num(F.promise(allocs)) .. '|' .. F.atp_of(loc) ..
     '|' .. F.encode_alloc(allocs)
@@ -648,7 +805,11 @@ function F.hold_one(rid, qty, loc, ttl_ms, channel, customer, commit, replace_de
   line_chg[rid] = true
   pool_dirty[rid] = true
   pool_fresh[rid] = F.line_pools(seq, allocs)
-  if not commit then F.expire_at(rid, expires) end
+  if not commit then
+    F.expire_at(rid, expires)
+    F.due_count(expires, 1, qty, customer, channel)
+    for i = 1, #allocs do F.due_entry(expires, allocs[i], allocs[i][4]) end
+  end
   return 'ok', raw
 end
 
@@ -763,9 +924,96 @@ function F.write_zset(key, chg)
   if #set > 0 then F.call_chunked('ZADD', key, set, 2) end
 end
 
+-- the stored form of a due bucket record: n and allocation entries (key -> units)
+local function encode_due(n, entries)
+  local parts = {}
+  for key, q in pairs(entries) do
+    if q ~= 0 then parts[#parts + 1] = key .. ',' .. F.num(q) end
+  end
+  table.sort(parts) -- one stored form for one content
+  return F.num(n) .. '|' .. table.concat(parts, ';')
+end
+
+-- write the due bucket and usage changes
+function F.flush_due()
+  if next(due_chg) or next(due_folded) then
+    local want, wt = {}, {}
+    for T in pairs(due_chg) do
+      if due_raw[T] == nil then
+        wt[#wt + 1] = T
+        want[#want + 1] = 'p' .. F.num(T)
+      end
+    end
+    if #want > 0 then
+      local vals = redis.call('HMGET', K.due, unpack(want))
+      for i, T in ipairs(wt) do due_raw[T] = vals[i] or false end
+    end
+    local set, del, zadd, zrem = {}, {}, {}, {}
+    local all = {}
+    for T in pairs(due_chg) do all[T] = true end
+    for T in pairs(due_folded) do all[T] = true end
+    for T in pairs(all) do
+      local raw, r = due_raw[T], due_chg[T]
+      local n, entries = 0, {}
+      if raw then
+        local cnt, alloc = string.match(raw, '^(%-?%d+)|(.*)$')
+        n = tonumber(cnt)
+        if not due_folded[T] then
+          for key, q in string.gmatch(alloc, '([^;]+),(%-?%d+)') do entries[key] = tonumber(q) end
+        end
+      end
+      if r then
+        n = n + r.n
+        if not due_folded[T] then
+          for key, q in pairs(r.e) do entries[key] = (entries[key] or 0) + q end
+        end
+      end
+      local t = F.num(T)
+      if n <= 0 then
+        if raw then
+          del[#del + 1] = 'p' .. t
+          zrem[#zrem + 1] = t
+        end
+        due_raw[T] = false
+      else
+        local v = encode_due(n, entries)
+        if v ~= raw then
+          set[#set + 1] = 'p' .. t
+          set[#set + 1] = v
+        end
+        if not raw then
+          zadd[#zadd + 1] = t
+          zadd[#zadd + 1] = t
+        end
+        due_raw[T] = v
+      end
+    end
+    if #set > 0 then F.call_chunked('HSET', K.due, set, 2) end
+    if #del > 0 then F.call_chunked('HDEL', K.due, del, 1) end
+    if #zadd > 0 then F.call_chunked('ZADD', K.duet, zadd, 2) end
+    if #zrem > 0 then F.call_chunked('ZREM', K.duet, zrem, 1) end
+    due_chg, due_folded = {}, {}
+  end
+  for f, d in pairs(due_use) do
+    if d ~= 0 and redis.call('HINCRBY', K.due, f, d) == 0 then redis.call('HDEL', K.due, f) end
+  end
+  due_use = {}
+  for key, m in pairs(use_chg) do
+    for who, d in pairs(m) do
+      if d ~= 0 and redis.call('HINCRBY', key, who, d) == 0 then redis.call('HDEL', key, who) end
+    end
+    use_chg[key] = {}
+  end
+  if S.wdirty then
+    state_set['!W'] = F.num(S.W) .. ',' .. F.num(S.pending) .. ',' .. F.num(S.next_due)
+    S.wdirty = false
+  end
+end
+
 -- write back everything that changed since the call began or the last flush
 function F.flush()
   F.sync_pools()
+  F.flush_due()
   local set = {}
   if S.kept and (S.dirty or S.pos_stale or next(lot_chg)) then
     redis.call('DEL', K.pos)
@@ -930,10 +1178,13 @@ end
 -- newest_first), from the member after `after` (nil: the first), until it returns true; then
 -- returns the member it stopped at (nil when the pool ran out). Reads the index a page at a
 -- time, so the work is the lines visited; brings it up to date first and leaves it as it is
--- during the walk.
+-- during the walk. Lines of folded buckets are buried as they are read (F.got_line) and skipped;
+-- after a page that buried many, the walk pauses like a spent budget (S.budget = 0), returning
+-- the page's last member.
 function F.each_in_pool(pool, newest_first, fn, after)
   F.ensure_pools()
   F.sync_pools()
+  local buried = S.buried
   local lo, hi = '[' .. pool .. '|', '(' .. pool .. '}'
   -- a page no longer than the call's budget: every line read is decoded
   local size = math.min(POOL_PAGE, math.max(1, S.budget or POOL_PAGE))
@@ -955,6 +1206,10 @@ function F.each_in_pool(pool, newest_first, fn, after)
       if line and F.is_live(line) and fn(line) then return page[i] end
     end
     if #page < size then return nil end
+    if S.budget and S.buried - buried >= POOL_PAGE then
+      S.budget = 0
+      return page[#page]
+    end
     if newest_first then hi = '(' .. page[#page] else lo = '(' .. page[#page] end
   end
 end
@@ -986,18 +1241,35 @@ function F.is_live(line)
   return line.state == 'held' or line.state == 'committed'
 end
 
+-- the units counted against a customer (K.cust) or channel (K.chan), changes of this call included
 function F.used(key, who)
-  return tonumber(redis.call('HGET', key, who) or '0')
+  return tonumber(redis.call('HGET', key, who) or '0') + (use_chg[key][who] or 0)
 end
 
-function F.bump(key, who, delta)
-  if redis.call('HINCRBY', key, who, delta) == 0 then redis.call('HDEL', key, who) end
+-- what a guard counts: F.used less the units of lines due but not buried yet (tag: 'c' for a
+-- customer, 'h' for a channel; see KEYS[14])
+function F.used_live(key, who, tag)
+  local used = F.used(key, who)
+  if S.pending <= 0 then return used end
+  local ts = redis.call('ZRANGEBYSCORE', K.duet, '-inf', S.W, 'LIMIT', 0, GUARD_BUCKETS)
+  if #ts == 0 then return used end
+  local fields = {}
+  for i = 1, #ts do fields[i] = tag .. ts[i] .. '|' .. who end
+  local vals = redis.call('HMGET', K.due, unpack(fields))
+  for i = 1, #ts do used = used - tonumber(vals[i] or '0') - (due_use[fields[i]] or 0) end
+  return used
 end
 
--- customer / channel usage += delta (either may be '': not counted)
+-- customer / channel usage += delta (either may be '': not counted); written by F.flush
 function F.usage(customer, channel, delta)
-  if customer ~= '' then F.bump(K.cust, customer, delta) end
-  if channel ~= '' then F.bump(K.chan, channel, delta) end
+  if customer ~= '' then
+    local m = use_chg[K.cust]
+    m[customer] = (m[customer] or 0) + delta
+  end
+  if channel ~= '' then
+    local m = use_chg[K.chan]
+    m[channel] = (m[channel] or 0) + delta
+  end
 end
 
 function F.bo_location(loc)
@@ -1043,6 +1315,7 @@ function F.book(line, allocs)
       b.st = b.st + q
     end
     if line.state == 'held' then b.hd = b.hd + q else b.cm = b.cm + q end
+    if line.bucket then F.due_entry(line.bucket, a, q) end
     F.merge(line.alloc, a)
   end
   F.mark(line.rid)
@@ -1066,6 +1339,7 @@ function F.unbook(line, a, q)
     b.st = b.st - q
   end
   if line.state == 'held' then b.hd = b.hd - q else b.cm = b.cm - q end
+  if line.bucket then F.due_entry(line.bucket, a, -q) end
   a[4] = a[4] - q
   F.mark(line.rid)
 end
@@ -1074,6 +1348,10 @@ function F.return_units(line)
   for _, a in ipairs(line.alloc) do F.unbook(line, a, a[4]) end
   F.drop_empty(line)
   F.usage(line.customer, line.channel, -line.qty)
+  if line.bucket then
+    F.due_count(line.bucket, -1, line.qty, line.customer, line.channel)
+    line.bucket = nil
+  end
 end
 
 -- the wire position as json (all locations, or only `location` when it is not nil)
@@ -1121,11 +1399,10 @@ function F.position_json(location)
 end
 
 -- keep the position json (all locations) until the first moment time alone could change it:
--- the earliest expiry in the index, a lot's ETA entering the horizon, or a minute from now
+-- the next due bucket, a lot's ETA entering the horizon, or a minute from now
 function F.keep_position(json)
   local until_ms = NOW + 60000
-  local first = redis.call('ZRANGEBYSCORE', K.exp, '(' .. F.num(NOW), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-  if #first > 0 then until_ms = math.min(until_ms, tonumber(first[2])) end
+  if S.next_due > NOW then until_ms = math.min(until_ms, S.next_due) end
   if pol.mode ~= 'strict' and pol.horizon_s > 0 then
     for _, lot in pairs(F.get_lots()) do
       local enters = lot.eta_ms - pol.horizon_s * 1000

@@ -21,6 +21,7 @@ function F.op_confirm(rid)
   if line.state ~= 'held' then
     return { status = 'refused', rid = rid, reason = line.state, line = line }
   end
+  F.due_leave(line)
   F.commit_units(line, 1)
   line.state = 'committed'
   line.expires_ms = 0
@@ -66,7 +67,9 @@ function F.op_extend(rid, ttl_ms)
   if line.state ~= 'held' then
     return { status = 'refused', rid = rid, reason = line.state, line = line }
   end
-  line.expires_ms = NOW + ttl_ms
+  F.due_leave(line)
+  line.expires_ms = F.due_at(NOW + ttl_ms)
+  F.due_enter(line)
   F.mark(rid)
   F.expire_at(rid, line.expires_ms)
   S.pos_stale = true -- the kept position counted on the old expiry
@@ -74,7 +77,8 @@ function F.op_extend(rid, ttl_ms)
 end
 
 -- undo this client's confirm or extend of one line of a multi-SKU reservation whose other line
--- refused the same call: the line is held again until expires_ms (due at once if that has passed)
+-- refused the same call: the line is held again until expires_ms, or expires now if that time
+-- has passed
 function F.op_revert(rid, expires_ms)
   local line = F.get_line(rid)
   if not line then return { status = 'not_found', rid = rid } end
@@ -90,9 +94,17 @@ function F.op_revert(rid, expires_ms)
     F.commit_units(line, -1)
     line.state = 'held'
   end
-  line.expires_ms = expires_ms
+  F.due_leave(line)
+  line.expires_ms = F.due_at(expires_ms)
   F.mark(rid)
-  F.expire_at(rid, expires_ms)
   S.pos_stale = true
+  if line.expires_ms <= NOW then
+    F.return_units(line)
+    line.state = 'expired'
+    dead_chg[rid] = line.expires_ms
+  else
+    F.due_enter(line)
+    F.expire_at(rid, line.expires_ms)
+  end
   return { status = 'ok', rid = rid, line = line }
 end

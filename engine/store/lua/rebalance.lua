@@ -59,7 +59,7 @@ function F.shed(excess, pool, matches)
     paused = F.spend()
     return paused
   end)
-  return not paused
+  return not paused and S.budget > 0
 end
 
 function F.any_short()
@@ -96,7 +96,7 @@ function F.phase_move(J)
     paused = F.spend()
     return paused
   end)
-  if paused then return false end
+  if paused or S.budget <= 0 then return false end
   if kind == 'oh' then
     local b = F.loc_touch(loc)
     b.oh = b.oh + J.qty
@@ -115,7 +115,7 @@ function F.walk_from(J, pool, newest_first, fn)
     paused = F.spend()
     return paused
   end, J.c)
-  return not paused
+  return not paused and S.budget > 0
 end
 
 -- note the promised date of every line on lot J.lot (its ETA changed), newest first

@@ -1,14 +1,14 @@
--- reservation.lua — one operation on one reservation line of one SKU, after lazy expiry.
+-- reservation.lua — one operation on one reservation line of one SKU, after the due holds are given back.
 -- KEYS: the keys of the SKU (see lib.lua)
 -- ARGV: 1 sku, 2 now_ms (0 = TIME), 3 op (confirm | release | extend | rollback | revert | get),
 --       4 rid, 5 ttl_ms (extend) or expires_ms (revert)
 -- Reply: json op reply {status, rid, line?, reason?}; get: {status: ok, rid, line} or
 --        {status: not_found, rid}
---        (or '~more' while more holds are due than one call expires: lib.lua EXPIRE_LINES)
+--        (or '~more' while more seconds of holds are due than one call folds: lib.lua FOLD_MAX)
 
 entry('reservation', function()
   F.load_state()
-  F.expire_due()
+  F.settle(HOLD_BURY)
   if S.more_due then return F.more() end
   local op, rid = ARGV[3], ARGV[4]
   local reply

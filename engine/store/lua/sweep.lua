@@ -1,11 +1,13 @@
--- sweep.lua — the background sweeper's per-SKU step: expire the due holds, and purge the lines
+-- sweep.lua — the background sweeper's per-SKU step: give back due holds and bury their lines
+-- (lib.lua F.settle), and purge the lines
 -- that have been in a final state (released, expired, shipped) for longer than the retention.
 -- KEYS: the keys of the SKU (see lib.lua)
 -- ARGV: 1 sku, 2 now_ms (0 = TIME), 3 retention_ms (0 or absent = purge nothing),
 --       4 the most lines one call purges (absent = 64): a purge of a long history is many
 --       short calls, each leaving a whole state, never one long one
--- Reply: array: the number of lines expired, 1 if due holds or lines older than the retention
---        are left for another call (else 0), then the rids of the purged lines
+-- Reply: array: the number of lines buried (each expired line is counted once, here or by
+--        another call that read it), 1 if due holds, lines to bury or lines older than the
+--        retention are left for another call (else 0), then the rids of the purged lines
 
 -- delete up to `limit` lines that reached a final state at or before `cutoff`, oldest first;
 -- usage of purged shipped lines stays counted ('~' fields say how much of it has no line any
@@ -34,9 +36,10 @@ end
 
 entry('sweep', function()
   F.load_state()
-  local out = { F.expire_due(), 0 }
+  F.settle()
+  local out = { S.buried, 0 }
   local retention = tonumber(ARGV[3] or '0') or 0
-  if S.more_due then
+  if S.more_due or S.bury_more then
     out[2] = 1
   elseif retention > 0 then
     local gone, more = purge_dead(NOW - retention, tonumber(ARGV[4] or '64') or 64)
