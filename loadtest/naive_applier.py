@@ -42,8 +42,11 @@ def effects(event: dict[str, Any]) -> Iterator[tuple[str, str, int]]:
 
 
 def naive_apply(bootstrap: str, topics: Topics, expected: int, client: Any, prefix: str,
-                timeout_s: float = 300.0) -> dict[str, Any]:
-    """Apply every input event to ``<prefix>-naive:{sku}`` hashes; events/s from the first message."""
+                timeout_s: float = 300.0, timeline: list[tuple[float, int]] | None = None) -> dict[str, Any]:
+    """Apply every input event to ``<prefix>-naive:{sku}`` hashes; events/s from the first message.
+
+    ``timeline``, when given, receives ``(seconds since the reader started, events applied)``
+    after each batch (the history mode compares the rate at the start and the end)."""
     reader = InputReader(bootstrap, topics, "stream-bench-naive", timeout_s)
     count, writes = 0, 0
     for batch in reader.batches():
@@ -57,6 +60,8 @@ def naive_apply(bootstrap: str, topics: Topics, expected: int, client: Any, pref
         if queued:
             pipe.execute()
             writes += queued
+        if timeline is not None:
+            timeline.append((time.perf_counter() - reader.started, count))
     started, first = reader.started, reader.first
     done = time.perf_counter()
     streaming = done - (first or started)

@@ -17,10 +17,21 @@ One run, in this order:
    ``--alerting`` runs the whole production flow (alert and replenishment steps too) instead of
    the apply path alone.
 
+``--history`` (``--events`` defaults to 1,000,000 there) adds the events/s of the last 10 % of
+the backlog against the first 10 %, for the flow and for the naive peer (``loadtest.stream_modes``).
+
+``--burst`` is another run: stock for ``--hot-skus`` SKUs, the flow started and caught up, then
+``--burst-rate`` one-line orders per second on those SKUs for ``--burst-seconds`` produced while
+it runs. Sampled every 0.5 s: produced, through the flow, lag. Reports the highest lag and the
+seconds from the last order until the lag was 0 again; then the naive peer applies the same
+topics from offset 0 (a backlog: its events/s says whether it would have kept up).
+
 Prints one JSON document, keeps it in ``loadtest/results/stream-<stamp>.json`` with a PNG plot
 (matplotlib, the ``loadtest`` extra). Not a test: nothing here passes or fails.
 
     .venv/bin/python -m loadtest.stream_bench [--events 20000] [--skus 200] [--batch-size 500]
+    .venv/bin/python -m loadtest.stream_bench --history [--events 1000000]
+    .venv/bin/python -m loadtest.stream_bench --burst [--burst-seconds 60] [--burst-rate 5000] [--hot-skus 20]
 """
 
 from __future__ import annotations
@@ -52,6 +63,7 @@ from loadtest.limits import LimitsUnavailable, run_limit
 from loadtest.naive_applier import naive_apply
 from loadtest.progress import bench_progress
 from loadtest.server_stats import parse_command_stats, script_totals
+from loadtest.stream_modes import burst_order, catch_up, due, hot_skus, seed_receipt, segment_rates
 from loadtest.target import Target, TargetError, redis_target, require_loopback
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -101,15 +113,26 @@ def raw_consume(bootstrap: str, topics: Topics, expected: int, timeout_s: float 
 
 
 class _Seen:
-    """Counts the distinct input messages that reached the end of the flow (outcome or DLQ)."""
+    """Counts the distinct input messages that reached the end of the flow (outcome or DLQ).
+
+    A bit per offset and partition: a million-event history stays a few hundred kilobytes."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.messages: set[tuple[str, int]] = set()
+        self.bits: dict[str, bytearray] = {}
+        self.count = 0
 
     def add(self, source: str, offset: int) -> None:
         with self.lock:
-            self.messages.add((source, offset))
+            bits = self.bits.get(source)
+            if bits is None:
+                bits = self.bits[source] = bytearray()
+            byte, mask = offset >> 3, 1 << (offset & 7)
+            if byte >= len(bits):
+                bits.extend(bytes(max(byte + 1 - len(bits), len(bits))))
+            if not bits[byte] & mask:
+                bits[byte] |= mask
+                self.count += 1
 
 
 class _SeenPartition(StatelessSinkPartition[Any]):
@@ -168,8 +191,7 @@ def run_p3(settings: Settings, topics: Topics, expected: int, alerting: bool, se
         while not stop.wait(SAMPLE_EVERY_S):
             now = time.perf_counter()
             n = _applied_total() - applied0
-            with seen.lock:
-                messages = len(seen.messages)
+            messages = seen.count
             series.append({"t_s": round(now - t0, 3), "commands": int(n), "messages": messages,
                            "commands_per_s": round((n - last_n) / (now - last_t), 1), "lag": _lag(topics)})
             last_t, last_n = now, n
@@ -190,7 +212,7 @@ def run_p3(settings: Settings, topics: Topics, expected: int, alerting: bool, se
     scripts = script_totals(parse_command_stats(stats))
     script_calls, script_usec = scripts.calls, scripts.usec
     first_t = next((s["t_s"] for s in series if s["messages"] > 0), 0.0)
-    consumed = len(seen.messages)
+    consumed = seen.count
     streaming = seconds - first_t
     return {
         "alerting": alerting,
@@ -242,7 +264,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                               "messages_per_s": round(report.rate, 1), "by_topic": report.by_topic}
         results["K"] = raw_consume(bootstrap, topics, args.events)
         server = target.client()
-        results["naive"] = naive_apply(bootstrap, topics, args.events, server, prefix)
+        naive_timeline: list[tuple[float, int]] = []
+        results["naive"] = naive_apply(bootstrap, topics, args.events, server, prefix, timeline=naive_timeline)
         settings = Settings(redis_url=target.url, kafka_bootstrap=bootstrap, key_prefix=prefix, workers=1,
                             batch_size=args.batch_size, flow_metrics_port=0)
         try:
@@ -250,8 +273,150 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             _cleanup(server, prefix)
             server.close()
+    if args.history:
+        p3 = results["P3"]
+        flow_points = [(x["t_s"], x["messages"]) for x in p3["series"]] + [(p3["seconds"], p3["consumed_messages"])]
+        results["history"] = {"flow": segment_rates(flow_points, args.events),
+                              "naive": segment_rates(naive_timeline, args.events)}
     results["summary"] = _summary(results)
     return results
+
+
+# --- the burst ---------------------------------------------------------------------------------
+
+
+def bench_burst(args: argparse.Namespace) -> dict[str, Any]:
+    from confluent_kafka import Producer
+
+    results: dict[str, Any] = {
+        "benchmark": "P3 burst",
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "config": {"burst_seconds": args.burst_seconds, "burst_rate": args.burst_rate, "hot_skus": args.hot_skus,
+                   "batch_size": args.batch_size, "partitions": args.partitions, "alerting": args.alerting},
+    }
+    with redis_target(args.redis_url) as target, broker(args.kafka_bootstrap) as bootstrap:
+        prefix = f"lt{target.token}"
+        topics = Topics(suffix=f".burst{uuid.uuid4().hex[:8]}")
+        create_topics({"bootstrap.servers": bootstrap}, topics, partitions=args.partitions)
+        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                             "linger.ms": 5})
+        skus = hot_skus(args.hot_skus, target.token)
+        now_ms = int(time.time() * 1000)
+        for n, sku in enumerate(skus):
+            producer.produce(topics.receipts, seed_receipt(sku, n, target.token, now_ms, 10**8), sku.encode())
+        producer.flush(30)
+        server = target.client()
+        settings = Settings(redis_url=target.url, kafka_bootstrap=bootstrap, key_prefix=prefix, workers=1,
+                            batch_size=args.batch_size, flow_metrics_port=0)
+        try:
+            results["burst"] = _run_burst(args, settings, topics, producer, skus, target.token)
+            expected = results["burst"]["produced"] + len(skus)
+            results["naive"] = naive_apply(bootstrap, topics, expected, server, prefix)
+        finally:
+            _cleanup(server, prefix)
+            server.close()
+    b, naive = results["burst"], results["naive"]
+    results["summary"] = {
+        "burst_rate": args.burst_rate,
+        "achieved_produce_rate": b["produce_rate"],
+        "max_lag": b["max_lag"],
+        "catch_up_s": b["catch_up_s"],
+        "target_catch_up_s": 10.0,
+        "meets_target": b["catch_up_s"] is not None and b["catch_up_s"] <= 10.0,
+        "flow_events_per_s_during_burst": b["flow_events_per_s"],
+        "naive_backlog_events_per_s": naive.get("events_per_s"),
+        "naive_keeps_up": bool(naive.get("events_per_s")) and naive["events_per_s"] >= args.burst_rate,
+    }
+    return results
+
+
+def _run_burst(args: argparse.Namespace, settings: Settings, topics: Topics, producer: Any, skus: list[str],
+               token: str) -> dict[str, Any]:
+    """The flow runs; once it has the seed stock, the burst is produced; sampled until caught up."""
+    import bytewax.operators as op
+
+    seen = _Seen()
+
+    def count_messages(streams: FlowStreams) -> None:
+        op.output("bench_seen_outcomes", streams.outcomes, _SeenSink(seen, True))
+        op.output("bench_seen_dlq", streams.dlq, _SeenSink(seen, False))
+
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def flow() -> None:
+        try:
+            run_flow(settings, topics, stop, serve_metrics=False, alerting=args.alerting, extras=(count_messages,))
+        except BaseException as exc:  # reported after the run
+            failure.append(exc)
+
+    runner = threading.Thread(target=flow, daemon=True)
+    runner.start()
+    ready_by = time.monotonic() + 120
+    while seen.count < len(skus):
+        if failure or time.monotonic() > ready_by:
+            stop.set()
+            raise RuntimeError(f"the flow did not start: {failure[0] if failure else 'no seed stock through'}")
+        time.sleep(0.1)
+
+    produced = 0
+    series: list[dict[str, Any]] = []
+    base = seen.count
+    t0 = time.perf_counter()
+    sampled_at = t0
+    duration, rate = args.burst_seconds, args.burst_rate
+    start_ms = int(time.time() * 1000)
+
+    def sample(now: float) -> None:
+        through = seen.count - base
+        series.append({"t_s": round(now - t0, 3), "produced": produced, "through": through,
+                       "lag": produced - through, "flow_gauge_lag": _lag(topics)})
+
+    while True:
+        now = time.perf_counter()
+        elapsed = now - t0
+        target = due(rate, elapsed, duration)
+        while produced < target:
+            sku = skus[produced % len(skus)]
+            value = burst_order(produced, sku, token, start_ms + int(produced * 1000 / rate))
+            try:
+                producer.produce(topics.orders, value, sku.encode())
+            except BufferError:
+                producer.poll(0.05)
+                continue
+            produced += 1
+        producer.poll(0)
+        if now - sampled_at >= SAMPLE_EVERY_S:
+            sample(now)
+            sampled_at = now
+        if elapsed >= duration:
+            break
+        time.sleep(0.005)
+    producer.flush(60)
+    produced_until = time.perf_counter() - t0
+    deadline = time.perf_counter() + args.burst_timeout_s
+    while seen.count - base < produced and time.perf_counter() < deadline and not failure:
+        time.sleep(SAMPLE_EVERY_S)
+        sample(time.perf_counter())
+    sample(time.perf_counter())
+    stop.set()
+    runner.join(60)
+    if failure:
+        raise RuntimeError(f"the flow failed: {failure[0]!r}")
+    through = seen.count - base
+    done_at = next((x["t_s"] for x in series if x["t_s"] >= produced_until and x["lag"] <= 0), series[-1]["t_s"])
+    return {
+        "produced": produced,
+        "through": through,
+        "seconds_producing": round(produced_until, 3),
+        "produce_rate": round(produced / produced_until, 1),
+        "max_lag": max(x["lag"] for x in series),
+        "lag_at_end": produced - through,
+        "catch_up_s": catch_up(series, produced_until),
+        "flow_events_per_s": round(through / done_at, 1) if done_at > 0 else None,
+        "series": series,
+    }
 
 
 def _e16(target: Target, progress: Any, requests: int) -> dict[str, Any]:
@@ -307,6 +472,44 @@ def write(results: dict[str, Any], out_dir: Path = RESULTS_DIR) -> tuple[Path, P
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
+    if "burst" in results:
+        _plot_burst(results, path)
+    else:
+        _plot_backlog(results, path)
+
+
+def _plot_burst(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b, s = results["burst"], results["summary"]
+    series = b["series"]
+    t = [x["t_s"] for x in series]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
+    fig.suptitle(f"P3 burst: {s['burst_rate']:,}/s one-line orders on {results['config']['hot_skus']} hot SKUs "
+                 f"for {results['config']['burst_seconds']} s — {results['started_at']}", fontsize=11)
+    top.plot(t, [x["produced"] for x in series], label="orders produced")
+    top.plot(t, [x["through"] for x in series], label="orders through the flow")
+    top.set_ylabel("orders")
+    top.legend(fontsize=8)
+    bottom.plot(t, [x["lag"] for x in series], color="tab:red", label="lag (produced − through)")
+    bottom.plot(t, [x["flow_gauge_lag"] for x in series], color="tab:orange", linestyle=":",
+                label="consumer lag (flow's gauge)")
+    bottom.axvline(b["seconds_producing"], color="grey", linestyle="--", linewidth=1, label="last order produced")
+    if b["catch_up_s"] is not None:
+        bottom.axvline(b["seconds_producing"] + b["catch_up_s"], color="tab:green", linestyle="--", linewidth=1,
+                       label=f"lag 0 again after {b['catch_up_s']:.1f} s")
+    bottom.set_xlabel("s since the burst started")
+    bottom.set_ylabel("messages")
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_backlog(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -339,6 +542,8 @@ def _plot(results: dict[str, Any], path: Path) -> None:
 
 def _brief(results: dict[str, Any]) -> dict[str, Any]:
     """The results without the time series (those are in the kept JSON)."""
+    if "burst" in results:
+        return {**results, "burst": {k: v for k, v in results["burst"].items() if k != "series"}}
     out = {k: v for k, v in results.items() if k not in ("P3", "E16")}
     out["P3"] = {k: v for k, v in results["P3"].items() if k != "series"}
     out["E16"] = {k: v for k, v in results.get("E16", {}).items() if k not in ("series", "server")}
@@ -347,12 +552,18 @@ def _brief(results: dict[str, Any]) -> dict[str, Any]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m loadtest.stream_bench", description="P3: Kafka → flow → Redis, one worker")
-    p.add_argument("--events", type=int, default=20_000, help="simulated events to produce and apply")
+    p.add_argument("--events", type=int, help="simulated events to produce and apply (20,000; 1,000,000 with --history)")
     p.add_argument("--skus", type=int, default=200, help="SKUs in the simulated catalogue (Zipf popularity)")
     p.add_argument("--batch-size", type=int, default=500, help="the flow's batch size")
     p.add_argument("--partitions", type=int, default=3, help="partitions per input topic")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--alerting", action="store_true", help="run the alert and replenishment steps too")
+    p.add_argument("--history", action="store_true", help="also the events/s of the last 10 %% against the first 10 %%")
+    p.add_argument("--burst", action="store_true", help="a burst of orders produced while the flow runs, instead")
+    p.add_argument("--burst-seconds", type=float, default=60.0)
+    p.add_argument("--burst-rate", type=int, default=5_000, help="orders per second during the burst")
+    p.add_argument("--hot-skus", type=int, default=20, help="SKUs the burst's orders are spread over")
+    p.add_argument("--burst-timeout-s", type=float, default=600.0, help="longest wait for the flow to catch up")
     p.add_argument("--e16-requests", type=int, default=100_000)
     p.add_argument("--redis-url", help="a loopback standalone Redis (default: embedded)")
     p.add_argument("--kafka-bootstrap", help="a loopback broker (default: embedded)")
@@ -363,11 +574,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.events is None:
+        args.events = 1_000_000 if args.history else 20_000
     if args.events < 1 or args.skus < 1 or args.batch_size < 1 or args.partitions < 1:
         print("stream_bench: --events, --skus, --batch-size and --partitions must be ≥ 1", file=sys.stderr)
         return 2
+    if args.history and args.burst:
+        print("stream_bench: --history and --burst are separate runs", file=sys.stderr)
+        return 2
+    if args.burst and (args.burst_seconds <= 0 or args.burst_rate < 1 or args.hot_skus < 1):
+        print("stream_bench: --burst-seconds, --burst-rate and --hot-skus must be > 0", file=sys.stderr)
+        return 2
     try:
-        results = bench(args)
+        results = bench_burst(args) if args.burst else bench(args)
     except TargetError as exc:
         print(f"stream_bench: {exc}", file=sys.stderr)
         return 1

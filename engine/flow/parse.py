@@ -10,7 +10,7 @@ from engine.domain.commands import SkuCommand, to_commands
 from engine.domain.events import MAX_EVENT_BYTES, ParseError, parse_event
 from engine.flow.records import Command
 from engine.flow.source import RawMessage
-from engine.store.wire import SupplyCommand
+from engine.store.wire import MAX_OFFSET, MAX_QTY, MAX_SOURCE, SupplyCommand
 
 _TEXT_MAX = 256  # the store's limit for reason / ref
 
@@ -34,14 +34,26 @@ def dead_letter(raw: RawMessage, reason: str, detail: str, event_type: str | Non
 
 
 def supply_command(c: SkuCommand, sku: str, raw: RawMessage) -> SupplyCommand:
-    """The store command of ``c`` for ``sku``, carrying ``raw``'s source and offset; ``ValueError`` if invalid."""
+    """The store command of ``c`` for ``sku``, carrying ``raw``'s source and offset; ``ValueError`` if invalid.
+
+    ``c`` comes from a validated event (``to_commands``) and ``sku`` is a valid SKU, so only what
+    the event models cannot vouch for is checked here: a quantity summed over an order's lines,
+    and the input position. Whatever fails those goes through ``SupplyCommand``'s own checks,
+    which raise with the reason.
+    """
+    source = raw.source
+    offset = raw.offset
+    if (c.payload.get("qty", 0) <= MAX_QTY and len(source) <= MAX_SOURCE and "\n" not in source
+            and 0 <= offset <= MAX_OFFSET):
+        return SupplyCommand.checked(sku, c.cmd, c.payload, c.event_id, source, offset, c.reason[:_TEXT_MAX],
+                                     c.ref[:_TEXT_MAX])
     return SupplyCommand(
         sku=sku,
         cmd=c.cmd,
         payload=c.payload,
         event_id=c.event_id,
-        source=raw.source,
-        offset=raw.offset,
+        source=source,
+        offset=offset,
         reason=c.reason[:_TEXT_MAX],
         ref=c.ref[:_TEXT_MAX],
     )
