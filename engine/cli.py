@@ -345,6 +345,8 @@ def reserve(
         except ValueError as exc:
             _bad(str(exc))
         if isinstance(result, Reservation):
+            if result.status == "ok":
+                _publish_change(settings, "held", result, channel=channel, customer_id=customer)
             _emit_reserved(result, as_json)
             return
         body = _refusal_body(client, rid, parsed, result, customer, channel)
@@ -374,11 +376,38 @@ def _refusal_body(client: Any, rid: str, parsed: Sequence[tuple[str, int, str | 
 
 
 def _lifecycle(op: str, rid: str, as_json: bool, *args: int) -> None:
+    from engine.api.checkout import CHANGE_OF
+    from engine.client import Refusal, Reservation
+
     _require_id("reservation_id", rid)
     settings = load_settings()
     with _talking_to_redis(settings):
         result = getattr(_client(settings), op)(rid, *args)
+    if op in CHANGE_OF:
+        if isinstance(result, Reservation) and result.status == "ok":
+            _publish_change(settings, CHANGE_OF[op], result)
+        elif isinstance(result, Refusal) and result.changed is not None:
+            _publish_change(settings, CHANGE_OF[op], result.changed)
     _result_out(result, as_json)
+
+
+def _publish_change(settings: Settings, change: Any, reservation: Any, **extra: str | None) -> None:
+    """Publish a reservation change to ``inventory.reservations`` as the API does, so the flow's
+    alert rules see it; a broker that does not take it within 10 s is reported, not fatal (the
+    change is made; the flow's re-check of firing SKUs still sees its figures)."""
+    if not settings.kafka_bootstrap:
+        return
+    from confluent_kafka import Producer
+
+    from connectors.topics import Topics
+    from engine.api.reservation_events import encode, reservation_event
+
+    producer = Producer({**settings.kafka_config(), "enable.idempotence": True, "acks": "all"})
+    producer.produce(Topics().reservations, key=reservation.reservation_id.encode(),
+                     value=encode(reservation_event(change, reservation, **extra)))
+    if producer.flush(10):
+        rid = reservation.reservation_id
+        err_console.print(f"[yellow]the {change} event of {rid} was not published in time[/yellow]")
 
 
 RidArg = Annotated[str, typer.Argument(help="reservation id")]
@@ -606,19 +635,27 @@ def serve(
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
     workers: Annotated[int, typer.Option(help="server processes on the port (one per spare core)", min=1, max=64)] = 1,
     access_log: Annotated[bool, typer.Option(help="log every request (metrics count them anyway)")] = False,
+    topic_prefix: Annotated[str, typer.Option(help="prefix of every topic name (as given to atp flow)")] = "",
+    topic_suffix: Annotated[str, typer.Option(help="suffix of every topic name (as given to atp flow)")] = "",
 ) -> None:
     """Serve the HTTP API (embedded Redis/broker when ATP_REDIS_URL / ATP_KAFKA_BOOTSTRAP are empty)."""
+    from connectors.topics import Topics
     from engine.api.server import LOG_LEVELS
     from engine.api.server import serve as serve_api
 
     if log_level not in LOG_LEVELS:
         _bad(f"bad --log-level {log_level!r}: one of {', '.join(LOG_LEVELS)}")
+    try:
+        topics = Topics(prefix=topic_prefix, suffix=topic_suffix)
+    except ValueError as exc:
+        _bad(str(exc))
     settings = load_settings()
     bind_host = host or settings.api_host
     bind_port = settings.api_port if port is None else port
     _check_port_free(bind_host, bind_port)
     with _services(settings, "serve") as running:
-        serve_api(running, bind_host, bind_port, log_level=log_level, workers=workers, access_log=access_log)
+        serve_api(running, bind_host, bind_port, log_level=log_level, workers=workers, access_log=access_log,
+                  topics=topics)
 
 
 @app.command()

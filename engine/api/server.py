@@ -36,12 +36,15 @@ import resource
 
 import uvicorn
 
+from connectors.topics import Topics
 from engine.api.app import AtpApi, create_app
 from engine.api.edge import EdgeLimits, EdgeProtocol
 from engine.settings import Settings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _FACTORY = "engine.api.server:app_from_environment"
+#: How ``serve`` hands the topic names' prefix and suffix to its worker processes ("prefix suffix").
+_TOPICS_ENV = "ATP_SERVE_TOPIC_AFFIXES"
 
 #: Soft open-files limit a serving process asks for (the hard limit caps it); docker-compose.yml
 #: gives the api service this much.
@@ -90,7 +93,8 @@ def app_from_environment() -> AtpApi:
     """The app over the settings of the environment: what each worker process serves."""
     settings = Settings()
     prepare_serving_process(settings)
-    app = create_app(settings)
+    prefix, _, suffix = os.environ.get(_TOPICS_ENV, " ").partition(" ")
+    app = create_app(settings, topics=Topics(prefix=prefix, suffix=suffix))
     freeze_startup_heap()
     return app
 
@@ -108,8 +112,10 @@ def serve(
     log_level: str = "info",
     workers: int = 1,
     access_log: bool = False,
+    topics: Topics | None = None,
 ) -> None:
-    """Serve the API on ``host:port`` until interrupted (blocking).
+    """Serve the API on ``host:port`` until interrupted (blocking). Reservation events go to
+    ``topics.reservations`` (default: the production names).
 
     ``settings`` must name a running Redis and broker. With ``workers`` > 1 their addresses are
     exported as ``ATP_REDIS_URL`` / ``ATP_KAFKA_BOOTSTRAP`` for the worker processes, which read
@@ -124,7 +130,7 @@ def serve(
                "access_log": access_log, "limit_concurrency": settings.max_connections,
                "timeout_keep_alive": settings.keepalive_timeout_s}
     if workers == 1:
-        app = create_app(settings)
+        app = create_app(settings, topics=topics)
         freeze_startup_heap()
         # Served through a factory so that the process is prepared once uvicorn has set up its
         # logging (the open-files line is one of its log lines), as each worker's factory does.
@@ -132,4 +138,6 @@ def serve(
         return
     os.environ["ATP_REDIS_URL"] = settings.redis_url
     os.environ["ATP_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    if topics is not None:
+        os.environ[_TOPICS_ENV] = f"{topics.prefix} {topics.suffix}"
     uvicorn.run(_FACTORY, factory=True, workers=workers, **options)  # type: ignore[arg-type]

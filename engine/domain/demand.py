@@ -15,9 +15,12 @@ Two views of the same orders:
   surge is judged). The surge rule and its hysteresis are in ``engine.domain.alerts``.
 
 What counts as demand: every ``order_placed`` that was applied or refused (a refused order is still
-demand — that is what ``order_unfulfillable`` reports); duplicates count nothing, cancellations are
-not subtracted. An order older than the open day (producer clock skew) is added to the open day and,
-when its hour is still kept, to its own hour.
+demand — that is what ``order_unfulfillable`` reports), and every checkout hold or confirm made
+through the API (``count_order``); duplicates count nothing, cancellations and releases are not
+subtracted. One reservation id is one order: a checkout held, then confirmed, then placed on the
+stream under the same id counts once, with the quantity and time it was first seen (``CountedOrders``
+remembers the ids counted, bounded). An order older than the open day (producer clock skew) is added
+to the open day and, when its hour is still kept, to its own hour.
 
 State is plain picklable dataclasses; functions mutate and return the state they are given.
 """
@@ -35,6 +38,12 @@ DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
 MAX_ZERO_DAYS = 400
 """Longer gaps fold at most this many zero days: by then (1 − alpha)^400 has erased the past."""
+COUNTED_MAX = 5_000
+"""Reservation ids a SKU remembers as counted. Past it the oldest are forgotten: an order whose
+hold and stream placement lie further apart than this many other orders of the SKU counts twice."""
+COUNTED_FOR_MS = 7 * DAY_MS
+"""How long a counted id is remembered (event time, from the newest counted): a checkout placed on
+the stream later than this counts again."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,31 @@ class DemandStats:
     called on every observation, so the sums are kept up to date instead of re-added each time."""
     sum_recent: int = 0
     sum_base: int = 0
+
+
+@dataclass
+class CountedOrders:
+    """The reservation ids whose units were counted as demand at one SKU → when (event time), in the
+    order counted. Bounded by ``COUNTED_MAX`` and ``COUNTED_FOR_MS``; plain data, so it is snapshotted
+    with the rest of the SKU's rule state and a replay after a crash decides as the first pass did."""
+
+    ids: dict[str, int] = field(default_factory=dict)
+
+    def first(self, rid: str, at_ms: int) -> bool:
+        """True (and ``rid`` remembered) the first time ``rid`` is seen; False after that. An empty
+        id is never remembered: every such order counts."""
+        if not rid:
+            return True
+        ids = self.ids
+        if rid in ids:
+            return False
+        ids[rid] = at_ms
+        horizon = at_ms - COUNTED_FOR_MS
+        while True:  # the oldest first; ``rid`` itself is always kept
+            oldest = next(iter(ids))
+            if len(ids) <= COUNTED_MAX and ids[oldest] >= horizon:
+                return True
+            del ids[oldest]
 
 
 @dataclass(frozen=True)
@@ -197,16 +231,37 @@ def _windows(stats: DemandStats, now_h: int, params: DemandParams) -> tuple[int,
 
 
 def observe(
-    book: dict[str, DemandStats] | None, obs: Observation, params: DemandParams
+    book: dict[str, DemandStats] | None,
+    obs: Observation,
+    params: DemandParams,
+    counted: CountedOrders | None = None,
 ) -> dict[str, DemandStats]:
-    """Update a SKU's per-location stats with one observation: orders add demand, every observation
-    (ticks included) lets time pass. Returns the book (a plain dict location → stats)."""
+    """Update a SKU's per-location stats with one observation: orders add demand (once per
+    reservation id when ``counted`` is given), every observation (ticks included) lets time pass.
+    Returns the book (a plain dict location → stats)."""
     book = {} if book is None else book
-    if obs.command == "order_placed" and obs.status in ("ok", "refused") and obs.qty > 0:
-        book[obs.location] = record_order(book.get(obs.location), obs.occurred_ms, obs.qty, params)
+    if obs.command == "order_placed" and obs.status in ("ok", "refused"):
+        count_order(book, counted, obs.rid, obs.location, obs.qty, obs.occurred_ms, params)
     for stats in book.values():
         advance(stats, obs.occurred_ms, params)
     return book
+
+
+def count_order(
+    book: dict[str, DemandStats],
+    counted: CountedOrders | None,
+    rid: str,
+    location: str,
+    qty: int,
+    occurred_ms: int,
+    params: DemandParams,
+) -> bool:
+    """Add ``qty`` units ordered at ``location`` under reservation ``rid`` to ``book``, unless that id
+    was counted already; True when it counted."""
+    if qty <= 0 or (counted is not None and not counted.first(rid, occurred_ms)):
+        return False
+    book[location] = record_order(book.get(location), occurred_ms, qty, params)
+    return True
 
 
 def readings(book: Mapping[str, DemandStats], now_ms: int, params: DemandParams) -> dict[str, DemandReading]:

@@ -3,7 +3,9 @@
 The flow applies a command to a SKU (docs/semantics.md, "Supply events") and gets a *supply reply*
 ``{status, reason?, at_risk, slipped, lot?, line?, available?, position}``. ``Observation.from_reply``
 turns that reply, the command's own arguments and the event's time into one validated record;
-``Observation.tick`` is the periodic observation of a quiet SKU (time only, position optional).
+``Observation.tick`` is the periodic observation of a quiet SKU (time only, position optional);
+``Observation.checkout`` a position read after changes made outside the stream (API holds, confirms,
+releases, expiries).
 
 All records are frozen plain dataclasses (picklable, cheap to compare).
 """
@@ -33,6 +35,10 @@ COMMANDS: tuple[str, ...] = (
 
 TICK = "tick"
 """The command name of a periodic observation (no event behind it)."""
+
+CHECKOUT = "checkout"
+"""The command name of a position read after changes the stream does not carry (the API's holds,
+confirms and releases, expiries): the rules judge the figures as they are now."""
 
 STATUSES: tuple[str, ...] = ("ok", "duplicate", "refused", "conflict", "not_found")
 
@@ -142,6 +148,16 @@ class Observation:
         return cls(
             sku=sku, command=TICK, occurred_ms=_int("now_ms", now_ms, 0), status="ok", position=position
         )
+
+    @classmethod
+    def checkout(cls, sku: str, now_ms: int, position: PositionFigures, event_id: str = "") -> Observation:
+        """A position read after changes made outside the stream; ``event_id`` names the latest
+        reservation event behind it ('' for a re-check nobody asked for)."""
+        _check_id("sku", sku)
+        if event_id:
+            _check_id("event_id", event_id)
+        return cls(sku=sku, command=CHECKOUT, occurred_ms=_int("now_ms", now_ms, 0), event_id=event_id,
+                   status="ok", position=position)
 
     @classmethod
     def from_reply(

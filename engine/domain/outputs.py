@@ -116,9 +116,14 @@ class Alert(_Message):
         "(promise_at_risk when more reservations become at risk; order_unfulfillable with its totals "
         "while refusals go on)",
     )
-    occurred_at: str = Field(description="event time (or tick time) of the transition, RFC 3339")
+    occurred_at: str = Field(description="event time (or tick / re-check time) of the transition, RFC 3339")
     occurred_ms: int = Field(ge=0, description="occurred_at in milliseconds since the epoch")
-    event_id: str = Field("", description="the input event that caused it; '' for a periodic tick")
+    event_id: str = Field(
+        "",
+        description="the input event that caused it: a stream event, or the reservation event "
+        "(res:<reservation_id>:<change>) of a change made through the API; '' for a periodic tick or "
+        "re-check",
+    )
     supplier: str = ""
     summary: str = Field(description="one human-readable sentence")
     values: dict[str, int | float] = Field(
@@ -148,7 +153,12 @@ class ReplenishmentTrigger(_Message):
     episode: int = Field(ge=1, description="1 for the first trigger of this position, +1 per later one")
     occurred_at: str = Field(description="event time of the observation that raised it, RFC 3339")
     occurred_ms: int = Field(ge=0)
-    event_id: str = Field("", description="the input event that raised it; '' for a periodic tick")
+    event_id: str = Field(
+        "",
+        description="the input event that raised it: a stream event, or the reservation event "
+        "(res:<reservation_id>:<change>) of a change made through the API; '' for a periodic tick or "
+        "re-check",
+    )
     qty: int = Field(ge=1, description="units to order: S − IP rounded up to the pack size")
     pack_size: int = Field(ge=1)
     demand_per_day: float = Field(ge=0, description="d: EWMA of daily demand")

@@ -30,6 +30,17 @@ missed outcome without a memo but with a stashed reply is judged as a first pass
 the stash of every outcome it stored the memo of (``Emitted.stash_of``), so only batches in flight
 keep one. Without memo and stash (both past their TTL), the outcome replays from the command alone.
 
+**Checkouts.** A ``Checkout`` (``engine.flow.checkouts``) carries a SKU's figures read after the
+API changed them, with the reservation lines behind the read: their holds and confirms are counted
+as demand, once per reservation id (a stream order of the same id later counts nothing more), and
+the figures are judged as a ``checkout`` observation — the same rules, demand, replenishment. A
+``Checkout`` without lines is a re-check of a SKU on the ``Watchlist`` (a condition that may
+resolve without an event, such as a sell-out ended by expired holds), judged at the stream time.
+A checkout is judged from a read made now, not from a stored reply, so it is not memoised: a
+replay after a crash judges the positions it reads then. What it counted as demand is in the
+SKU's state, snapshotted with the reservations topic's offsets, so a replay never counts a
+reservation twice.
+
 **Time.** ``inbound_late`` is judged in event time. A lot is due at the first instant past its
 ETA + grace, and its lateness always fires *at* that instant, credited to no event: before an
 observation whose event time has passed it (so a late receipt still yields its firing and resolved
@@ -54,11 +65,12 @@ from bytewax.operators import StatefulBatchLogic
 from engine import metrics
 from engine.domain import alerts as alert_rules
 from engine.domain.ids import DEFAULT_LOCATION
-from engine.domain.observation import Observation, ObservationError
+from engine.domain.observation import Observation, ObservationError, PositionFigures
 from engine.domain.outputs import Alert, ReplenishmentTrigger
 from engine.domain.policy import Policy
-from engine.domain.sku_monitor import RulePolicies, SkuMonitor, observe
+from engine.domain.sku_monitor import RulePolicies, SkuMonitor, count_checkout, observe
 from engine.domain.suppliers import SupplierReceipt
+from engine.flow.checkouts import DEMAND_CHANGES, RECHECKED_KINDS, CheckoutLine, Watchlist
 from engine.flow.records import Outcome
 from engine.flow.stream_clock import StreamClock
 
@@ -104,6 +116,17 @@ class Seen:
     knobs: PolicyKnobs
     memo: Memo | None = None
     stashed: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkout:
+    """A SKU's figures as read after changes made outside the stream, the reservation lines behind
+    the read (in the order published; none for a re-check) and the SKU's policy knobs."""
+
+    sku: str
+    lines: tuple[CheckoutLine, ...]
+    position: PositionFigures
+    knobs: PolicyKnobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +178,8 @@ class MonitorConfig:
     stream: StreamClock = field(default_factory=StreamClock)
     ticks: bool = True
     tick_interval_s: float = 10.0
+    watchlist: Watchlist | None = None
+    """Where SKUs with a condition to re-check are listed (None: no re-checks)."""
     _policies: dict[PolicyKnobs, RulePolicies] = field(default_factory=dict, repr=False)
 
     def policies(self, knobs: PolicyKnobs) -> RulePolicies:
@@ -183,7 +208,7 @@ def replay_observation(outcome: Outcome) -> Observation:
     )
 
 
-class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
+class SkuLogic(StatefulBatchLogic[Seen | Checkout, Emitted, bytes]):
     """The bytewax logic of one SKU. Build with ``SkuLogic.builder(config)``."""
 
     def __init__(self, config: MonitorConfig, state: MonitorState | None) -> None:
@@ -191,6 +216,8 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
         self.state = state
         # Process-local (not snapshotted): this process's share of the oversold-units gauge.
         self._oversold_counted = 0
+        if state is not None:  # resumed: the watchlist of this process starts empty
+            self._watch()
 
     @classmethod
     def builder(cls, config: MonitorConfig) -> Callable[[bytes | None], SkuLogic]:
@@ -201,10 +228,10 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
 
     # --- bytewax hooks ---------------------------------------------------------------------
 
-    def on_batch(self, values: list[Seen]) -> tuple[Iterable[Emitted], bool]:
+    def on_batch(self, values: list[Seen | Checkout]) -> tuple[Iterable[Emitted], bool]:
         out: list[Emitted] = []
         for seen in values:
-            emitted = self._observe(seen)
+            emitted = self._checkout(seen) if isinstance(seen, Checkout) else self._observe(seen)
             if emitted is not None:
                 out.append(emitted)
         return out, RETAIN
@@ -294,6 +321,8 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
             self._count_oversold(obs)
             if out.alerts or out.triggers or reopened or remarked or policy_changed or _reply_mattered(obs, o):
                 memo = Memo(obs, knobs)
+        if out.alerts:
+            self._watch()
         if not (late or out.alerts or out.triggers or supplier or memo or stash_of):
             return None
         return Emitted(
@@ -304,6 +333,43 @@ class SkuLogic(StatefulBatchLogic[Seen, Emitted, bytes]):
             memo_of=o if memo is not None else None,
             stash_of=stash_of,
         )
+
+    # --- one checkout or re-check ---------------------------------------------------------------
+
+    def _checkout(self, c: Checkout) -> Emitted | None:
+        st = self.state
+        if st is None:
+            if not c.lines:
+                return None  # a re-check of a SKU with no rule state: nothing can be firing
+            st = self.state = MonitorState(SkuMonitor.new(c.sku))
+        # The checkout's policy is used, not kept: ``st.knobs`` is what the stream's memos compare to.
+        policies = self.cfg.policies(c.knobs)
+        mon = st.monitor
+        for line in c.lines:
+            if line.change in DEMAND_CHANGES:
+                count_checkout(mon, line.rid, line.location, line.qty, line.occurred_ms, policies)
+        if c.lines:
+            latest = max(c.lines, key=lambda ln: ln.occurred_ms)
+            now, event_id = latest.occurred_ms, latest.event_id
+        else:
+            now, event_id = max(self.cfg.stream.now_ms(), mon.alerts.clock_ms), ""
+        late = self._fire_due(now, policies)
+        obs = Observation.checkout(c.sku, now, c.position, event_id)
+        st.monitor, out = observe(st.monitor, obs, policies)
+        self._count_oversold(obs)
+        self._watch()
+        if not (late or out.alerts or out.triggers):
+            return None
+        return Emitted(alerts=(*late, *out.alerts), triggers=tuple(out.triggers))
+
+    def _watch(self) -> None:
+        """List this SKU for re-checks while a condition that may resolve without an event fires."""
+        watchlist, st = self.cfg.watchlist, self.state
+        if watchlist is None or st is None:
+            return
+        conditions = st.monitor.alerts.conditions
+        firing = any(c.firing and kind in RECHECKED_KINDS for (kind, _loc, _subject), c in conditions.items())
+        watchlist.mark(st.monitor.sku, firing)
 
     def _count_oversold(self, obs: Observation) -> None:
         if obs.position is None:

@@ -4,6 +4,8 @@
 outcomes (sku, Outcome)
   └► alert_prefetch   one pipelined read per batch: the SKUs' policies (cached), memos and stashed
   │                   replies of replays
+  │   inventory.reservations (the API's changes), re-checks            (checkouts.py)
+  │     └► checkout_read   one read of the positions per batch: (sku, Checkout), one per SKU
   └► alert_monitor    per SKU, bytewax state: sku_monitor.observe, lateness ticks  (alert_monitor.py)
   └► alert_publish    one pipelined write per batch: memos of new observations, then the deletion
   │                   of their stashed replies; metrics
@@ -27,7 +29,9 @@ has judged, in the same pipeline right after the memos (per key: Redis Cluster-s
 stash of an outcome share the SKU's slot, so the deletion never overtakes the memo).
 
 The alert step runs after the store applied a batch, so its Redis round trips (prefetch and
-publish) are per batch, never per event.
+publish) are per batch, never per event. The same holds for the API's changes: the checkout path
+only publishes its reservation events (as it always did), and ``checkout_read`` reads the figures
+of the SKUs a batch of them touched.
 """
 
 from __future__ import annotations
@@ -41,17 +45,21 @@ from typing import Any, TypeVar
 
 import bytewax.operators as op
 import orjson
+from bytewax.dataflow import Stream
+from bytewax.inputs import Source
 from bytewax.outputs import Sink
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from connectors.topics import Topics
 from engine import metrics
+from engine.domain.observation import ObservationError, parse_position
 from engine.domain.outputs import Alert, ReplenishmentTrigger
 from engine.domain.policy import Policy
 from engine.domain.suppliers import SupplierParams
 from engine.flow.alert_memo import MemoError, decode_memo, encode_memo, memo_key
 from engine.flow.alert_monitor import (
+    Checkout,
     Emitted,
     Memo,
     MonitorConfig,
@@ -61,9 +69,18 @@ from engine.flow.alert_monitor import (
     SupplierMessage,
     is_offset_duplicate,
 )
+from engine.flow.checkouts import (
+    CheckoutInput,
+    CheckoutItem,
+    CheckoutLine,
+    RecheckSource,
+    Watchlist,
+    parse_reservations,
+)
 from engine.flow.dataflow import Extra, FlowStreams, OutcomeItem
 from engine.flow.records import Outcome
 from engine.flow.sinks import KafkaMessage, KafkaOutput
+from engine.flow.source import RawMessage
 from engine.flow.stream_clock import StreamClock, wall_clock_ms
 from engine.flow.supplier_monitor import ReliabilityWrite, SupplierLogic
 from engine.store.keys import sku_keys
@@ -107,14 +124,20 @@ class AlertingOptions:
     """How often a SKU's policy is read again (policy changes come through the ops API, not the log)."""
     retry_for_s: float = 60.0
     """How long Redis may be unreachable before the step fails (and the flow stops)."""
+    recheck_interval_s: float = 5.0
+    """How often a SKU with a condition that may resolve without an event (``engine.flow.checkouts``)
+    has its figures read and judged again: within this long, a sell-out ended by expired holds
+    resolves."""
+    recheck_max: int = 1000
+    """SKUs re-checked per worker and interval at most (one pipelined read); more wait their turn."""
     wall_ms: Callable[[], int] = wall_clock_ms
     """The wall clock (tests pass a fake one)."""
 
     def __post_init__(self) -> None:
         if (self.memo_ttl_s < 1 or self.policy_refresh_s <= 0 or self.tick_interval_s <= 0 or self.idle_s < 0
-                or self.retry_for_s < 0):
+                or self.retry_for_s < 0 or self.recheck_interval_s <= 0 or self.recheck_max < 1):
             raise ValueError("need memo_ttl_s ≥ 1, policy_refresh_s > 0, tick_interval_s > 0, idle_s ≥ 0, "
-                             "retry_for_s ≥ 0")
+                             "retry_for_s ≥ 0, recheck_interval_s > 0, recheck_max ≥ 1")
 
 
 # --- sinks ---------------------------------------------------------------------------------------
@@ -192,13 +215,39 @@ def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class Prefetch(_RedisStep):
+class _PolicyStep(_RedisStep):
+    """A ``_RedisStep`` that keeps the SKUs' policy knobs, read again every ``policy_refresh_s``."""
+
+    def __init__(self, store_factory: Callable[[], Store], options: AlertingOptions) -> None:
+        super().__init__(store_factory, options.retry_for_s)
+        self._refresh_s = options.policy_refresh_s
+
+    def _policy_cache(self) -> dict[str, tuple[PolicyKnobs, float]]:
+        """This worker thread's SKU → (policy knobs, when read); started over when it grows too big."""
+        cache: dict[str, tuple[PolicyKnobs, float]] | None = getattr(self._local, "policies", None)
+        if cache is None or len(cache) > _POLICY_CACHE_MAX:
+            cache = self._local.policies = {}
+        return cache
+
+    @staticmethod
+    def _remember_policies(
+        cache: dict[str, tuple[PolicyKnobs, float]], skus: list[str], raws: list[Any], now: float
+    ) -> None:
+        for sku, raw in zip(skus, raws, strict=True):
+            try:
+                policy = Policy.from_wire(orjson.loads(raw)) if raw is not None else Policy()
+            except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+                log.warning("unreadable policy of %s (%s); the alert rules use the defaults", sku, exc)
+                policy = Policy()
+            cache[sku] = (PolicyKnobs.of(policy), now)
+
+
+class Prefetch(_PolicyStep):
     """``(sku, Outcome)`` batch → ``(sku, Seen)``: the SKUs' policy knobs, and the replays' memos and
     stashed replies."""
 
     def __init__(self, store_factory: Callable[[], Store], options: AlertingOptions, stream: StreamClock) -> None:
-        super().__init__(store_factory, options.retry_for_s)
-        self._refresh_s = options.policy_refresh_s
+        super().__init__(store_factory, options)
         self._stream = stream
 
     def __call__(self, batch: list[OutcomeItem]) -> list[tuple[str, Seen]]:
@@ -238,24 +287,38 @@ class Prefetch(_RedisStep):
             for o in items
         ]
 
-    def _policy_cache(self) -> dict[str, tuple[PolicyKnobs, float]]:
-        """This worker thread's SKU → (policy knobs, when read); started over when it grows too big."""
-        cache: dict[str, tuple[PolicyKnobs, float]] | None = getattr(self._local, "policies", None)
-        if cache is None or len(cache) > _POLICY_CACHE_MAX:
-            cache = self._local.policies = {}
-        return cache
 
-    @staticmethod
-    def _remember_policies(
-        cache: dict[str, tuple[PolicyKnobs, float]], skus: list[str], raws: list[Any], now: float
-    ) -> None:
-        for sku, raw in zip(skus, raws, strict=True):
+class CheckoutRead(_PolicyStep):
+    """``(sku, CheckoutLine | RECHECK)`` batch → one ``(sku, Checkout)`` per SKU: its lines of the
+    batch, its policy knobs, and its position as it is now (one read for the whole batch, however
+    many events touched a SKU)."""
+
+    def __call__(self, batch: list[CheckoutItem]) -> list[tuple[str, Checkout]]:
+        lines: dict[str, list[CheckoutLine]] = {}
+        for sku, line in batch:
+            got = lines.setdefault(sku, [])
+            if line is not None:
+                got.append(line)
+        if not lines:
+            return []
+        skus = list(lines)
+        store = self.store()
+        policies = self._policy_cache()
+        now = time.monotonic()
+        stale = [sku for sku in skus if now - policies.get(sku, (None, -1e18))[1] > self._refresh_s]
+        if stale:
+            keys = [sku_keys(sku, store.prefix).pol for sku in stale]
+            self._remember_policies(policies, stale, self.retrying(lambda: _get_many(store.redis, keys)), now)
+        replies = self.retrying(lambda: store.positions(skus))
+        out: list[tuple[str, Checkout]] = []
+        for sku, reply in zip(skus, replies, strict=True):
             try:
-                policy = Policy.from_wire(orjson.loads(raw)) if raw is not None else Policy()
-            except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
-                log.warning("unreadable policy of %s (%s); the alert rules use the defaults", sku, exc)
-                policy = Policy()
-            cache[sku] = (PolicyKnobs.of(policy), now)
+                position = parse_position(reply)
+            except ObservationError as exc:
+                log.error("alert rules skip the figures read for %s: %s", sku, exc)
+                continue
+            out.append((sku, Checkout(sku, tuple(lines[sku]), position, policies[sku][0])))
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,15 +472,32 @@ def attach_alerting(
     alert_output: Sink[Alert],
     trigger_output: Sink[ReplenishmentTrigger],
     options: AlertingOptions = AlertingOptions(),  # frozen: one shared default is safe
+    checkouts: Source[RawMessage] | None = None,
+    rechecks: threading.Event | None = None,
 ) -> None:
     """Attach the alert, replenishment and supplier steps to ``streams.outcomes``.
 
     ``settings`` gives the rule defaults (``engine.settings.Settings``); the SKUs' policies are read
-    from the store. Alerts go to ``alert_output``, triggers to ``trigger_output``.
+    from the store. Alerts go to ``alert_output``, triggers to ``trigger_output``. ``checkouts``
+    reads the API's reservation events (``engine.flow.checkouts``); ``rechecks``, when given, turns
+    the periodic re-checks on until it is set (a bounded run has none: they would never end).
     """
     stream = StreamClock(options.idle_s, options.wall_ms)  # one per process: shared by its workers
     seen = op.flat_map_batch("alert_prefetch", streams.outcomes, Prefetch(store_factory, options, stream))
-    monitor = MonitorConfig(settings, stream, ticks=options.ticks, tick_interval_s=options.tick_interval_s)
+    watchlist = Watchlist() if rechecks is not None else None  # one per process, like the stream clock
+    monitor = MonitorConfig(settings, stream, ticks=options.ticks, tick_interval_s=options.tick_interval_s,
+                            watchlist=watchlist)
+    touched: list[Stream[CheckoutItem]] = []
+    if checkouts is not None:
+        raw = op.input("checkout_in", streams.outcomes.flow(), checkouts)
+        touched.append(op.flat_map_batch("checkout_parse", raw, parse_reservations))
+    if watchlist is not None:
+        source = RecheckSource(watchlist, options.recheck_interval_s, options.recheck_max, rechecks)
+        touched.append(op.input("recheck_in", streams.outcomes.flow(), source))
+    if touched:
+        marks = op.merge("checkout_merge", *touched) if len(touched) > 1 else touched[0]
+        read = op.flat_map_batch("checkout_read", marks, CheckoutRead(store_factory, options))
+        seen = op.merge("alert_inputs", seen, read)  # type: ignore[assignment]
     emitted = op.stateful_batch("alert_monitor", seen, SkuLogic.builder(monitor))  # type: ignore[arg-type]
     published = op.flat_map_batch("alert_publish", emitted, Publish(store_factory, options))
     alerts_or_not = op.branch("alert_split", published, _is_alert)
@@ -440,12 +520,27 @@ def alerting_extra(
     topics: Topics,
     store_factory: Callable[[], Store],
     options: AlertingOptions = AlertingOptions(),
+    *,
+    stop_event: threading.Event | None = None,
+    until_end: bool = False,
+    single_group: bool = True,
 ) -> Extra:
-    """The production extra: alerts to ``topics.alerts``, triggers to ``topics.replenishment``, on the
-    broker of ``settings``."""
+    """The production extra: the API's reservation events from ``topics.reservations`` and, unless
+    ``until_end``, re-checks until ``stop_event`` is set; alerts to ``topics.alerts``, triggers to
+    ``topics.replenishment``, on the broker of ``settings``. ``until_end``, ``stop_event`` and
+    ``single_group`` are the flow input's (``KafkaInput``)."""
     conf = settings.kafka_config()
 
     def extra(streams: FlowStreams) -> None:
+        checkouts = CheckoutInput(
+            conf,
+            [topics.reservations],
+            batch_size=settings.batch_size,
+            max_buffer=max(20_000, 4 * settings.batch_size),
+            until_end=until_end,
+            stop_event=stop_event,
+            single_group=single_group,
+        )
         attach_alerting(
             streams,
             settings=settings,
@@ -453,6 +548,8 @@ def alerting_extra(
             alert_output=alerts_sink(conf, topics.alerts),
             trigger_output=triggers_sink(conf, topics.replenishment),
             options=options,
+            checkouts=checkouts,
+            rechecks=None if until_end else (stop_event or threading.Event()),
         )
 
     return extra

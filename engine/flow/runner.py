@@ -108,7 +108,8 @@ def flow_from_settings(
     wrap_source: Callable[[KafkaInput], Source[RawMessage]] | None = None,
 ) -> Dataflow:
     """The production dataflow: ``KafkaInput`` over the input topics, the store, the DLQ topic, and
-    (``alerting``) the alert and replenishment steps writing to their topics.
+    (``alerting``) the alert and replenishment steps, which also read the API's reservation events
+    (``engine.flow.checkouts``), writing to their topics.
 
     ``workers`` is the total over all processes (default ``settings.workers``): with one, the
     source merges every input partition in one deterministic order (``KafkaInput``).
@@ -133,7 +134,8 @@ def flow_from_settings(
     )
     store_factory = functools.partial(make_store, settings)
     if alerting:
-        extras = (alerting_extra(settings, topics, store_factory), *extras)
+        extras = (alerting_extra(settings, topics, store_factory, stop_event=stop_event, until_end=until_end,
+                                 single_group=n_workers == 1), *extras)
     return build_flow(
         FLOW_ID,
         wrap_source(source) if wrap_source is not None else source,

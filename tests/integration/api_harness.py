@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -106,9 +106,12 @@ def figures(store: Store, sku: str) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def api_processes(settings: Settings, count: int = 2, **env_extra: str) -> Iterator[list[str]]:
+def api_processes(
+    settings: Settings, count: int = 2, args: Sequence[str] = (), **env_extra: str
+) -> Iterator[list[str]]:
     """``count`` separate ``atp serve`` processes over the suite's Redis and broker, each on its own
-    free loopback port, with the test tokens; yields their base URLs and stops them at the end."""
+    free loopback port, with the test tokens and ``args`` (more ``atp serve`` options); yields their
+    base URLs and stops them at the end."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.upper().startswith("ATP_")},
         "ATP_CONFIG": os.devnull,
@@ -125,7 +128,7 @@ def api_processes(settings: Settings, count: int = 2, **env_extra: str) -> Itera
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--log-level", "warning"],
+             "--log-level", "warning", *args],
             env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
         )
         for port, log in zip(ports, logs, strict=True)

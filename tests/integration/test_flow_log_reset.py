@@ -119,4 +119,6 @@ def test_a_running_flow_stops_loudly_when_its_log_starts_again_and_reads_it_afte
 @pytest.mark.parametrize("lag", [-3, 0, 5])
 def test_the_lag_gauge_keeps_its_sign(lag: int) -> None:
     metrics.set_consumer_lag("lag-sign-topic", 0, lag)
-    assert metrics.CONSUMER_LAG.labels("lag-sign-topic", "0")._value.get() == lag
+    # the label the gauge files it under ("other" once the suite has used 32 topic names)
+    label = metrics._topic("lag-sign-topic")
+    assert metrics.CONSUMER_LAG.labels(label, "0")._value.get() == lag
