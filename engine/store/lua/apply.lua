@@ -43,6 +43,25 @@ local REBALANCING = {
 
 local H = {}
 
+-- apply_many reads what each command checks for all of them at its start, in two HMGETs: the
+-- fields of seen_fields and the event ring's next slots (field -> value, false: absent). Fields
+-- this call deletes are listed in `deleted` and gone from Redis at the next write-back
+-- (flush_all); until then they read as absent. (begin_batch sets all three afresh per call.)
+local prefetched, ring_pre, deleted = {}, {}, {}
+
+local function begin_batch()
+  prefetched, ring_pre, deleted = {}, {}, {}
+end
+
+-- F.flush, after deleting the fields this call deleted
+local function flush_all()
+  local fields = {}
+  for f in pairs(deleted) do fields[#fields + 1] = f end
+  if #fields > 0 then F.call_chunked('HDEL', K.state, fields, 1) end
+  deleted = {}
+  F.flush()
+end
+
 function H.inbound_created(p)
   local id = p.inbound_id
   local all = F.get_lots()
@@ -242,7 +261,7 @@ local function finish(r, report)
   if r.line then out[#out + 1] = ',"line":' .. r.line end
   out[#out + 1] = ',' .. lists_json(report or S.report)
   out[#out + 1] = ',"position":' .. F.position_json(nil) .. '}'
-  if not S.group then F.flush() end -- (apply_many writes back once, after its last command)
+  if not S.group then flush_all() end -- (apply_many writes back once, after its last command)
   return table.concat(out)
 end
 
@@ -274,9 +293,13 @@ end
 local function log_event(event_id, digest)
   S.events = S.events + 1
   local slot = 'r' .. (S.events % EVENT_LOG_SIZE)
-  local gone = state_set[slot] or redis.call('HGET', K.state, slot)
+  local gone = state_set[slot]
+  if gone == nil then
+    gone = ring_pre[slot]
+    if gone == nil then gone = redis.call('HGET', K.state, slot) end
+  end
   if gone then
-    redis.call('HDEL', K.state, 'e' .. gone)
+    deleted['e' .. gone] = true
     state_set['e' .. gone] = nil
   elseif S.events > EVENT_LOG_SIZE and S.events % EVENT_TRIM_EVERY == 0 then
     -- a log written before the ring: its ids have no slot, so drop the old ones in bulk until
@@ -291,6 +314,7 @@ local function log_event(event_id, digest)
   end
   state_set[slot] = event_id
   state_set['e' .. event_id] = S.events .. ':' .. digest
+  deleted['e' .. event_id] = nil
 end
 
 -- One command, once the call's state is loaded and no due hold is left: its reply (json), or
@@ -323,7 +347,7 @@ local function apply_one(c, seen)
     J.saved = true
     state_set['!J'] = cjson.encode(J)
     local part = '~part' .. J.t .. '|' .. lists_json(S.report)
-    F.flush()
+    flush_all()
     return part
   end
 
@@ -342,12 +366,13 @@ local function apply_one(c, seen)
     local bsrc, boff, bms = string.match(block, '^(.*)|(%d+)|(%d+)$')
     local mine = checks_offset and bsrc == source
     if mine and offset > tonumber(boff) and NOW - tonumber(bms) < BLOCK_MS then
-      F.flush()
+      flush_all()
       return '~busy'
     end
     -- the command it waited for is here (or never came back in time)
     if (mine and offset == tonumber(boff)) or NOW - tonumber(bms) >= BLOCK_MS then
-      redis.call('HDEL', K.state, '!B')
+      deleted['!B'] = true
+      state_set['!B'] = nil
     end
   end
   if checks_offset and offset <= tonumber(seen[1] or '-1') then
@@ -363,7 +388,7 @@ local function apply_one(c, seen)
     end
   end
   if S.job then
-    F.flush()
+    flush_all()
     return '~busy' .. S.job.t
   end
 
@@ -401,13 +426,18 @@ local function seen_fields(c)
     c.event_id ~= '' and 'e' .. c.event_id or '!', '!B'
 end
 
--- those fields as they are now, written back or not (apply_many writes back at its end)
+-- those fields as they are now, written back or not (apply_many writes back at its end): this
+-- call's writes and deletions, else what apply_many read at its start
 local function seen_now(c)
   local names = { seen_fields(c) }
-  local vals = redis.call('HMGET', K.state, unpack(names))
+  local vals = {}
   for i, name in ipairs(names) do
     local v = state_set[name]
-    if v ~= nil then vals[i] = v end
+    if v == nil and not deleted[name] then
+      v = prefetched[name]
+      if v == nil then v = redis.call('HGET', K.state, name) or false end
+    end
+    vals[i] = v or nil
   end
   return vals
 end
@@ -424,13 +454,14 @@ local function wait_for_expiry(c, block)
 end
 
 entry('apply', function()
+  begin_batch()
   local c = command_at(3, 1)
   local vals = F.load_state(seen_fields(c))
   F.settle()
   if S.more_due then return wait_for_expiry(c, vals[8]) end
   local reply = apply_one(c, { vals[6], vals[7], vals[8] })
   if reply == '~stop' then
-    F.flush()
+    flush_all()
     return redis.error_reply('ERR unknown supply command ' .. tostring(c.cmd))
   end
   return reply
@@ -443,17 +474,41 @@ end)
 -- order, ending early at the first that is '~part…', '~busy…' or '~stop' (the store carries on
 -- from that command with apply calls).
 entry('apply_many', function()
+  begin_batch()
   local n = tonumber(ARGV[3])
   local stash = 1
   local cs = {}
+  local fields = {}
   for k = 1, n do
     local c = command_at(4 + (k - 1) * 8, stash)
     if c.keep_s > 0 then stash = stash + 1 end
     cs[k] = c
+    local a, b = seen_fields(c)
+    fields[#fields + 1] = a
+    fields[#fields + 1] = b
   end
-  local vals = F.load_state(seen_fields(cs[1]))
+  -- every command's checked fields ('!B' is read with the first's), then the ring slots the
+  -- commands' event ids may take
+  local first = { seen_fields(cs[1]) }
+  local vals = F.load_state(first[1], first[2], first[3], unpack(fields, 3))
+  for i = 3, #fields do prefetched[fields[i]] = vals[6 + i] or false end
+  prefetched[fields[1]], prefetched[fields[2]], prefetched['!B'] = vals[6] or false, vals[7] or false,
+    vals[8] or false
   F.settle()
   if S.more_due then return wait_for_expiry(cs[1], vals[8]) end
+  local slots = {}
+  for k = 1, n do slots[k] = 'r' .. ((S.events + k) % EVENT_LOG_SIZE) end
+  local ring = redis.call('HMGET', K.state, unpack(slots))
+  for k = 1, n do ring_pre[slots[k]] = ring[k] or false end
+  -- and the lines the orders and shipments name
+  local rids = {}
+  for k = 1, n do
+    local cmd = cs[k].cmd
+    if cmd == 'order_placed' or cmd == 'order_cancelled' or cmd == 'ship' then
+      rids[#rids + 1] = string.match(cs[k].payload, '"rid":"([^"]*)"')
+    end
+  end
+  if #rids > 0 then F.prefetch_lines(rids) end
   local out = {}
   local seen = { vals[6], vals[7], vals[8] }
   -- the commands read the state they change from this call's tables, so it is written back once
@@ -464,6 +519,6 @@ entry('apply_many', function()
     out[k] = reply
     if string.byte(reply, 1) == 126 then break end -- '~': the store carries on from here
   end
-  F.flush()
+  flush_all()
   return out
 end)
