@@ -148,17 +148,19 @@ def _emit(data: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any]]
 def _render_position(view: dict[str, Any]) -> None:
     where = f" at {view['location']}" if view.get("location") else ""
     table = Table(title=f"{view['sku']}{where}", title_justify="left")
-    for column in ("location", "on_hand", "in_transit", "promisable_in_transit", "committed", "held",
-                   "safety", "atp"):
+    keys = ("on_hand", "in_transit", "promisable_in_transit", "committed", "held", "backordered", "safety", "atp")
+    for column in ("location", *keys):
         table.add_column(column, justify="left" if column == "location" else "right")
     for name, figures in sorted(view["locations"].items()):
-        table.add_row(name, *(str(figures[k]) for k in (
-            "on_hand", "in_transit", "promisable_in_transit", "committed", "held", "safety", "atp")))
-    table.add_row("[bold]total[/bold]", *(f"[bold]{view[k]}[/bold]" for k in (
-        "on_hand", "in_transit", "promisable_in_transit", "committed", "held", "safety", "atp")))
+        table.add_row(name, *(str(figures[k]) for k in keys))
+    table.add_row("[bold]total[/bold]", *(f"[bold]{view[k]}[/bold]" for k in keys))
     console.print(table)
     nxt = view["next_promise_at"] or "none"
     console.print(f"promisable now: {view['promisable_now']}   next promise: {nxt}   oversold: {view['oversold']}")
+    # the SKU's ATP counts the backorder allowance left, which no location holds yet
+    room = view["atp"] - sum(figures["atp"] for figures in view["locations"].values())
+    if view.get("location") is None and room > 0:
+        console.print(f"total ATP includes {room} units of backorder allowance")
 
 
 def _render_reservation(view: dict[str, Any]) -> None:

@@ -416,8 +416,10 @@ def _summary(engine: DemoEngine) -> dict[str, Any]:
         violations = check_invariants(client)
     finally:
         client.close()
-    # Oversold: units promised beyond what the policy allows, on the SKUs only checkouts touch.
-    oversold = sum(max(0, -int(p["atp"])) + int(p.get("oversold", 0)) for p in positions.values())
+    # Oversold: units promised beyond what the policy allows, on the SKUs only checkouts touch (a
+    # negative ATP is at most the oversold figure; the larger of the two is counted, so either
+    # one going wrong shows)
+    oversold = sum(max(-int(p["atp"]), int(p.get("oversold", 0)), 0) for p in positions.values())
     with tally.lock:
         lat = sorted(tally.latencies_ms)
         res = dict(tally.reservations)

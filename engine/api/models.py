@@ -57,6 +57,7 @@ class LocationFigures(BaseModel):
     oh_alloc: int
     bo_alloc: int
     short: int
+    backordered: int = Field(description="units sold beyond supply under the backorder policy (= bo_alloc)")
 
 
 class AtpOut(BaseModel):
@@ -68,16 +69,21 @@ class AtpOut(BaseModel):
     sku: str
     location: str | None = Field(None, description="the location asked for; null = all locations")
     on_hand: int
-    safety: int
+    safety: int = Field(description="units held back for safety: per location min(policy safety, on_hand)")
     held: int
     committed: int
     in_transit: int
     promisable_in_transit: int
-    atp: int = Field(description="on_hand + promisable_in_transit − committed − held − safety")
+    atp: int = Field(
+        description="what can be sold: per location on_hand + promisable_in_transit − min(safety, on_hand) − "
+        "(held + committed − backordered); for the SKU the sum plus the remaining backorder allowance. "
+        "Negative only when oversold"
+    )
     promisable_now: int = Field(description="units promisable from on-hand stock today")
     next_promise_ms: int = Field(description="earliest ETA of an inbound lot with promisable units; 0 = none")
     next_promise_at: str | None = None
     oversold: int = Field(description="units of live reservations that lost their supply")
+    backordered: int = Field(description="units sold beyond supply under the backorder policy")
     locations: dict[str, LocationFigures]
 
 

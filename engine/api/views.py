@@ -54,6 +54,8 @@ def position_view(position: Mapping[str, Any], location: str | None = None) -> d
         name: {key: int(figures.get(key, 0)) for key in _LOCATION_KEYS}
         for name, figures in (position.get("locations") or {}).items()
     }
+    for figures in locations.values():
+        figures["backordered"] = figures["bo_alloc"]
     next_ms = int(position.get("next_promise_ms") or 0)
     return {
         "sku": position["sku"],
@@ -69,6 +71,7 @@ def position_view(position: Mapping[str, Any], location: str | None = None) -> d
         "next_promise_ms": next_ms,
         "next_promise_at": rfc3339(next_ms),
         "oversold": int(position.get("oversold", 0)),
+        "backordered": int(position.get("backordered", 0)),
         "locations": locations,
     }
 

@@ -10,7 +10,7 @@ same (recovered) state yields the same ids.
 | kind | location | fires when | resolves when |
 |---|---|---|---|
 | low_stock | each in use | ATP ≤ T (T = policy threshold, > 0) | ATP > T + band, band = max(1, ⌈T/10⌉) |
-| stockout | each in use | ATP ≤ 0 | ATP > band (the low-stock band) |
+| stockout | each in use | ATP + backorder room ≤ 0 | ATP + backorder room > band (the low-stock band) |
 | oversold | each | short > 0 (live reservations without supply) | short = 0 |
 | order_unfulfillable | order's | an order_placed was refused | no refusal there for a quiet period |
 | promise_at_risk | "" | a reply lists lines the command left short | a reply lists none and no line is short (oversold = 0) |
@@ -20,7 +20,11 @@ same (recovered) state yields the same ids.
 
 low_stock, stockout, oversold, promise_at_risk and demand_surge resolve only once clear for
 ``resolve_after_ms`` without a break. A location is *in use* with stock, inbound, reservations or
-recent demand; one without any is not judged (and resolves if it was firing). order_unfulfillable gathers the refused orders of a SKU and location into one
+recent demand; one without any is not judged (and resolves if it was firing). ATP is the
+location's (safety holds back only stock that is there; backordered units take nothing). The
+backorder room (mode backorder: the allowance left, which a hold at any location may take) keeps a
+location selling, so stockout waits until it is used up; low_stock does not count it, as stock is
+low whether or not sales go on as backorders. order_unfulfillable gathers the refused orders of a SKU and location into one
 episode: the firing names the first, follow-up firings (``revision`` + 1, at most one an hour)
 and the resolution carry the count, the units and the latest orders.
 (P = demand_surge_pct, M = surge_min_units; ``supplier_unreliable`` lives in ``engine.domain.suppliers``
@@ -347,7 +351,7 @@ def tick(
 def _in_use(f: LocationFigures, demand: DemandReading | None) -> bool:
     """A location with stock, inbound or reservations now, or with recent demand. One with none (a
     warehouse the SKU is not stocked at, or written off with no one asking) sells nothing: its ATP
-    of 0 (or −safety) is no sell-out, so low_stock and stockout are not judged there. Only the
+    of 0 is no sell-out, so low_stock and stockout are not judged there. Only the
     figures and the demand count, never what came before: a replay after a crash judges alike."""
     busy = f.on_hand or f.in_transit or f.held or f.committed or f.short
     return bool(busy) or (demand is not None and demand.recent_units > 0)
@@ -359,6 +363,7 @@ def _position_rules(
     out: list[Alert] = []
     threshold, band = policy.low_stock, policy.low_stock_band
     now, least = state.clock_ms, policy.resolve_after_ms
+    room = pos.backorder_room
     for loc in sorted(pos.locations):
         f = pos.locations[loc]
         used = _in_use(f, demand.get(loc))
@@ -383,9 +388,11 @@ def _position_rules(
                 )
             )
 
-        # resolves above the low-stock band, so a single unit released does not end a sell-out
+        # resolves above the low-stock band, so a single unit released does not end a sell-out; a
+        # hold here may still take the backorder room, so a location selling on backorder is not out
         cond = state.condition("stockout", loc)
-        status = transition(cond, used and f.atp <= 0, not used or f.atp > band, now, least)
+        sellable = f.atp + room
+        status = transition(cond, used and sellable <= 0, not used or sellable > band, now, least)
         if status:
             text = "nothing left to promise" if status == "firing" else "units to promise again"
             out.append(
@@ -395,8 +402,8 @@ def _position_rules(
                     cond,
                     location=loc,
                     subject="",
-                    summary=f"{text} at {loc}: ATP {f.atp}",
-                    values={**_figures(f), "resolve_above": band},
+                    summary=f"{text} at {loc}: ATP {f.atp}" + (f", backorder room {room}" if room else ""),
+                    values={**_figures(f), "backorder_room": room, "resolve_above": band},
                 )
             )
 
@@ -430,6 +437,7 @@ def _figures(f: LocationFigures) -> dict[str, int]:
         "committed": f.committed,
         "held": f.held,
         "safety": f.safety,
+        "backordered": f.backordered,
     }
 
 

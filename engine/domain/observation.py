@@ -59,6 +59,8 @@ class LocationFigures:
     promisable_in_transit: int = 0
     atp: int = 0
     short: int = 0
+    backordered: int = 0
+    """Units sold beyond supply under the backorder policy (the wire's ``bo_alloc``)."""
 
     @property
     def inventory_position(self) -> int:
@@ -73,6 +75,13 @@ class PositionFigures:
     atp: int = 0
     oversold: int = 0
     locations: Mapping[str, LocationFigures] = field(default_factory=dict)
+    backordered: int = 0
+
+    @property
+    def backorder_room(self) -> int:
+        """The backorder allowance left (mode backorder): the SKU's ATP counts it and no location's
+        does, as it belongs to no location until a hold places it."""
+        return max(0, self.atp - sum(f.atp for f in self.locations.values()))
 
 
 @dataclass(frozen=True)
@@ -245,7 +254,7 @@ def parse_position(data: Any) -> PositionFigures:
             raise ObservationError(f"position.locations.{name} must be an object")
         locs[name] = LocationFigures(
             **{
-                key: _int(f"position.locations.{name}.{key}", raw.get(key, 0), None)
+                key: _int(f"position.locations.{name}.{key}", raw.get(_WIRE_NAME.get(key, key), 0), None)
                 for key in LocationFigures.__dataclass_fields__
             }
         )
@@ -253,7 +262,12 @@ def parse_position(data: Any) -> PositionFigures:
         atp=_int("position.atp", data.get("atp", 0), None),
         oversold=_int("position.oversold", data.get("oversold", 0), 0),
         locations=locs,
+        backordered=_int("position.backordered", data.get("backordered", 0), 0),
     )
+
+
+#: LocationFigures fields the wire position names otherwise
+_WIRE_NAME = {"backordered": "bo_alloc"}
 
 
 def _order_location(args: Mapping[str, Any], reply: Mapping[str, Any]) -> str:

@@ -160,7 +160,7 @@ class SkuBook:
         return total + self._bo_free()
 
     def atp(self, loc: str, now: int) -> int:
-        """ATP of one location, or of the whole SKU when ``loc`` is ""."""
+        """ATP of one location, or of the whole SKU (backorder room included) when ``loc`` is ""."""
         pos = self.position(now, loc or None)
         return pos["atp"]
 
@@ -170,7 +170,12 @@ class SkuBook:
         return self.position(now, location)
 
     def position(self, now: int, location: str | None = None) -> dict[str, Any]:
-        """The wire ``position`` of docs/semantics.md (all locations, or just ``location``)."""
+        """The wire ``position`` of docs/semantics.md (all locations, or just ``location``).
+
+        Safety holds back only stock that is there (an empty location has ATP 0, not −safety);
+        backordered units are promised from future supply and take nothing from ATP, so only
+        short units make it negative. The SKU's ATP adds the backorder room, which belongs to no
+        location until a hold places it: the SKU's ATP is what can be sold (capacity − oversold)."""
         safety = self.policy.safety
         per: dict[str, dict[str, int]] = {}
         names = sorted(self.locs) if location is None else ([location] if location in self.locs else [])
@@ -179,14 +184,15 @@ class SkuBook:
             lots = [lot for lot in self.lots.values() if lot.loc == name]
             in_transit = sum(lot.qty for lot in lots)
             pit = sum(self.promisable(lot, now) for lot in lots)
+            kept = min(safety, b.on_hand)
             per[name] = {
                 "on_hand": b.on_hand,
-                "safety": safety,
+                "safety": kept,
                 "held": b.held,
                 "committed": b.committed,
                 "in_transit": in_transit,
                 "promisable_in_transit": pit,
-                "atp": b.on_hand + pit - b.committed - b.held - safety,
+                "atp": b.on_hand + pit - kept - (b.held + b.committed - b.bo_alloc),
                 "oh_alloc": b.oh_alloc,
                 "bo_alloc": b.bo_alloc,
                 "short": b.short,
@@ -209,10 +215,11 @@ class SkuBook:
             "committed": total("committed"),
             "in_transit": total("in_transit"),
             "promisable_in_transit": total("promisable_in_transit"),
-            "atp": total("atp"),
+            "atp": total("atp") + (self._bo_free() if location is None else 0),
             "promisable_now": sum(self._free_oh(name) for name in per),
             "next_promise_ms": next_ms,
             "oversold": total("short"),
+            "backordered": total("bo_alloc"),
             "locations": per,
         }
 

@@ -51,6 +51,8 @@ def encode_memo(memo: Memo) -> bytes:
             "oversold": pos.oversold,
             "locations": {loc: _nonzero(figs) for loc, figs in pos.locations.items()},
         }
+        if pos.backordered:
+            data["position"]["backordered"] = pos.backordered
     return orjson.dumps({"v": MEMO_VERSION, "obs": data, "knobs": memo.knobs})
 
 
@@ -94,6 +96,7 @@ def _position(d: dict[str, Any] | None) -> PositionFigures | None:
         atp=int(d["atp"]),
         oversold=int(d["oversold"]),
         locations={loc: LocationFigures(**figs) for loc, figs in sorted(d["locations"].items())},
+        backordered=int(d.get("backordered", 0)),
     )
 
 

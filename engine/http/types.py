@@ -207,20 +207,26 @@ class LocationFigures:
     oh_alloc: int
     bo_alloc: int
     short: int
+    backordered: int = 0
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> LocationFigures:
-        return cls(**{f.name: int(body[f.name]) for f in fields(cls)})
+        figures = {f.name: int(body[f.name]) for f in fields(cls) if f.name != "backordered"}
+        # a server that predates `backordered` says it as bo_alloc
+        return cls(**figures, backordered=int(body.get("backordered", figures["bo_alloc"])))
 
 
 @dataclass(frozen=True)
 class Atp:
-    """A SKU's position: buckets, ATP (on_hand + promisable_in_transit − committed − held −
-    safety), units promisable from on-hand stock now, the next promise date and the units of
-    live reservations that lost their supply (``oversold``).
+    """A SKU's position: buckets, ATP (what can be sold), units promisable from on-hand stock
+    now, the next promise date, the units of live reservations that lost their supply
+    (``oversold``) and the units sold beyond supply under the backorder policy (``backordered``).
 
-    With a ``location`` the figures are that location's, otherwise sums over locations;
-    ``locations`` has the figures of each location. An unknown SKU has ATP 0.
+    ATP of a location = on_hand + promisable_in_transit − min(safety, on_hand) − (held +
+    committed − backordered), negative only when oversold; ``safety`` is the min(safety,
+    on_hand) held back. With a ``location`` the figures are that location's; otherwise sums
+    over locations, and ``atp`` adds the remaining backorder allowance. ``locations`` has the
+    figures of each location. An unknown SKU has ATP 0.
     """
 
     sku: str
@@ -237,6 +243,7 @@ class Atp:
     next_promise_at: str | None
     oversold: int
     locations: Mapping[str, LocationFigures]
+    backordered: int = 0
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Atp:
@@ -254,6 +261,7 @@ class Atp:
             next_promise_ms=int(body["next_promise_ms"]),
             next_promise_at=_opt_str(body.get("next_promise_at")),
             oversold=int(body["oversold"]),
+            backordered=int(body.get("backordered", 0)),
             locations={str(name): LocationFigures.from_body(figs) for name, figs in body["locations"].items()},
         )
 

@@ -232,15 +232,20 @@ def _check_state(sku: str, raw: list[Any], pos: dict[str, Any], now: int) -> lis
     if channels != {c: n for c, n in chan_used.items() if n}:
         out.append(f"{sku}: channel usage {channels} != live+shipped lines {dict(chan_used)}")
 
-    # ATP formula, against what the position script reports (read-only, same now)
+    # ATP formula, against what the position script reports (read-only, same now): safety holds
+    # back only stock that is there, backordered units take nothing, the SKU adds the backorder room
     for loc, b in buckets.items():
         pit = sum(_promisable(lot, policy, rel, now) for lot in lots.values() if lot["loc"] == loc)
-        atp = b["oh"] + pit - b["cm"] - b["hd"] - policy["safety"]
+        atp = b["oh"] + pit - min(policy["safety"], b["oh"]) - (b["hd"] + b["cm"] - b["ba"])
         got = pos["locations"].get(loc, {}).get("atp")
         if got != atp:
             out.append(f"{sku}@{loc}: ATP reported {got}, formula gives {atp}")
-    if pos["atp"] != sum(v["atp"] for v in pos["locations"].values()):
-        out.append(f"{sku}: SKU ATP {pos['atp']} is not the sum over its locations")
+    backordered = sum(b["ba"] for b in buckets.values())
+    room = max(0, policy["backorder_limit"] - backordered) if policy["mode"] == "backorder" else 0
+    if pos["atp"] != sum(v["atp"] for v in pos["locations"].values()) + room:
+        out.append(f"{sku}: SKU ATP {pos['atp']} is not the sum over its locations plus the backorder room {room}")
+    if pos.get("backordered") != backordered:
+        out.append(f"{sku}: backordered {pos.get('backordered')} reported, the locations hold {backordered}")
     return out
 
 
@@ -332,7 +337,9 @@ def check_invariants(redis_client: Any, prefix: str = DEFAULT_PREFIX) -> list[st
     Per SKU and location: held / committed equal the sums over live lines; held + committed =
     oh_alloc + Σ lot alloc + bo_alloc + short; no negative bucket; lot allocations and
     customer / channel usage equal the sums over the lines; the expiry index matches the held
-    lines; the pool index lists exactly the pools each live line draws on; ATP = on_hand + promisable in-transit − committed − held − safety.
+    lines; the pool index lists exactly the pools each live line draws on; ATP(L) = on_hand + promisable
+    in-transit − min(safety, on_hand) − (held + committed − bo_alloc), the SKU's ATP = Σ ATP(L) + the
+    backorder room.
     """
     validate_prefix(prefix)
     problems: list[str] = []

@@ -10,6 +10,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from connectors.topics import Topics
+from engine.api.models import AtpOut
 from engine.domain.events import StockAdjusted, StockCounted, parse_event
 from engine.settings import Settings
 from tests.conftest import TOPIC_PARTITIONS
@@ -165,6 +166,30 @@ async def test_atp_of_one_sku_one_location_and_a_batch(store: Any, settings: Set
         assert [(p["sku"], p["atp"]) for p in batch.json()["positions"]] == [("Q-2", 1), ("Q-1", 9), ("NONE-9", 0)]
         at_wh1 = await api.post("/v1/atp/query", json={"skus": ["Q-1"], "location": "WH1"}, headers=auth)
         assert at_wh1.json()["positions"][0]["atp"] == 7
+
+
+async def test_atp_shows_backordered_units_and_the_network_what_can_be_sold(
+    store: Any, settings: Settings, topics: Topics
+) -> None:
+    seed(store, "BO-1", 3, "WH1")
+    seed(store, "BO-1", 0, "WH2")
+    store.set_policy("BO-1", {"mode": "backorder", "backorder_limit": 4, "safety": 1})
+    auth = bearer(ADMIN)
+    async with in_process(make_app(settings, topics)) as api:
+        sold = await api.post("/v1/reservations", json={"lines": [{"sku": "BO-1", "qty": 5, "location": "WH1"}]},
+                              headers={"Idempotency-Key": "bo-sale", **auth})
+        assert sold.status_code == 201, sold.text
+        assert sold.json()["lines"][0]["atp_after"] == 0
+        body = (await api.get("/v1/atp/BO-1", headers=auth)).json()
+        AtpOut.model_validate(body)
+        assert (body["atp"], body["backordered"], body["oversold"], body["safety"]) == (1, 3, 0, 1)
+        assert {loc: (f["atp"], f["safety"], f["backordered"]) for loc, f in body["locations"].items()} == {
+            "WH1": (0, 1, 3), "WH2": (0, 0, 0)}
+        wh1 = (await api.get("/v1/atp/BO-1", params={"location": "WH1"}, headers=auth)).json()
+        assert (wh1["atp"], wh1["backordered"]) == (0, 3)
+        more = await api.post("/v1/reservations", json={"lines": [{"sku": "BO-1", "qty": 2}]},
+                              headers={"Idempotency-Key": "bo-more", **auth})
+        assert more.status_code == 409 and more.json()["lines"][0]["available"] == body["atp"]
 
 
 async def test_policy_round_trip_changes_atp(store: Any, settings: Settings, topics: Topics) -> None:

@@ -20,7 +20,7 @@ from tests.integration.api_harness import seed, sync_store
 
 GET_KEYS = {
     "sku", "location", "on_hand", "in_transit", "promisable_in_transit", "committed", "held", "safety", "atp",
-    "promisable_now", "next_promise_ms", "next_promise_at", "oversold", "locations",
+    "promisable_now", "next_promise_ms", "next_promise_at", "oversold", "backordered", "locations",
 }
 RESERVATION_KEYS = {"reservation_id", "state", "promised_ms", "promised_at", "expires_ms", "expires_at", "lines"}
 LINE_KEYS = {"sku", "qty", "location", "state", "expires_ms", "expires_at", "promised_ms", "promised_at",
@@ -120,7 +120,8 @@ def test_policy_set_changes_only_the_given_fields(cli_env: dict[str, str], capsy
     code, out, _ = run(["policy", "get", "CLI-1", "--json"], capsys)
     assert code == 0 and orjson.loads(out)["policy"]["mode"] == "presell"
     code, out, _ = run(["get", "CLI-1", "--json"], capsys)
-    assert orjson.loads(out)["atp"] == 15 - 2 * 2  # safety applies at each of the two locations
+    body = orjson.loads(out)
+    assert body["atp"] == 15 - 2 * 2 and body["safety"] == 4  # safety applies at each of the two locations
 
     code, _, err = run(["policy", "set", "CLI-1", "--cap-pm", "2000"], capsys)
     assert code == cli.EXIT_BAD_ARGUMENT and "--cap-pm" in err and len(err.strip().splitlines()) == 1

@@ -66,7 +66,11 @@ def test_backorder_promises_beyond_supply_up_to_the_limit(store: Store) -> None:
     r = hold(store, "r1", 6)
     assert r["line"]["alloc"] == [["oh", "A", "A", 2], ["bo", "", "A", 4]]
     assert r["line"]["promised_ms"] == T0 + 10 * DAY
-    assert r["line"]["atp_after"] == -4
+    # backordered units are sold, not missing: the SKU can still sell the 1 unit of room left
+    assert r["line"]["atp_after"] == 1
+    pos = store.position("S")
+    assert (pos["atp"], pos["backordered"], pos["oversold"]) == (1, 4, 0)
+    assert pos["locations"]["A"]["atp"] == 0
     assert hold(store, "r2", 2)["available"] == 1
 
 

@@ -19,7 +19,9 @@ FULL = Observation(
         locations={
             "WH1": LocationFigures(on_hand=70, held=0, committed=80, in_transit=0, atp=-10, short=10),
             "WH2": LocationFigures(on_hand=1, atp=1),
+            "WH3": LocationFigures(committed=4, backordered=4),
         },
+        backordered=4,
     ),
     at_risk=(AtRisk("p-4", 5), AtRisk("p-3", 5)),
     slipped=(Slip("p-2", 1, 2),),

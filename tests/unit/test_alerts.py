@@ -151,14 +151,35 @@ def test_locations_are_judged_separately_in_sorted_order():
         command="count",
         occurred_ms=T0,
         position=position(WH2={"atp": 0, "on_hand": 4, "committed": 4}, WH1={"atp": 5, "on_hand": 5},
-                          WH3={"atp": 100, "on_hand": 100}, WH4={"atp": -2, "safety": 2}),
+                          WH3={"atp": 100, "on_hand": 100}, WH4={"atp": 0}),
     )
     _, alerts = evaluate(None, obs, T0, POLICY)
     assert [(a.kind, a.location) for a in alerts] == [
         ("low_stock", "WH1"),
         ("low_stock", "WH2"),
         ("stockout", "WH2"),
-    ]  # WH4 holds nothing and sells nothing: its ATP −safety is no sell-out
+    ]  # WH4 holds nothing and sells nothing: its ATP 0 is no sell-out
+
+
+def backordering(room: int, t: int) -> Observation:
+    """WH1 sold out on hand and selling on backorder (ATP 0, 8 backordered), ``room`` units of
+    backorder allowance left: the SKU's ATP counts them, no location's does."""
+    wh1 = LocationFigures(on_hand=4, committed=12, atp=0, backordered=8)
+    pos = PositionFigures(atp=room, locations={"WH1": wh1}, backordered=8)
+    return Observation(sku=SKU, command="order_placed", occurred_ms=t, event_id=f"e{t}", position=pos)
+
+
+def test_backorders_raise_no_stockout_while_backorder_room_remains():
+    state, alerts = evaluate(None, backordering(5, T0), T0, POLICY)
+    assert kinds(alerts) == [("low_stock", "firing", 1)]  # stock is low: selling on backorder
+    assert alerts[0].values["backordered"] == 8
+    state, alerts = evaluate(state, backordering(0, T0 + 1000), T0 + 1000, POLICY)
+    assert kinds(alerts) == [("stockout", "firing", 1)]
+    assert alerts[0].values["backorder_room"] == 0
+    # the allowance back above the band (a backorder released): the location can sell again
+    _, alerts = evaluate(state, backordering(2, T0 + 2000), T0 + 2000, POLICY)
+    assert kinds(alerts) == [("stockout", "resolved", 1)]
+    assert "backorder room 2" in alerts[0].summary and alerts[0].values["backorder_room"] == 2
 
 
 def test_a_location_sold_out_by_orders_is_judged_when_empty():

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from engine.api.models import AtpOut
 from engine.api.reservation_events import encode, reservation_event
 from engine.api.views import position_view, reservation_view, rfc3339
 from engine.client import Allocation, Reservation, ReservedLine
@@ -48,6 +49,19 @@ def test_position_view_keeps_the_location_asked_and_fills_dates() -> None:
     assert view["location"] == "WH1" and view["atp"] == 12
     assert view["next_promise_at"] == "2025-01-01T08:00:00.000Z"
     assert view["locations"]["WH1"]["oh_alloc"] == 1
+    assert view["backordered"] == 0 and view["locations"]["WH1"]["backordered"] == 0
+
+
+def test_position_view_names_backordered_units_per_location_and_for_the_sku() -> None:
+    loc = {"on_hand": 0, "safety": 0, "held": 3, "committed": 0, "in_transit": 0, "promisable_in_transit": 0,
+           "atp": 0, "oh_alloc": 0, "bo_alloc": 3, "short": 0}
+    wire = {"sku": "A", "on_hand": 0, "safety": 0, "held": 3, "committed": 0, "in_transit": 0,
+            "promisable_in_transit": 0, "atp": 2, "promisable_now": 0, "next_promise_ms": 0, "oversold": 0,
+            "backordered": 3, "locations": {"WH1": loc}}
+    view = position_view(wire)
+    assert (view["atp"], view["backordered"], view["oversold"]) == (2, 3, 0)
+    assert view["locations"]["WH1"]["backordered"] == 3
+    AtpOut.model_validate(view)
 
 
 @pytest.mark.parametrize("change", ["held", "confirmed", "released"])

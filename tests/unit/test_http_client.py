@@ -109,6 +109,18 @@ def test_a_position_body_of_the_server_reads_back_and_newer_members_are_ignored(
     assert got.locations["WH1"].oh_alloc == 5 and got.locations["WH1"].promisable_in_transit == 20
 
 
+def test_a_position_reads_backordered_units_also_from_a_server_that_predates_them() -> None:
+    figures = {"on_hand": 0, "safety": 0, "held": 3, "committed": 0, "in_transit": 0, "promisable_in_transit": 0,
+               "atp": 0, "oh_alloc": 0, "bo_alloc": 3, "short": 0}
+    body = {"sku": "S1", "location": None, "on_hand": 0, "safety": 0, "held": 3, "committed": 0, "in_transit": 0,
+            "promisable_in_transit": 0, "atp": 2, "promisable_now": 0, "next_promise_ms": 0,
+            "next_promise_at": None, "oversold": 0, "locations": {"WH1": figures}}
+    old = Atp.from_body(body)
+    assert old.backordered == 0 and old.locations["WH1"].backordered == 3
+    new = Atp.from_body(position_view({**body, "backordered": 3}))
+    assert new.backordered == 3 and new.locations["WH1"].backordered == 3 and new.atp == 2
+
+
 def test_a_refusal_of_the_server_reads_back_with_its_guard_and_lines() -> None:
     RefusedOut.model_validate(REFUSED)
     refused = Refused.from_body({**REFUSED, "added_later": {"x": 1}})

@@ -187,3 +187,13 @@ def test_bad_sku_event_id_or_time_are_refused():
         parse_position([1])
     tick = Observation.tick("S", T0)
     assert (tick.command, tick.occurred_ms, tick.position) == ("tick", T0, None)
+
+
+def test_a_position_names_backordered_units_and_the_backorder_room():
+    book = SkuBook("SKU-1")
+    book.apply("policy", {"policy": {"mode": "backorder", "backorder_limit": 6}}, T0)
+    book.apply("count", {"loc": "WH1", "on_hand": 2}, T0)
+    book.hold_batch([HoldRequest("r1", 5, "WH1")], T0)
+    pos = parse_position(book.position(T0))
+    assert (pos.atp, pos.backordered, pos.backorder_room) == (3, 3, 3)
+    assert (pos.locations["WH1"].atp, pos.locations["WH1"].backordered) == (0, 3)

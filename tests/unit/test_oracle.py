@@ -36,6 +36,29 @@ def test_safety_stock_is_never_promised():
     assert book.position(NOW)["atp"] == 6
 
 
+def test_safety_holds_back_only_stock_that_is_there():
+    book = stocked(10, safety=4)
+    book.apply("count", {"loc": "WH2", "on_hand": 0}, NOW)
+    book.apply("count", {"loc": "WH3", "on_hand": 3}, NOW)
+    pos = book.position(NOW)
+    assert {loc: (f["safety"], f["atp"]) for loc, f in pos["locations"].items()} == {
+        "WH1": (4, 6), "WH2": (0, 0), "WH3": (3, 0)
+    }
+    assert (pos["safety"], pos["atp"]) == (7, 6) and book.capacity("", NOW) == 6
+
+
+def test_backordered_units_do_not_lower_atp_and_the_network_counts_the_room():
+    book = stocked(2, mode="backorder", backorder_limit=5)
+    [reply] = book.hold_batch([HoldRequest("r1", 4, "WH1")], NOW)
+    assert reply["line"]["atp_after"] == 0  # WH1's: its stock sold, the backorders take nothing
+    pos = book.position(NOW)
+    assert (pos["atp"], pos["backordered"], pos["oversold"]) == (3, 2, 0)
+    assert pos["atp"] == book.capacity("", NOW)
+    assert book.position(NOW, "WH1")["atp"] == 0  # the room belongs to no location
+    [reply] = book.hold_batch([HoldRequest("r2", 1)], NOW)
+    assert reply["line"]["atp_after"] == 2  # the SKU's, room included
+
+
 def test_presell_draws_lots_in_eta_order_with_cap():
     book = stocked(5, mode="presell", cap_pm=500)
     book.apply("inbound_created", {"inbound_id": "late", "loc": "WH1", "qty": 40, "eta_ms": NOW + 9 * DAY_MS, "supplier": "s"}, NOW)

@@ -464,19 +464,25 @@ function F.capacity(loc)
   return total
 end
 
--- ATP of one location, or of the SKU when loc is ''
+-- ATP of one location, or of the SKU when loc is '' (docs/semantics.md "Derived figures"). Safety
+-- holds back only stock that is there, so an empty location is 0, not -safety; backordered units
+-- are promised from future supply and take nothing (only short units make ATP negative). The
+-- SKU's ATP adds the backorder room, so it is what a hold may take less what is oversold.
 function F.atp_of(loc)
   local safety = pol.safety
   local total = 0
   if loc ~= '' and not locs[loc] then return 0 end
   for name, b in pairs(locs) do
-    if loc == '' or name == loc then total = total + b.oh - b.cm - b.hd - safety end
+    if loc == '' or name == loc then
+      total = total + b.oh - math.min(safety, b.oh) - (b.hd + b.cm - b.ba)
+    end
   end
   if pol.mode ~= 'strict' then
     for _, lot in pairs(F.get_lots()) do
       if loc == '' or lot.loc == loc then total = total + F.promisable(lot) end
     end
   end
+  if loc == '' then total = total + F.bo_free() end
   return total
 end
 
@@ -1378,23 +1384,26 @@ function F.position_json(location)
     names = {}
   end
   local per = {}
-  local oh, hd, cm, it, pt, atp, now, short = 0, 0, 0, 0, 0, 0, 0, 0
+  local oh, hd, cm, it, pt, atp, now, short, bo, sf = 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
   for i, name in ipairs(names) do
     local b = locs[name]
     local p = pit[name] or 0
     local t = transit[name] or 0
-    local a = b.oh + p - b.cm - b.hd - safety
-    per[i] = '"' .. name .. '":{"on_hand":' .. num(b.oh) .. ',"safety":' .. num(safety) ..
+    local s = math.min(safety, b.oh) -- the same figures as F.atp_of
+    local a = b.oh + p - s - (b.hd + b.cm - b.ba)
+    per[i] = '"' .. name .. '":{"on_hand":' .. num(b.oh) .. ',"safety":' .. num(s) ..
       ',"held":' .. num(b.hd) .. ',"committed":' .. num(b.cm) .. ',"in_transit":' .. num(t) ..
       ',"promisable_in_transit":' .. num(p) .. ',"atp":' .. num(a) .. ',"oh_alloc":' .. num(b.oa) ..
       ',"bo_alloc":' .. num(b.ba) .. ',"short":' .. num(b.st) .. '}'
     oh, hd, cm, it, pt, atp = oh + b.oh, hd + b.hd, cm + b.cm, it + t, pt + p, atp + a
-    now, short = now + free_oh(name), short + b.st
+    now, short, bo, sf = now + free_oh(name), short + b.st, bo + b.ba, sf + s
   end
-  return '{"sku":"' .. SKU .. '","on_hand":' .. num(oh) .. ',"safety":' .. num(safety * #names) ..
+  -- the backorder room belongs to no location until a hold places it
+  if location == nil then atp = atp + F.bo_free() end
+  return '{"sku":"' .. SKU .. '","on_hand":' .. num(oh) .. ',"safety":' .. num(sf) ..
     ',"held":' .. num(hd) .. ',"committed":' .. num(cm) .. ',"in_transit":' .. num(it) ..
     ',"promisable_in_transit":' .. num(pt) .. ',"atp":' .. num(atp) .. ',"promisable_now":' .. num(now) ..
-    ',"next_promise_ms":' .. num(next_ms) .. ',"oversold":' .. num(short) ..
+    ',"next_promise_ms":' .. num(next_ms) .. ',"oversold":' .. num(short) .. ',"backordered":' .. num(bo) ..
     ',"locations":{' .. table.concat(per, ',') .. '}}'
 end
 

@@ -4,7 +4,8 @@
 -- ARGV: 1 sku, 2 now_ms (0 = TIME), 3 location ('' = all),
 --       4 '1' = read only, no lazy expiry (the invariant checker), else absent
 -- Reply: json position {sku, on_hand, safety, held, committed, in_transit,
---        promisable_in_transit, atp, promisable_now, next_promise_ms, oversold, locations}
+--        promisable_in_transit, atp, promisable_now, next_promise_ms, oversold, backordered,
+--        locations} (docs/semantics.md "Derived figures")
 --        (or '~more' while more seconds of holds are due than one call folds: lib.lua FOLD_MAX)
 -- Computed on Redis TIME for all locations of a SKU that exists, the reply is also kept in the
 -- pos key (see lib.lua), where the store's batch reads find it.
