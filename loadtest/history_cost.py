@@ -701,8 +701,9 @@ class _Hot:
                     self._hold(rids, ttl_ms=1)  # expired by the next call on the SKU
                 left[kind] -= k
                 self.progress.advance(task, k)
-        time.sleep(0.01)
-        self._supply("count", loc=LOC, on_hand=sh.on_hand_live)  # expires the last ones on the way
+        time.sleep(1.01)  # the last of them come due (holds end at whole seconds)
+        self._supply("count", loc=LOC, on_hand=sh.on_hand_live)  # gives back the last ones on the way
+        self.store.sweep()  # and the expired lines are buried, as the sweeper does in service
         now = self._server_ms()
         self._supply("inbound_created", inbound_id=self.lots["big"], loc=LOC, qty=sh.big, eta_ms=now + 10 * DAY_MS,
                      supplier="sup-big")
