@@ -60,7 +60,7 @@ def _queue_reads(pipe: Any, k: Any) -> None:
     pipe.hgetall(k.ended)
     pipe.zrange(k.pool, 0, -1)
     pipe.hget(k.state, "!J")
-    pipe.hget(k.state, "!W")
+    pipe.hgetall(k.state)  # '!W' and the due buckets ('p<T>')
     pipe.hgetall(k.due)
     pipe.zrange(k.duet, 0, -1, withscores=True)
 
@@ -129,7 +129,9 @@ def _check_many(client: Any, skus: list[str], prefix: str) -> list[str]:
 def _check_state(sku: str, raw: list[Any], pos: dict[str, Any], now: int) -> list[str]:
     out: list[str] = []
     (loc_raw, lots_raw, res_raw, raw_pol, srel_raw, cust_raw, chan_raw, exp_raw, dead_raw, ended_raw, pool_raw,
-     job_raw, w_raw, due_raw, duet_raw) = raw
+     job_raw, state_raw, due_raw, duet_raw) = raw
+    w_raw = state_raw.get(b"!W", state_raw.get("!W"))
+    due_raw = {**{f: v for f, v in state_raw.items() if _text(f).startswith("p")}, **due_raw}
     buckets: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(_BUCKETS, 0))
     buckets.update(location_buckets(loc_raw))
     lots = {_text(i): _lot(v) for i, v in lots_raw.items()}

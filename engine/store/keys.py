@@ -84,8 +84,9 @@ class SkuKeys:
     #             the lines they move in allocation order without reading the others
     job: str    # zset (all scores 0): '<seq:012>|<rid>|<promised ms before>' of each line a paused
     #             supply job touched, for its report phase (see lua/rebalance.lua)
-    due: str    # hash, due buckets: 'p<T>' -> '<n>|<alloc>' of the held lines expiring at second T,
-    #             'c<T>|<customer>' / 'h<T>|<channel>' -> their units (see lua/lib.lua)
+    due: str    # hash, due usage: 'c<T>|<customer>' / 'h<T>|<channel>' -> units of the held lines
+    #             expiring at second T (the buckets themselves are 'p<T>' fields of ``state``;
+    #             see lua/lib.lua)
     duet: str   # zset T -> T of the buckets in ``due``
 
     @property

@@ -12,7 +12,15 @@
 
 entry('hold', function()
   local flush = F.flush
-  F.load_state()
+  -- the due bucket of the first request's expiry, read with the state (F.flush_due writes it)
+  local ttl = tonumber(string.match(ARGV[4] or '', '^%d+|[^|]*|(%d+)|') or '')
+  if ttl then
+    local T = F.due_at(NOW + ttl)
+    local vals = F.load_state('p' .. F.num(T))
+    F.due_seen(T, vals[6])
+  else
+    F.load_state()
+  end
   F.settle(HOLD_BURY)
   if S.more_due then return F.more() end
   local rids = {}

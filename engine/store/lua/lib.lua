@@ -28,6 +28,11 @@
 --       '!W'          '<W>,<pending>,<next>': due buckets up to second W are folded, <pending> of
 --                     their lines are not buried yet, <next> is the earliest unfolded T (0: none
 --                     known); absent = 0,0,0
+--       'p<T>'        a due bucket (see KEYS[14]): '<n>|<alloc>': n = held lines expiring at second
+--                     T (after the fold: lines of T not yet buried) and, until the fold, the sum of
+--                     their allocations in the line's alloc form ('kind,ref,loc,qty' joined by
+--                     ';'). Kept here so that a hold reads and writes its bucket with the state
+--                     it reads and writes anyway (hold.lua names the field to F.load_state).
 --   2 lots  hash lot_id -> '<loc>,<qty>,<eta_ms>,<supplier>,<alloc>'
 --   3 res   hash rid -> a live line (held, committed), compact: '<state>|<qty>|<loc>|<expires_ms>|<seq>|<channel>|
 --           <customer>|<promised_ms>|<atp_after>|<alloc>', alloc = 'kind,ref,loc,qty' entries
@@ -59,17 +64,15 @@
 --           that changed; built once from res when a store written without it is first used.
 --  13 job   zset, the lines a paused supply job touched (apply.lua, rebalance.lua F.save_touched):
 --           '<seq, 12 digits>|<rid>|<promised ms before the command>', every score 0
---  14 due   hash, the due buckets: held lines by the second they expire at (expires_ms is always a
---           whole second, T below). A bucket's units are given back all at once when T comes
+--  14 due   hash, the due usage. Held lines are counted in the due bucket of the second they
+--           expire at (expires_ms is always a whole second, T; the buckets are the 'p<T>' fields
+--           of the state hash). A bucket's units are given back all at once when T comes
 --           (F.fold), so a due hold's units are promisable at once however many lines came due;
 --           the lines themselves are then "buried" (state expired, usage returned, out of the
 --           indexes) a few per call (F.bury_due) or when a call reads them (F.got_line).
---       'p<T>'        '<n>|<alloc>': n = held lines expiring at T (after the fold: lines of T not
---                     yet buried) and, until the fold, the sum of their allocations in the line's
---                     alloc form ('kind,ref,loc,qty' joined by ';')
---       'c<T>|<customer>', 'h<T>|<channel>'  units of those lines per customer / channel: a guard
---                     subtracts the ones of folded buckets (their lines are due, not yet buried)
---  15 duet  zset T -> T of the buckets in 'due' (folded ones stay until their lines are buried)
+--       'c<T>|<customer>', 'h<T>|<channel>'  units of the held lines of T per customer / channel:
+--                     a guard subtracts the ones of folded buckets (due, not yet buried)
+--  15 duet  zset T -> T of the due buckets (folded ones stay until their lines are buried)
 --  16… stash (apply.lua only, optional) the reply stash keys of the commands, K.stashes
 --       (engine/store/reply_stash.py)
 -- ARGV (every script): 1 sku, 2 now_ms (0 = Redis TIME; > 0 only from tests), then the entry's own.
@@ -628,6 +631,12 @@ function F.due_count(T, sign, qty, customer, channel)
   end
 end
 
+-- the stored form of bucket T's record as read with the state ('p<T>'), so F.flush_due does not
+-- read it again
+function F.due_seen(T, raw)
+  due_raw[T] = raw or false
+end
+
 -- a held line starts to be counted in the bucket of its expiry
 function F.due_enter(line)
   local T = F.due_at(line.expires_ms)
@@ -676,7 +685,7 @@ function F.fold()
   if #ts > 0 then
     local fields = {}
     for i = 1, #ts do fields[i] = 'p' .. ts[i] end
-    local recs = redis.call('HMGET', K.due, unpack(fields))
+    local recs = redis.call('HMGET', K.state, unpack(fields))
     for i = 1, #ts do
       local T, raw = tonumber(ts[i]), recs[i]
       due_raw[T] = raw or false
@@ -951,7 +960,7 @@ function F.flush_due()
       end
     end
     if #want > 0 then
-      local vals = redis.call('HMGET', K.due, unpack(want))
+      local vals = redis.call('HMGET', K.state, unpack(want))
       for i, T in ipairs(wt) do due_raw[T] = vals[i] or false end
     end
     local set, del, zadd, zrem = {}, {}, {}, {}
@@ -994,8 +1003,9 @@ function F.flush_due()
         due_raw[T] = v
       end
     end
-    if #set > 0 then F.call_chunked('HSET', K.due, set, 2) end
-    if #del > 0 then F.call_chunked('HDEL', K.due, del, 1) end
+    -- (written with the rest of the state hash by F.flush)
+    for i = 1, #set, 2 do state_set[set[i]] = set[i + 1] end
+    if #del > 0 then F.call_chunked('HDEL', K.state, del, 1) end
     if #zadd > 0 then F.call_chunked('ZADD', K.duet, zadd, 2) end
     if #zrem > 0 then F.call_chunked('ZREM', K.duet, zrem, 1) end
     due_chg, due_folded = {}, {}
