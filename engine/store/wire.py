@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from engine.domain.policy import Policy
 from engine.store.keys import validate_id, validate_location, validate_sku
+
+_T = TypeVar("_T")
 
 DEFAULT_LOCATION = "default"
 MAX_QTY = 1_000_000_000
@@ -126,16 +128,17 @@ def checked_hold_request(rid: str, qty: int, loc: str, ttl_ms: int, channel: str
                          commit: bool = False) -> HoldRequest:
     """A ``HoldRequest`` from fields the caller has validated already (the checkout client, which
     checks every line and id once): built without running the checks again."""
-    req = object.__new__(HoldRequest)
-    set_field = object.__setattr__
-    set_field(req, "rid", rid)
-    set_field(req, "qty", qty)
-    set_field(req, "loc", loc)
-    set_field(req, "ttl_ms", ttl_ms)
-    set_field(req, "channel", channel)
-    set_field(req, "customer", customer)
-    set_field(req, "commit", commit)
-    return req
+    return _unchecked(HoldRequest, rid=rid, qty=qty, loc=loc, ttl_ms=ttl_ms, channel=channel, customer=customer,
+                      commit=commit)
+
+
+def _unchecked(cls: type[_T], **fields: Any) -> _T:
+    """An instance of the frozen dataclass ``cls`` with ``fields`` as given, its checks
+    (``__post_init__``) not run."""
+    obj = object.__new__(cls)
+    for name, value in fields.items():
+        object.__setattr__(obj, name, value)
+    return obj
 
 
 def normalize_policy(policy: dict[str, Any] | None) -> dict[str, Any]:
@@ -254,17 +257,8 @@ class SupplyCommand:
         """A command from fields the caller has validated already, ``payload`` in the form
         ``normalize_payload`` gives (the parse step, whose event models check every field):
         built without running the checks again."""
-        command = object.__new__(cls)
-        set_field = object.__setattr__
-        set_field(command, "sku", sku)
-        set_field(command, "cmd", cmd)
-        set_field(command, "payload", payload)
-        set_field(command, "event_id", event_id)
-        set_field(command, "source", source)
-        set_field(command, "offset", offset)
-        set_field(command, "reason", reason)
-        set_field(command, "ref", ref)
-        return command
+        return _unchecked(cls, sku=sku, cmd=cmd, payload=payload, event_id=event_id, source=source, offset=offset,
+                          reason=reason, ref=ref)
 
     def argv(self) -> list[str | int]:
         """ARGV slots 3.. of apply.lua."""

@@ -656,20 +656,7 @@ end
 
 -- give back q units of one allocation of a folded bucket to its pool and location
 local function fold_units(kind, ref, at, q)
-  local b = F.loc_touch(at)
-  if kind == 'oh' then
-    b.oa = b.oa - q
-  elseif kind == 'lot' then
-    local lot = F.get_lots()[ref]
-    if lot then
-      lot.alloc = lot.alloc - q
-      lot_chg[ref] = true
-    end
-  elseif kind == 'bo' then
-    b.ba = b.ba - q
-  else
-    b.st = b.st - q
-  end
+  local b = F.pool_less(kind, ref, at, q)
   b.hd = b.hd - q
 end
 
@@ -1337,10 +1324,10 @@ function F.book(line, allocs)
   F.mark(line.rid)
 end
 
--- remove q units of one allocation entry from the pool and bucket counters
-function F.unbook(line, a, q)
-  local kind, ref = a[1], a[2]
-  local b = F.loc_touch(a[3])
+-- take q units of an allocation (kind, ref, at location at) off its pool's counter; returns the
+-- location's buckets
+function F.pool_less(kind, ref, at, q)
+  local b = F.loc_touch(at)
   if kind == 'oh' then
     b.oa = b.oa - q
   elseif kind == 'lot' then
@@ -1354,6 +1341,12 @@ function F.unbook(line, a, q)
   else
     b.st = b.st - q
   end
+  return b
+end
+
+-- remove q units of one allocation entry from the pool and bucket counters
+function F.unbook(line, a, q)
+  local b = F.pool_less(a[1], a[2], a[3], q)
   if line.state == 'held' then b.hd = b.hd - q else b.cm = b.cm - q end
   if line.bucket then F.due_entry(line.bucket, a, -q) end
   a[4] = a[4] - q
