@@ -115,13 +115,15 @@ class ReservationIn(_Closed):
     """A checkout's hold. The ``Idempotency-Key`` header is its reservation id."""
 
     lines: list[LineIn] = Field(min_length=1, max_length=MAX_LINES)
-    ttl_seconds: TtlSeconds | None = Field(None, description="default: the server's default_hold_ttl_s")
+    ttl_seconds: TtlSeconds | None = Field(
+        None, description="default: the server's default_hold_ttl_s; the hold ends at the whole second after it"
+    )
     channel: Channel | None = None
     customer_id: CustomerId | None = None
 
 
 class ExtendIn(_Closed):
-    """Keep a hold alive for ``ttl_seconds`` more from now."""
+    """Keep a hold alive for ``ttl_seconds`` more from now (until the whole second after)."""
 
     ttl_seconds: TtlSeconds
 
@@ -143,7 +145,7 @@ class LineOut(BaseModel):
     qty: int
     location: str | None = Field(description="null = any location")
     state: str
-    expires_ms: int
+    expires_ms: int = Field(description="when a held line ends: a whole second; 0 = not held")
     expires_at: str | None
     promised_ms: int
     promised_at: str | None
