@@ -24,6 +24,16 @@ CLOCK_SCORED = (":exp", ":dead")
 
 
 @dataclass(frozen=True)
+class Msg:
+    """A message to ``produce``, with its event time."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    timestamp_ms: int
+
+
+@dataclass(frozen=True)
 class Produced:
     topic: str
     partition: int

@@ -17,7 +17,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,20 +33,12 @@ from engine.flow.runner import run_flow
 from engine.settings import Settings
 from engine.store.store import Store
 from tests.integration.api_harness import ADMIN, api_processes, bearer
-from tests.integration.flowkit import produce
+from tests.integration.flowkit import Msg, produce
 
 LOC = "WH1"
 HOUR = 3_600_000
 SALE, EXPIRE, SURGE, REPL = "SALE-1", "EXPIRE-1", "SURGE-1", "REPL-1"
 WITHIN_S = 5.0
-
-
-@dataclass(frozen=True)
-class Msg:
-    topic: str
-    key: bytes
-    value: bytes
-    timestamp_ms: int
 
 
 def now_ms() -> int:

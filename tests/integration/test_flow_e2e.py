@@ -4,7 +4,6 @@ a cancelled order and a count — every bucket and the outcomes, step by step.""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -18,20 +17,12 @@ from engine.flow.runner import run_flow
 from engine.settings import Settings
 from engine.store.store import Store
 from engine.store.wire import HoldRequest
-from tests.integration.flowkit import produce
+from tests.integration.flowkit import Msg, produce
 
 pytestmark = pytest.mark.kafka_compat  # also run on Apache Kafka (README, tests)
 
 SKU = "E2E-1"
 DAY = 86_400_000
-
-
-@dataclass(frozen=True)
-class Msg:
-    topic: str
-    key: bytes
-    value: bytes
-    timestamp_ms: int
 
 
 _clock = [int(time.time() * 1000)]
