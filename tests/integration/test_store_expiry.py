@@ -92,3 +92,40 @@ def test_a_sweep_without_redis_is_logged_and_retried_at_the_next_tick() -> None:
     assert sweeper.run_once() == 0
     assert sweeper.run_once() == 0
     assert sweeper.expired_total == 0
+
+
+def _forget_due_buckets(redis: Any, sku: str) -> None:
+    """Make the SKU look as a store written before due buckets existed: no '!W', no bucket."""
+    keys = sku_keys(sku)
+    fields = [f for f in redis.hkeys(keys.state) if f == "!W" or f.startswith("p")]
+    redis.hdel(keys.state, *fields)
+    redis.delete(keys.due, keys.duet)
+
+
+def test_held_lines_of_a_store_without_due_buckets_give_their_units_back(redis: Any) -> None:
+    # an upgrade: held lines, live and due, written by a store that kept no due buckets
+    store = Store(redis, now_ms=T0)
+    store.apply([SupplyCommand("U", "count", {"loc": "A", "on_hand": 500})])
+    fill(store, "U", 300, ttl_ms=5_000, per_call=100)
+    fill(store, "U", 100, ttl_ms=60_000, first=300)
+    assert store.hold_batch("U", [HoldRequest("c1", 7, commit=True, customer="k")])[0]["status"] == "ok"
+    _forget_due_buckets(redis, "U")
+    assert store.position("U")["held"] == 400  # nothing due yet, nothing lost in the build
+    assert redis.hget(sku_keys("U").state, "!W") is not None  # built once
+    assert check_sku(redis, "U") == []
+    _forget_due_buckets(redis, "U")
+    store.now_ms = T0 + 5_000
+    pos = store.position("U")
+    assert (pos["held"], pos["committed"], pos["atp"]) == (100, 7, 393)
+    assert check_sku(redis, "U") == []
+    while store.sweep():
+        pass
+    store.now_ms = T0 + 60_000
+    while store.sweep():
+        pass
+    pos = store.position("U")
+    assert (pos["held"], pos["committed"], pos["atp"]) == (0, 7, 493)
+    dump = store.dump("U")
+    assert sum(line["state"] == "expired" for line in dump["lines"].values()) == 400
+    assert dump["customers"] == {"k": 7}
+    assert check_sku(redis, "U") == []

@@ -148,6 +148,7 @@ local function begin(keys, argv)
                                       -- (rebalance.lua F.touch)
     W = 0, pending = 0, next_due = 0, -- '!W' (F.load_state)
     wdirty = false,           -- '!W' must be written back
+    no_w = false,             -- '!W' was absent (F.settle builds the buckets of older stores)
     buried = 0,               -- lines buried in this call (F.bury)
   }
   pol, rel, locs, loc_raw, state_set, lots, lines = {}, {}, {}, {}, {}, {}, {}
@@ -217,6 +218,8 @@ function F.load_state(...)
   if vals[5] then
     local w, p, n = string.match(vals[5], '^(%d+),(%-?%d+),(%d+)$')
     S.W, S.pending, S.next_due = tonumber(w), tonumber(p), tonumber(n)
+  else
+    S.no_w = true
   end
   local raw = vals[1]
   if raw then
@@ -735,8 +738,25 @@ function F.bury_due(most)
   if #taken > 0 then F.call_chunked('ZREM', K.exp, taken, 1) end
 end
 
+-- build the due buckets of a store written before they existed: '!W' absent, yet live lines.
+-- Its held lines are in no bucket, so neither a fold nor their burial would give their units
+-- back. Done once per SKU, as the pool index is (F.ensure_pools): it reads the live lines whole,
+-- and writes '!W', so that no later call looks again.
+local function ensure_due()
+  S.no_w = false
+  if redis.call('HLEN', K.res) == 0 then return end
+  local flat = redis.call('HGETALL', K.res)
+  for i = 1, #flat, 2 do
+    local line = F.decode_line(flat[i], flat[i + 1])
+    if line.bucket then F.due_enter(line) end
+  end
+  S.wdirty = true
+  F.flush() -- the fold reads the buckets from Redis
+end
+
 -- what every entry that may act does first: give back due buckets, then bury a few lines
 function F.settle(most)
+  if S.no_w then ensure_due() end
   F.fold()
   F.bury_due(most or EXPIRE_LINES)
 end
