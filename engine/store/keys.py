@@ -57,7 +57,7 @@ def validate_prefix(prefix: object) -> str:
 # Order of the KEYS every script receives (lib.lua names them in the same order).
 KEY_NAMES: tuple[str, ...] = (
     "state", "lots", "res", "exp", "dead", "cust", "chan", "srel", "pol", "pos", "ended", "pool", "job",
-    "due", "duet",
+    "due", "duet", "log",
 )
 
 
@@ -88,6 +88,8 @@ class SkuKeys:
     #             expiring at second T (the buckets themselves are 'p<T>' fields of ``state``;
     #             see lua/lib.lua)
     duet: str   # zset T -> T of the buckets in ``due``
+    log: str    # stream, the change log: one record per call that changed the SKU, until the
+    #             relay shipped it (docs/changelog.md; lua/lib.lua F.record)
 
     @property
     def all(self) -> list[str]:

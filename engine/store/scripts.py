@@ -263,17 +263,23 @@ async def aload(client: Any, library: Library) -> None:
     await client.function_load(library.source, replace=True)
 
 
+def send(client: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
+    """Exactly one call, loading the library first when the server lacks it (a replay sends each
+    recorded call once, ``~more`` or not)."""
+    try:
+        return client.execute_command(*fcall(script, keys, args))
+    except ResponseError as exc:
+        if not _missing(exc):
+            raise
+        load(client, script.library)
+        return client.execute_command(*fcall(script, keys, args))
+
+
 def _once(client: Any, script: LuaScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
     """One call, loading the library when the server lacks it, sent again while it answers
     ``~more``."""
     while True:
-        try:
-            reply = client.execute_command(*fcall(script, keys, args))
-        except ResponseError as exc:
-            if not _missing(exc):
-                raise
-            load(client, script.library)
-            reply = client.execute_command(*fcall(script, keys, args))
+        reply = send(client, script, keys, args)
         if not _more(reply):
             return reply
 

@@ -16,10 +16,11 @@ def adjust(event_id: str, offset: int = -1) -> SupplyCommand:
                          offset=offset, reason="found | 100%", ref="R|1")
 
 
-def test_a_sku_made_by_a_stream_count_is_one_small_hash(redis: Any) -> None:
+def test_a_sku_made_by_a_stream_count_is_one_small_hash_and_its_change_record(redis: Any) -> None:
     Store(redis).apply([SupplyCommand("S", "count", {"loc": "default", "on_hand": 100}, event_id="cnt-1",
                                       source="inventory.adjustments:0", offset=7, reason="cycle count", ref="CC-1")])
-    assert list(redis.scan_iter(match="atp:*")) == [sku_keys("S").state]
+    assert sorted(redis.scan_iter(match="atp:*")) == sorted([sku_keys("S").state, sku_keys("S").log])
+    assert redis.xlen(sku_keys("S").log) == 1  # until the relay ships it (docs/changelog.md)
     assert redis.object("encoding", sku_keys("S").state) in ("ziplist", "listpack")
 
 

@@ -226,6 +226,7 @@ local function compact_policy(p)
 end
 
 function H.policy(p)
+  S.wrote = true
   redis.call('SET', K.pol, cjson.encode(p.policy))
   local compact = compact_policy(p.policy)
   state_set['!P'] = compact
@@ -234,6 +235,7 @@ function H.policy(p)
 end
 
 function H.reliability(p)
+  S.wrote = true
   redis.call('HSET', K.srel, p.supplier, p.rel_pm)
   if S.rel_loaded then rel[p.supplier] = p.rel_pm end
   return { status = 'ok' }
@@ -339,7 +341,7 @@ local function apply_one(c, seen)
   local function advance(J)
     S.job = J
     if F.run_job(J) then
-      if J.saved then redis.call('HDEL', K.state, '!J') end
+      if J.saved then F.call_chunked('HDEL', K.state, { '!J' }, 1) end
       S.job = false
       return kept(finish(J.head))
     end

@@ -73,7 +73,9 @@
 --       'c<T>|<customer>', 'h<T>|<channel>'  units of the held lines of T per customer / channel:
 --                     a guard subtracts the ones of folded buckets (due, not yet buried)
 --  15 duet  zset T -> T of the due buckets (folded ones stay until their lines are buried)
---  16… stash (apply.lua only, optional) the reply stash keys of the commands, K.stashes
+--  16 log   stream, the change log: a record of each call that changed the SKU (F.record), until
+--           the relay ships it to Kafka and trims it (docs/changelog.md)
+--  17… stash (apply.lua only, optional) the reply stash keys of the commands, K.stashes
 --       (engine/store/reply_stash.py)
 -- ARGV (every script): 1 sku, 2 now_ms (0 = Redis TIME; > 0 only from tests), then the entry's own.
 --
@@ -129,7 +131,8 @@ local function begin(keys, argv)
   K = {
     state = keys[1], lots = keys[2], res = keys[3], exp = keys[4], dead = keys[5], cust = keys[6],
     chan = keys[7], srel = keys[8], pol = keys[9], pos = keys[10], ended = keys[11], pool = keys[12],
-    job = keys[13], due = keys[14], duet = keys[15], stashes = #keys > 15 and { unpack(keys, 16) } or nil,
+    job = keys[13], due = keys[14], duet = keys[15], log = keys[16],
+    stashes = #keys > 16 and { unpack(keys, 17) } or nil,
   }
   SKU = argv[1]
   NOW = tonumber(argv[2]) or 0
@@ -150,6 +153,7 @@ local function begin(keys, argv)
     wdirty = false,           -- '!W' must be written back
     no_w = false,             -- '!W' was absent (F.settle builds the buckets of older stores)
     buried = 0,               -- lines buried in this call (F.bury)
+    wrote = false,            -- the call changed the SKU's state (F.record logs it)
   }
   pol, rel, locs, loc_raw, state_set, lots, lines = {}, {}, {}, {}, {}, {}, {}
   line_raw, line_home, line_orig, pool_dirty, pool_now, pool_fresh = {}, {}, {}, {}, {}, {}
@@ -186,6 +190,7 @@ end
 
 -- redis.call with many arguments, chunked to stay inside Lua's C stack limit
 function F.call_chunked(cmd, key, items, per)
+  S.wrote = true
   local i, n = 1, #items
   if n <= per * 500 then return redis.call(cmd, key, unpack(items)) end
   while i <= n do
@@ -1018,12 +1023,18 @@ function F.flush_due()
     due_chg, due_folded = {}, {}
   end
   for f, d in pairs(due_use) do
-    if d ~= 0 and redis.call('HINCRBY', K.due, f, d) == 0 then redis.call('HDEL', K.due, f) end
+    if d ~= 0 then
+      S.wrote = true
+      if redis.call('HINCRBY', K.due, f, d) == 0 then redis.call('HDEL', K.due, f) end
+    end
   end
   due_use = {}
   for key, m in pairs(use_chg) do
     for who, d in pairs(m) do
-      if d ~= 0 and redis.call('HINCRBY', key, who, d) == 0 then redis.call('HDEL', key, who) end
+      if d ~= 0 then
+        S.wrote = true
+        if redis.call('HINCRBY', key, who, d) == 0 then redis.call('HDEL', key, who) end
+      end
     end
     use_chg[key] = {}
   end
@@ -1446,6 +1457,28 @@ function F.keep_position(json)
   redis.call('HSET', K.state, '!K', '1')
 end
 
+----------------------------------------------------------------------------- the change log
+
+-- A call that changed the SKU's state appends its change record to the SKU's log (KEYS[16]), in
+-- the same atomic call, so the log holds every change in the order Redis applied it
+-- (docs/changelog.md). The record is the call itself: its entry, its time and its arguments,
+-- from which the same call on the same state gives the same state again (every entry is a pure
+-- function of the state, NOW and ARGV). Fields: q = the SKU's change number (1, 2, …; '!Q' in
+-- the state hash), f = the entry, t = NOW, a = ARGV from 3 on (json array), k = the stash keys
+-- without the key prefix, space separated (apply.lua's KEYS from 17 on), when there are some.
+-- A call that changed nothing (a refusal, a duplicate, a read) leaves no record.
+function F.record(name)
+  if not S.wrote then return end
+  local q = redis.call('HINCRBY', K.state, '!Q', 1)
+  local rec = { 'q', q, 'f', name, 't', F.num(NOW), 'a', cjson.encode({ unpack(ARGV, 3) }) }
+  if K.stashes then
+    local tails = {}
+    for i, key in ipairs(K.stashes) do tails[i] = string.sub(key, (string.find(key, '-', 1, true) or 0) + 1) end
+    rec[9], rec[10] = 'k', table.concat(tails, ' ')
+  end
+  redis.call('XADD', K.log, '*', unpack(rec))
+end
+
 ----------------------------------------------------------------------------- entries
 
 -- entry name -> the function FCALL runs; each entry file adds its own (scripts.py registers them)
@@ -1453,6 +1486,8 @@ local ENTRIES = {}
 local function entry(name, body)
   ENTRIES[name] = function(keys, argv)
     begin(keys, argv)
-    return body()
+    local reply = body()
+    F.record(name)
+    return reply
   end
 end

@@ -23,6 +23,7 @@ local function purge_dead(cutoff, limit)
     local line = F.get_line(rid)
     if line and not F.is_live(line) then
       if line.state == 'shipped' then
+        S.wrote = true
         if line.customer ~= '' then redis.call('HINCRBY', K.cust, '~' .. line.customer, line.qty) end
         if line.channel ~= '' then redis.call('HINCRBY', K.chan, '~' .. line.channel, line.qty) end
       end

@@ -1,0 +1,258 @@
+"""The change log of the store: each SKU's change records, their wire form, their replay, and
+the state digest that says whether two keyspaces hold the same SKU (docs/changelog.md).
+
+Every script call that changes a SKU appends one record to the SKU's log stream in the same
+atomic call (``lua/lib.lua`` ``F.record``). A record is the call itself — its entry, its time
+and its arguments — and its per-SKU change number ``q`` (1, 2, … with no gap). Every entry is a
+pure function of the SKU's state, its time and its arguments, so replaying a SKU's records in
+``q`` order on an empty keyspace gives the state the live one had after the last of them. The
+relay ships the records to Kafka (``engine.log.relay``); rebuild and reconcile replay them
+(``engine.log.rebuild``).
+
+Pure parts (``Record``, ``replay_call``, ``digest_of``) here; the I/O is a few thin functions
+taking a redis-py client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from engine.store import scripts
+from engine.store.keys import KEY_NAMES, SkuKeys, sku_keys, validate_prefix, validate_sku
+
+#: The state fields and keys a digest leaves out: a kept position and its marker (a cache that
+#: reads make, which the log does not carry), the log itself and the change counter's stream.
+_NOT_STATE_KEYS = frozenset({"pos", "log"})
+_NOT_STATE_FIELDS = frozenset({"!K"})
+#: Entries (and ARGV-free) a replay may send: every entry that can change a SKU.
+REPLAYABLE = frozenset({"hold", "reservation", "apply", "apply_many", "position", "sweep"})
+#: Entries read per HSCAN / ZSCAN call while digesting: bounded work per call.
+SCAN_COUNT = 1000
+
+
+class LogGap(RuntimeError):
+    """A SKU's records skip a change number: the log is missing a record (or holds another
+    SKU's history), so replaying it cannot give the live state."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One change record of one SKU."""
+
+    sku: str
+    q: int                    # the SKU's change number: 1, 2, … in the order Redis applied them
+    fn: str                   # the entry that ran (hold, reservation, apply, apply_many, position, sweep)
+    now_ms: int               # the call's time
+    args: tuple[str, ...]     # the entry's ARGV from 3 on
+    stash: tuple[str, ...] = ()  # apply's reply stash keys without the key prefix ('rp:{sku}:…')
+
+    @classmethod
+    def from_stream(cls, sku: str, fields: dict[Any, Any]) -> Record:
+        """A record as XRANGE returns it (field -> value, bytes or str)."""
+        f = {_text(k): v for k, v in fields.items()}
+        args = orjson.loads(f["a"])
+        stash = _text(f.get("k", b"")).split()
+        return cls(sku, int(f["q"]), _text(f["f"]), int(f["t"]),
+                   tuple(args) if isinstance(args, list) else (), tuple(stash))
+
+    def to_json(self) -> bytes:
+        """The Kafka value of the record (topic ``inventory.changes``, key = the SKU)."""
+        body: dict[str, Any] = {"sku": self.sku, "q": self.q, "fn": self.fn, "now_ms": self.now_ms,
+                                "args": list(self.args)}
+        if self.stash:
+            body["stash"] = list(self.stash)
+        return orjson.dumps(body)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Record:
+        """A record from its Kafka value; ``ValueError`` when it is not one."""
+        try:
+            body = orjson.loads(raw)
+            sku = validate_sku(body["sku"])
+            q, fn, now_ms = body["q"], body["fn"], body["now_ms"]
+            args, stash = body["args"], body.get("stash", [])
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"not a change record: {exc}") from exc
+        if fn not in REPLAYABLE or not (isinstance(q, int) and q > 0) or not isinstance(now_ms, int):
+            raise ValueError(f"not a change record: fn={fn!r} q={q!r}")
+        if not all(isinstance(a, str) for a in args) or not all(isinstance(s, str) for s in stash):
+            raise ValueError("not a change record: args and stash must be strings")
+        return cls(sku, q, fn, now_ms, tuple(args), tuple(stash))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def replay_call(record: Record, prefix: str) -> scripts.Call:
+    """The call that replays ``record`` on the keyspace of ``prefix``."""
+    validate_prefix(prefix)
+    entry = scripts.load_scripts()[record.fn]
+    keys = sku_keys(record.sku, prefix).all
+    for tail in record.stash:
+        if not tail.startswith(f"rp:{{{record.sku}}}:"):
+            raise ValueError(f"stash key {tail!r} is not one of SKU {record.sku!r}")
+        keys.append(f"{prefix}-{tail}")
+    return entry, keys, [record.sku, record.now_ms, *record.args]
+
+
+def read_log(client: Any, sku: str, prefix: str, count: int = 500, after: str = "-") -> list[tuple[bytes, Record]]:
+    """Up to ``count`` records of the SKU's log after stream id ``after`` ('-': from the first),
+    each with its stream id."""
+    key = sku_keys(sku, prefix).log
+    start = after if after == "-" else f"({_text(after)}"
+    return [(sid, Record.from_stream(sku, fields)) for sid, fields in client.xrange(key, start, "+", count=count)]
+
+
+def change_number(client: Any, sku: str, prefix: str) -> int:
+    """The SKU's last change number in the keyspace of ``prefix`` (0: none)."""
+    return int(client.hget(sku_keys(sku, prefix).state, "!Q") or 0)
+
+
+class Replayer:
+    """Replays records into the keyspace of ``prefix``, each SKU's in ``q`` order: records at or
+    below the SKU's change number there are skipped (a record shipped twice, a replay run again),
+    a record past the next number raises ``LogGap``. The replayed calls append records to the
+    target's own logs; ``drop_logs`` deletes those (a rebuild's are already in Kafka)."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self.client = client
+        self.prefix = validate_prefix(prefix)
+        self.at: dict[str, int] = {}
+        self.applied = 0
+        self.skipped = 0
+
+    def _at(self, sku: str) -> int:
+        if sku not in self.at:
+            self.at[sku] = change_number(self.client, sku, self.prefix)
+        return self.at[sku]
+
+    def apply(self, records: Iterable[Record]) -> None:
+        """Replay ``records`` (each SKU's in order; SKUs may interleave)."""
+        for record in records:
+            at = self._at(record.sku)
+            if record.q <= at:
+                self.skipped += 1
+                continue
+            if record.q != at + 1:
+                raise LogGap(f"SKU {record.sku}: record {record.q} follows change {at}; "
+                             f"records {at + 1}..{record.q - 1} are missing")
+            scripts.send(self.client, *replay_call(record, self.prefix))
+            self.at[record.sku] = record.q
+            self.applied += 1
+
+    def drop_logs(self, skus: Iterable[str] | None = None) -> None:
+        """Delete the logs the replay wrote (of ``skus``, default every SKU replayed)."""
+        for sku in (self.at if skus is None else skus):
+            self.client.delete(sku_keys(sku, self.prefix).log)
+
+
+# ---------------------------------------------------------------------------- state digest
+
+def _kind_and_content(client: Any, key: str) -> tuple[str, Any]:
+    kind = _text(client.type(key))
+    if kind == "hash":
+        return kind, {_text(f): _text(v) for f, v in client.hscan_iter(key, count=SCAN_COUNT)}
+    if kind == "zset":
+        return kind, sorted((_text(m), float(s)) for m, s in client.zscan_iter(key, count=SCAN_COUNT))
+    if kind == "string":
+        return kind, _text(client.get(key))
+    if kind == "none":
+        return kind, None
+    return kind, repr(kind)
+
+
+def sku_state(client: Any, sku: str, prefix: str) -> dict[str, Any]:
+    """The SKU's state in the keyspace of ``prefix``, key name (``state``, ``res``, …) -> content,
+    read a bounded page per call; without what is not state (``_NOT_STATE_KEYS``,
+    ``_NOT_STATE_FIELDS``) and absent keys."""
+    keys: SkuKeys = sku_keys(validate_sku(sku), prefix)
+    out: dict[str, Any] = {}
+    for name in KEY_NAMES:
+        if name in _NOT_STATE_KEYS:
+            continue
+        kind, content = _kind_and_content(client, getattr(keys, name))
+        if kind == "none":
+            continue
+        if name == "state":
+            content = {f: v for f, v in content.items() if f not in _NOT_STATE_FIELDS}
+        out[name] = content
+    return out
+
+
+def digest_of(state: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a state from ``sku_state``."""
+    return hashlib.sha256(orjson.dumps(state, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def state_diff(live: dict[str, Any], other: dict[str, Any], limit: int = 20) -> list[str]:
+    """Where two states from ``sku_state`` differ, field by field, at most ``limit`` lines: the
+    location buckets of '!L' by name, other hash fields by name, zset members, strings whole."""
+    out: list[str] = []
+    for name in sorted(set(live) | set(other)):
+        a, b = live.get(name), other.get(name)
+        if a == b:
+            continue
+        if isinstance(a, dict) or isinstance(b, dict):
+            a, b = a or {}, b or {}
+            for field in sorted(set(a) | set(b)):
+                if a.get(field) != b.get(field):
+                    if name == "state" and field == "!L":
+                        out.extend(_bucket_diff(a.get(field), b.get(field)))
+                    else:
+                        out.append(f"{name}[{field}]: live {a.get(field)!r}, log {b.get(field)!r}")
+        elif isinstance(a, list) or isinstance(b, list):
+            sa, sb = set(map(tuple, a or [])), set(map(tuple, b or []))
+            out.extend(f"{name}: live only {m!r}" for m in sorted(sa - sb))
+            out.extend(f"{name}: log only {m!r}" for m in sorted(sb - sa))
+        else:
+            out.append(f"{name}: live {a!r}, log {b!r}")
+    return out[:limit]
+
+
+_BUCKETS = ("on_hand", "held", "committed", "oh_alloc", "bo_alloc", "short")
+
+
+def _locations(raw: str | None) -> tuple[str, dict[str, tuple[str, ...]]]:
+    if raw is None:
+        return "", {}
+    head, *segments = raw.split("|")
+    locs = {}
+    for seg in segments:
+        name, _, values = seg.partition("=")
+        locs[name] = tuple(values.split(","))
+    return head, locs
+
+
+def _bucket_diff(live: str | None, other: str | None) -> list[str]:
+    (ha, la), (hb, lb) = _locations(live), _locations(other)
+    out = []
+    if ha != hb:
+        out.append(f"state[!L] counters: live {ha!r}, log {hb!r}")
+    for loc in sorted(set(la) | set(lb)):
+        va, vb = la.get(loc, ("0",) * 6), lb.get(loc, ("0",) * 6)
+        for bucket, x, y in zip(_BUCKETS, va, vb, strict=False):
+            if x != y:
+                out.append(f"{loc}.{bucket}: live {x}, log {y}")
+    return out
+
+
+def iter_log_skus(client: Any, prefix: str, count: int = 1000) -> Iterator[str]:
+    """The SKUs whose log stream exists in the keyspace of ``prefix`` (SCAN, ``count`` a call)."""
+    from engine.store.keys import sku_from_key
+
+    validate_prefix(prefix)
+    for key in client.scan_iter(match=f"{prefix}:{{*}}:log", count=count, _type="stream"):
+        sku = sku_from_key(key, prefix)
+        if sku is not None:
+            yield sku
+
+
+def skus_of(records: Sequence[Record]) -> list[str]:
+    """The SKUs of ``records``, in first-seen order."""
+    return list(dict.fromkeys(r.sku for r in records))
