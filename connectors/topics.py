@@ -23,11 +23,15 @@ RESERVATIONS = "inventory.reservations"
 ALERTS = "inventory.alerts"
 REPLENISHMENT = "inventory.replenishment"
 DLQ = "inventory.dlq"
+CHANGES = "inventory.changes"
 
 #: Consumed by the flow (events keyed by SKU).
 INPUT_TOPICS: tuple[str, ...] = (ORDERS, INBOUND, RECEIPTS, ADJUSTMENTS)
 #: Produced by the engine: reservation changes made through the API, alerts, triggers, bad input.
-OUTPUT_TOPICS: tuple[str, ...] = (RESERVATIONS, ALERTS, REPLENISHMENT, DLQ)
+#: The change log (docs/changelog.md): every change of every SKU, kept without a time limit.
+OUTPUT_TOPICS: tuple[str, ...] = (RESERVATIONS, ALERTS, REPLENISHMENT, DLQ, CHANGES)
+#: Topic configs beyond the broker's defaults: the change log is what Redis is rebuilt from.
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {CHANGES: {"retention.ms": "-1", "retention.bytes": "-1"}}
 ALL_TOPICS: tuple[str, ...] = INPUT_TOPICS + OUTPUT_TOPICS
 
 # Kafka's legal topic characters; the affix must keep every name legal.
@@ -85,6 +89,10 @@ class Topics:
         return self.name(DLQ)
 
     @property
+    def changes(self) -> str:
+        return self.name(CHANGES)
+
+    @property
     def inputs(self) -> tuple[str, ...]:
         return tuple(self.name(t) for t in INPUT_TOPICS)
 
@@ -120,13 +128,15 @@ def create_topics(
     if not 1 <= partitions <= 1024:
         raise ValueError("partitions must be between 1 and 1024")
     names = list(topics.all if isinstance(topics, Topics) else topics)
+    bases = topics if isinstance(topics, Topics) else Topics()
     admin = AdminClient(dict(admin_conf))
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     wanted = [n for n in dict.fromkeys(names) if n not in existing]
     if not wanted:
         return []
     futures = admin.create_topics(
-        [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor) for n in wanted],
+        [NewTopic(n, num_partitions=partitions, replication_factor=replication_factor,
+                  config=_config_of(bases, n)) for n in wanted],
         operation_timeout=timeout_s,
         request_timeout=timeout_s,
     )
@@ -140,3 +150,10 @@ def create_topics(
                 continue  # created concurrently by someone else: that is fine
             raise
     return [n for n in wanted if n in created]
+
+
+def _config_of(topics: Topics, name: str) -> dict[str, str]:
+    try:
+        return dict(TOPIC_CONFIGS.get(topics.base_of(name), {}))
+    except ValueError:
+        return {}  # a topic of another set: the broker's defaults

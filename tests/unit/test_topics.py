@@ -19,6 +19,7 @@ def test_production_names_match_the_event_contract() -> None:
         "inventory.alerts",
         "inventory.replenishment",
         "inventory.dlq",
+        "inventory.changes",
     }
     assert not set(t.INPUT_TOPICS) & set(t.OUTPUT_TOPICS)
 
@@ -33,7 +34,7 @@ def test_affixes_apply_to_every_name_and_map_back() -> None:
     topics = t.Topics(prefix="shop1.", suffix=".t42")
     assert topics.receipts == "shop1.inventory.receipts.t42"
     assert all(name.startswith("shop1.inventory.") and name.endswith(".t42") for name in topics.all)
-    assert len(set(topics.all)) == 8
+    assert len(set(topics.all)) == 9
     assert topics.base_of("shop1.inventory.alerts.t42") == t.ALERTS
     with pytest.raises(ValueError, match="not one of"):
         topics.base_of("inventory.alerts")
