@@ -3,7 +3,9 @@
 N positions are created with stock counts, as the stream creates them (``stock.counted``
 events: an event id, a source partition and offset) and, separately, as an operator count
 (no event id, no source). Reported: the ``used_memory`` delta / N for each, and
-``MEMORY USAGE`` of every key of one SKU, so the cost per key is visible.
+``MEMORY USAGE`` of every key of one SKU, so the cost per key is visible. Idle means the relay
+has shipped the SKU's change record (docs/changelog.md); what a record costs while it waits is
+reported beside (``bytes_per_waiting_record``).
 
 Runs on its own embedded Redis (a fresh keyspace, so the delta is only the positions), or on
 ``ATP_REDIS_URL`` when one is given.
@@ -71,6 +73,11 @@ def _create(target: Target, variant: str, cfg: MemoryConfig, progress: Progress)
             cmds = [SupplyCommand(sku=s, cmd="count", payload={"loc": "default", "on_hand": 100}) for s in chunk]
         store.apply(cmds)
         progress.update(task, completed=i + len(chunk))
+    waiting = _settled_memory(client)
+    # an idle position is one whose change records the relay shipped (docs/changelog.md): what
+    # the relay's trim leaves
+    for i in range(0, len(names), cfg.batch):
+        client.delete(*(sku_keys(s, target.prefix).log for s in names[i:i + cfg.batch]))
     after = _settled_memory(client)
     keys = client.dbsize() - keys0
     one = sku_keys(names[len(names) // 2], target.prefix)
@@ -88,6 +95,7 @@ def _create(target: Target, variant: str, cfg: MemoryConfig, progress: Progress)
         "keys_per_position": round(keys / cfg.positions, 2),
         "used_memory_delta": after - before,
         "bytes_per_position": round(per_position, 1),
+        "bytes_per_waiting_record": round((waiting - after) / cfg.positions, 1),
         "memory_usage_of_one_sku": per_key,
         "memory_usage_sum": sum(v["bytes"] for v in per_key.values()),
         "target_met": per_position <= 300,

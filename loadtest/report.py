@@ -120,6 +120,8 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(_row("P5", "bytes per idle position (operator counts)",
                          p5["operator_counts"]["bytes_per_position"], "bytes", target="<= 300",
                          met=p5["operator_counts"]["target_met"]))
+        rows.append(_row("P5", "bytes per change record waiting for the relay",
+                         p5["stream_counts"]["bytes_per_waiting_record"], "bytes"))
     p6 = results.get("P6")
     if p6:
         rows.append(_row("P6", "script time per hold call (E1)", p6["e1_usec_per_hold_call"], "us",

@@ -1,7 +1,7 @@
 """The change log of the store: each SKU's change records, their wire form, their replay, and
 the state digest that says whether two keyspaces hold the same SKU (docs/changelog.md).
 
-Every script call that changes a SKU appends one record to the SKU's log stream in the same
+Every script call that changes a SKU appends one record to the SKU's log list in the same
 atomic call (``lua/lib.lua`` ``F.record``). A record is the call itself — its entry, its time
 and its arguments — and its per-SKU change number ``q`` (1, 2, … with no gap). Every entry is a
 pure function of the SKU's state, its time and its arguments, so replaying a SKU's records in
@@ -26,7 +26,7 @@ from engine.store import scripts
 from engine.store.keys import KEY_NAMES, SkuKeys, sku_keys, validate_prefix, validate_sku
 
 #: The state fields and keys a digest leaves out: a kept position and its marker (a cache that
-#: reads make, which the log does not carry), the log itself and the change counter's stream.
+#: reads make, which the log does not carry) and the log itself.
 _NOT_STATE_KEYS = frozenset({"pos", "log"})
 _NOT_STATE_FIELDS = frozenset({"!K"})
 #: Entries (and ARGV-free) a replay may send: every entry that can change a SKU.
@@ -51,17 +51,9 @@ class Record:
     args: tuple[str, ...]     # the entry's ARGV from 3 on
     stash: tuple[str, ...] = ()  # apply's reply stash keys without the key prefix ('rp:{sku}:…')
 
-    @classmethod
-    def from_stream(cls, sku: str, fields: dict[Any, Any]) -> Record:
-        """A record as XRANGE returns it (field -> value, bytes or str)."""
-        f = {_text(k): v for k, v in fields.items()}
-        args = orjson.loads(f["a"])
-        stash = _text(f.get("k", b"")).split()
-        return cls(sku, int(f["q"]), _text(f["f"]), int(f["t"]),
-                   tuple(args) if isinstance(args, list) else (), tuple(stash))
-
     def to_json(self) -> bytes:
-        """The Kafka value of the record (topic ``inventory.changes``, key = the SKU)."""
+        """The record's JSON, as the script wrote it and the relay ships it (topic
+        ``inventory.changes``, key = the SKU)."""
         body: dict[str, Any] = {"sku": self.sku, "q": self.q, "fn": self.fn, "now_ms": self.now_ms,
                                 "args": list(self.args)}
         if self.stash:
@@ -101,12 +93,34 @@ def replay_call(record: Record, prefix: str) -> scripts.Call:
     return entry, keys, [record.sku, record.now_ms, *record.args]
 
 
-def read_log(client: Any, sku: str, prefix: str, count: int = 500, after: str = "-") -> list[tuple[bytes, Record]]:
-    """Up to ``count`` records of the SKU's log after stream id ``after`` ('-': from the first),
-    each with its stream id."""
-    key = sku_keys(sku, prefix).log
-    start = after if after == "-" else f"({_text(after)}"
-    return [(sid, Record.from_stream(sku, fields)) for sid, fields in client.xrange(key, start, "+", count=count)]
+def read_log_raw(client: Any, sku: str, prefix: str, count: int = 500, start: int = 0) -> list[bytes]:
+    """Up to ``count`` records of the SKU's log from the ``start``-th (0: the oldest waiting), as
+    the script wrote them (the Kafka value)."""
+    raw = client.lrange(sku_keys(sku, prefix).log, start, start + count - 1)
+    return [r if isinstance(r, bytes) else r.encode() for r in raw]
+
+
+def read_log(client: Any, sku: str, prefix: str, count: int = 500, start: int = 0) -> list[Record]:
+    """``read_log_raw``, decoded."""
+    return [Record.from_json(r) for r in read_log_raw(client, sku, prefix, count, start)]
+
+
+# The records of one SKU at or below a change number leave its log, atomically: the log is in q
+# order and grows only at its tail, so they are a head of the list (an empty list is deleted).
+_TRIM = """
+local head = redis.call('LINDEX', KEYS[1], 0)
+if not head then return 0 end
+local first = tonumber(string.match(head, '"q":(%d+)'))
+local n = tonumber(ARGV[1]) - first + 1
+if n <= 0 then return 0 end
+redis.call('LTRIM', KEYS[1], n, -1)
+return n
+"""
+
+
+def trim_log(client: Any, sku: str, prefix: str, through_q: int) -> int:
+    """Delete the SKU's waiting records with q ≤ ``through_q`` (shipped); returns how many."""
+    return int(client.eval(_TRIM, 1, sku_keys(sku, prefix).log, through_q))
 
 
 def change_number(client: Any, sku: str, prefix: str) -> int:
@@ -243,11 +257,11 @@ def _bucket_diff(live: str | None, other: str | None) -> list[str]:
 
 
 def iter_log_skus(client: Any, prefix: str, count: int = 1000) -> Iterator[str]:
-    """The SKUs whose log stream exists in the keyspace of ``prefix`` (SCAN, ``count`` a call)."""
+    """The SKUs whose log holds records in the keyspace of ``prefix`` (SCAN, ``count`` a call)."""
     from engine.store.keys import sku_from_key
 
     validate_prefix(prefix)
-    for key in client.scan_iter(match=f"{prefix}:{{*}}:log", count=count, _type="stream"):
+    for key in client.scan_iter(match=f"{prefix}:{{*}}:log", count=count, _type="list"):
         sku = sku_from_key(key, prefix)
         if sku is not None:
             yield sku

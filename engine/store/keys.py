@@ -88,7 +88,7 @@ class SkuKeys:
     #             expiring at second T (the buckets themselves are 'p<T>' fields of ``state``;
     #             see lua/lib.lua)
     duet: str   # zset T -> T of the buckets in ``due``
-    log: str    # stream, the change log: one record per call that changed the SKU, until the
+    log: str    # list, the change log: one record per call that changed the SKU, until the
     #             relay shipped it (docs/changelog.md; lua/lib.lua F.record)
 
     @property

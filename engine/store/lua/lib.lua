@@ -73,8 +73,8 @@
 --       'c<T>|<customer>', 'h<T>|<channel>'  units of the held lines of T per customer / channel:
 --                     a guard subtracts the ones of folded buckets (due, not yet buried)
 --  15 duet  zset T -> T of the due buckets (folded ones stay until their lines are buried)
---  16 log   stream, the change log: a record of each call that changed the SKU (F.record), until
---           the relay ships it to Kafka and trims it (docs/changelog.md)
+--  16 log   list, the change log: a record of each call that changed the SKU (F.record), oldest
+--           first, until the relay ships it to Kafka and trims it (docs/changelog.md)
 --  17… stash (apply.lua only, optional) the reply stash keys of the commands, K.stashes
 --       (engine/store/reply_stash.py)
 -- ARGV (every script): 1 sku, 2 now_ms (0 = Redis TIME; > 0 only from tests), then the entry's own.
@@ -1459,24 +1459,28 @@ end
 
 ----------------------------------------------------------------------------- the change log
 
--- A call that changed the SKU's state appends its change record to the SKU's log (KEYS[16]), in
--- the same atomic call, so the log holds every change in the order Redis applied it
+-- A call that changed the SKU's state appends its change record to the SKU's log (KEYS[16], a
+-- list), in the same atomic call, so the log holds every change in the order Redis applied it
 -- (docs/changelog.md). The record is the call itself: its entry, its time and its arguments,
 -- from which the same call on the same state gives the same state again (every entry is a pure
--- function of the state, NOW and ARGV). Fields: q = the SKU's change number (1, 2, …; '!Q' in
--- the state hash), f = the entry, t = NOW, a = ARGV from 3 on (json array), k = the stash keys
--- without the key prefix, space separated (apply.lua's KEYS from 17 on), when there are some.
+-- function of the state, NOW and ARGV). It is written as the JSON the relay ships:
+-- {"sku", "q": the SKU's change number (1, 2, …; '!Q' in the state hash), "fn": the entry,
+-- "now_ms", "args": ARGV from 3 on, "stash": apply's stash keys without the key prefix (KEYS
+-- from 17 on), when there are some}. The SKU is a validated id: no escaping needed.
 -- A call that changed nothing (a refusal, a duplicate, a read) leaves no record.
 function F.record(name)
   if not S.wrote then return end
   local q = redis.call('HINCRBY', K.state, '!Q', 1)
-  local rec = { 'q', q, 'f', name, 't', F.num(NOW), 'a', cjson.encode({ unpack(ARGV, 3) }) }
+  local args = '[]'
+  if #ARGV > 2 then args = cjson.encode({ unpack(ARGV, 3) }) end
+  local stash = ''
   if K.stashes then
     local tails = {}
     for i, key in ipairs(K.stashes) do tails[i] = string.sub(key, (string.find(key, '-', 1, true) or 0) + 1) end
-    rec[9], rec[10] = 'k', table.concat(tails, ' ')
+    stash = ',"stash":' .. cjson.encode(tails)
   end
-  redis.call('XADD', K.log, '*', unpack(rec))
+  redis.call('RPUSH', K.log, '{"sku":"' .. SKU .. '","q":' .. F.num(q) .. ',"fn":"' .. name .. '","now_ms":' ..
+    F.num(NOW) .. ',"args":' .. args .. stash .. '}')
 end
 
 ----------------------------------------------------------------------------- entries
