@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime, timedelta
-from typing import Literal, Self
+from typing import Literal, Self, get_args
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -203,6 +203,27 @@ class DlqValue(BaseModel):
     original_sha256: str = Field(pattern="^[0-9a-f]{64}$", description="of the whole original value")
 
 
+#: The store's entries whose calls change a SKU, so a change record may name them.
+ChangeEntry = Literal["hold", "reservation", "apply", "apply_many", "position", "sweep"]
+CHANGE_ENTRIES: tuple[str, ...] = get_args(ChangeEntry)
+
+
+class ChangeRecordValue(BaseModel):
+    """The JSON value of a record on ``inventory.changes`` (key: the SKU): one script call that
+    changed the SKU, as the script wrote it to the SKU's log (docs/changelog.md). Replaying a
+    SKU's records in ``q`` order on an empty keyspace gives the state the live one had."""
+
+    model_config = ConfigDict(extra="forbid", title="Change record")
+
+    sku: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    q: int = Field(ge=1, description="the SKU's change number: 1, 2, 3, … in the order Redis applied them")
+    fn: ChangeEntry = Field(description="the store entry that ran")
+    now_ms: int = Field(ge=0, description="the call's time, ms since the epoch")
+    args: list[str] = Field(description="the entry's arguments after the SKU and the time")
+    stash: list[str] = Field([], description="apply's reply stash keys, without the key prefix")
+
+
 register_schema("alert", Alert)
 register_schema("replenishment-trigger", ReplenishmentTrigger)
 register_schema("dlq-record", DlqValue)
+register_schema("change-record", ChangeRecordValue)

@@ -22,6 +22,7 @@ from typing import Any
 
 import orjson
 
+from engine.domain.outputs import CHANGE_ENTRIES
 from engine.store import scripts
 from engine.store.keys import KEY_NAMES, SkuKeys, sku_keys, validate_prefix, validate_sku
 
@@ -29,8 +30,8 @@ from engine.store.keys import KEY_NAMES, SkuKeys, sku_keys, validate_prefix, val
 #: reads make, which the log does not carry) and the log itself.
 _NOT_STATE_KEYS = frozenset({"pos", "log"})
 _NOT_STATE_FIELDS = frozenset({"!K"})
-#: Entries (and ARGV-free) a replay may send: every entry that can change a SKU.
-REPLAYABLE = frozenset({"hold", "reservation", "apply", "apply_many", "position", "sweep"})
+#: The entries a replay may send: every entry that can change a SKU.
+REPLAYABLE = frozenset(CHANGE_ENTRIES)
 #: Entries read per HSCAN / ZSCAN call while digesting: bounded work per call.
 SCAN_COUNT = 1000
 

@@ -1,0 +1,78 @@
+"""The change log (docs/changelog.md): a record for each call that changed a SKU and none for a
+call that did not; records that match the published schema; trimming; replay's order rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from engine.domain.outputs import ChangeRecordValue
+from engine.store.changelog import LogGap, Record, Replayer, read_log, read_log_raw, sku_state, trim_log
+from engine.store.keys import sku_keys
+from engine.store.store import Store
+from engine.store.wire import HoldRequest, SupplyCommand
+
+T0 = 1_700_000_000_000
+
+
+def _fns(redis: Any, sku: str) -> list[tuple[int, str]]:
+    return [(r.q, r.fn) for r in read_log(redis, sku, "atp", count=1000)]
+
+
+def test_a_call_leaves_a_record_only_when_it_changed_the_sku(redis: Any) -> None:
+    store = Store(redis, now_ms=T0)
+    store.apply([SupplyCommand("S", "count", {"loc": "A", "on_hand": 5}, event_id="c1")])
+    assert _fns(redis, "S") == [(1, "apply")]
+    assert store.apply([SupplyCommand("S", "count", {"loc": "A", "on_hand": 5}, event_id="c1")])[0]["status"] == "duplicate"
+    assert store.hold_batch("S", [HoldRequest("big", 9)])[0]["status"] == "refused"
+    store.position("S")
+    assert _fns(redis, "S") == [(1, "apply")]  # a duplicate, a refusal and a read changed nothing
+    assert store.hold_batch("S", [HoldRequest("r1", 2, ttl_ms=1_000)])[0]["status"] == "ok"
+    store.confirm("S", "r1")
+    assert store.hold_batch("S", [HoldRequest("r2", 1, ttl_ms=1_000)])[0]["status"] == "ok"
+    store.now_ms = T0 + 1_000
+    store.position("S")  # gives the due hold back: a change
+    assert _fns(redis, "S") == [(1, "apply"), (2, "hold"), (3, "reservation"), (4, "hold"), (5, "position")]
+    assert redis.hget(sku_keys("S").state, "!Q") == "5"
+
+
+def test_every_record_is_the_published_change_record(redis: Any) -> None:
+    store = Store(redis)  # Redis TIME: the record carries the time the call ran at
+    store.apply([SupplyCommand("S", "count", {"loc": "A", "on_hand": 5}, event_id="e:1", source="inventory.adjustments:0",
+                               offset=3, reason="cycle | count", ref="R%1")], keep_replies_s=60)
+    store.hold_batch("S", [HoldRequest("r1", 2, customer="c1", channel="web")])
+    raw = read_log_raw(redis, "S", "atp")
+    assert len(raw) == 2
+    for value in raw:
+        ChangeRecordValue.model_validate_json(value)  # the schema in schemas/change-record.schema.json
+        record = Record.from_json(value)
+        assert Record.from_json(record.to_json()) == record
+    first = Record.from_json(raw[0])
+    assert first.now_ms > T0 and first.stash == ("rp:{S}:inventory.adjustments:0:3",)
+    assert first.args[:2] == ("count", "e:1")
+
+
+def test_trim_removes_the_shipped_head_and_the_empty_log(redis: Any) -> None:
+    store = Store(redis, now_ms=T0)
+    for i in range(5):
+        store.apply([SupplyCommand("S", "adjust", {"loc": "A", "delta": 1}, event_id=f"a{i}")])
+    assert trim_log(redis, "S", "atp", 3) == 3
+    assert [r.q for r in read_log(redis, "S", "atp")] == [4, 5]
+    assert trim_log(redis, "S", "atp", 3) == 0  # shipped twice: nothing more goes
+    assert trim_log(redis, "S", "atp", 5) == 2
+    assert redis.exists(sku_keys("S").log) == 0
+
+
+def test_a_replay_skips_what_it_has_and_stops_at_a_gap(redis: Any) -> None:
+    store = Store(redis, now_ms=T0)
+    for i in range(4):
+        store.apply([SupplyCommand("S", "adjust", {"loc": "A", "delta": 1}, event_id=f"a{i}")])
+    records = read_log(redis, "S", "atp")
+    replay = Replayer(redis, "rb")
+    replay.apply(records[:2])
+    replay.apply(records)  # the first two again: skipped
+    assert (replay.applied, replay.skipped) == (4, 2)
+    assert sku_state(redis, "S", "rb") == sku_state(redis, "S", "atp")
+    with pytest.raises(LogGap, match="records 1..1 are missing"):
+        Replayer(redis, "rc").apply(records[1:])
