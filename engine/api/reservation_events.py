@@ -12,6 +12,10 @@ JSON, keyed by reservation id (so one reservation's events stay in order in one 
 ``res:<rid>:extended:<expires_ms>`` — so a consumer can dedupe a message the idempotent
 producer had to resend, and two API instances racing on one reservation name the same
 change the same way. Only changes are published: a ``duplicate`` reply changed nothing.
+
+``reservation.expired`` comes from the change log, not from a request: the relay publishes one
+per line a script call expired (``expired_event``), ``event_id`` ``res:<rid>:expired:<sku>``
+(the lines of one reservation expire SKU by SKU), ``occurred_at`` the moment it expired.
 """
 
 from __future__ import annotations
@@ -75,3 +79,28 @@ def _line(line: ReservedLine) -> dict[str, Any]:
 def encode(event: Mapping[str, Any]) -> bytes:
     """The message value."""
     return orjson.dumps(event)
+
+
+def expired_event(sku: str, line: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``reservation.expired`` event of one line a change record's call expired (an
+    ``expired`` item of the record, ``engine.domain.outputs.ExpiredLine``)."""
+    rid = line["rid"]
+    return {
+        "event_id": f"res:{rid}:expired:{sku}",
+        "type": "reservation.expired",
+        "reservation_id": rid,
+        "occurred_at": format_time(datetime.fromtimestamp(line["expires_ms"] / 1000, UTC)),
+        "state": "expired",
+        "channel": line["channel"] or None,
+        "customer_id": line["customer_id"] or None,
+        "lines": [{
+            "sku": sku,
+            "qty": line["qty"],
+            "location": line["location"] or None,
+            "state": "expired",
+            "expires_ms": line["expires_ms"],
+            "promised_ms": line["promised_ms"],
+            "atp_after": line["atp_after"],
+            "allocations": [],
+        }],
+    }

@@ -208,6 +208,21 @@ ChangeEntry = Literal["hold", "reservation", "apply", "apply_many", "position", 
 CHANGE_ENTRIES: tuple[str, ...] = get_args(ChangeEntry)
 
 
+class ExpiredLine(BaseModel):
+    """A line a change record's call expired (its hold ran out, or was reverted to a time past)."""
+
+    model_config = ConfigDict(extra="forbid", title="Expired line")
+
+    rid: str = Field(description="the reservation id")
+    qty: int = Field(ge=1)
+    location: str = Field(description="'' when the hold named no location")
+    expires_ms: int = Field(ge=0, description="when it expired")
+    channel: str = Field(description="'' = none")
+    customer_id: str = Field(description="'' = none")
+    promised_ms: int = Field(ge=0)
+    atp_after: int
+
+
 class ChangeRecordValue(BaseModel):
     """The JSON value of a record on ``inventory.changes`` (key: the SKU): one script call that
     changed the SKU, as the script wrote it to the SKU's log (docs/changelog.md). Replaying a
@@ -221,6 +236,7 @@ class ChangeRecordValue(BaseModel):
     now_ms: int = Field(ge=0, description="the call's time, ms since the epoch")
     args: list[str] = Field(description="the entry's arguments after the SKU and the time")
     stash: list[str] = Field([], description="apply's reply stash keys, without the key prefix")
+    expired: list[ExpiredLine] = Field([], description="the lines the call expired (an effect, for consumers)")
 
 
 register_schema("alert", Alert)

@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 
 DEMAND_CHANGES = frozenset({"held", "confirmed"})
 """The reservation changes whose units are demand (once per reservation id)."""
-JUDGED_CHANGES = DEMAND_CHANGES | {"released"}
-"""The changes that move a SKU's figures (an ``extended`` hold moves none)."""
+JUDGED_CHANGES = DEMAND_CHANGES | {"released", "expired"}
+"""The changes that move a SKU's figures (an ``extended`` hold moves none; ``expired`` comes from
+the change log's relay, docs/changelog.md)."""
 RECHECKED_KINDS = STATEFUL_ALERT_KINDS - {"inbound_late", "supplier_unreliable"}
 """Conditions a re-check may resolve: those judged on figures or on the passing of time.
 (``inbound_late`` has its own ticks; ``supplier_unreliable`` is judged per supplier.)"""

@@ -51,6 +51,9 @@ class Record:
     now_ms: int               # the call's time
     args: tuple[str, ...]     # the entry's ARGV from 3 on
     stash: tuple[str, ...] = ()  # apply's reply stash keys without the key prefix ('rp:{sku}:…')
+    #: the lines the call expired ({rid, qty, location, expires_ms, channel, customer_id,
+    #: promised_ms, atp_after}): an effect, for consumers; a replay does not need it
+    expired: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> bytes:
         """The record's JSON, as the script wrote it and the relay ships it (topic
@@ -59,6 +62,8 @@ class Record:
                                 "args": list(self.args)}
         if self.stash:
             body["stash"] = list(self.stash)
+        if self.expired:
+            body["expired"] = list(self.expired)
         return orjson.dumps(body)
 
     @classmethod
@@ -68,14 +73,16 @@ class Record:
             body = orjson.loads(raw)
             sku = validate_sku(body["sku"])
             q, fn, now_ms = body["q"], body["fn"], body["now_ms"]
-            args, stash = body["args"], body.get("stash", [])
+            args, stash, expired = body["args"], body.get("stash", []), body.get("expired", [])
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"not a change record: {exc}") from exc
         if fn not in REPLAYABLE or not (isinstance(q, int) and q > 0) or not isinstance(now_ms, int):
             raise ValueError(f"not a change record: fn={fn!r} q={q!r}")
         if not all(isinstance(a, str) for a in args) or not all(isinstance(s, str) for s in stash):
             raise ValueError("not a change record: args and stash must be strings")
-        return cls(sku, q, fn, now_ms, tuple(args), tuple(stash))
+        if not all(isinstance(e, dict) for e in expired):
+            raise ValueError("not a change record: expired must hold objects")
+        return cls(sku, q, fn, now_ms, tuple(args), tuple(stash), tuple(expired))
 
 
 def _text(value: Any) -> str:

@@ -35,15 +35,22 @@ def test_a_call_leaves_a_record_only_when_it_changed_the_sku(redis: Any) -> None
     store.position("S")  # gives the due hold back: a change
     assert _fns(redis, "S") == [(1, "apply"), (2, "hold"), (3, "reservation"), (4, "hold"), (5, "position")]
     assert redis.hget(sku_keys("S").state, "!Q") == "5"
+    # the call that buried r2 says so (its effect, for reservation.expired)
+    records = read_log(redis, "S", "atp")
+    assert [r.expired for r in records[:4]] == [()] * 4
+    assert records[4].expired == ({"rid": "r2", "qty": 1, "location": "", "expires_ms": T0 + 1_000, "channel": "",
+                                   "customer_id": "", "promised_ms": T0, "atp_after": 2},)
 
 
 def test_every_record_is_the_published_change_record(redis: Any) -> None:
     store = Store(redis)  # Redis TIME: the record carries the time the call ran at
     store.apply([SupplyCommand("S", "count", {"loc": "A", "on_hand": 5}, event_id="e:1", source="inventory.adjustments:0",
                                offset=3, reason="cycle | count", ref="R%1")], keep_replies_s=60)
-    store.hold_batch("S", [HoldRequest("r1", 2, customer="c1", channel="web")])
+    store.hold_batch("S", [HoldRequest("r1", 2, customer="c1", channel="web"),
+                           HoldRequest("r2", 1, ttl_ms=1)])
+    store.revert("S", "r1", 1)  # a time long past: r1 expires at once
     raw = read_log_raw(redis, "S", "atp")
-    assert len(raw) == 2
+    assert len(raw) == 3
     for value in raw:
         ChangeRecordValue.model_validate_json(value)  # the schema in schemas/change-record.schema.json
         record = Record.from_json(value)
@@ -51,6 +58,7 @@ def test_every_record_is_the_published_change_record(redis: Any) -> None:
     first = Record.from_json(raw[0])
     assert first.now_ms > T0 and first.stash == ("rp:{S}:inventory.adjustments:0:3",)
     assert first.args[:2] == ("count", "e:1")
+    assert Record.from_json(raw[2]).expired[0]["rid"] == "r1"
 
 
 def test_trim_removes_the_shipped_head_and_the_empty_log(redis: Any) -> None:

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from engine.api.models import AtpOut
-from engine.api.reservation_events import encode, reservation_event
+from engine.api.reservation_events import encode, expired_event, reservation_event
 from engine.api.views import position_view, reservation_view, rfc3339
 from engine.client import Allocation, Reservation, ReservedLine
 
@@ -73,6 +73,18 @@ def test_event_ids_are_deterministic_per_change(change: str) -> None:
     assert event["channel"] == "web" and event["customer_id"] is None
     assert orjson.loads(encode(event)) == event
     assert "expires_at" not in event["lines"][0]
+
+
+def test_an_expired_line_has_the_event_shape_of_the_other_changes() -> None:
+    line = {"rid": "R1", "qty": 2, "location": "", "expires_ms": 1_735_689_600_000, "channel": "web",
+            "customer_id": "", "promised_ms": 1_735_689_000_000, "atp_after": 5}
+    event = expired_event("SKU-1", line)
+    held = reservation_event("held", reservation())
+    assert event.keys() == held.keys() and event["lines"][0].keys() == held["lines"][0].keys()
+    assert (event["event_id"], event["type"], event["state"]) == ("res:R1:expired:SKU-1", "reservation.expired", "expired")
+    assert event["occurred_at"] == "2025-01-01T00:00:00.000Z"  # when it expired
+    assert (event["channel"], event["customer_id"], event["lines"][0]["location"]) == ("web", None, None)
+    assert (event["lines"][0]["sku"], event["lines"][0]["qty"], event["lines"][0]["allocations"]) == ("SKU-1", 2, [])
 
 
 def test_each_extension_has_its_own_event_id() -> None:

@@ -9,10 +9,11 @@ from typing import Any
 
 import orjson
 
+from engine.api.reservation_events import expired_event
 from engine.domain.demand import COUNTED_FOR_MS, COUNTED_MAX, CountedOrders
 from engine.domain.observation import parse_position
 from engine.flow.alert_monitor import Checkout, MonitorConfig, PolicyKnobs, Seen, SkuLogic
-from engine.flow.checkouts import CheckoutLine, Watchlist, parse_reservation
+from engine.flow.checkouts import DEMAND_CHANGES, CheckoutLine, Watchlist, parse_reservation
 from engine.flow.records import Outcome
 from engine.flow.source import RawMessage
 from engine.flow.stream_clock import StreamClock
@@ -83,6 +84,14 @@ def test_a_reservation_event_becomes_one_line_per_sku_with_where_its_demand_coun
     extended = {**event, "type": "reservation.extended", "event_id": "res:R1:extended:1"}
     assert parse_reservation(RawMessage("inventory.reservations", 0, 8, orjson.dumps(extended))) == []
     assert parse_reservation(RawMessage("inventory.reservations", 0, 9, b"{not json")) == []
+
+
+def test_an_expired_line_from_the_change_log_is_judged_but_is_no_demand() -> None:
+    line = {"rid": "R1", "qty": 2, "location": "WH1", "expires_ms": T0, "channel": "", "customer_id": "",
+            "promised_ms": T0, "atp_after": 0}
+    raw = RawMessage("inventory.reservations", 0, 10, orjson.dumps(expired_event("A", line)))
+    assert parse_reservation(raw) == [("A", CheckoutLine("R1", "expired", 2, "WH1", T0, "res:R1:expired:A"))]
+    assert "expired" not in DEMAND_CHANGES
 
 
 def test_counted_orders_remember_each_id_once_within_their_bounds() -> None:

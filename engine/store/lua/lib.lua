@@ -153,6 +153,7 @@ local function begin(keys, argv)
     wdirty = false,           -- '!W' must be written back
     no_w = false,             -- '!W' was absent (F.settle builds the buckets of older stores)
     buried = 0,               -- lines buried in this call (F.bury)
+    expired = {},             -- the lines this call expired, as their record effect (F.expired)
     wrote = false,            -- the call changed the SKU's state (F.record logs it)
   }
   pol, rel, locs, loc_raw, state_set, lots, lines = {}, {}, {}, {}, {}, {}, {}
@@ -703,12 +704,22 @@ end
 
 -- a held line of a folded bucket ends as expired: its units went back with the bucket, its usage
 -- and its place in the indexes go now; it counts as ended from its expiry
+-- a line that ended as expired in this call, for its change record's "expired" list (F.record):
+-- the relay tells consumers (reservation.expired). Ids are validated: no escaping needed.
+function F.expired(line)
+  local num = F.num
+  S.expired[#S.expired + 1] = '{"rid":"' .. line.rid .. '","qty":' .. num(line.qty) .. ',"location":"' .. line.loc ..
+    '","expires_ms":' .. num(line.expires_ms) .. ',"channel":"' .. line.channel .. '","customer_id":"' ..
+    line.customer .. '","promised_ms":' .. num(line.promised_ms) .. ',"atp_after":' .. num(line.atp_after) .. '}'
+end
+
 function F.bury(line)
   F.due_count(line.bucket, -1, line.qty, line.customer, line.channel)
   line.bucket = nil
   F.usage(line.customer, line.channel, -line.qty)
   line.alloc = {}
   line.state = 'expired'
+  F.expired(line)
   F.mark(line.rid)
   dead_chg[line.rid] = line.expires_ms
   S.pending = S.pending - 1
@@ -1466,7 +1477,8 @@ end
 -- function of the state, NOW and ARGV). It is written as the JSON the relay ships:
 -- {"sku", "q": the SKU's change number (1, 2, …; '!Q' in the state hash), "fn": the entry,
 -- "now_ms", "args": ARGV from 3 on, "stash": apply's stash keys without the key prefix (KEYS
--- from 17 on), when there are some}. The SKU is a validated id: no escaping needed.
+-- from 17 on), when there are some, "expired": the lines the call expired (F.expired), when
+-- there are some}. The SKU is a validated id: no escaping needed.
 -- A call that changed nothing (a refusal, a duplicate, a read) leaves no record.
 function F.record(name)
   if not S.wrote then return end
@@ -1479,6 +1491,7 @@ function F.record(name)
     for i, key in ipairs(K.stashes) do tails[i] = string.sub(key, (string.find(key, '-', 1, true) or 0) + 1) end
     stash = ',"stash":' .. cjson.encode(tails)
   end
+  if #S.expired > 0 then stash = stash .. ',"expired":[' .. table.concat(S.expired, ',') .. ']' end
   redis.call('RPUSH', K.log, '{"sku":"' .. SKU .. '","q":' .. F.num(q) .. ',"fn":"' .. name .. '","now_ms":' ..
     F.num(NOW) .. ',"args":' .. args .. stash .. '}')
 end

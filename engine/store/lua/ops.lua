@@ -101,6 +101,7 @@ function F.op_revert(rid, expires_ms)
   if line.expires_ms <= NOW then
     F.return_units(line)
     line.state = 'expired'
+    F.expired(line)
     dead_chg[rid] = line.expires_ms
   else
     F.due_enter(line)
