@@ -34,12 +34,17 @@ atp_hold_age_seconds{end}                  histogram: age of a hold when it ende
 atp_expiry_lag_seconds                     gauge: how long past its expiry the latest swept hold was
 atp_drift_skus                             gauge: SKUs whose Redis state differs from the log
 atp_drift_units                            gauge: Σ |drift| units found by the last reconcile
+atp_drift_checked_skus                     gauge: SKUs the last reconcile checked
+atp_drift_checked_timestamp_seconds        gauge: when the last reconcile ended (unix time; 0: none yet)
 atp_watch_atp{sku,location}                gauge: ATP of watched SKUs
 atp_supplier_reliability{supplier}         gauge: on-time × fill rate, 0..1
 atp_dependency_up{dependency}              gauge: 1 when redis / kafka answered the last probe
 atp_publish_backlog                        gauge: API events accepted, not yet acknowledged by the broker
 atp_publish_dropped_total{reason}          API events given up (backlog_full, rejected by the broker)
 atp_producer_rebuilds_total                API producers replaced after a fatal error
+atp_changelog_backlog                      gauge: change records waiting in Redis for the relay (last full pass)
+atp_changelog_shipped_total                change records the relay shipped to inventory.changes
+atp_changelog_relay_errors_total           relay rounds or deliveries that failed (retried)
 atp_http_requests_total{route,method,status}  API requests
 atp_http_request_seconds{route}            histogram: API request latency
 ========================================  ======================================================
@@ -196,6 +201,10 @@ EXPIRY_LAG_SECONDS = Gauge(
 )
 DRIFT_SKUS = Gauge("atp_drift_skus", "SKUs whose Redis state differs from the log (last reconcile)", registry=REGISTRY)
 DRIFT_UNITS = Gauge("atp_drift_units", "Sum of absolute bucket drift in units (last reconcile)", registry=REGISTRY)
+DRIFT_CHECKED = Gauge("atp_drift_checked_skus", "SKUs the last reconcile checked", registry=REGISTRY)
+DRIFT_CHECKED_AT = Gauge(
+    "atp_drift_checked_timestamp_seconds", "When the last reconcile ended, unix time (0: none yet)", registry=REGISTRY
+)
 WATCH_ATP = Gauge("atp_watch_atp", "ATP of watched SKUs", ["sku", "location"], registry=REGISTRY)
 SUPPLIER_RELIABILITY = Gauge(
     "atp_supplier_reliability", "Supplier on-time x fill rate, 0..1", ["supplier"], registry=REGISTRY
@@ -212,6 +221,18 @@ PUBLISH_DROPPED = Counter(
 )
 PRODUCER_REBUILDS = Counter(
     "atp_producer_rebuilds", "API producers replaced after a fatal error", registry=REGISTRY
+)
+CHANGELOG_BACKLOG = Gauge(
+    "atp_changelog_backlog", "Change records waiting in Redis for the relay (sum of the logs' "
+    "lengths seen in the last full pass)", registry=REGISTRY,
+)
+CHANGELOG_SHIPPED = Counter(
+    "atp_changelog_shipped", "Change records the relay shipped to the change log topic and trimmed from Redis",
+    registry=REGISTRY,
+)
+CHANGELOG_RELAY_ERRORS = Counter(
+    "atp_changelog_relay_errors", "Relay rounds or deliveries that failed (the records stay in Redis; retried)",
+    registry=REGISTRY,
 )
 HTTP_REQUESTS = Counter(
     "atp_http_requests", "API requests, by route template, method and status", ["route", "method", "status"],
@@ -373,10 +394,15 @@ def set_supplier_reliability(supplier: str, score: float) -> None:
     SUPPLIER_RELIABILITY.labels(_suppliers(supplier)).set(min(1.0, max(0.0, score)))
 
 
-def set_drift(skus: int, units: int) -> None:
-    """Publish the last reconcile's result: SKUs that drifted and Σ |drift| units."""
+def set_drift(skus: int, units: int, checked: int | None = None, at_s: float | None = None) -> None:
+    """Publish the last reconcile's result: SKUs that drifted, Σ |drift| units, and (when given)
+    the SKUs it checked and when it ended (unix time)."""
     DRIFT_SKUS.set(max(0, skus))
     DRIFT_UNITS.set(max(0, units))
+    if checked is not None:
+        DRIFT_CHECKED.set(max(0, checked))
+    if at_s is not None:
+        DRIFT_CHECKED_AT.set(max(0.0, at_s))
 
 
 # --- the watch list ------------------------------------------------------------------------------
@@ -440,6 +466,22 @@ def count_publish_dropped(reason: str, n: int = 1) -> None:
 def count_producer_rebuild() -> None:
     """Count one producer replaced after a fatal error."""
     PRODUCER_REBUILDS.inc()
+
+
+def set_changelog_backlog(n: int) -> None:
+    """Change records waiting in Redis for the relay."""
+    CHANGELOG_BACKLOG.set(max(0, n))
+
+
+def count_changelog_shipped(n: int) -> None:
+    """Count ``n`` change records shipped (acknowledged by the broker and trimmed)."""
+    if n > 0:
+        CHANGELOG_SHIPPED.inc(n)
+
+
+def count_changelog_relay_error() -> None:
+    """Count one failed relay round or delivery."""
+    CHANGELOG_RELAY_ERRORS.inc()
 
 
 def observe_http(route: str, method: str, status: int, seconds: float) -> None:

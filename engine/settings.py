@@ -104,6 +104,17 @@ class Settings(BaseSettings):
                     "(counted); /readyz reports not ready from half of it",
     )
 
+    # The change log (docs/changelog.md).
+    relay: bool = Field(
+        True,
+        description="the API runs the change log relay in a background thread (one relay ships per keyspace: "
+                    "a Redis lock; false when `atp relay` runs on its own)",
+    )
+    changelog_backlog_max: int = Field(
+        1_000_000, ge=1,
+        description="change records waiting in Redis for the relay; beyond it /readyz reports not ready",
+    )
+
     # Reservations.
     default_hold_ttl_s: int = Field(600, ge=1, le=86_400)
     sweep_interval_s: float = Field(1.0, gt=0)

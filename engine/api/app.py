@@ -7,7 +7,9 @@ in stay the caller's.
 
 While the app runs, a background task sweeps expired holds every
 ``settings.sweep_interval_s`` (the scripts also expire holds lazily whenever they touch a
-SKU; the sweeper covers SKUs nobody touches).
+SKU; the sweeper covers SKUs nobody touches), and a background thread relays the change log to
+``topics.changes`` (``engine.log.relay``; ``settings.relay``): every worker runs one, the one
+holding the keyspace's relay lock ships, the others idle.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from engine.api.publisher import EventPublisher
 from engine.api.redis_conn import async_redis
 from engine.api.routes import atp, health, ops, reservations, skus
 from engine.client import AsyncAtpClient
+from engine.log.relay import Relay
 from engine.observability.api import start_api_observer
 from engine.settings import Settings
 from engine.store.store import AsyncStore
@@ -123,6 +126,7 @@ def create_app(
     topics: Topics | None = None,
     sweep: bool = True,
     hot_path: bool = True,
+    relay: bool | None = None,
 ) -> AtpApi:
     """The HTTP API over ``settings``' Redis and broker.
 
@@ -131,7 +135,8 @@ def create_app(
     producer on ``settings.kafka_bootstrap``; ``topics`` to the production names.
     ``sweep=False`` leaves expired holds to the scripts' lazy expiry and other sweepers.
     ``hot_path=False`` serves every request through FastAPI — the reference the hot path
-    (``engine.api.hot_path``) must agree with.
+    (``engine.api.hot_path``) must agree with. ``relay`` (default ``settings.relay``) runs the
+    change log relay while the app runs (it needs ``settings.redis_url``: a sync client of its own).
     """
     owned: list[str] = []
     if redis is None:
@@ -147,10 +152,18 @@ def create_app(
             raise ValueError("no broker configured: set ATP_KAFKA_BOOTSTRAP")
         publisher = EventPublisher(producer_config(settings), settings.publish_backlog_max)
         owned.append("publisher")
+    changelog_relay: Relay | None = None
+    if settings.relay if relay is None else relay:
+        if settings.redis_url:
+            changelog_relay = Relay(settings, topics or Topics())
+        else:
+            log.warning("no ATP_REDIS_URL: the change log relay does not run in this app")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         publisher.start()
+        if changelog_relay is not None:
+            changelog_relay.start()
         observer = start_api_observer(app.state)
         sweeper = (
             asyncio.create_task(
@@ -168,6 +181,8 @@ def create_app(
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper
+            if changelog_relay is not None:
+                await asyncio.to_thread(changelog_relay.stop)
             if "publisher" in owned:
                 await asyncio.to_thread(publisher.close)
             if "client" in owned:
@@ -193,6 +208,7 @@ def create_app(
     app.state.store = store
     app.state.client = client
     app.state.publisher = publisher
+    app.state.relay = changelog_relay
     app.state.topics = topics or Topics()
     app.state.tokens = TokenTable.from_settings(settings.api_tokens)
     app.state.ping_redis = redis.ping

@@ -100,7 +100,7 @@ async def test_probes_and_metrics_need_no_token(settings: Settings, topics: Topi
         assert (await api.get("/healthz")).status_code == 200
         ready = await api.get("/readyz")
         assert ready.status_code == 200, ready.text
-        assert ready.json()["checks"] == {"redis": True, "kafka": True, "events": True}
+        assert ready.json()["checks"] == {"redis": True, "kafka": True, "events": True, "changelog": True}
         metrics = await api.get("/metrics")
         assert metrics.status_code == 200
         assert 'atp_dependency_up{dependency="redis"} 1.0' in metrics.text

@@ -1,5 +1,6 @@
 """``atp up``: one command runs a single node — Redis and the broker, the topics, the flow and the
-API — whose API and stream are wired together, keeps Redis in its data dir, and stops cleanly."""
+API — whose API and stream are wired together, whose API relays the change log, keeps Redis in its
+data dir, and stops cleanly."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from typing import Any
 import httpx
 
 from connectors.embedded import free_port
+from connectors.topics import CHANGES
+from engine.store.changelog import Record
+from tests.integration.flowkit import read_topic
 
 
 def _env() -> dict[str, str]:
@@ -47,6 +51,12 @@ def _stop(proc: subprocess.Popen[str]) -> None:
     assert code == 0, proc.communicate()[1][-2000:]
 
 
+def _changes_of(bootstrap: str, sku: str) -> list[int]:
+    """The change numbers of ``sku`` on the change log topic, in order."""
+    return [Record.from_json(m.value or b"").q for m in sorted(read_topic(bootstrap, CHANGES), key=lambda m: m.offset)
+            if m.key == sku.encode()]
+
+
 def _atp(api: httpx.Client, sku: str) -> int:
     reply = api.get(f"/v1/atp/{sku}")
     assert reply.status_code == 200, reply.text
@@ -66,6 +76,9 @@ def test_up_wires_the_api_to_the_stream_and_keeps_redis_in_its_data_dir(tmp_path
             while _atp(api, "UP-1") != 7:  # the count went through the broker and the flow
                 assert time.monotonic() < deadline, "the count POSTed to the API never reached Redis"
                 time.sleep(0.2)
+            while _changes_of(info["kafka_bootstrap"], "UP-1") != [1]:  # the API's relay shipped its record
+                assert time.monotonic() < deadline, "the count's change record never reached inventory.changes"
+                time.sleep(0.2)
     finally:
         _stop(proc)
     assert any((tmp_path / "redis" / "appendonlydir").glob("*.aof"))
@@ -81,6 +94,11 @@ def test_up_wires_the_api_to_the_stream_and_keeps_redis_in_its_data_dir(tmp_path
             deadline = time.monotonic() + 60
             while _atp(api, "UP-1") != 9:
                 assert time.monotonic() < deadline, "a count after the restart was dropped"
+                time.sleep(0.2)
+            # the broker's log started again empty, the relay's saved offsets were past its end:
+            # the next record goes all the same, numbered on from the kept state
+            while _changes_of(info["kafka_bootstrap"], "UP-1") != [2]:
+                assert time.monotonic() < deadline, "the change record after the restart never reached the topic"
                 time.sleep(0.2)
     finally:
         _stop(proc)

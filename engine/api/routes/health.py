@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from engine import metrics
 from engine.api.errors import OrjsonResponse
 from engine.api.models import HealthOut
+from engine.log.relay import changelog_health, relay_state_key
 
 log = logging.getLogger(__name__)
 
@@ -45,25 +46,46 @@ async def _kafka_up(request: Request) -> bool:
         return False
 
 
+async def _changelog_ok(request: Request) -> tuple[bool, str]:
+    """Whether the change records waiting for the relay (as the relay holding the lock measured
+    them last, ``engine.log.relay``) are within ``changelog_backlog_max``; Redis away: the redis
+    check says so, this one does not guess."""
+    settings = request.app.state.settings
+    try:
+        raw = await asyncio.wait_for(
+            request.app.state.redis.hget(relay_state_key(settings.key_prefix), "backlog"), _PROBE_TIMEOUT_S)
+        backlog = None if raw is None else int(raw)
+    except Exception as exc:
+        log.debug("readiness: change log backlog unread: %r", exc)
+        return True, ""
+    return changelog_health(backlog, settings.changelog_backlog_max)
+
+
 @router.get(
     "/readyz",
     response_model=HealthOut,
-    responses={503: {"model": HealthOut, "description": "a dependency is down, or events pile up"}},
-    summary="Redis and the broker are reachable, and reservation events are not piling up",
+    responses={503: {"model": HealthOut,
+                     "description": "a dependency is down, or events or change records pile up"}},
+    summary="Redis and the broker are reachable, and reservation events and change records are not piling up",
     openapi_extra=_PUBLIC,
 )
 async def readyz(request: Request) -> OrjsonResponse:
-    """200 when Redis and the broker both answer and the event backlog is under half its bound,
-    else 503 naming what is wrong (``checks``; ``reason`` says why events are not flowing)."""
-    redis_ok, kafka_ok = await asyncio.gather(_redis_up(request), _kafka_up(request))
+    """200 when Redis and the broker both answer, the event backlog is under half its bound and
+    the change records waiting for the relay are within ``changelog_backlog_max``, else 503
+    naming what is wrong (``checks``; ``reason`` says why events or change records are not
+    flowing)."""
+    redis_ok, kafka_ok, (changelog_ok, log_why) = await asyncio.gather(
+        _redis_up(request), _kafka_up(request), _changelog_ok(request))
     metrics.set_dependency_up("redis", redis_ok)
     metrics.set_dependency_up("kafka", kafka_ok)
     events_ok, why = request.app.state.publisher.healthy()
-    ready = redis_ok and kafka_ok and events_ok
+    ready = redis_ok and kafka_ok and events_ok and changelog_ok
     body: dict[str, object] = {"status": "ready" if ready else "unavailable",
-                               "checks": {"redis": redis_ok, "kafka": kafka_ok, "events": events_ok}}
-    if why:
-        body["reason"] = why
+                               "checks": {"redis": redis_ok, "kafka": kafka_ok, "events": events_ok,
+                                          "changelog": changelog_ok}}
+    reason = "; ".join(r for r in (why, log_why) if r)
+    if reason:
+        body["reason"] = reason
     headers = None if ready else {"Retry-After": "1"}
     return OrjsonResponse(body, status_code=200 if ready else 503, headers=headers)
 
