@@ -97,6 +97,16 @@ RULES: tuple[AlertRule, ...] = (
         "start; check what producers republish (README, 'When the log is reset').",
     ),
     AlertRule(
+        "AtpDrift",
+        "max(atp_drift_skus)",
+        ">",
+        0,
+        "0m",
+        "critical",
+        "The last reconcile found {{ $value }} SKUs whose Redis state differs from the change log; "
+        "`atp reconcile` names them and what differs (README, 'Reconcile').",
+    ),
+    AlertRule(
         "AtpTargetDown",
         'up{job=~"atp-.*"}',
         "==",

@@ -65,9 +65,10 @@ app.add_typer(reservations_app, name="reservations")
 class CliError(Exception):
     """A failure reported as one line on stderr with ``exit_code``."""
 
-    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR, kind: str | None = None) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.kind = kind  # the ``error`` of the --json failure object (default: by exit code)
 
 
 def _bad(message: str) -> NoReturn:
@@ -798,6 +799,71 @@ def _render_up(info: dict[str, Any]) -> None:
 
 
 @app.command()
+def relay(
+    once: Annotated[bool, typer.Option(
+        "--once", help="one pass over the keyspace, then print what shipped and what still waits")] = False,
+    topic_prefix: Annotated[str, typer.Option(help="prefix of every topic name (as given to atp serve)")] = "",
+    topic_suffix: Annotated[str, typer.Option(help="suffix of every topic name (as given to atp serve)")] = "",
+    log_level: Annotated[str, typer.Option(help="DEBUG / INFO / WARNING / ERROR")] = "INFO",
+    as_json: JsonOpt = False,
+) -> None:
+    """Ship the change log from Redis to inventory.changes until Ctrl-C or SIGTERM (the API does it
+    too while ATP_RELAY is on; one relay per keyspace ships, the others wait for its lock)."""
+    import logging
+    import signal
+    import threading
+
+    from confluent_kafka import KafkaException
+
+    from connectors.topics import Topics
+    from engine.log.relay import Relay, RelayError
+
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        _bad(f"bad --log-level {log_level!r}: one of DEBUG, INFO, WARNING, ERROR")
+    try:
+        topics = Topics(prefix=topic_prefix, suffix=topic_suffix)
+    except ValueError as exc:
+        _bad(str(exc))
+    settings = load_settings()
+    if not settings.redis_url:
+        raise CliError("no Redis configured: set ATP_REDIS_URL (the relay ships what is in it)")
+    if not settings.kafka_bootstrap:
+        raise CliError("no broker configured: set ATP_KAFKA_BOOTSTRAP")
+    try:
+        relay_ = Relay(settings, topics, kafka_logger=_quiet_kafka_logger() if once else None)
+    except (ValueError, KafkaException) as exc:
+        raise CliError(f"bad configuration: {_one_line(str(exc))}") from exc
+    if once:
+        try:
+            with _talking_to_redis(settings):
+                shipped = relay_.run_pass()
+        except (RelayError, KafkaException) as exc:
+            raise CliError(f"cannot relay to {settings.kafka_bootstrap}: {_one_line(str(exc))}") from exc
+        finally:
+            relay_.close()
+        body = {"shipped": shipped, "backlog": relay_.backlog}
+        idle = "" if relay_.active or shipped else " (another relay holds the lock)"
+        _emit(body, as_json, lambda b: console.print(
+            f"shipped {b['shipped']} change record(s); {b['backlog']} wait{idle}"))
+        return
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    err_console.print(f"relay: keyspace {settings.key_prefix} → {relay_.topic} (Ctrl-C stops)", soft_wrap=True)
+    try:
+        relay_.run_forever(stop)
+    finally:
+        relay_.close()
+    err_console.print(f"relay stopped: {relay_.shipped} change record(s) shipped")
+
+
+@app.command()
 def demo(
     duration: Annotated[float, typer.Option(help="seconds of flash sale", min=1)] = 60.0,
     keep_running: Annotated[bool, typer.Option(help="keep the services up after the summary")] = False,
@@ -899,6 +965,191 @@ def simulate(
         raise CliError(f"{report.failed} message(s) not delivered: {'; '.join(report.errors[:2])}")
 
 
+# --- commands: the change log -------------------------------------------------------------------
+
+TopicPrefixOpt = Annotated[str, typer.Option(help="prefix of every topic name (as given to atp flow)")]
+TopicSuffixOpt = Annotated[str, typer.Option(help="suffix of every topic name (as given to atp flow)")]
+
+
+def _changes_topic(topic_prefix: str, topic_suffix: str) -> str:
+    from connectors.topics import Topics
+
+    try:
+        return Topics(prefix=topic_prefix, suffix=topic_suffix).changes
+    except ValueError as exc:
+        _bad(str(exc))
+
+
+def _log_clients(settings: Settings, group: str) -> tuple[Any, dict[str, Any]]:
+    """A Redis client and the consumer config the change-log commands read the topic with."""
+    from connectors.kafka import consumer_config
+    from engine.api.redis_conn import RedisNotConfigured, sync_redis
+
+    if not settings.kafka_bootstrap:
+        raise CliError("no broker configured: set ATP_KAFKA_BOOTSTRAP")
+    try:
+        client = sync_redis(settings)
+    except RedisNotConfigured as exc:
+        raise CliError(str(exc)) from exc
+    return client, consumer_config(settings, group, {"logger": _quiet_kafka_logger()})
+
+
+@contextlib.contextmanager
+def _reading_the_log(settings: Settings, topic: str) -> Iterator[None]:
+    """Turn the broker's and the replay's failures into one-line errors (exit 1)."""
+    from confluent_kafka import KafkaException
+
+    from engine.log.rebuild import RebuildError
+    from engine.store.changelog import LogGap
+
+    try:
+        yield
+    except (KafkaException, TimeoutError) as exc:
+        raise CliError(f"cannot read {topic} on {settings.kafka_bootstrap}: {_one_line(str(exc))}") from exc
+    except (RebuildError, LogGap) as exc:
+        raise CliError(_one_line(str(exc))) from exc
+
+
+@contextlib.contextmanager
+def _log_progress(enabled: bool, label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar on stderr over the messages of the changes topic (or nothing)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    bar = Progress(TextColumn(f"[bold]{label}[/bold]"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+                   TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=err_console, transient=True)
+    task = bar.add_task(label, total=None, rate="")
+    started = time.perf_counter()
+
+    def advance(done: int, total: int) -> None:
+        elapsed = time.perf_counter() - started
+        bar.update(task, completed=done, total=total or None,
+                   rate=f"{done / elapsed:,.0f} records/s" if elapsed > 0 else "")
+
+    with bar:
+        yield advance
+
+
+def _render_rebuild(body: dict[str, Any]) -> None:
+    console.print(
+        f"rebuilt {body['skus']} SKU(s) from {body['topic']}: {body['records']} records, {body['applied']} replayed, "
+        f"{body['skipped']} already there; {body['indexes']} reservation index entries; "
+        f"{body['seconds']} s — {body['records_per_s']:,.0f} records/s, {body['skus_per_s']:,.0f} SKUs/s",
+        markup=False, soft_wrap=True)
+    if body["bad"]:
+        err_console.print(f"{body['bad']} message(s) of the topic are not change records, left out: "
+                          + "; ".join(body["bad_examples"]), markup=False, style="yellow", soft_wrap=True)
+
+
+@app.command("rebuild")
+def rebuild_cmd(
+    force: Annotated[bool, typer.Option("--force", help="replay into a keyspace that holds SKU state "
+                                                        "(what it has already is skipped)")] = False,
+    topic_prefix: TopicPrefixOpt = "",
+    topic_suffix: TopicSuffixOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild Redis from the change log (inventory.changes) after it was lost.
+
+    Stop the API and the flow first, and start them again once it is done (README, "Redis lost").
+    Refuses (exit 3) when the keyspace already holds SKU state, unless --force, and while another
+    process holds the relay's lock."""
+    from engine.log.rebuild import KeyspaceNotEmpty, RelayBusy
+    from engine.log.rebuild import rebuild as replay_topic
+
+    topic = _changes_topic(topic_prefix, topic_suffix)
+    settings = load_settings()
+    with _talking_to_redis(settings), _reading_the_log(settings, topic):
+        client, conf = _log_clients(settings, "atp-rebuild")
+        try:
+            with _log_progress(not as_json, "rebuild") as progress:
+                stats = replay_topic(client, conf, topic, settings.key_prefix, force=force, progress=progress)
+        except KeyspaceNotEmpty as exc:
+            raise CliError(f"{exc}: a rebuild starts from an empty Redis; --force replays into it what it "
+                           f"lacks", EXIT_REFUSED) from exc
+        except RelayBusy as exc:
+            raise CliError(str(exc), EXIT_REFUSED) from exc
+    body = {"topic": topic, **stats.to_json()}
+    _emit(body, as_json, _render_rebuild)
+    if stats.gaps:
+        shown = "; ".join(list(stats.gaps.values())[:3])
+        err_console.print(f"atp: error: {len(stats.gaps)} SKU(s) could not be rebuilt whole, the log misses "
+                          f"records: {shown}", markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _render_reconcile(body: dict[str, Any]) -> None:
+    if not body["drifted"]:
+        console.print(f"checked {body['checked']} SKU(s): no drift", markup=False)
+    else:
+        console.print(f"checked {body['checked']} SKU(s): {body['drifted']} drifted, {body['units']} unit(s) "
+                      f"in their buckets", markup=False)
+    for item in body["skus"]:
+        console.print(f"{item['sku']}  live change {item['live_q']}, log change {item['log_q']}, "
+                      f"{item['units']} unit(s)", markup=False, style="bold", soft_wrap=True)
+        for line in item["diff"]:
+            console.print(f"  {line}", markup=False, soft_wrap=True)
+    if body["unsettled"]:
+        err_console.print("not judged, they kept changing while read: " + ", ".join(body["unsettled"]),
+                          markup=False, style="yellow", soft_wrap=True)
+    if body["bad"]:
+        err_console.print(f"{body['bad']} record(s) that are not change records, left out: "
+                          + "; ".join(body["bad_examples"]), markup=False, style="yellow", soft_wrap=True)
+
+
+#: ``atp reconcile``'s exit codes: 0 no drift, 1 drift, 2 error (a bad argument too).
+RECONCILE_DRIFT = 1
+RECONCILE_ERROR = 2
+
+
+@contextlib.contextmanager
+def _reconcile_errors() -> Iterator[None]:
+    """Every failure of ``atp reconcile`` exits 2: 1 means drift."""
+    try:
+        yield
+    except CliError as exc:
+        kind = "bad_argument" if exc.exit_code == EXIT_BAD_ARGUMENT else "error"
+        raise CliError(str(exc), RECONCILE_ERROR, kind) from exc
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise CliError(f"{type(exc).__name__}: {_one_line(str(exc))}", RECONCILE_ERROR, "error") from exc
+
+
+@app.command("reconcile")
+def reconcile_cmd(
+    sku: Annotated[list[str] | None, typer.Option("--sku", help="only this SKU; repeatable (default: every SKU)")] = None,
+    topic_prefix: TopicPrefixOpt = "",
+    topic_suffix: TopicSuffixOpt = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare each SKU's Redis state with what its change log gives (exit 0: no drift, 1: drift, 2: error).
+
+    Safe while the engine runs. A check of every SKU sets the drift gauges the flow exports."""
+    from engine.log.rebuild import reconcile
+
+    with _reconcile_errors():
+        skus = [_require_id("sku", s, "--sku") for s in dict.fromkeys(sku or [])] or None
+        topic = _changes_topic(topic_prefix, topic_suffix)
+        settings = load_settings()
+        with _talking_to_redis(settings), _reading_the_log(settings, topic):
+            client, conf = _log_clients(settings, "atp-reconcile")
+            with _log_progress(not as_json, "reconcile") as progress:
+                report = reconcile(client, conf, topic, settings.key_prefix, skus=skus, progress=progress)
+    _emit(report.to_json(), as_json, _render_reconcile)
+    if report.drifted:
+        raise typer.Exit(RECONCILE_DRIFT)
+
+
 # --- commands: tokens ---------------------------------------------------------------------------
 
 
@@ -950,11 +1201,11 @@ def _quiet_kafka_logger() -> Any:
     return log
 
 
-def _fail(message: str, code: int) -> NoReturn:
+def _fail(message: str, code: int, kind: str | None = None) -> NoReturn:
     line = _one_line(message)
     err_console.print(f"atp: error: {line}", markup=False, highlight=False, soft_wrap=True)
     if _json_errors:
-        sys.stdout.write(json.dumps({"error": _FAILURES.get(code, "error"), "detail": line}) + "\n")
+        sys.stdout.write(json.dumps({"error": kind or _FAILURES.get(code, "error"), "detail": line}) + "\n")
     sys.exit(code)
 
 
@@ -989,7 +1240,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except CliError as exc:
         if debug:
             raise
-        _fail(str(exc), exc.exit_code)
+        _fail(str(exc), exc.exit_code, exc.kind)
     except ValidationError as exc:
         if debug:
             raise

@@ -4,6 +4,8 @@ The apply step sets ``atp_watch_atp`` from the positions in its replies, which g
 watched SKU sees no events (in a flash sale its holds go through the API, not the stream); the
 ``FlowReporter`` thread therefore also reads the watched positions every ``interval_s`` seconds,
 and probes Redis and the broker for ``atp_dependency_up``, so an idle flow still reports both.
+It also exports the last reconcile's result (``atp reconcile`` keeps it in Redis) as the drift
+gauges.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class FlowReporter:
 
         from connectors.kafka import admin_config
         from engine.api.redis_conn import sync_redis
+        from engine.log.rebuild import refresh_drift
         from engine.store.store import Store
 
         redis_client = sync_redis(self.settings)
@@ -64,6 +67,10 @@ class FlowReporter:
                         refresh_watched_atp(store, watched)
                     except Exception as exc:  # observability never stops the flow; next tick retries
                         log.warning("cannot read the watched SKUs' positions: %r", exc)
+                    try:
+                        refresh_drift(redis_client, self.settings.key_prefix)
+                    except Exception as exc:
+                        log.warning("cannot read the last reconcile's result: %r", exc)
                 if self._stop.wait(self.interval_s):
                     return
         finally:
@@ -96,10 +103,10 @@ def observe_flow(settings: Settings, probes: bool = True) -> Iterator[None]:
     """Around a running flow: the watch list from ``settings.watch_skus``, drift at 0, and — with
     ``probes`` — a ``FlowReporter`` until the flow stops."""
     metrics.configure_watch_list(settings.watch_skus)
-    # No reconcile command exists yet, so nothing measures drift: the flow exports the gauges at 0
-    # ("no drift found") from its start, so the Supply dashboard's drift panels show a value
-    # rather than nothing. A reconcile, once written, sets them with metrics.set_drift.
-    metrics.set_drift(0, 0)
+    # Drift is measured by ``atp reconcile``, another process: the reporter exports the result it
+    # keeps in Redis. Until it has read one the gauges say 0 ("no drift found"), so the Supply
+    # dashboard's drift panels and the AtpDrift rule have a value rather than nothing.
+    metrics.set_drift(0, 0, 0, 0)
     if not probes:
         yield
         return

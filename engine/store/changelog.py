@@ -176,35 +176,67 @@ class Replayer:
 
 # ---------------------------------------------------------------------------- state digest
 
-def _kind_and_content(client: Any, key: str) -> tuple[str, Any]:
-    kind = _text(client.type(key))
+_SIZE_OF = {"hash": "hlen", "zset": "zcard"}
+
+
+def _read_whole(pipe: Any, kind: str, key: str) -> None:
     if kind == "hash":
-        return kind, {_text(f): _text(v) for f, v in client.hscan_iter(key, count=SCAN_COUNT)}
+        pipe.hgetall(key)
+    elif kind == "zset":
+        pipe.zrange(key, 0, -1, withscores=True)
+    else:
+        pipe.get(key)
+
+
+def _content(kind: str, raw: Any) -> Any:
+    if kind == "hash":
+        return {_text(f): _text(v) for f, v in (raw.items() if isinstance(raw, dict) else raw)}
     if kind == "zset":
-        return kind, sorted((_text(m), float(s)) for m, s in client.zscan_iter(key, count=SCAN_COUNT))
+        return sorted((_text(m), float(s)) for m, s in raw)
     if kind == "string":
-        return kind, _text(client.get(key))
-    if kind == "none":
-        return kind, None
-    return kind, repr(kind)
+        return _text(raw)
+    return repr(kind)
 
 
 def sku_state(client: Any, sku: str, prefix: str) -> dict[str, Any]:
-    """The SKU's state in the keyspace of ``prefix``, key name (``state``, ``res``, …) -> content,
-    read a bounded page per call; without what is not state (``_NOT_STATE_KEYS``,
-    ``_NOT_STATE_FIELDS``) and absent keys."""
+    """The SKU's state in the keyspace of ``prefix``, key name (``state``, ``res``, …) -> content;
+    without what is not state (``_NOT_STATE_KEYS``, ``_NOT_STATE_FIELDS``) and absent keys.
+    Two pipelined round trips for a SKU whose keys hold at most ``SCAN_COUNT`` entries each; a
+    bigger hash or zset is read a page per call (HSCAN / ZSCAN), so no call grows with history."""
     keys: SkuKeys = sku_keys(validate_sku(sku), prefix)
+    names = [n for n in KEY_NAMES if n not in _NOT_STATE_KEYS]
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.type(getattr(keys, name))
+    kinds = [_text(k) for k in pipe.execute()]
+    sizes: dict[str, int] = {}
+    pipe = client.pipeline(transaction=False)
+    sized = [(n, k) for n, k in zip(names, kinds, strict=True) if k in _SIZE_OF]
+    for name, kind in sized:
+        getattr(pipe, _SIZE_OF[kind])(getattr(keys, name))
+    for (name, _kind), size in zip(sized, pipe.execute() if sized else [], strict=True):
+        sizes[name] = int(size)
     out: dict[str, Any] = {}
-    for name in KEY_NAMES:
-        if name in _NOT_STATE_KEYS:
+    whole = [(n, k) for n, k in zip(names, kinds, strict=True)
+             if k != "none" and sizes.get(n, 0) <= SCAN_COUNT]
+    pipe = client.pipeline(transaction=False)
+    for name, kind in whole:
+        _read_whole(pipe, kind, getattr(keys, name))
+    for (name, kind), raw in zip(whole, pipe.execute() if whole else [], strict=True):
+        out[name] = _content(kind, raw)
+    for name, kind in zip(names, kinds, strict=True):
+        if name in out or kind == "none":
             continue
-        kind, content = _kind_and_content(client, getattr(keys, name))
-        if kind == "none":
-            continue
-        if name == "state":
-            content = {f: v for f, v in content.items() if f not in _NOT_STATE_FIELDS}
-        out[name] = content
-    return out
+        key = getattr(keys, name)
+        if kind == "hash":
+            out[name] = _content(kind, client.hscan_iter(key, count=SCAN_COUNT))
+        elif kind == "zset":
+            out[name] = _content(kind, client.zscan_iter(key, count=SCAN_COUNT))
+        else:
+            out[name] = repr(kind)
+    if "state" in out:
+        out["state"] = {f: v for f, v in out["state"].items() if f not in _NOT_STATE_FIELDS}
+    return {name: out[name] for name in names if name in out}
 
 
 def digest_of(state: dict[str, Any]) -> str:
