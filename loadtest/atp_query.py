@@ -119,12 +119,14 @@ def run_atp_query(target: Target, cfg: AtpQueryConfig, progress: Progress, e16_r
 
 def _position_profile(target: Target, names: list[str], rounds: int = 20) -> dict[str, Any]:
     """Where a position call's time goes: the instrumented copy of position.lua (see P6)."""
-    from engine.store.keys import sku_keys
+    from engine.store.keys import script_keys
+    from engine.store.scripts import is_cluster
     from loadtest.script_cost import PROFILE_NOTE, instrumented, profile_segments
 
     source = instrumented("position", work="position figures")
-    calls = ((sku_keys(sku, target.prefix).all, [sku, 0, ""]) for _ in range(rounds) for sku in names)
     client = target.client()
+    cluster = is_cluster(client)
+    calls = ((script_keys(sku, target.prefix, cluster), [sku, 0, ""]) for _ in range(rounds) for sku in names)
     try:
         out = profile_segments(client, source, calls)
     finally:

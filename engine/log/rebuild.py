@@ -51,6 +51,7 @@ from engine.store.invariants import location_buckets
 from engine.store.keys import (
     ID_PATTERN,
     KEY_NAMES,
+    changed_key,
     rid_index_key,
     rid_index_value,
     sku_from_key,
@@ -255,7 +256,7 @@ class BatchReplayer(Replayer):
                 self.gaps[sku] = why
                 self.left_out += 1
                 continue
-            calls.append(replay_call(record, self.prefix))
+            calls.append(replay_call(record, self.prefix, self.cluster))
             sent.append(record)
             self.at[sku] = record.q
         self._send(calls, sent)
@@ -427,10 +428,12 @@ def drop_shipped_logs(client: Any, prefix: str, replay: BatchReplayer, batch: in
     topic's records from the log of any other SKU of the topic (``trim_log``: records past them,
     not shipped yet, stay). Returns how many SKUs' logs it cut."""
     changed = replay.changed()
+    cluster = scripts.is_cluster(client)
     for i in range(0, len(changed), batch):
         pipe = client.pipeline(transaction=False)
         for sku in changed[i:i + batch]:
             pipe.delete(sku_keys(sku, prefix).log)  # one DEL per key: cluster slots
+            pipe.srem(changed_key(sku, prefix, cluster), sku)
         pipe.execute()
     done = set(changed)
     trimmed = 0
@@ -559,10 +562,13 @@ def _delete_scratch(client: Any, scratch: str, skus: Iterable[str] = ()) -> None
     """Delete the scratch keys of ``skus`` (none: every key of the scratch keyspace, SCAN pages)."""
     pipe = client.pipeline(transaction=False)
     n = 0
+    cluster = scripts.is_cluster(client)
     for sku in skus:
         for name in KEY_NAMES:
             pipe.delete(getattr(sku_keys(sku, scratch), name))  # one DEL per key: cluster slots
             n += 1
+        pipe.delete(changed_key(sku, scratch, cluster))
+        n += 1
     if n:
         pipe.execute()
     if skus:

@@ -9,14 +9,15 @@ that nothing ships while the keyspace is rebuilt.
 
 A round (``Relay.run_once``):
 
-1. discovers SKUs with records (``changelog.iter_log_skus``: SCAN ``<prefix>:{*}:log`` TYPE
-   list), at most ``max_skus`` and about ``max_records`` records a round; one pass over the
-   keyspace may take several rounds;
+1. discovers SKUs with records (``changelog.iter_changed_skus``: the changed sets the scripts
+   put a SKU in with its first waiting record, ``keys.changed_key``), at most ``max_skus`` and
+   about ``max_records`` records a round; one pass over the sets may take several rounds;
 2. reads up to ``batch`` (500) records of each log (LRANGE), produces each one, then waits for
    the delivery reports (renewing the lock meanwhile);
 3. trims, per SKU, the records up to the last one acknowledged with every record before it
-   (``changelog.trim_log``: one small script on one key; a log left empty is gone, so SCAN stops
-   finding it — the change number lives in the state hash, ``!Q``, not in the log);
+   (``changelog.trim_log``: one small script on the SKU's log and changed set; a log left empty
+   is gone and its SKU leaves the set — the change number lives in the state hash, ``!Q``, not in
+   the log);
 4. saves, per partition of the topic, the offset after the last acknowledged message in the hash
    ``<prefix>:relay``.
 
@@ -54,7 +55,7 @@ from connectors.kafka import consumer_config, producer_config
 from connectors.topics import Topics
 from engine import metrics
 from engine.settings import Settings
-from engine.store.changelog import Record, iter_log_skus, trim_log
+from engine.store.changelog import Record, iter_changed_skus, trim_log
 from engine.store.keys import sku_keys, validate_prefix
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ class Relay:
         # round state
         self.active = False          # this relay holds the lock
         self._recovered = False      # the topic's tail was reconciled with Redis since then
-        self._pass: Iterator[str] | None = None  # the SCAN of the current pass
+        self._pass: Iterator[str] | None = None  # the changed sets' SKUs of the current pass
         self._pass_no = 0
         self._pass_left = 0          # records left in the SKUs this pass visited
         self._again: dict[str, tuple[int, int]] = {}  # SKU with more to ship -> (pass, left counted)
@@ -378,9 +379,9 @@ class Relay:
 
     def _pull(self, limit: int) -> list[str]:
         """Up to ``limit`` SKUs of the current pass (a new pass when none runs); ``_pass`` is
-        None again once its SCAN ended."""
+        None again once it ended."""
         if self._pass is None:
-            self._pass = iter_log_skus(self._redis(), self.prefix)
+            self._pass = iter_changed_skus(self._redis(), self.prefix)
             self._pass_no += 1
             self._pass_left = 0
         out: list[str] = []
@@ -437,6 +438,9 @@ class Relay:
                 read = [_value_and_q(sku, raw) for raw in next(replies)] if ship else []
                 visited.append((sku, read, int(next(replies)), pulled))
                 records += len(read)
+        for sku, _read, length, _pulled in visited:
+            if length == 0:  # its log went some other way (a rebuild, a DEL): out of the set
+                trim_log(client, sku, self.prefix, 0)
         done = self._ship([(sku, read) for sku, read, _, _ in visited if read]) if records else {}
         for sku, read, length, pulled in visited:
             left = max(0, length - done.get(sku, 0))

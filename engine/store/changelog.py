@@ -24,7 +24,17 @@ import orjson
 
 from engine.domain.outputs import CHANGE_ENTRIES
 from engine.store import scripts
-from engine.store.keys import KEY_NAMES, SkuKeys, sku_keys, validate_prefix, validate_sku
+from engine.store.keys import (
+    KEY_NAMES,
+    SkuKeys,
+    changed_key,
+    changed_keys,
+    script_keys,
+    sku_from_key,
+    sku_keys,
+    validate_prefix,
+    validate_sku,
+)
 
 #: The state fields and keys a digest leaves out: a kept position and its marker (a cache that
 #: reads make, which the log does not carry) and the log itself.
@@ -89,11 +99,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def replay_call(record: Record, prefix: str) -> scripts.Call:
-    """The call that replays ``record`` on the keyspace of ``prefix``."""
+def replay_call(record: Record, prefix: str, cluster: bool = False) -> scripts.Call:
+    """The call that replays ``record`` on the keyspace of ``prefix`` (of a cluster: ``cluster``)."""
     validate_prefix(prefix)
     entry = scripts.load_scripts()[record.fn]
-    keys = sku_keys(record.sku, prefix).all
+    keys = script_keys(record.sku, prefix, cluster)
     for tail in record.stash:
         if not tail.startswith(f"rp:{{{record.sku}}}:"):
             raise ValueError(f"stash key {tail!r} is not one of SKU {record.sku!r}")
@@ -114,21 +124,26 @@ def read_log(client: Any, sku: str, prefix: str, count: int = 500, start: int = 
 
 
 # The records of one SKU at or below a change number leave its log, atomically: the log is in q
-# order and grows only at its tail, so they are a head of the list (an empty list is deleted).
+# order and grows only at its tail, so they are a head of the list (an empty list is deleted, and
+# the SKU leaves the changed set, KEYS[2]).
 _TRIM = """
+local n = 0
 local head = redis.call('LINDEX', KEYS[1], 0)
-if not head then return 0 end
-local first = tonumber(string.match(head, '"q":(%d+)'))
-local n = tonumber(ARGV[1]) - first + 1
-if n <= 0 then return 0 end
-redis.call('LTRIM', KEYS[1], n, -1)
+if head then
+  local first = tonumber(string.match(head, '"q":(%d+)'))
+  n = math.max(0, tonumber(ARGV[1]) - first + 1)
+  if n > 0 then redis.call('LTRIM', KEYS[1], n, -1) end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
 return n
 """
 
 
 def trim_log(client: Any, sku: str, prefix: str, through_q: int) -> int:
-    """Delete the SKU's waiting records with q ≤ ``through_q`` (shipped); returns how many."""
-    return int(client.eval(_TRIM, 1, sku_keys(sku, prefix).log, through_q))
+    """Delete the SKU's waiting records with q ≤ ``through_q`` (shipped); returns how many. A SKU
+    whose log is then empty leaves the changed set (``through_q`` 0 only does that)."""
+    return int(client.eval(_TRIM, 2, sku_keys(sku, prefix).log,
+                           changed_key(sku, prefix, scripts.is_cluster(client)), through_q, sku))
 
 
 def change_number(client: Any, sku: str, prefix: str) -> int:
@@ -145,6 +160,7 @@ class Replayer:
     def __init__(self, client: Any, prefix: str) -> None:
         self.client = client
         self.prefix = validate_prefix(prefix)
+        self.cluster = scripts.is_cluster(client)
         self.at: dict[str, int] = {}
         self.applied = 0
         self.skipped = 0
@@ -164,7 +180,7 @@ class Replayer:
             if record.q != at + 1:
                 raise LogGap(f"SKU {record.sku}: record {record.q} follows change {at}; "
                              f"records {at + 1}..{record.q - 1} are missing")
-            scripts.send(self.client, *replay_call(record, self.prefix))
+            scripts.send(self.client, *replay_call(record, self.prefix, self.cluster))
             self.at[record.sku] = record.q
             self.applied += 1
 
@@ -296,10 +312,29 @@ def _bucket_diff(live: str | None, other: str | None) -> list[str]:
     return out
 
 
-def iter_log_skus(client: Any, prefix: str, count: int = 1000) -> Iterator[str]:
-    """The SKUs whose log holds records in the keyspace of ``prefix`` (SCAN, ``count`` a call)."""
-    from engine.store.keys import sku_from_key
+def iter_changed_skus(client: Any, prefix: str, count: int = 1000) -> Iterator[str]:
+    """The SKUs in the changed sets of the keyspace of ``prefix`` (``keys.changed_key``): those
+    whose log holds records, and a few whose log was just emptied some other way (the relay's
+    trim takes them out). On a cluster the sets of all slots are looked at ``count`` a round
+    trip, then the non-empty ones read with SSCAN; no call grows with the keyspace."""
+    names = changed_keys(prefix, scripts.is_cluster(client))
+    for i in range(0, len(names), count):
+        chunk = names[i:i + count]
+        if len(chunk) == 1:
+            found = chunk
+        else:
+            pipe = client.pipeline(transaction=False)
+            for key in chunk:
+                pipe.exists(key)
+            found = [key for key, n in zip(chunk, pipe.execute(), strict=True) if n]
+        for key in found:
+            for sku in client.sscan_iter(key, count=count):
+                yield _text(sku)
 
+
+def iter_log_skus(client: Any, prefix: str, count: int = 1000) -> Iterator[str]:
+    """The SKUs whose log holds records in the keyspace of ``prefix``, by a SCAN of the whole
+    keyspace (``count`` a call): for tools that must not trust the changed sets."""
     validate_prefix(prefix)
     for key in client.scan_iter(match=f"{prefix}:{{*}}:log", count=count, _type="list"):
         sku = sku_from_key(key, prefix)

@@ -14,7 +14,7 @@ import orjson
 
 from engine.domain.oracle import due_at
 from engine.store import scripts
-from engine.store.keys import DEFAULT_PREFIX, sku_from_key, sku_keys, validate_prefix
+from engine.store.keys import DEFAULT_PREFIX, script_keys, sku_from_key, sku_keys, validate_prefix
 from engine.store.wire import decode_line, decode_reply, normalize_policy
 
 _LIVE = ("held", "committed")
@@ -119,7 +119,9 @@ def _check_many(client: Any, skus: list[str], prefix: str) -> list[str]:
     raw = pipe.execute()
     now = _now_ms(client)
     script = scripts.load_scripts()["position"]
-    positions = scripts.call_many(client, [(script, k.all, [k.sku, now, "", 1]) for k in keys])
+    cluster = scripts.is_cluster(client)
+    positions = scripts.call_many(client, [(script, script_keys(k.sku, prefix, cluster), [k.sku, now, "", 1])
+                                           for k in keys])
     out: list[str] = []
     for i, sku in enumerate(skus):
         out.extend(_check_state(sku, raw[i * _READS:(i + 1) * _READS], decode_reply(positions[i]), now))

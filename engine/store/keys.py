@@ -135,6 +135,59 @@ def _build_sku_keys(sku: str, prefix: str) -> SkuKeys:
 _sku_keys = lru_cache(maxsize=65_536)(_build_sku_keys)
 
 
+#: Slots of a Redis Cluster: a key's slot is CRC16 of its hash tag mod this.
+CLUSTER_SLOTS = 16384
+
+
+@lru_cache(maxsize=1)
+def _slot_tags() -> tuple[str, ...]:
+    """A short hash tag for each cluster slot (slot -> tag), the first hex numbers to land there."""
+    from redis.crc import key_slot
+
+    tags: list[str | None] = [None] * CLUSTER_SLOTS
+    left, i = CLUSTER_SLOTS, 0
+    while left:
+        tag = format(i, "x")
+        slot = key_slot(tag.encode())
+        if tags[slot] is None:
+            tags[slot] = tag
+            left -= 1
+        i += 1
+    return tuple(t for t in tags if t is not None)
+
+
+def changed_key(sku: str, prefix: str = DEFAULT_PREFIX, cluster: bool = False) -> str:
+    """The set of SKUs whose change log holds records (docs/changelog.md) that ``sku`` is put in
+    by the script that writes its first waiting record, and taken out of by the trim that empties
+    it: the relay finds the SKUs to ship there, without scanning the keyspace. One set on a
+    standalone server; on a cluster one per hash slot, in the SKU's own slot (a script may only
+    write keys of its slot)."""
+    validate_prefix(prefix)
+    if not cluster:
+        return f"{prefix}:changed"
+    from redis.crc import key_slot
+
+    return f"{prefix}:changed:{{{_slot_tags()[key_slot(validate_sku(sku).encode())]}}}"
+
+
+def changed_keys(prefix: str = DEFAULT_PREFIX, cluster: bool = False) -> list[str]:
+    """Every set ``changed_key`` may name: one, or one per cluster slot."""
+    validate_prefix(prefix)
+    if not cluster:
+        return [f"{prefix}:changed"]
+    return [f"{prefix}:changed:{{{tag}}}" for tag in _slot_tags()]
+
+
+def script_keys(sku: str, prefix: str = DEFAULT_PREFIX, cluster: bool = False) -> list[str]:
+    """The KEYS every script call of ``sku`` takes: the SKU's keys (``KEY_NAMES`` order), then
+    its changed set (lua/lib.lua KEYS[17]); apply's stash keys follow."""
+    return [*sku_keys(sku, prefix).all, changed_key(sku, prefix, cluster)]
+
+
+#: How many KEYS every script call takes before apply's stash keys.
+SCRIPT_KEY_COUNT = len(KEY_NAMES) + 1
+
+
 def logs_key(prefix: str = DEFAULT_PREFIX) -> str:
     """The hash of the input topics' identities and generations (``engine.flow.log_identity``)."""
     return f"{validate_prefix(prefix)}:logs"

@@ -32,7 +32,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from engine.store.keys import KEY_NAMES
+from engine.store.keys import SCRIPT_KEY_COUNT
 
 #: The entry files; each defines one entry or more (apply.lua: apply and apply_many).
 ENTRY_SCRIPTS = ("hold", "reservation", "apply", "position", "sweep", "dump")
@@ -98,9 +98,9 @@ class Settle:
     def stash(self) -> tuple[str, int] | None:
         """(stash key, seconds) when the command's whole reply is to be kept there."""
         _script, keys, args = self.call
-        if self.own is None or len(keys) <= len(KEY_NAMES) or not int(args[8]):
+        if self.own is None or len(keys) <= SCRIPT_KEY_COUNT or not int(args[8]):
             return None
-        return keys[len(KEY_NAMES)], int(args[8])
+        return keys[SCRIPT_KEY_COUNT], int(args[8])
 
     def next(self, reply: Any) -> Call | None:
         raw = _bytes(reply)
@@ -410,7 +410,7 @@ GROUP_MAX = 16
 def group_call(calls: Sequence[Call]) -> Call:
     """One apply_many call for apply calls of one SKU (``Store._apply_calls``), in order."""
     script, keys, args = calls[0]
-    n_keys = len(KEY_NAMES)
+    n_keys = SCRIPT_KEY_COUNT
     stash = [k[n_keys] for _s, k, _a in calls if len(k) > n_keys]
     argv: list[Arg] = [args[0], args[1], len(calls)]
     for _s, _k, a in calls:
@@ -487,6 +487,11 @@ async def acall_grouped(client: Any, calls: Sequence[Call]) -> list[Any]:
 
 def _standalone(client: Any) -> bool:
     return not isinstance(client, (RedisCluster, AsyncRedisCluster))
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (which picks, for one, the changed-set keys)."""
+    return not _standalone(client)
 
 
 def _distinct(sets: Sequence[tuple[str, bytes]]) -> tuple[list[bool], dict[str, bytes]]:

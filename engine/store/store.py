@@ -26,6 +26,7 @@ from engine.store.keys import (
     exp_scan_pattern,
     logs_key,
     rid_index_key,
+    script_keys,
     sku_from_key,
     sku_keys,
     validate_id,
@@ -130,6 +131,7 @@ class _Base:
         # larger change goes on in further calls (tests set a few to see every pause).
         self.job_lines = 0
         self._scripts = scripts.load_scripts()
+        self._cluster = scripts.is_cluster(redis)
 
     def _now_arg(self) -> int:
         now = self.now_ms() if callable(self.now_ms) else self.now_ms
@@ -138,7 +140,7 @@ class _Base:
         return check_int(now, "now_ms", 1, 10**14 - 1)
 
     def _call(self, name: str, sku: str, *args: Any) -> scripts.Call:
-        keys = sku_keys(sku, self.prefix).all
+        keys = script_keys(sku, self.prefix, self._cluster)
         return self._scripts[name], keys, [sku, self._now_arg(), *args]
 
     def _hold_call(self, sku: str, requests: Sequence[HoldRequest]) -> scripts.Call:

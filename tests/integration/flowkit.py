@@ -133,13 +133,22 @@ def _mask(value: Any) -> Any:
     return value
 
 
-def engine_state(client: Any, prefix: str = "atp", mask_clock: bool = False) -> dict[str, Any]:
+def _outbox(key: str) -> bool:
+    """A change log or a changed set (docs/changelog.md): records of the calls, waiting for the
+    relay, not inventory state; runs that batch the same events differently leave other ones."""
+    return key.endswith(":log") or ":changed" in key
+
+
+def engine_state(client: Any, prefix: str = "atp", mask_clock: bool = False, logs: bool = False) -> dict[str, Any]:
     """Every key under ``prefix:`` with its type and content, JSON values parsed (so the key order
-    inside a JSON object does not matter). ``mask_clock`` blanks fields that read the clock, and
-    the scores of sorted sets scored by it, for comparing runs made at different times."""
+    inside a JSON object does not matter); the change logs only with ``logs``. ``mask_clock``
+    blanks fields that read the clock, and the scores of sorted sets scored by it, for comparing
+    runs made at different times."""
     state: dict[str, Any] = {}
     for raw_key in sorted(client.scan_iter(match=f"{prefix}:*", count=1000)):
         key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+        if not logs and _outbox(key):
+            continue
         kind = client.type(raw_key)
         kind = kind.decode() if isinstance(kind, bytes) else kind
         if kind == "string":

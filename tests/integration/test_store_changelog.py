@@ -8,8 +8,17 @@ from typing import Any
 import pytest
 
 from engine.domain.outputs import ChangeRecordValue
-from engine.store.changelog import LogGap, Record, Replayer, read_log, read_log_raw, sku_state, trim_log
-from engine.store.keys import sku_keys
+from engine.store.changelog import (
+    LogGap,
+    Record,
+    Replayer,
+    iter_changed_skus,
+    read_log,
+    read_log_raw,
+    sku_state,
+    trim_log,
+)
+from engine.store.keys import changed_key, sku_keys
 from engine.store.store import Store
 from engine.store.wire import HoldRequest, SupplyCommand
 
@@ -70,6 +79,24 @@ def test_trim_removes_the_shipped_head_and_the_empty_log(redis: Any) -> None:
     assert trim_log(redis, "S", "atp", 3) == 0  # shipped twice: nothing more goes
     assert trim_log(redis, "S", "atp", 5) == 2
     assert redis.exists(sku_keys("S").log) == 0
+
+
+def test_the_changed_sets_name_exactly_the_skus_with_waiting_records(redis: Any) -> None:
+    store = Store(redis, now_ms=T0)
+    skus = [f"K{i}" for i in range(30)]
+    store.apply([SupplyCommand(s, "count", {"loc": "A", "on_hand": 3}) for s in skus])
+    store.apply([SupplyCommand(s, "adjust", {"loc": "A", "delta": 1}) for s in skus[:10]])
+    assert sorted(iter_changed_skus(redis, "atp")) == sorted(skus)
+    for sku in skus[:20]:
+        trim_log(redis, sku, "atp", 2)
+    assert sorted(iter_changed_skus(redis, "atp")) == sorted(skus[20:])
+    store.apply([SupplyCommand("K0", "adjust", {"loc": "A", "delta": 1})])  # a first waiting record again
+    assert sorted(iter_changed_skus(redis, "atp")) == sorted(["K0", *skus[20:]])
+    redis.delete(sku_keys("K21").log)  # a log gone some other way: the trim of nothing takes it out
+    assert trim_log(redis, "K21", "atp", 0) == 0
+    assert "K21" not in set(iter_changed_skus(redis, "atp"))
+    cluster = store._cluster
+    assert redis.sismember(changed_key("K22", "atp", cluster), "K22")
 
 
 def test_a_replay_skips_what_it_has_and_stops_at_a_gap(redis: Any) -> None:

@@ -76,3 +76,17 @@ def test_id_and_location_validators_name_the_problem() -> None:
         validate_location("a:b")
     with pytest.raises(ValueError):
         validate_location("x" * 33)
+
+
+def test_a_skus_changed_set_is_in_its_own_cluster_slot_and_one_set_otherwise() -> None:
+    from redis.crc import key_slot
+
+    from engine.store.keys import CLUSTER_SLOTS, changed_key, changed_keys
+
+    assert changed_key("SKU-1", "atp") == "atp:changed" == changed_keys("atp")[0]
+    every = changed_keys("atp", cluster=True)
+    assert len(every) == CLUSTER_SLOTS
+    assert sorted(key_slot(k.encode()) for k in every) == list(range(CLUSTER_SLOTS))
+    for sku in ("SKU-1", "a", "Z.9_x-", "x" * 64):
+        key = changed_key(sku, "atp", cluster=True)
+        assert key in every and key_slot(key.encode()) == key_slot(sku_keys(sku).state.encode())

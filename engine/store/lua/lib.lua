@@ -75,7 +75,10 @@
 --  15 duet  zset T -> T of the due buckets (folded ones stay until their lines are buried)
 --  16 log   list, the change log: a record of each call that changed the SKU (F.record), oldest
 --           first, until the relay ships it to Kafka and trims it (docs/changelog.md)
---  17… stash (apply.lua only, optional) the reply stash keys of the commands, K.stashes
+--  17 changed  set of the SKUs with waiting records, this SKU's (engine/store/keys.py
+--           changed_key: one per keyspace, or per cluster slot): F.record puts the SKU in when
+--           its log was empty, the relay's trim takes it out when it empties the log
+--  18… stash (apply.lua only, optional) the reply stash keys of the commands, K.stashes
 --       (engine/store/reply_stash.py)
 -- ARGV (every script): 1 sku, 2 now_ms (0 = Redis TIME; > 0 only from tests), then the entry's own.
 --
@@ -131,8 +134,8 @@ local function begin(keys, argv)
   K = {
     state = keys[1], lots = keys[2], res = keys[3], exp = keys[4], dead = keys[5], cust = keys[6],
     chan = keys[7], srel = keys[8], pol = keys[9], pos = keys[10], ended = keys[11], pool = keys[12],
-    job = keys[13], due = keys[14], duet = keys[15], log = keys[16],
-    stashes = #keys > 16 and { unpack(keys, 17) } or nil,
+    job = keys[13], due = keys[14], duet = keys[15], log = keys[16], changed = keys[17],
+    stashes = #keys > 17 and { unpack(keys, 18) } or nil,
   }
   SKU = argv[1]
   NOW = tonumber(argv[2]) or 0
@@ -152,6 +155,7 @@ local function begin(keys, argv)
     W = 0, pending = 0, next_due = 0, -- '!W' (F.load_state)
     wdirty = false,           -- '!W' must be written back
     no_w = false,             -- '!W' was absent (F.settle builds the buckets of older stores)
+    due_checked = false,      -- ensure_due looked already in this call
     buried = 0,               -- lines buried in this call (F.bury)
     expired = {},             -- the lines this call expired, as their record effect (F.expired)
     wrote = false,            -- the call changed the SKU's state (F.record logs it)
@@ -759,7 +763,7 @@ end
 -- back. Done once per SKU, as the pool index is (F.ensure_pools): it reads the live lines whole,
 -- and writes '!W', so that no later call looks again.
 local function ensure_due()
-  S.no_w = false
+  S.due_checked = true
   if redis.call('HLEN', K.res) == 0 then return end
   local flat = redis.call('HGETALL', K.res)
   for i = 1, #flat, 2 do
@@ -767,12 +771,13 @@ local function ensure_due()
     if line.bucket then F.due_enter(line) end
   end
   S.wdirty = true
+  S.no_w = false
   F.flush() -- the fold reads the buckets from Redis
 end
 
 -- what every entry that may act does first: give back due buckets, then bury a few lines
 function F.settle(most)
-  if S.no_w then ensure_due() end
+  if S.no_w and not S.due_checked then ensure_due() end
   F.fold()
   F.bury_due(most or EXPIRE_LINES)
 end
@@ -1057,6 +1062,11 @@ end
 
 -- write back everything that changed since the call began or the last flush
 function F.flush()
+  -- the first lines of a SKU: '!W' says its held lines are counted in buckets (ensure_due)
+  if S.no_w and next(line_chg) then
+    S.no_w = false
+    S.wdirty = true
+  end
   F.sync_pools()
   F.flush_due()
   local set = {}
@@ -1477,7 +1487,7 @@ end
 -- function of the state, NOW and ARGV). It is written as the JSON the relay ships:
 -- {"sku", "q": the SKU's change number (1, 2, …; '!Q' in the state hash), "fn": the entry,
 -- "now_ms", "args": ARGV from 3 on, "stash": apply's stash keys without the key prefix (KEYS
--- from 17 on), when there are some, "expired": the lines the call expired (F.expired), when
+-- from 18 on), when there are some, "expired": the lines the call expired (F.expired), when
 -- there are some}. The SKU is a validated id: no escaping needed.
 -- A call that changed nothing (a refusal, a duplicate, a read) leaves no record.
 function F.record(name)
@@ -1492,8 +1502,9 @@ function F.record(name)
     stash = ',"stash":' .. cjson.encode(tails)
   end
   if #S.expired > 0 then stash = stash .. ',"expired":[' .. table.concat(S.expired, ',') .. ']' end
-  redis.call('RPUSH', K.log, '{"sku":"' .. SKU .. '","q":' .. F.num(q) .. ',"fn":"' .. name .. '","now_ms":' ..
-    F.num(NOW) .. ',"args":' .. args .. stash .. '}')
+  local n = redis.call('RPUSH', K.log, '{"sku":"' .. SKU .. '","q":' .. F.num(q) .. ',"fn":"' .. name ..
+    '","now_ms":' .. F.num(NOW) .. ',"args":' .. args .. stash .. '}')
+  if n == 1 then redis.call('SADD', K.changed, SKU) end
 end
 
 ----------------------------------------------------------------------------- entries
