@@ -37,9 +37,11 @@ def _targets(queries: list[Query]) -> list[prometheus.Dataquery]:
     return targets
 
 
-def graph(title: str, queries: list[Query], unit: str, description: str, width: int = 12) -> timeseries.Panel:
-    """A time-series panel."""
-    return (
+def graph(
+    title: str, queries: list[Query], unit: str, description: str, width: int = 12, no_value: str = ""
+) -> timeseries.Panel:
+    """A time-series panel; ``no_value``: what it says while its queries return nothing."""
+    panel = (
         timeseries.Panel()
         .title(title)
         .description(description)
@@ -57,6 +59,7 @@ def graph(title: str, queries: list[Query], unit: str, description: str, width: 
             .calcs(["lastNotNull", "max"])
         )
     )
+    return panel.no_value(no_value) if no_value else panel
 
 
 def single(title: str, query: Query, unit: str, description: str, width: int = 6) -> stat.Panel:

@@ -97,6 +97,29 @@ RULES: tuple[AlertRule, ...] = (
         "start; check what producers republish (README, 'When the log is reset').",
     ),
     AlertRule(
+        "AtpChangelogBacklog",
+        "max(atp_changelog_backlog)",
+        ">",
+        100_000,
+        "5m",
+        "warning",
+        "{{ $value }} change records wait in Redis for the relay: the relay holding the lock cannot ship "
+        "them (the broker is away, inventory.changes is missing) or does not keep up. Redis memory grows "
+        "with them, a lost Redis loses them, and beyond ATP_CHANGELOG_BACKLOG_MAX (1,000,000 by default) "
+        "/readyz reports not ready (docs/changelog.md, 'Relay').",
+    ),
+    AlertRule(
+        "AtpChangelogRelayErrors",
+        "sum(rate(atp_changelog_relay_errors_total[5m]))",
+        ">",
+        0,
+        "10m",
+        "warning",
+        "The change log relay keeps failing ({{ $value | humanize }} rounds or deliveries/s, for 10 minutes): "
+        "its records stay in Redis and every round tries again; the log of the API (or of `atp relay`) "
+        "says why ('change log relay: …').",
+    ),
+    AlertRule(
         "AtpDrift",
         "max(atp_drift_skus)",
         ">",

@@ -1,4 +1,4 @@
-"""The *Stream health* dashboard: Kafka → flow → Redis."""
+"""The *Stream health* dashboard: Kafka → flow → Redis, and the change log relay Redis → Kafka."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from dashboards.panels import Query, graph, single
 
 
 def dashboard() -> Dashboard:
-    """Events/s by type and outcome, consumer lag, apply latency and batch size, DLQ, dependencies."""
+    """Events/s by type and outcome, consumer lag, apply latency and batch size, DLQ, dependencies,
+    and the change log relay: records waiting, shipped/s, errors/s."""
     return (
         Dashboard("ATP · Stream health")
         .uid("atp-stream-health")
@@ -101,6 +102,37 @@ def dashboard() -> Dashboard:
                 [Query("min by (dependency, job) (atp_dependency_up)", "{{job}} → {{dependency}}")],
                 "bool",
                 "Readiness of Redis and the broker as each engine process sees them.",
+            )
+        )
+        .with_panel(
+            graph(
+                "Change log backlog",
+                [Query("max(atp_changelog_backlog)", "records waiting")],
+                "short",
+                "Change records waiting in Redis for the relay, as the relay holding the lock counted them "
+                "at the end of its last pass over the keyspace (the others report its figure). Grows while "
+                "the broker is away; /readyz says not ready beyond ATP_CHANGELOG_BACKLOG_MAX.",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Change records shipped/s",
+                [Query("sum(rate(atp_changelog_shipped_total[1m]))", "shipped/s")],
+                "ops",
+                "Change records the relay shipped to inventory.changes (acknowledged by the broker) and "
+                "trimmed from Redis, per second.",
+                width=8,
+            )
+        )
+        .with_panel(
+            graph(
+                "Relay errors/s",
+                [Query("sum(rate(atp_changelog_relay_errors_total[1m]))", "errors/s")],
+                "ops",
+                "Relay rounds or deliveries that failed; their records stay in Redis and the next round "
+                "tries again.",
+                width=8,
             )
         )
     )

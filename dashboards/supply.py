@@ -8,7 +8,8 @@ from dashboards.panels import Query, graph, single
 
 
 def dashboard() -> Dashboard:
-    """Alerts by type, replenishment triggers, late inbound, supplier reliability, oversold, drift."""
+    """Alerts by type, replenishment triggers, late inbound, supplier reliability, oversold, drift
+    (drifted and checked SKUs, time since the last reconcile)."""
     return (
         Dashboard("ATP · Supply")
         .uid("atp-supply")
@@ -77,6 +78,28 @@ def dashboard() -> Dashboard:
                 [Query("min by (supplier) (atp_supplier_reliability)", "{{supplier}}")],
                 "percentunit",
                 "On-time × fill rate per supplier, learned from receipts.",
+            )
+        )
+        .with_panel(
+            graph(
+                "Drifted and checked SKUs",
+                [
+                    Query("max(atp_drift_skus)", "drifted"),
+                    Query("max(atp_drift_checked_skus)", "checked"),
+                ],
+                "short",
+                "SKUs the last `atp reconcile` of every SKU checked, and those whose Redis state differed "
+                "from the change log (0 and 0 until one has run).",
+            )
+        )
+        .with_panel(
+            graph(
+                "Time since the last reconcile",
+                [Query("time() - (max(atp_drift_checked_timestamp_seconds) > 0)", "since last reconcile")],
+                "s",
+                "How old the drift figures are: time since the last `atp reconcile` of every SKU ended "
+                "(empty until one has run).",
+                no_value="no reconcile yet",
             )
         )
     )

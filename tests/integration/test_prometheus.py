@@ -3,7 +3,7 @@
 Prometheus is Debian's package, installed by ``dashboards/install-prometheus.sh`` when missing; the
 only allowed skip is a machine where it cannot be installed. The engine is the real one: the flow
 and the API as child processes over embedded Redis and broker, under the demo's flash sale and
-simulated stream (the ``engine_under_load`` fixture).
+simulated stream (the ``engine_under_load`` fixture), after one ``atp reconcile``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRAPE_INTERVAL_S = 1
 READY_TIMEOUT_S = 60
 SALE_S = 35
+RECONCILE_TIMEOUT_S = 120
 WATCHED = list(HOT_SKUS)  # the demo's child processes watch its hot SKUs (ATP_WATCH_SKUS)
 
 
@@ -92,6 +94,27 @@ def _over_cap_shopper(api_url: str, token: str, sale: threading.Thread) -> None:
             sale.join(timeout=0.5)
 
 
+def _reconcile(running: Settings) -> None:
+    """``atp reconcile`` of every SKU, as an operator runs it: another process, whose result the
+    flow exports as the drift gauges (until then they say 0, and the *Time since the last
+    reconcile* panel has nothing to show).
+
+    It runs on the loaded catalogue, before the sale: a reconcile while records are being shipped
+    is tests/integration/test_log_rebuild.py's subject, not the panels'."""
+    env = {
+        **os.environ,
+        "ATP_REDIS_URL": running.redis_url,
+        "ATP_REDIS_CLUSTER": "true" if running.redis_cluster else "false",
+        "ATP_KAFKA_BOOTSTRAP": running.kafka_bootstrap,
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", "from engine.cli import main; main()", "reconcile", "--json"],
+        env=env, capture_output=True, text=True, timeout=RECONCILE_TIMEOUT_S,
+    )
+    # 0: no drift, 1: drift (the panels show either); 2 is an error
+    assert proc.returncode in (0, 1), f"atp reconcile exited {proc.returncode}: {proc.stderr[-2000:]}"
+
+
 @pytest.fixture(scope="module")
 def engine_under_load(redis_cluster_mode: bool) -> Iterator[dict[str, list[str]]]:
     """Scrape targets by job name (``atp-flow``, ``atp-api``) of the real engine under a flash sale.
@@ -100,7 +123,8 @@ def engine_under_load(redis_cluster_mode: bool) -> Iterator[dict[str, list[str]]
     (``python -m engine.flow``) and the API (``atp serve``) as child processes and loads the
     catalogue; ``run_sale`` then runs checkouts through the HTTP API beside the simulated stream
     (with a few bad messages, for the DLQ) in a background thread for ``SALE_S`` seconds, which
-    covers the module's queries. The demo's console output goes to an in-memory file.
+    covers the module's queries; ``atp reconcile`` runs once before it (``_reconcile``). The
+    change log relay runs inside the API. The demo's console output goes to an in-memory file.
     """
     with pytest.MonkeyPatch.context() as mp:
         # The demo's own servers, not the developer's ATP_* settings or atp.toml.
@@ -111,6 +135,7 @@ def engine_under_load(redis_cluster_mode: bool) -> Iterator[dict[str, list[str]]
         settings = Settings(redis_url="", kafka_bootstrap="", redis_cluster=redis_cluster_mode)
         console = Console(file=io.StringIO(), force_terminal=False, width=120)
         with demo_engine(settings, console) as engine:
+            _reconcile(engine.settings)
             sale = threading.Thread(
                 target=run_sale, args=(engine, SALE_S, console), kwargs={"live": False}, daemon=True
             )
@@ -221,6 +246,9 @@ def test_every_target_is_scraped(prometheus: Prometheus, engine_under_load: dict
 def test_every_dashboard_panel_query_returns_data(prometheus: Prometheus) -> None:
     # Windows are 1m, so a few scrapes in every rate() has two points to compare.
     _wait_for_data(prometheus, "sum(rate(atp_events_total[1m])) > 0")
+    # The one panel that needs an action, Time since the last reconcile, is empty until one ran
+    # (the fixture ran it) and the flow's reporter exported its result.
+    _wait_for_data(prometheus, "max(atp_drift_checked_timestamp_seconds) > 0")
     queries = build.all_queries()
     assert len(queries) >= 20
     for q in queries:
@@ -251,6 +279,17 @@ def test_activity_shows_in_the_flash_sale_and_stream_panels(prometheus: Promethe
     assert {r["metric"]["end"] for r in ages} >= {"confirmed", "released"}
     # Holds the shoppers left to expire are read back by the API once overdue.
     _wait_for_data(prometheus, 'increase(atp_hold_age_seconds_count{end="expired"}[1m]) > 0')
+
+
+def test_relay_and_reconcile_show_in_their_panels(prometheus: Prometheus) -> None:
+    # The relay runs inside the API and ships the sale's change records.
+    _wait_for_data(prometheus, 'sum(atp_changelog_shipped_total{job="atp-api"}) > 0')
+    backlog = _wait_for_data(prometheus, 'atp_changelog_backlog{job="atp-api"}')
+    assert all(float(r["value"][1]) >= 0 for r in backlog)
+    # atp reconcile (another process) kept its result in Redis; the flow exports it.
+    _wait_for_data(prometheus, 'max(atp_drift_checked_skus{job="atp-flow"}) > 0')
+    since = _wait_for_data(prometheus, "time() - (max(atp_drift_checked_timestamp_seconds) > 0)")
+    assert 0 <= float(since[0]["value"][1]) < 15 * 60  # this module's run, not 1970
 
 
 def test_every_rule_signal_returns_data_and_every_rule_evaluates(prometheus: Prometheus) -> None:
