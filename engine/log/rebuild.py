@@ -73,6 +73,10 @@ STALL_S = 60.0
 BAD_EXAMPLES = 5
 #: How often reconcile looks at a SKU whose live state moved while it was read.
 SETTLE_TRIES = 3
+#: Reads of the topic's new records a reconcile makes for the SKUs whose records were shipped
+#: while it read them, and the pause between two.
+TAIL_READS = 5
+TAIL_PAUSE_S = 0.2
 
 
 def reconcile_key(prefix: str) -> str:
@@ -174,9 +178,11 @@ def read_changes(
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
+                        # the end of what this fetch saw: done once every message before it was
+                        # taken (an end reported ahead of messages not handed over yet is not
+                        # taken for them: they would be skipped here and by the next read)
                         p = msg.partition()
-                        stats.ends[p] = max(stats.ends.get(p, 0), msg.offset())
-                        if p in todo and msg.offset() >= todo[p]:
+                        if p in todo and stats.ends[p] >= todo[p] and msg.offset() <= stats.ends[p]:
                             del todo[p]
                         continue
                     if err.fatal() or err.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION):
@@ -613,9 +619,10 @@ class _Checker:
                 return q, state
         return None
 
-    def catch_up(self, sku: str, live_q: int) -> None:
-        """Replay the live log's records of ``sku`` up to ``live_q`` into the scratch keyspace (pages
-        by position: a relay trimming the head meanwhile makes a gap, which ``judge`` reads past)."""
+    def live_log(self, sku: str, live_q: int) -> list[Record]:
+        """The live log's records of ``sku`` up to ``live_q`` (pages by position: a relay trimming
+        the head meanwhile makes a gap; every record it trimmed is on the topic by then)."""
+        out: list[Record] = []
         start = 0
         while True:
             page = read_log_raw(self.client, sku, self.prefix, count=PAGE, start=start)
@@ -627,26 +634,36 @@ class _Checker:
                     self.bad.append(f"{sku}: live log: {exc}"[:300])
                     continue
                 if record.q > live_q:
-                    self.replay.flush()
-                    return
-                self.live_records += 1
-                self.replay.feed(record)
+                    return out
+                out.append(record)
             if len(page) < PAGE:
-                break
+                return out
+
+    def catch_up(self, records: list[Record]) -> None:
+        """Replay ``records`` (a SKU's live log, read earlier) into the scratch keyspace."""
+        for record in records:
+            self.live_records += 1
+            self.replay.feed(record)
         self.replay.flush()
 
-    def judge(self, sku: str, final: bool) -> Drift | str | None:
-        """A ``Drift``, None (the same), 'unsettled' (kept changing) or 'behind' (the log read so
-        far does not reach the live state: records shipped and trimmed meanwhile, unless ``final``)."""
-        seen = self.live(sku)
+    def judge(self, sku: str, final: bool, seen: tuple[int, dict[str, Any], list[Record]] | None = None
+              ) -> Drift | str | tuple[int, dict[str, Any], list[Record]] | None:
+        """A ``Drift``, None (the same), 'unsettled' (kept changing), or — when the log read so far
+        does not reach the live state (records shipped and trimmed meanwhile) and not ``final`` —
+        what was seen: (live change number, live state, live log records), to judge again with
+        ``seen`` once the topic was read past the moment they were read (every record trimmed
+        before is on the topic by then)."""
         if seen is None:
-            return "unsettled"
-        live_q, live = seen
-        self.catch_up(sku, live_q)
+            observed = self.live(sku)
+            if observed is None:
+                return "unsettled"
+            seen = (*observed, self.live_log(sku, observed[0]))
+        live_q, live, records = seen
+        self.catch_up(records)
         log_q = self.replay.at.get(sku, 0)
         gap = self.replay.gaps.get(sku)
         if (gap or log_q < live_q) and not final:
-            return "behind"
+            return seen
         other = sku_state(self.client, sku, self.replay.prefix)
         if live == other:
             return None
@@ -704,12 +721,14 @@ def reconcile(
         replay.flush()
         todo = sorted(wanted if wanted is not None else set(replay.at) | _live_skus(client, prefix))
         checked = len(todo)
+        seen: dict[str, Any] = {}
         for final in (False, True):
             behind: list[str] = []
             for sku in todo:
-                verdict = checker.judge(sku, final)
-                if verdict == "behind":
+                verdict = checker.judge(sku, final, seen.pop(sku, None))
+                if isinstance(verdict, tuple):
                     behind.append(sku)
+                    seen[sku] = verdict
                     continue
                 if verdict == "unsettled":
                     unsettled.append(sku)
@@ -722,15 +741,24 @@ def reconcile(
             # records shipped (and trimmed from the live log) since the topic was read: read on
             for sku in behind:
                 replay.gaps.pop(sku, None)
-            tail = ReadStats()
-            keep = set(behind)
-            for record in read_changes(consumer_conf, topic, stats=tail, start=read.ends):
-                if record.sku in keep:
-                    replay.feed(record)
-            replay.flush()
-            read.records += tail.records
-            read.bad += tail.bad
-            read.bad_examples += tail.bad_examples[:max(0, BAD_EXAMPLES - len(read.bad_examples))]
+            # every record a behind SKU's live log no longer had when read is on the topic by now:
+            # read on until the replay has them (a partition's end read while the relay produces
+            # can come before the last of them: read again from there, a few times)
+            need = {sku: min(q, records[0].q - 1) if records else q for sku, (q, _s, records) in seen.items()}
+            for _ in range(TAIL_READS):
+                tail = ReadStats()
+                for record in read_changes(consumer_conf, topic, stats=tail, start=read.ends):
+                    # up to the live state as it was read: the topic goes on meanwhile
+                    if record.sku in seen and record.q <= seen[record.sku][0]:
+                        replay.feed(record)
+                replay.flush()
+                read.ends.update(tail.ends)
+                read.records += tail.records
+                read.bad += tail.bad
+                read.bad_examples += tail.bad_examples[:max(0, BAD_EXAMPLES - len(read.bad_examples))]
+                if all(replay.at.get(sku, 0) >= q for sku, q in need.items()):
+                    break
+                time.sleep(TAIL_PAUSE_S)
             todo = behind
     finally:
         _delete_scratch(client, scratch)

@@ -661,8 +661,9 @@ class Relay:
                 if err is not None:
                     if err.code() != KafkaError._PARTITION_EOF:
                         raise RelayError(f"reading {self.topic} back: {err}")
-                    ends[part] = max(ends.get(part, 0), msg.offset())
-                    if part in todo and msg.offset() >= todo[part]:
+                    # done once every message before this end was taken (an end reported ahead
+                    # of messages not handed over yet must not cover them)
+                    if part in todo and ends[part] >= todo[part] and msg.offset() <= ends[part]:
                         del todo[part]
                     continue
                 ends[part] = max(ends.get(part, 0), msg.offset() + 1)
