@@ -21,6 +21,11 @@ A round (``Relay.run_once``):
 4. saves, per partition of the topic, the offset after the last acknowledged message in the hash
    ``<prefix>:relay``.
 
+A record that names lines its call expired (``expired``) also gives one ``reservation.expired``
+event per line to ``inventory.reservations`` (``expired_events``), produced with the record; a
+failed delivery of one is counted and logged, the record is trimmed all the same, so the change
+log stays exactly once and these events are at least once (their ids are deterministic).
+
 Exactly once: a relay that dies between the broker's acknowledgement and the trim leaves records
 in Redis that are also on the topic. So a relay that takes the lock first reads the topic from the
 saved offsets to its end, takes the highest change number per SKU there, and trims those records
@@ -178,6 +183,18 @@ class _Sent:
         return n
 
 
+_EXPIRED = b'"expired":['
+
+
+def expired_events(sku: str, value: bytes) -> list[tuple[str, bytes]]:
+    """(reservation id, message) of the ``reservation.expired`` event of each line a record's
+    call expired (``engine.api.reservation_events.expired_event``)."""
+    from engine.api.reservation_events import encode, expired_event
+
+    record = Record.from_json(value)
+    return [(line["rid"], encode(expired_event(sku, line))) for line in record.expired]
+
+
 def _value_and_q(sku: str, raw: Any) -> tuple[bytes, int]:
     """A waiting record as the script wrote it (the Kafka value) and its change number."""
     value = raw if isinstance(raw, bytes) else str(raw).encode()
@@ -233,6 +250,8 @@ class Relay:
         self.settings = settings
         self.prefix = validate_prefix(settings.key_prefix)
         self.topic = (topics or Topics()).changes
+        self.reservations_topic = (topics or Topics()).reservations
+        self.expired_sent = 0
         self.state_key = relay_state_key(self.prefix)
         self.lock_ttl_ms = lock_ttl_ms
         self.batch = batch
@@ -471,6 +490,13 @@ class Relay:
         ends: dict[int, int] = {}
         failures: list[str] = []
 
+        def expired_report(err: KafkaError | None, msg: Any) -> None:
+            if err is None:
+                self.expired_sent += 1
+                return
+            # the record it came from is shipped all the same: the change log stays exactly once
+            self._failed(RelayError(f"reservation.expired to {msg.topic()} not delivered: {err}"))
+
         def report(entry: _Sent, index: int) -> Any:
             def on_delivery(err: KafkaError | None, msg: Any) -> None:
                 if err is None:
@@ -495,6 +521,10 @@ class Relay:
                     key, value, report(entry, i), deadline, failures)
                 if not producing:
                     break  # nothing after a record that did not go: each SKU's order is kept
+                if _EXPIRED in value:
+                    for rid, event in expired_events(sku, value):
+                        self._produce(rid.encode(), event, expired_report, deadline, failures,
+                                      topic=self.reservations_topic)
         certain = self._await_reports(deadline)
         trims = [(e, e.acked_prefix()) for e in sent]
         if failures or any(n < len(e.qs) for e, n in trims):
@@ -509,10 +539,11 @@ class Relay:
                 self._failed(RelayError(f"{len(failures)} records not acknowledged: {failures[0]}"))
         return {e.sku: n for e, n in trims}
 
-    def _produce(self, key: bytes, value: bytes, on_delivery: Any, deadline: float, failures: list[str]) -> bool:
+    def _produce(self, key: bytes, value: bytes, on_delivery: Any, deadline: float, failures: list[str],
+                 topic: str | None = None) -> bool:
         while True:
             try:
-                self._producer.produce(self.topic, key=key, value=value, on_delivery=on_delivery)
+                self._producer.produce(topic or self.topic, key=key, value=value, on_delivery=on_delivery)
                 return True
             except BufferError:  # librdkafka's queue is full: serve reports, then again
                 if time.monotonic() > deadline:

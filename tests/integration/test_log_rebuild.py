@@ -20,9 +20,9 @@ from engine import cli, metrics
 from engine.client import AtpClient
 from engine.log.rebuild import (
     KeyspaceNotEmpty,
-    read_changes,
     RebuildError,
     RelayBusy,
+    read_changes,
     rebuild,
     reconcile,
     reconcile_key,

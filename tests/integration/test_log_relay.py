@@ -361,3 +361,25 @@ def test_atp_relay_ships_until_sigterm_then_lets_its_lock_go(
     assert "relay stopped: 5 change record(s) shipped" in err
     assert redis.get(relay_lock_key(PREFIX)) is None
     assert_each_once(numbers(on_topic(kafka_bootstrap, topics.changes)), {"SIG-1": 2, "SIG-2": 3})
+
+
+def test_lines_a_call_expired_reach_the_reservations_topic_as_reservation_expired(
+    settings: Settings, topics: Topics, redis: Any, kafka_bootstrap: str
+) -> None:
+    t0 = 1_800_000_000_000
+    store = Store(redis, now_ms=t0)
+    store.apply([SupplyCommand("EXP-1", "count", {"loc": "WH1", "on_hand": 9})])
+    assert store.hold_batch("EXP-1", [HoldRequest("gone-1", 2, ttl_ms=1_000, channel="web"),
+                                      HoldRequest("gone-2", 1, ttl_ms=1_000),
+                                      HoldRequest("kept", 3, ttl_ms=60_000)])[1]["status"] == "ok"
+    store.now_ms = t0 + 1_000
+    assert store.position("EXP-1")["held"] == 3  # this call expired two lines
+    with relay_of(settings, topics, redis) as relay:
+        drain(relay, redis)
+    events = [orjson.loads(m.value) for m in read_topic(kafka_bootstrap, topics.reservations)]
+    assert sorted((e["event_id"], e["type"], e["lines"][0]["qty"], e["channel"]) for e in events) == [
+        ("res:gone-1:expired:EXP-1", "reservation.expired", 2, "web"),
+        ("res:gone-2:expired:EXP-1", "reservation.expired", 1, None),
+    ]
+    assert {m.key for m in read_topic(kafka_bootstrap, topics.reservations)} == {b"gone-1", b"gone-2"}
+    assert relay.expired_sent == 2
