@@ -224,6 +224,21 @@ def _client(settings: Settings) -> Any:
     return AtpClient(redis, prefix=settings.key_prefix, default_ttl_s=settings.default_hold_ttl_s, coalesce=False)
 
 
+def _topics(prefix: str, suffix: str) -> Any:
+    """The topic names with ``prefix`` and ``suffix``; exit 2 with the reason when they are not legal."""
+    from connectors.topics import Topics
+
+    try:
+        return Topics(prefix=prefix, suffix=suffix)
+    except ValueError as exc:
+        _bad(str(exc))
+
+
+def _need_broker(settings: Settings) -> None:
+    if not settings.kafka_bootstrap:
+        raise CliError("no broker configured: set ATP_KAFKA_BOOTSTRAP")
+
+
 def _store(settings: Settings) -> Any:
     from engine.api.redis_conn import RedisNotConfigured, sync_redis
     from engine.store.store import Store
@@ -642,16 +657,12 @@ def serve(
     topic_suffix: Annotated[str, typer.Option(help="suffix of every topic name (as given to atp flow)")] = "",
 ) -> None:
     """Serve the HTTP API (embedded Redis/broker when ATP_REDIS_URL / ATP_KAFKA_BOOTSTRAP are empty)."""
-    from connectors.topics import Topics
     from engine.api.server import LOG_LEVELS
     from engine.api.server import serve as serve_api
 
     if log_level not in LOG_LEVELS:
         _bad(f"bad --log-level {log_level!r}: one of {', '.join(LOG_LEVELS)}")
-    try:
-        topics = Topics(prefix=topic_prefix, suffix=topic_suffix)
-    except ValueError as exc:
-        _bad(str(exc))
+    topics = _topics(topic_prefix, topic_suffix)
     settings = load_settings()
     bind_host = host or settings.api_host
     bind_port = settings.api_port if port is None else port
@@ -687,7 +698,6 @@ def flow(
     index) and one recovery directory; each serves metrics on ATP_FLOW_METRICS_PORT + its index."""
     import logging
 
-    from connectors.topics import Topics
     from engine.flow.runner import FlowConfigError, check_processes, run_flow
 
     level = logging.getLevelName(log_level.upper())
@@ -698,10 +708,7 @@ def flow(
         check_processes(process_id, peers)
     except FlowConfigError as exc:
         _bad(f"bad --process-id / --addresses: {exc}")
-    try:
-        topics = Topics(prefix=topic_prefix, suffix=topic_suffix)
-    except ValueError as exc:
-        _bad(str(exc))
+    topics = _topics(topic_prefix, topic_suffix)
     overrides = {"workers": workers, "batch_size": batch_size, "recovery_dir": recovery_dir,
                  "snapshot_interval_s": snapshot_interval}
     try:
@@ -815,21 +822,16 @@ def relay(
 
     from confluent_kafka import KafkaException
 
-    from connectors.topics import Topics
     from engine.log.relay import Relay, RelayError
 
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
         _bad(f"bad --log-level {log_level!r}: one of DEBUG, INFO, WARNING, ERROR")
-    try:
-        topics = Topics(prefix=topic_prefix, suffix=topic_suffix)
-    except ValueError as exc:
-        _bad(str(exc))
+    topics = _topics(topic_prefix, topic_suffix)
     settings = load_settings()
     if not settings.redis_url:
         raise CliError("no Redis configured: set ATP_REDIS_URL (the relay ships what is in it)")
-    if not settings.kafka_bootstrap:
-        raise CliError("no broker configured: set ATP_KAFKA_BOOTSTRAP")
+    _need_broker(settings)
     try:
         relay_ = Relay(settings, topics, kafka_logger=_quiet_kafka_logger() if once else None)
     except (ValueError, KafkaException) as exc:
@@ -893,15 +895,11 @@ def topics_create(
     from confluent_kafka import KafkaException
 
     from connectors.kafka import admin_config
-    from connectors.topics import Topics, create_topics
+    from connectors.topics import create_topics
 
-    try:
-        names = Topics(prefix=prefix, suffix=suffix)
-    except ValueError as exc:
-        _bad(str(exc))
+    names = _topics(prefix, suffix)
     settings = load_settings()
-    if not settings.kafka_bootstrap:
-        raise CliError("no broker configured: set ATP_KAFKA_BOOTSTRAP")
+    _need_broker(settings)
     try:
         created = create_topics(
             {**admin_config(settings), "logger": _quiet_kafka_logger()}, names,
@@ -929,16 +927,11 @@ def simulate(
     as_json: JsonOpt = False,
 ) -> None:
     """Send a realistic order / inbound / receipt / adjustment stream to the input topics."""
-    from connectors.topics import Topics
     from engine.simulate import produce
 
-    try:
-        names = Topics(prefix=prefix, suffix=suffix)
-    except ValueError as exc:
-        _bad(str(exc))
+    names = _topics(prefix, suffix)
     settings = load_settings()
-    if not settings.kafka_bootstrap:
-        raise CliError("no broker configured: set ATP_KAFKA_BOOTSTRAP")
+    _need_broker(settings)
     try:
         report = produce(
             settings, names, count, seed=seed, skus=skus, bad_fraction=bad_fraction,
@@ -972,12 +965,8 @@ TopicSuffixOpt = Annotated[str, typer.Option(help="suffix of every topic name (a
 
 
 def _changes_topic(topic_prefix: str, topic_suffix: str) -> str:
-    from connectors.topics import Topics
 
-    try:
-        return Topics(prefix=topic_prefix, suffix=topic_suffix).changes
-    except ValueError as exc:
-        _bad(str(exc))
+    return _topics(topic_prefix, topic_suffix).changes
 
 
 def _log_clients(settings: Settings, group: str) -> tuple[Any, dict[str, Any]]:
@@ -985,8 +974,7 @@ def _log_clients(settings: Settings, group: str) -> tuple[Any, dict[str, Any]]:
     from connectors.kafka import consumer_config
     from engine.api.redis_conn import RedisNotConfigured, sync_redis
 
-    if not settings.kafka_bootstrap:
-        raise CliError("no broker configured: set ATP_KAFKA_BOOTSTRAP")
+    _need_broker(settings)
     try:
         client = sync_redis(settings)
     except RedisNotConfigured as exc:
