@@ -60,7 +60,7 @@ from connectors.kafka import consumer_config, producer_config
 from connectors.topics import Topics
 from engine import metrics
 from engine.settings import Settings
-from engine.store.changelog import Record, iter_changed_skus, trim_log
+from engine.store.changelog import Record, iter_changed_skus, trim_log, trim_logs
 from engine.store.keys import sku_keys, validate_prefix
 
 log = logging.getLogger(__name__)
@@ -588,8 +588,7 @@ class Relay:
         repairs."""
         client = self._redis()
         try:
-            for sku, through_q in trims:
-                trim_log(client, sku, self.prefix, through_q)
+            trim_logs(client, trims, self.prefix)
             if not self.lock.renew():
                 self.active = False
                 return

@@ -142,8 +142,19 @@ return n
 def trim_log(client: Any, sku: str, prefix: str, through_q: int) -> int:
     """Delete the SKU's waiting records with q ≤ ``through_q`` (shipped); returns how many. A SKU
     whose log is then empty leaves the changed set (``through_q`` 0 only does that)."""
-    return int(client.eval(_TRIM, 2, sku_keys(sku, prefix).log,
-                           changed_key(sku, prefix, scripts.is_cluster(client)), through_q, sku))
+    return trim_logs(client, [(sku, through_q)], prefix)[0]
+
+
+def trim_logs(client: Any, trims: Sequence[tuple[str, int]], prefix: str, chunk: int = 500) -> list[int]:
+    """``trim_log`` of each (SKU, through_q), ``chunk`` a pipelined round trip; how many each lost."""
+    cluster = scripts.is_cluster(client)
+    out: list[int] = []
+    for i in range(0, len(trims), chunk):
+        pipe = client.pipeline(transaction=False)
+        for sku, through_q in trims[i:i + chunk]:
+            pipe.eval(_TRIM, 2, sku_keys(sku, prefix).log, changed_key(sku, prefix, cluster), through_q, sku)
+        out.extend(int(n) for n in pipe.execute())
+    return out
 
 
 def change_number(client: Any, sku: str, prefix: str) -> int:
