@@ -79,6 +79,10 @@ _CHUNK = 100
 ACK_TIMEOUT_S = 10.0
 #: The pause between rounds that shipped nothing, and the longest pause after failures.
 IDLE_S = 0.2
+#: Rounds in a row in which no record was delivered (each failed or timed out) after which the
+#: producer is replaced, as after a fatal error: some brokers (Tansu restarted empty) leave an
+#: idempotent producer that never delivers again and never says why.
+STUCK_ROUNDS = 3
 MAX_BACKOFF_S = 5.0
 #: Consumer group named in the recovery reader's config; it assigns partitions and never commits.
 RECOVERY_GROUP = "atp-relay"
@@ -265,8 +269,12 @@ class Relay:
         self._client = redis
         self._owns_client = redis is None
         self._lock: RelayLock | None = None
+        # never create the topic: a broker restarted empty would make it with its own defaults
+        # (partitions, a time limit) and the idempotent producer may never deliver to it again;
+        # a missing topic waits for the operator (README "The change log relay")
         conf = producer_config(settings, idempotent=True,
-                               overrides={"message.timeout.ms": max(1, int(ack_timeout_s * 1000))})
+                               overrides={"message.timeout.ms": max(1, int(ack_timeout_s * 1000)),
+                                          "allow.auto.create.topics": False})
         self._kafka_extra: dict[str, Any] = {} if kafka_logger is None else {"logger": kafka_logger}
         conf.update(self._kafka_extra)
         conf.update(producer_overrides or {})
@@ -274,6 +282,7 @@ class Relay:
         self._conf = conf
         self._producer = Producer(conf)  # a bad setting fails here, before any thread starts
         self._fatal = threading.Event()
+        self._stuck = 0  # rounds in a row whose every record failed
         # round state
         self.active = False          # this relay holds the lock
         self._recovered = False      # the topic's tail was reconciled with Redis since then
@@ -326,6 +335,7 @@ class Relay:
         self.rebuilds += 1
         self._fatal.clear()
         self._recovered = False  # what the old one delivered is read back from the topic first
+        self._stuck = 0
         log.error("change log relay: producer replaced after a fatal error (%s)", self.last_error)
 
     def _failed(self, exc: BaseException) -> None:
@@ -527,6 +537,13 @@ class Relay:
                                       topic=self.reservations_topic)
         certain = self._await_reports(deadline)
         trims = [(e, e.acked_prefix()) for e in sent]
+        if sent and not any(n for _e, n in trims) and failures:
+            self._stuck += 1
+            if self._stuck >= STUCK_ROUNDS:  # a producer that delivers nothing, yet raised no fatal error
+                self.last_error = f"nothing delivered in {self._stuck} rounds: {failures[0]}"
+                self._fatal.set()
+        else:
+            self._stuck = 0
         if failures or any(n < len(e.qs) for e, n in trims):
             certain = False
         trims = [(e, n) for e, n in trims if n]

@@ -105,6 +105,27 @@ def figures(store: Store, sku: str) -> dict[str, int]:
     return {k: position[k] for k in ("on_hand", "held", "committed", "atp", "in_transit")}
 
 
+class ApiProcess:
+    """One ``atp serve`` child of ``api_process_handles``: its base URL, its process (a test may
+    SIGKILL it: ``kill``) and its log (stderr, a temp file)."""
+
+    def __init__(self, url: str, proc: subprocess.Popen[bytes], log: Any) -> None:
+        self.url = url
+        self.proc = proc
+        self._log = log
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: no shutdown, its relay lock is left to expire)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def log_text(self) -> str:
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")
+
+
 @contextlib.contextmanager
 def api_processes(
     settings: Settings, count: int = 2, args: Sequence[str] = (), **env_extra: str
@@ -112,6 +133,15 @@ def api_processes(
     """``count`` separate ``atp serve`` processes over the suite's Redis and broker, each on its own
     free loopback port, with the test tokens and ``args`` (more ``atp serve`` options); yields their
     base URLs and stops them at the end."""
+    with api_process_handles(settings, count, args, **env_extra) as procs:
+        yield [p.url for p in procs]
+
+
+@contextlib.contextmanager
+def api_process_handles(
+    settings: Settings, count: int = 2, args: Sequence[str] = (), **env_extra: str
+) -> Iterator[list[ApiProcess]]:
+    """``api_processes``, yielding the processes themselves (``ApiProcess``)."""
     env = {
         **{k: v for k, v in os.environ.items() if not k.upper().startswith("ATP_")},
         "ATP_CONFIG": os.devnull,
@@ -149,7 +179,7 @@ def api_processes(
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.1)
-        yield urls
+        yield [ApiProcess(u, p, lg) for u, p, lg in zip(urls, procs, logs, strict=True)]
     finally:
         for proc in procs:
             with contextlib.suppress(ProcessLookupError):
