@@ -135,7 +135,8 @@ def _mask(value: Any) -> Any:
 
 def _outbox(key: str) -> bool:
     """A change log or a changed set (docs/changelog.md): records of the calls, waiting for the
-    relay, not inventory state; runs that batch the same events differently leave other ones."""
+    relay, not inventory state; runs that batch the same events differently leave other ones (and
+    another change number, ``!Q``, which ``engine_state`` leaves out with them)."""
     return key.endswith(":log") or ":changed" in key
 
 
@@ -155,6 +156,8 @@ def engine_state(client: Any, prefix: str = "atp", mask_clock: bool = False, log
             content: Any = _canon(_b(client.get(raw_key)))
         elif kind == "hash":
             content = {_s(k): _canon(_b(v)) for k, v in client.hgetall(raw_key).items()}
+            if not logs and key.endswith(":state"):
+                content.pop("!Q", None)  # how many calls wrote records: the log's count, like the log
         elif kind == "list":
             content = [_canon(_b(v)) for v in client.lrange(raw_key, 0, -1)]
         elif kind == "zset":
