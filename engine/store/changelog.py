@@ -149,6 +149,9 @@ def trim_logs(client: Any, trims: Sequence[tuple[str, int]], prefix: str, chunk:
     """``trim_log`` of each (SKU, through_q), ``chunk`` a pipelined round trip; how many each lost."""
     cluster = scripts.is_cluster(client)
     out: list[int] = []
+    if cluster:  # redis-py's cluster pipeline sends no EVAL: one call each
+        return [int(client.eval(_TRIM, 2, sku_keys(sku, prefix).log, changed_key(sku, prefix, True), q, sku))
+                for sku, q in trims]
     for i in range(0, len(trims), chunk):
         pipe = client.pipeline(transaction=False)
         for sku, through_q in trims[i:i + chunk]:

@@ -51,7 +51,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from redis.cluster import RedisCluster
 
-from connectors.embedded import EmbeddedBroker, EmbeddedKafka
+from connectors.embedded import EmbeddedBroker, EmbeddedKafka, EmbeddedRedis
 from connectors.topics import Topics, create_topics
 from engine.log.relay import Relay, relay_state_key
 from engine.settings import Settings
@@ -95,6 +95,19 @@ def broker(broker_kind: str) -> Iterator[Broker]:
     own: Broker = EmbeddedKafka() if broker_kind == APACHE_KAFKA else EmbeddedBroker()
     with own:
         yield own
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_mode() -> bool:
+    """These tests are about the broker: they run on a standalone Redis of their own, in the
+    suite's Redis Cluster pass too (the relay on a cluster: test_log_relay.py)."""
+    return False
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with EmbeddedRedis() as server:
+        yield server.url
 
 
 @pytest.fixture
