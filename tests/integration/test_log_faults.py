@@ -1,4 +1,4 @@
-"""QUALITY R18: the change log under faults, with real processes (issue 12, "Tests").
+"""R18 (docs/quality.md): the change log under faults, with real processes.
 
 Real ``atp serve`` processes (``api_process_handles``) over the suite's Redis and a broker each
 test owns and stops (``EmbeddedBroker`` = Tansu, or ``EmbeddedKafka`` under
@@ -71,7 +71,7 @@ from tests.integration.flowkit import read_topic
 
 pytestmark = pytest.mark.kafka_compat  # also run on Apache Kafka (README, tests)
 
-#: How long the broker stays away in the outage test (QUALITY R18 asks for about 30 s).
+#: How long the broker stays away in the outage test (docs/quality.md R18: about 30 s).
 OUTAGE_S = 30.0
 #: Concurrent HTTP connections of the load (one request in flight on each).
 CONNECTIONS = 32
