@@ -6,6 +6,7 @@ producers and consumers of the engine need. ``overrides`` win over everything.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -73,3 +74,18 @@ def consumer_config(
     )
     conf.update(overrides or {})
     return conf
+
+
+def replace_producer(old: Any, conf: Mapping[str, Any]) -> Any:
+    """A new Producer of ``conf`` for one that hit a fatal error: the old one's queued and
+    in-flight messages are purged first (each reports a failure to its delivery callback, so the
+    caller keeps them), then it is closed."""
+    from confluent_kafka import Producer
+
+    with contextlib.suppress(Exception):
+        old.purge(in_queue=True, in_flight=True)
+        old.poll(0)
+    new = Producer(dict(conf))
+    with contextlib.suppress(Exception):
+        old.close()
+    return new

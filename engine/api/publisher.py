@@ -31,6 +31,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from connectors.kafka import replace_producer
 from engine import metrics
 
 log = logging.getLogger(__name__)
@@ -126,13 +127,8 @@ class EventPublisher:
 
     def _rebuild(self) -> None:
         """Replace a producer that hit a fatal error; its undelivered events go back to the outbox."""
-        old = self._producer
-        with contextlib.suppress(Exception):
-            old.purge(in_queue=True, in_flight=True)  # each purged event reports a failure: put back
-            old.poll(0)
-        self._producer = Producer(self._conf)
-        with contextlib.suppress(Exception):
-            old.close()
+        # each purged event reports a failure: put back
+        self._producer = replace_producer(self._producer, self._conf)
         self.rebuilds += 1
         self._fatal.clear()
         metrics.count_producer_rebuild()

@@ -56,7 +56,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from connectors.kafka import consumer_config, producer_config
+from connectors.kafka import consumer_config, producer_config, replace_producer
 from connectors.topics import Topics
 from engine import metrics
 from engine.settings import Settings
@@ -325,13 +325,7 @@ class Relay:
 
     def _rebuild(self) -> None:
         """Replace a producer that hit a fatal error (what it did not deliver is still in Redis)."""
-        old = self._producer
-        with contextlib.suppress(Exception):
-            old.purge(in_queue=True, in_flight=True)
-            old.poll(0)
-        self._producer = Producer(self._conf)
-        with contextlib.suppress(Exception):
-            old.close()
+        self._producer = replace_producer(self._producer, self._conf)
         self.rebuilds += 1
         self._fatal.clear()
         self._recovered = False  # what the old one delivered is read back from the topic first
