@@ -364,7 +364,7 @@ def reserve(
             _bad(str(exc))
         if isinstance(result, Reservation):
             if result.status == "ok":
-                _publish_change(settings, "held", result, channel=channel, customer_id=customer)
+                _publish_change(client, "held", result, channel=channel, customer_id=customer)
             _emit_reserved(result, as_json)
             return
         body = _refusal_body(client, rid, parsed, result, customer, channel)
@@ -400,32 +400,22 @@ def _lifecycle(op: str, rid: str, as_json: bool, *args: int) -> None:
     _require_id("reservation_id", rid)
     settings = load_settings()
     with _talking_to_redis(settings):
-        result = getattr(_client(settings), op)(rid, *args)
-    if op in CHANGE_OF:
-        if isinstance(result, Reservation) and result.status == "ok":
-            _publish_change(settings, CHANGE_OF[op], result)
-        elif isinstance(result, Refusal) and result.changed is not None:
-            _publish_change(settings, CHANGE_OF[op], result.changed)
+        client = _client(settings)
+        result = getattr(client, op)(rid, *args)
+        if op in CHANGE_OF:
+            if isinstance(result, Reservation) and result.status == "ok":
+                _publish_change(client, CHANGE_OF[op], result)
+            elif isinstance(result, Refusal) and result.changed is not None:
+                _publish_change(client, CHANGE_OF[op], result.changed)
     _result_out(result, as_json)
 
 
-def _publish_change(settings: Settings, change: Any, reservation: Any, **extra: str | None) -> None:
-    """Publish a reservation change to ``inventory.reservations`` as the API does, so the flow's
-    alert rules see it; a broker that does not take it within 10 s is reported, not fatal (the
-    change is made; the flow's re-check of firing SKUs still sees its figures)."""
-    if not settings.kafka_bootstrap:
-        return
-    from confluent_kafka import Producer
+def _publish_change(client: Any, change: Any, reservation: Any, **extra: str | None) -> None:
+    """Keep the reservation event of a change in the change log, as the API does: a relay (the
+    API's, or ``atp relay``) ships it to ``inventory.reservations`` (docs/changelog.md)."""
+    from engine.api.reservation_events import publish_args
 
-    from connectors.topics import Topics
-    from engine.api.reservation_events import encode, reservation_event
-
-    producer = Producer({**settings.kafka_config(), "enable.idempotence": True, "acks": "all"})
-    producer.produce(Topics().reservations, key=reservation.reservation_id.encode(),
-                     value=encode(reservation_event(change, reservation, **extra)))
-    if producer.flush(10):
-        rid = reservation.reservation_id
-        err_console.print(f"[yellow]the {change} event of {rid} was not published in time[/yellow]")
+    client.store.publish(*publish_args(change, reservation, **extra))
 
 
 RidArg = Annotated[str, typer.Argument(help="reservation id")]

@@ -6,8 +6,8 @@ already validated, so a request gets the same reply whichever of the two serves 
 returns the reply or raises ``ApiError``; Redis and connection errors propagate to the
 caller's error mapping (``engine.api.errors``).
 
-``state`` is the app's ``app.state``: ``client`` (an ``AsyncAtpClient``), ``publisher`` and
-``topics``.
+``state`` is the app's ``app.state``: ``client`` (an ``AsyncAtpClient``), through which a
+change's reservation event goes into the change log before the answer (``_publish``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Literal
 from engine import metrics
 from engine.api.errors import ApiError, OrjsonResponse
 from engine.api.models import ReservationIn
-from engine.api.reservation_events import Change, encode, reservation_event
+from engine.api.reservation_events import Change, publish_args
 from engine.api.views import position_view, refusal_view, reservation_body, reservation_view
 from engine.client import LineRequest, Refusal, Reservation, Result
 from engine.observability.api import note_hold, note_lifecycle
@@ -32,9 +32,9 @@ CHANGE_OF: dict[str, Change] = {"confirm": "confirmed", "release": "released", "
 _REPLAYED = {REPLAYED_HEADER: "true"}
 
 
-def _publish(state: Any, change: Change, reservation: Reservation, **extra: str | None) -> None:
-    event = reservation_event(change, reservation, **extra)
-    state.publisher.publish(state.topics.reservations, reservation.reservation_id, encode(event))
+async def _publish(state: Any, change: Change, reservation: Reservation, **extra: str | None) -> None:
+    # in the change log before the answer: the relay ships it (reservation_events)
+    await state.client.store.publish(*publish_args(change, reservation, **extra))
 
 
 def _record(op: str, result: Result, started: float) -> None:
@@ -66,7 +66,7 @@ async def hold(state: Any, rid: str, body: ReservationIn) -> OrjsonResponse:
         if result.status == "duplicate":
             headers.update(_REPLAYED)
         if result.status == "ok":
-            _publish(state, "held", result, channel=body.channel, customer_id=body.customer_id)
+            await _publish(state, "held", result, channel=body.channel, customer_id=body.customer_id)
         return OrjsonResponse(reservation_view(result), status_code=201, headers=headers)
     if result.status == "conflict":
         raise ApiError(
@@ -118,9 +118,9 @@ async def lifecycle(state: Any, op: Op, rid: str, *args: int) -> OrjsonResponse:
     _record(op, result, started)
     note_lifecycle(state, op, rid, result, args)
     if isinstance(result, Reservation) and result.status == "ok":
-        _publish(state, CHANGE_OF[op], result)
+        await _publish(state, CHANGE_OF[op], result)
     elif isinstance(result, Refusal) and result.changed is not None:
-        _publish(state, CHANGE_OF[op], result.changed)  # lines a refused release did release
+        await _publish(state, CHANGE_OF[op], result.changed)  # lines a refused release did release
     return _op_result(rid, result)
 
 

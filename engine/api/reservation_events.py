@@ -13,6 +13,11 @@ JSON, keyed by reservation id (so one reservation's events stay in order in one 
 producer had to resend, and two API instances racing on one reservation name the same
 change the same way. Only changes are published: a ``duplicate`` reply changed nothing.
 
+Every event goes through the change log (docs/changelog.md "Reservation events"): the API and the
+CLI keep it in the log of the reservation's first SKU (``publish_args`` for ``Store.publish``)
+before they answer, and the relay produces it when it ships that record. So an answered change's
+event survives a crash of the API and a broker that is away.
+
 ``reservation.expired`` comes from the change log, not from a request: the relay publishes one
 per line a script call expired (``expired_event``), ``event_id`` ``res:<rid>:expired:<sku>``
 (the lines of one reservation expire SKU by SKU), ``occurred_at`` the moment it expired.
@@ -74,6 +79,16 @@ def _line(line: ReservedLine) -> dict[str, Any]:
         "atp_after": line.atp_after,
         "allocations": allocations_view(line),
     }
+
+
+def publish_args(change: Change, reservation: Reservation, channel: str | None = None,
+                 customer_id: str | None = None) -> tuple[str, str, bytes]:
+    """``(sku, reservation id, event)`` for ``Store.publish``: the event for ``change`` of
+    ``reservation``, kept in the log of its first SKU in byte order, so that all events of one
+    reservation wait in one log, in the order they were made."""
+    sku = min(line.sku for line in reservation.lines)
+    event = reservation_event(change, reservation, channel=channel, customer_id=customer_id)
+    return sku, reservation.reservation_id, encode(event)
 
 
 def encode(event: Mapping[str, Any]) -> bytes:

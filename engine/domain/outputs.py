@@ -204,7 +204,7 @@ class DlqValue(BaseModel):
 
 
 #: The store's entries whose calls change a SKU, so a change record may name them.
-ChangeEntry = Literal["hold", "reservation", "apply", "apply_many", "position", "sweep"]
+ChangeEntry = Literal["hold", "reservation", "apply", "apply_many", "position", "sweep", "publish"]
 CHANGE_ENTRIES: tuple[str, ...] = get_args(ChangeEntry)
 
 

@@ -21,10 +21,13 @@ A round (``Relay.run_once``):
 4. saves, per partition of the topic, the offset after the last acknowledged message in the hash
    ``<prefix>:relay``.
 
-A record that names lines its call expired (``expired``) also gives one ``reservation.expired``
-event per line to ``inventory.reservations`` (``expired_events``), produced with the record; a
-failed delivery of one is counted and logged, the record is trimmed all the same, so the change
-log stays exactly once and these events are at least once (their ids are deterministic).
+Reservation events (``reservation_messages``) go to ``inventory.reservations`` (key: the
+reservation id) before the record they come from: the event a ``publish`` record keeps (the API
+and the CLI keep each change's event in the log before they answer), and one
+``reservation.expired`` per line a record's call expired. A round produces the events of its
+records first and waits for them; a record goes only once its events went (``_ship_events``). So
+the change log stays exactly once and these events are at least once: an event is produced again
+only with a record that goes again (their ids are deterministic: consumers drop a repeat).
 
 Exactly once: a relay that dies between the broker's acknowledgement and the trim leaves records
 in Redis that are also on the topic. So a relay that takes the lock first reads the topic from the
@@ -84,6 +87,8 @@ IDLE_S = 0.2
 #: idempotent producer that never delivers again and never says why.
 STUCK_ROUNDS = 3
 MAX_BACKOFF_S = 5.0
+#: How long a clean stop goes on shipping what waits (``Relay.stop``).
+DRAIN_S = 5.0
 #: Consumer group named in the recovery reader's config; it assigns partitions and never commits.
 RECOVERY_GROUP = "atp-relay"
 _LOG_EVERY_S = 5.0
@@ -188,15 +193,20 @@ class _Sent:
 
 
 _EXPIRED = b'"expired":['
+_PUBLISH = b'"fn":"publish"'
 
 
-def expired_events(sku: str, value: bytes) -> list[tuple[str, bytes]]:
-    """(reservation id, message) of the ``reservation.expired`` event of each line a record's
-    call expired (``engine.api.reservation_events.expired_event``)."""
+def reservation_messages(sku: str, value: bytes) -> list[tuple[str, bytes]]:
+    """(reservation id, message) of what a record gives ``inventory.reservations``: the event a
+    ``publish`` record keeps, and the ``reservation.expired`` event of each line the record's call
+    expired (``engine.api.reservation_events.expired_event``)."""
+    if _EXPIRED not in value and _PUBLISH not in value:
+        return []
     from engine.api.reservation_events import encode, expired_event
 
     record = Record.from_json(value)
-    return [(line["rid"], encode(expired_event(sku, line))) for line in record.expired]
+    out = [(record.args[0], record.args[1].encode())] if record.fn == "publish" else []
+    return out + [(line["rid"], encode(expired_event(sku, line))) for line in record.expired]
 
 
 def _value_and_q(sku: str, raw: Any) -> tuple[bytes, int]:
@@ -255,7 +265,7 @@ class Relay:
         self.prefix = validate_prefix(settings.key_prefix)
         self.topic = (topics or Topics()).changes
         self.reservations_topic = (topics or Topics()).reservations
-        self.expired_sent = 0
+        self.events_sent = 0       # reservation events acknowledged
         self.state_key = relay_state_key(self.prefix)
         self.lock_ttl_ms = lock_ttl_ms
         self.batch = batch
@@ -299,6 +309,7 @@ class Relay:
         self.last_error = ""
         self._last_log = 0.0
         self._stop = threading.Event()
+        self._drain_until = 0.0  # monotonic time until which a stopping relay ships (stop)
         self._thread: threading.Thread | None = None
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -488,18 +499,13 @@ class Relay:
         return shipped
 
     def _ship(self, batches: list[tuple[str, list[tuple[bytes, int]]]]) -> dict[str, int]:
-        """Produce the records, wait for their reports, then trim what was acknowledged and save
+        """Produce the records' reservation events and wait for their reports, then produce the
+        records whose events all went, wait for their reports, trim what was acknowledged and save
         the offsets (``_settle``); returns the records trimmed per SKU."""
         sent: list[_Sent] = []
         ends: dict[int, int] = {}
         failures: list[str] = []
-
-        def expired_report(err: KafkaError | None, msg: Any) -> None:
-            if err is None:
-                self.expired_sent += 1
-                return
-            # the record it came from is shipped all the same: the change log stays exactly once
-            self._failed(RelayError(f"reservation.expired to {msg.topic()} not delivered: {err}"))
+        ready = self._ship_events(batches)
 
         def report(entry: _Sent, index: int) -> Any:
             def on_delivery(err: KafkaError | None, msg: Any) -> None:
@@ -517,6 +523,7 @@ class Relay:
         deadline = time.monotonic() + self.ack_timeout_s
         producing = True
         for sku, read in batches:
+            read = read[: ready.get(sku, len(read))]  # nothing after a record whose events did not go
             entry = _Sent(sku, [q for _, q in read], [False] * len(read))
             sent.append(entry)
             key = sku.encode()
@@ -525,10 +532,6 @@ class Relay:
                     key, value, report(entry, i), deadline, failures)
                 if not producing:
                     break  # nothing after a record that did not go: each SKU's order is kept
-                if _EXPIRED in value:
-                    for rid, event in expired_events(sku, value):
-                        self._produce(rid.encode(), event, expired_report, deadline, failures,
-                                      topic=self.reservations_topic)
         certain = self._await_reports(deadline)
         trims = [(e, e.acked_prefix()) for e in sent]
         if sent and not any(n for _e, n in trims) and failures:
@@ -549,6 +552,44 @@ class Relay:
             if failures:
                 self._failed(RelayError(f"{len(failures)} records not acknowledged: {failures[0]}"))
         return {e.sku: n for e, n in trims}
+
+    def _ship_events(self, batches: list[tuple[str, list[tuple[bytes, int]]]]) -> dict[str, int]:
+        """Produce the reservation events of the records (``reservation_messages``) and wait for
+        their reports. Returns, for each SKU one of whose events did not go, how many of its
+        records come before the first such record: only those may go now. So a record on the
+        topic — which a recovering relay trims and never ships again — has its events there too;
+        an event of a record that goes again is produced again (same id: consumers drop it)."""
+        failed: dict[str, int] = {}
+        failures: list[str] = []
+
+        def report(sku: str, index: int) -> Any:
+            def on_delivery(err: KafkaError | None, msg: Any) -> None:
+                if err is None:
+                    self.events_sent += 1
+                    return
+                failures.append(str(err))
+                failed[sku] = min(failed.get(sku, index), index)
+                if _is_fatal(err):
+                    self._fatal.set()
+            return on_delivery
+
+        deadline = time.monotonic() + self.ack_timeout_s
+        produced = False
+        for sku, read in batches:
+            for i, (value, _q) in enumerate(read):
+                for rid, event in reservation_messages(sku, value):
+                    produced = True
+                    if self._fatal.is_set() or not self._produce(rid.encode(), event, report(sku, i), deadline,
+                                                                 failures, topic=self.reservations_topic):
+                        failed[sku] = min(failed.get(sku, i), i)
+                        break
+                if sku in failed:
+                    break
+        if produced:
+            self._await_reports(deadline)  # what it purges reports a failure
+        if failures:
+            self._failed(RelayError(f"{len(failures)} reservation events not acknowledged: {failures[0]}"))
+        return failed
 
     def _produce(self, key: bytes, value: bytes, on_delivery: Any, deadline: float, failures: list[str],
                  topic: str | None = None) -> bool:
@@ -576,7 +617,7 @@ class Relay:
         while len(self._producer) > 0:
             now = time.monotonic()
             if self._stop.is_set():  # stopping: a moment more for what is in flight, no longer
-                hard = min(hard, now + 0.2)
+                hard = min(hard, max(now + 0.2, self._drain_until))
             if now >= hard:
                 break
             self._producer.flush(min(0.1, max(0.01, hard - now)))
@@ -744,6 +785,12 @@ class Relay:
                 if shipped:
                     continue
             stop.wait(pause)
+        # a clean stop ships what waits (for up to drain_s), so the events of the last answers
+        # do not wait for the next relay
+        while self.active and time.monotonic() < self._drain_until:
+            errors = self.errors
+            if not self.run_once() or self.errors > errors:
+                break
 
     def start(self) -> Relay:
         """Run ``run_forever`` in a daemon thread (idempotent)."""
@@ -754,9 +801,11 @@ class Relay:
             self._thread.start()
         return self
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """Stop the thread (a round in progress ends; it gives up waiting for the broker) and
-        close."""
+    def stop(self, timeout_s: float = 15.0, drain_s: float = DRAIN_S) -> None:
+        """Stop the thread and close: rounds go on for up to ``drain_s`` while they ship
+        something (a clean stop leaves nothing waiting when the broker is there); then a round in
+        progress gives up waiting for the broker."""
+        self._drain_until = time.monotonic() + max(0.0, min(drain_s, timeout_s / 2))
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)

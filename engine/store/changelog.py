@@ -57,7 +57,7 @@ class Record:
 
     sku: str
     q: int                    # the SKU's change number: 1, 2, … in the order Redis applied them
-    fn: str                   # the entry that ran (hold, reservation, apply, apply_many, position, sweep)
+    fn: str                   # the entry that ran (hold, reservation, apply, apply_many, position, sweep, publish)
     now_ms: int               # the call's time
     args: tuple[str, ...]     # the entry's ARGV from 3 on
     stash: tuple[str, ...] = ()  # apply's reply stash keys without the key prefix ('rp:{sku}:…')

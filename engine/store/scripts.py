@@ -35,7 +35,7 @@ from redis.exceptions import ResponseError
 from engine.store.keys import SCRIPT_KEY_COUNT
 
 #: The entry files; each defines one entry or more (apply.lua: apply and apply_many).
-ENTRY_SCRIPTS = ("hold", "reservation", "apply", "position", "sweep", "dump")
+ENTRY_SCRIPTS = ("hold", "reservation", "apply", "position", "sweep", "dump", "publish")
 #: The files in front of the entries, in this order (the entries use what they define).
 LIBRARY_PARTS = ("lib", "ops", "rebalance")
 LIBRARY_PREFIX = "atp_"

@@ -35,6 +35,7 @@ from engine.store.keys import (
 )
 from engine.store.reply_stash import stash_key
 from engine.store.wire import (
+    MAX_EVENT_BYTES,
     MAX_TTL_MS,
     POLICY_DEFAULTS,
     HoldRequest,
@@ -160,6 +161,13 @@ class _Base:
         elif op == "revert":
             check_int(ttl_ms, "expires_ms", 1, 10**14 - 1)
         return self._call("reservation", sku, op, rid, ttl_ms)
+
+    def _publish_call(self, sku: str, rid: str, event: bytes | str) -> scripts.Call:
+        validate_id(rid, "reservation_id")
+        text = event.decode() if isinstance(event, bytes) else event
+        if not isinstance(text, str) or not text.startswith("{") or len(text) > MAX_EVENT_BYTES:
+            raise ValueError(f"an event is a JSON object of at most {MAX_EVENT_BYTES} bytes")
+        return self._call("publish", sku, rid, text)
 
     def _position_call(self, sku: str, location: str | None) -> scripts.Call:
         return self._call("position", sku, _opt_location(location))
@@ -308,6 +316,12 @@ class Store(_Base):
         """
         calls = self._apply_calls(commands, keep_replies_s)
         return [decode_reply(r) for r in scripts.call_grouped(self.redis, calls)]
+
+    def publish(self, sku: str, rid: str, event: bytes | str) -> None:
+        """Keep reservation ``rid``'s ``event`` (JSON) in ``sku``'s change log, in one atomic
+        call: the relay produces it to ``inventory.reservations`` (key: ``rid``) when it ships the
+        record (docs/changelog.md "Reservation events"). Returns once Redis has it."""
+        scripts.call(self.redis, *self._publish_call(sku, rid, event))
 
     def set_policy(self, sku: str, policy: dict[str, Any]) -> dict[str, Any]:
         """Replace the SKU's policy (missing fields take defaults) and rebalance. Supply reply."""
@@ -553,6 +567,11 @@ class AsyncStore(_Base):
         await self.ready()
         calls = self._apply_calls(commands, keep_replies_s)
         return [decode_reply(r) for r in await scripts.acall_grouped(self.redis, calls)]
+
+    async def publish(self, sku: str, rid: str, event: bytes | str) -> None:
+        """See ``Store.publish``."""
+        await self.ready()
+        await scripts.acall(self.redis, *self._publish_call(sku, rid, event))
 
     async def set_policy(self, sku: str, policy: dict[str, Any]) -> dict[str, Any]:
         """See ``Store.set_policy``."""

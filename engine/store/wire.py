@@ -20,6 +20,8 @@ _T = TypeVar("_T")
 DEFAULT_LOCATION = "default"
 MAX_QTY = 1_000_000_000
 MAX_TTL_MS = 366 * 86_400_000
+#: The largest reservation event the change log keeps for the relay (``Store.publish``).
+MAX_EVENT_BYTES = 256 * 1024
 # cjson prints numbers with 14 significant digits: every integer crossing the script boundary stays
 # below 1e14 (ms timestamps have 13 digits).
 MAX_TIME_MS = 10**14 - 1

@@ -15,6 +15,7 @@ import pytest
 from connectors.embedded import free_port
 from engine import cli
 from engine.settings import Settings
+from engine.store.changelog import read_log
 from engine.store.wire import SupplyCommand
 from tests.integration.api_harness import seed, sync_store
 
@@ -79,7 +80,7 @@ def test_console_script_get_json_in_a_fresh_process(cli_env: dict[str, str]) -> 
 
 
 def test_reserve_confirm_release_json_and_exit_codes(
-    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    cli_env: dict[str, str], redis: Any, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = run(["reserve", "CLI-1:4@WH1", "--id", "cli-r1", "--ttl", "300", "--json"], capsys)
     assert code == 0, err
@@ -107,6 +108,16 @@ def test_reserve_confirm_release_json_and_exit_codes(
     assert orjson.loads(out)["error"] == "not_allowed" and orjson.loads(out)["state"] == "released"
     code, out, _ = run(["show", "missing-1", "--json"], capsys)
     assert code == cli.EXIT_REFUSED and orjson.loads(out)["error"] == "not_found"
+
+    # each change's reservation event waits in the SKU's change log for a relay, as the API's do;
+    # the repeat, the conflict, the refusal and the late confirm changed nothing and left none
+    kept = [orjson.loads(r.args[1]) for r in read_log(redis, "CLI-1", settings.key_prefix, 1000) if r.fn == "publish"]
+    assert [(e["event_id"], e["type"], e["state"]) for e in kept] == [
+        ("res:cli-r1:held", "reservation.held", "held"),
+        ("res:cli-r1:confirmed", "reservation.confirmed", "committed"),
+        ("res:cli-r1:released", "reservation.released", "released"),
+    ]
+    assert kept[0]["lines"][0]["qty"] == 4 and kept[0]["lines"][0]["location"] == "WH1"
 
 
 def test_policy_set_changes_only_the_given_fields(cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:

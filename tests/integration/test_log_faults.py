@@ -21,7 +21,9 @@ test owns and stops (``EmbeddedBroker`` = Tansu, or ``EmbeddedKafka`` under
 What is checked per SKU: the change numbers ``q`` on the topic are exactly ``first..n`` with no
 duplicate and no gap (each message keyed by its SKU), ``n`` is the SKU's ``!Q`` in Redis, the
 records are byte for byte those Redis held, every reservation the API acknowledged (201) is in the
-``args`` of a ``hold`` record of its SKU, and the Redis logs are empty at the end.
+``args`` of a ``hold`` record of its SKU and has its ``reservation.held`` event on
+``inventory.reservations`` (the API keeps each event in the change log before it answers), and the
+Redis logs are empty at the end.
 
 Tansu keeps nothing across a restart (memory storage; its 0.6 build has no file or SQLite
 engine), so what the relay shipped before an outage is gone from the topic. On Tansu the outage
@@ -41,12 +43,13 @@ import signal
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from confluent_kafka.admin import AdminClient
 from redis.cluster import RedisCluster
@@ -293,6 +296,21 @@ def assert_holds_logged(got: dict[str, list[tuple[Record, bytes]]], acked: list[
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged holds have no hold record: {missing[:5]}"
 
 
+def assert_held_events(bootstrap: str, topic: str, acked: list[Reply]) -> int:
+    """Every acknowledged reservation's ``reservation.held`` event is on the reservations topic,
+    keyed by its id; returns how many messages repeat an event id (a repeat goes only with a
+    record that went again after a delivery the relay could not be sure of)."""
+    seen: Counter[str] = Counter()
+    for msg in read_topic(bootstrap, topic, timeout_s=60):
+        assert msg.value is not None, msg
+        event = orjson.loads(msg.value)
+        assert msg.key == event["reservation_id"].encode(), (msg.key, event)
+        seen[event["event_id"]] += 1
+    missing = [r.rid for r in acked if not seen[f"res:{r.rid}:held"]]
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged holds have no held event: {missing[:5]}"
+    return sum(n - 1 for n in seen.values())
+
+
 def assert_logs_empty(redis: Any, skus: list[str], prefix: str) -> None:
     assert waiting(redis, prefix) == []
     assert {sku: redis.llen(sku_keys(sku, prefix).log) for sku in skus} == dict.fromkeys(skus, 0)
@@ -416,6 +434,8 @@ def test_an_api_sigkilled_mid_load_leaves_nothing_unshipped_and_nothing_twice(
     assert_exactly_once(got, dict.fromkeys(skus, 1), last)
     acked = load.acked()
     assert_holds_logged(got, acked)
+    repeats = assert_held_events(broker.bootstrap, topics.reservations, acked)
+    assert repeats == 0, f"{repeats} reservation events went twice with the broker up"
     assert_logs_empty(redis, skus, prefix)
     assert change_numbers(redis, skus, prefix) == last  # nothing changed while the topic was read
     report(f"crash test: {sum(last.values())} records, {sum(both.values())} of them acknowledged and "
@@ -502,9 +522,12 @@ def test_broker_away_and_api_sigkilled_mid_load_every_record_reaches_the_topic_o
     if isinstance(broker, EmbeddedKafka):  # came back with its log: the whole run, once
         assert_exactly_once(got, dict.fromkeys(skus, 1), last)
         assert_holds_logged(got, acked)
+        repeats = assert_held_events(broker.bootstrap, topics.reservations, acked)
     else:  # came back empty: what waited in Redis then, and everything since, once
         assert_exactly_once(got, first_q, last)
         assert_holds_logged(got, [r for r in acked if r.sent >= down_at])
+        repeats = assert_held_events(broker.bootstrap, topics.reservations, [r for r in acked if r.sent >= down_at])
+    print(f"reservation events repeated: {repeats}")
     assert_as_redis_held(got, snapshot)
     assert_logs_empty(redis, skus, prefix)
     assert change_numbers(redis, skus, prefix) == last

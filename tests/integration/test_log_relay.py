@@ -382,4 +382,36 @@ def test_lines_a_call_expired_reach_the_reservations_topic_as_reservation_expire
         ("res:gone-2:expired:EXP-1", "reservation.expired", 1, None),
     ]
     assert {m.key for m in read_topic(kafka_bootstrap, topics.reservations)} == {b"gone-1", b"gone-2"}
-    assert relay.expired_sent == 2
+    assert relay.events_sent == 2
+
+
+def test_a_record_goes_only_after_its_reservation_event_went(
+    settings: Settings, redis: Any, kafka_bootstrap: str
+) -> None:
+    """A ``publish`` record (a reservation event the API or the CLI kept in the log) whose event
+    cannot be delivered — ``inventory.reservations`` is missing and the relay never makes it —
+    stays in Redis with every record after it, and nothing of them reaches ``inventory.changes``;
+    once the topic exists the event and the records go, once each. So a record on the topic never
+    lacks its event, though a recovering relay never ships such a record again."""
+    topics = Topics(suffix=f".ev{os.getpid()}{time.monotonic_ns() % 10**6}")
+    admin = {"bootstrap.servers": kafka_bootstrap}
+    create_topics(admin, [topics.changes], partitions=3)
+    store = Store(redis)
+    store.apply([SupplyCommand("PUB-1", "count", {"loc": "WH1", "on_hand": 5})])
+    event = orjson.dumps({"event_id": "res:p-1:held", "type": "reservation.held", "reservation_id": "p-1"})
+    store.publish("PUB-1", "p-1", event)
+    store.apply([SupplyCommand("PUB-1", "count", {"loc": "WH1", "on_hand": 6})])
+    assert [r.fn for r in read_log(redis, "PUB-1", PREFIX)] == ["apply", "publish", "apply"]
+    with relay_of(settings, topics, redis, ack_timeout_s=2.0) as relay:
+        relay.run_once()
+        relay.run_once()
+        # the record before the event went; the event's record and the one after it wait
+        assert numbers(logged(redis, ["PUB-1"])) == {"PUB-1": [2, 3]}
+        assert numbers(on_topic(kafka_bootstrap, topics.changes)) == {"PUB-1": [1]}
+        assert relay.events_sent == 0 and "reservation events not acknowledged" in relay.last_error
+        create_topics(admin, [topics.reservations], partitions=3)
+        drain(relay, redis)
+    assert numbers(on_topic(kafka_bootstrap, topics.changes)) == {"PUB-1": [1, 2, 3]}
+    got = read_topic(kafka_bootstrap, topics.reservations)
+    assert [(m.key, m.value) for m in got] == [(b"p-1", event)]
+    assert relay.events_sent == 1

@@ -111,3 +111,21 @@ def test_a_replay_skips_what_it_has_and_stops_at_a_gap(redis: Any) -> None:
     assert sku_state(redis, "S", "rb") == sku_state(redis, "S", "atp")
     with pytest.raises(LogGap, match="records 1..1 are missing"):
         Replayer(redis, "rc").apply(records[1:])
+
+
+def test_publish_keeps_an_event_in_the_log_and_changes_nothing_else(redis: Any) -> None:
+    store = Store(redis, now_ms=T0)
+    store.apply([SupplyCommand("P", "count", {"loc": "A", "on_hand": 5})])
+    before = sku_state(redis, "P", "atp")
+    event = b'{"event_id":"res:r-1:held","note":"a \\"quoted\\" / slashed value"}'
+    store.publish("P", "r-1", event)
+    after = sku_state(redis, "P", "atp")
+    assert after["state"].pop("!Q") == "2" and before["state"].pop("!Q") == "1"
+    assert after == before  # the change number moved; nothing else did
+    record = read_log(redis, "P", "atp")[1]
+    assert (record.q, record.fn, record.now_ms, record.args) == (2, "publish", T0, ("r-1", event.decode()))
+    ChangeRecordValue.model_validate_json(read_log_raw(redis, "P", "atp")[1])
+    for rid, bad in (("r 1", event), ("r-1", b"[1]"), ("r-1", b"{" + b" " * (256 * 1024))):
+        with pytest.raises(ValueError):
+            store.publish("P", rid, bad)
+    assert len(read_log(redis, "P", "atp")) == 2  # a refused call wrote nothing
