@@ -39,8 +39,6 @@ atp_drift_checked_timestamp_seconds        gauge: when the last reconcile ended 
 atp_watch_atp{sku,location}                gauge: ATP of watched SKUs
 atp_supplier_reliability{supplier}         gauge: on-time × fill rate, 0..1
 atp_dependency_up{dependency}              gauge: 1 when redis / kafka answered the last probe
-atp_publish_backlog                        gauge: API events accepted, not yet acknowledged by the broker
-atp_publish_dropped_total{reason}          API events given up (backlog_full, rejected by the broker)
 atp_producer_rebuilds_total                API producers replaced after a fatal error
 atp_changelog_backlog                      gauge: change records waiting in Redis for the relay (last full pass)
 atp_changelog_shipped_total                change records the relay shipped to inventory.changes
@@ -212,12 +210,6 @@ SUPPLIER_RELIABILITY = Gauge(
 DEPENDENCY_UP = Gauge(
     "atp_dependency_up", "1 when the dependency answered the last readiness probe, else 0", ["dependency"],
     registry=REGISTRY,
-)
-PUBLISH_BACKLOG = Gauge(
-    "atp_publish_backlog", "API events accepted but not yet acknowledged by the broker", registry=REGISTRY
-)
-PUBLISH_DROPPED = Counter(
-    "atp_publish_dropped", "API events given up, by reason", ["reason"], registry=REGISTRY
 )
 PRODUCER_REBUILDS = Counter(
     "atp_producer_rebuilds", "API producers replaced after a fatal error", registry=REGISTRY
@@ -448,19 +440,6 @@ def set_watched_atp(sku: str, location: str, atp: int) -> None:
 def set_dependency_up(dependency: str, up: bool) -> None:
     """Record the result of a readiness probe of ``dependency`` (``redis`` or ``kafka``)."""
     DEPENDENCY_UP.labels(_dependency(dependency)).set(1 if up else 0)
-
-
-PUBLISH_DROP_REASONS = ("backlog_full", "rejected")
-
-
-def set_publish_backlog(n: int) -> None:
-    """Events the API's publisher holds (its outbox and the producer's queue)."""
-    PUBLISH_BACKLOG.set(max(0, n))
-
-
-def count_publish_dropped(reason: str, n: int = 1) -> None:
-    """Count ``n`` events the publisher gave up (``PUBLISH_DROP_REASONS``; else ``other``)."""
-    PUBLISH_DROPPED.labels(reason if reason in PUBLISH_DROP_REASONS else "other").inc(n)
 
 
 def count_producer_rebuild() -> None:

@@ -98,11 +98,6 @@ class Settings(BaseSettings):
         2048, ge=1, le=MAX_CONNECTIONS_CAP,
         description="connections or requests in progress per server process; requests over it get 503",
     )
-    publish_backlog_max: int = Field(
-        200_000, ge=100, le=10_000_000,
-        description="reservation events the API holds while the broker is away; beyond it they are dropped "
-                    "(counted); /readyz reports not ready from half of it",
-    )
 
     # The change log (docs/changelog.md).
     relay: bool = Field(

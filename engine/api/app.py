@@ -150,7 +150,7 @@ def create_app(
     if publisher is None:
         if not settings.kafka_bootstrap:
             raise ValueError("no broker configured: set ATP_KAFKA_BOOTSTRAP")
-        publisher = EventPublisher(producer_config(settings), settings.publish_backlog_max)
+        publisher = EventPublisher(producer_config(settings))
         owned.append("publisher")
     changelog_relay: Relay | None = None
     if settings.relay if relay is None else relay:

@@ -1,12 +1,15 @@
-"""The API's event publisher against a real broker that goes away: publishing never waits for
-it, nothing within the backlog bound is lost, a full backlog drops loudly, and the publisher
-comes back by itself (engine/api/publisher.py). The broker is of the kind the suite runs on
-(ATP_TEST_BROKER): Tansu comes back empty, Apache Kafka with its log."""
+"""The API's producer for the ops endpoints' stock events, against a real broker
+(engine/api/publisher.py): ``publish_and_wait`` returns once the broker acknowledged the message,
+fails within its timeout while the broker is away instead of hanging, and works again once the
+broker is back (on Tansu, which comes back empty, only through the producer replaced after the
+fatal error). The broker is of the kind the suite runs on (ATP_TEST_BROKER): Tansu comes back
+empty, Apache Kafka with its log."""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,7 +17,7 @@ from connectors.embedded import EmbeddedBroker, EmbeddedKafka
 from connectors.kafka import producer_config
 from connectors.topics import create_topics
 from engine import metrics
-from engine.api.publisher import EventPublisher
+from engine.api.publisher import EventPublisher, PublishError
 from engine.settings import Settings
 from tests.conftest import APACHE_KAFKA
 from tests.integration.flowkit import read_topic
@@ -22,9 +25,9 @@ from tests.integration.flowkit import read_topic
 pytestmark = pytest.mark.kafka_compat  # also run on Apache Kafka (README, tests)
 
 TOPIC = "pub.events"
-# small queues and short timeouts: the outbox and the put-back path carry the test, in seconds
-FAST = {"queue.buffering.max.messages": 50, "message.timeout.ms": 2000, "reconnect.backoff.max.ms": 300,
-        "socket.timeout.ms": 1000, "retry.backoff.max.ms": 200}
+# short timeouts: a broker that is away shows in seconds
+FAST = {"message.timeout.ms": 2000, "reconnect.backoff.max.ms": 300, "socket.timeout.ms": 1000,
+        "retry.backoff.max.ms": 200}
 
 
 Broker = EmbeddedBroker | EmbeddedKafka
@@ -38,70 +41,96 @@ def broker(broker_kind: str) -> Iterator[Broker]:
         yield own
 
 
-def _publisher(broker: Broker, max_backlog: int = 100_000) -> EventPublisher:
+@pytest.fixture
+def pub(broker: Broker) -> Iterator[EventPublisher]:
     conf = producer_config(Settings(kafka_bootstrap=broker.bootstrap), overrides=FAST)
-    return EventPublisher(conf, max_backlog=max_backlog).start()
-
-
-def _until(done: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
-def _dropped(reason: str) -> float:
-    return metrics.REGISTRY.get_sample_value("atp_publish_dropped_total", {"reason": reason}) or 0.0
-
-
-def test_events_published_while_the_broker_is_away_arrive_once_it_is_back(broker: Broker) -> None:
-    pub = _publisher(broker)
+    publisher = EventPublisher(conf).start()
     try:
-        for i in range(100):
-            assert pub.publish(TOPIC, f"k{i}", b"before")
-        _until(lambda: pub.delivered == 100, 30, "the first events are delivered")
-        broker.kill()  # away: nothing answers on its port
-        started = time.monotonic()
-        for i in range(100, 1100):
-            assert pub.publish(TOPIC, f"k{i}", b"during")
-        # 1000 events with the broker gone: each call only hands its event over (the old
-        # publisher slept up to 0.5 s per event once librdkafka's queue was full)
-        assert time.monotonic() - started < 2.0
-        assert pub.backlog() > 0
-        _until(lambda: pub.requeued > 0, 30, "undelivered events are put back, not dropped")
-        broker.restart()  # back: Tansu empty (memory only), so the topic must be made again
-        create_topics({"bootstrap.servers": broker.bootstrap}, [TOPIC], 1)
-        _until(lambda: pub.backlog() == 0, 90, f"the backlog drains ({pub.backlog()} left, {pub.last_error})")
-        keys = {r.key for r in read_topic(broker.bootstrap, TOPIC)}
-        missing = {f"k{i}".encode() for i in range(100, 1100)} - keys
-        assert not missing, f"{len(missing)} events published while the broker was away never arrived"
-        assert pub.dropped == 0
-        ok, why = pub.healthy()
-        assert ok, why
-        if isinstance(broker, EmbeddedKafka):
-            # Kafka came back with its log: what was delivered before the crash is still there
-            assert {f"k{i}".encode() for i in range(100)} <= keys
-        else:
-            # the broker came back without its data, so it no longer knew the idempotent producer:
-            # a fatal error, after which the old publisher stayed dead; this one made a new producer
-            assert pub.rebuilds >= 1
-        assert (metrics.REGISTRY.get_sample_value("atp_producer_rebuilds_total") or 0) >= pub.rebuilds
+        yield publisher
     finally:
-        pub.close(5)
+        publisher.close(5)
 
 
-def test_a_full_backlog_drops_loudly_and_readiness_says_why(broker: Broker) -> None:
-    pub = _publisher(broker, max_backlog=200)
-    before = _dropped("backlog_full")
+def _on_topic(broker: Broker) -> list[tuple[bytes | None, bytes | None]]:
+    return [(r.key, r.value) for r in read_topic(broker.bootstrap, TOPIC)]
+
+
+def test_publish_and_wait_returns_once_the_message_is_on_the_topic(
+    broker: Broker, pub: EventPublisher
+) -> None:
+    sent: list[tuple[bytes | None, bytes | None]] = []
+    for i in range(3):
+        asyncio.run(pub.publish_and_wait(TOPIC, f"sku-{i}", f'{{"n": {i}}}'.encode(), timeout_s=10))
+        sent.append((f"sku-{i}".encode(), f'{{"n": {i}}}'.encode()))
+        # no flush in between: the return itself means the broker has it
+        assert _on_topic(broker) == sent
+    assert pub.delivered == 3 and pub.failed == 0
+    assert pub.healthy() == (True, "")
+
+
+async def _publish_while_ticking(
+    pub: EventPublisher, timeout_s: float
+) -> tuple[BaseException | None, float, int]:
+    """publish_and_wait beside a task that ticks every 10 ms: (what it raised, seconds, ticks)."""
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    started = time.monotonic()
+    raised: BaseException | None = None
     try:
-        broker.kill()
-        results = [pub.publish(TOPIC, f"k{i}", b"x") for i in range(600)]
-        refused = results.count(False)
-        # librdkafka's queue (50) and the outbox (200) hold what they can; the rest is dropped
-        assert refused >= 600 - 50 - 200
-        assert pub.dropped >= refused
-        assert _dropped("backlog_full") - before >= refused
-        ok, why = pub.healthy()
-        assert not ok and "wait for the broker" in why
-    finally:
-        pub.close(0.5)
+        await pub.publish_and_wait(TOPIC, "away", b"while the broker is away", timeout_s=timeout_s)
+    except Exception as exc:  # the test asserts what it was
+        raised = exc
+    elapsed = time.monotonic() - started
+    ticker.cancel()
+    return raised, elapsed, ticks
+
+
+def test_a_broker_away_fails_the_wait_in_time_and_a_broker_back_takes_messages_again(
+    broker: Broker, pub: EventPublisher
+) -> None:
+    asyncio.run(pub.publish_and_wait(TOPIC, "before", b"before the crash", timeout_s=10))
+    broker.kill()  # away: nothing answers on its port
+
+    timeout_s = 6.0
+    raised, elapsed, ticks = asyncio.run(_publish_while_ticking(pub, timeout_s))
+    assert isinstance(raised, PublishError), repr(raised)
+    assert elapsed < timeout_s + 1.0, f"publish_and_wait took {elapsed:.1f} s with a {timeout_s:g} s timeout"
+    # the wait is an await: a loop that blocked on it would tick once or not at all
+    assert ticks >= elapsed / 0.01 / 10, f"the event loop stalled ({ticks} ticks in {elapsed:.1f} s)"
+    # message.timeout.ms (2 s) ends it before timeout_s does: the delivery report says so
+    assert pub.failed == 1 and "timed out" in str(raised).lower(), str(raised)
+
+    broker.restart()  # back: Tansu empty (memory only), so the topic must be made again
+    create_topics({"bootstrap.servers": broker.bootstrap}, [TOPIC], 1)
+    deadline = time.monotonic() + 90
+    attempts: list[str] = []
+    while True:
+        try:
+            asyncio.run(pub.publish_and_wait(TOPIC, "after", b"after the restart", timeout_s=5))
+            break
+        except PublishError as exc:  # the producer is still finding the broker (or being replaced)
+            attempts.append(str(exc))
+            assert time.monotonic() < deadline, f"no message taken after the restart: {attempts[-3:]}"
+            time.sleep(0.2)
+
+    on_topic = _on_topic(broker)
+    assert (b"after", b"after the restart") in on_topic
+    assert (b"away", b"while the broker is away") not in on_topic  # failed means not sent later
+    if isinstance(broker, EmbeddedKafka):
+        # Kafka came back with its log: what was acknowledged before the crash is still there
+        assert on_topic[0] == (b"before", b"before the crash")
+    else:
+        # the broker came back without its data, so it did not know the idempotent producer: a
+        # fatal error, after which only a new producer gets messages through
+        assert pub.rebuilds >= 1
+        assert (b"before", b"before the crash") not in on_topic
+    assert (metrics.REGISTRY.get_sample_value("atp_producer_rebuilds_total") or 0) >= pub.rebuilds
+    ok, why = pub.healthy()
+    assert ok, why

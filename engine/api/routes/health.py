@@ -65,15 +65,16 @@ async def _changelog_ok(request: Request) -> tuple[bool, str]:
     "/readyz",
     response_model=HealthOut,
     responses={503: {"model": HealthOut,
-                     "description": "a dependency is down, or events or change records pile up"}},
-    summary="Redis and the broker are reachable, and reservation events and change records are not piling up",
+                     "description": "a dependency is down, the event producer failed, or change records "
+                                    "pile up"}},
+    summary="Redis and the broker are reachable, the event producer works, change records are not piling up",
     openapi_extra=_PUBLIC,
 )
 async def readyz(request: Request) -> OrjsonResponse:
-    """200 when Redis and the broker both answer, the event backlog is under half its bound and
-    the change records waiting for the relay are within ``changelog_backlog_max``, else 503
-    naming what is wrong (``checks``; ``reason`` says why events or change records are not
-    flowing)."""
+    """200 when Redis and the broker both answer, the API's event producer is not awaiting its
+    replacement after a fatal error (``events``) and the change records waiting for the relay are
+    within ``changelog_backlog_max``, else 503 naming what is wrong (``checks``; ``reason`` says
+    why events or change records are not flowing)."""
     redis_ok, kafka_ok, (changelog_ok, log_why) = await asyncio.gather(
         _redis_up(request), _kafka_up(request), _changelog_ok(request))
     metrics.set_dependency_up("redis", redis_ok)
