@@ -57,13 +57,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from connectors.kafka import consumer_config, producer_config, replace_producer
 from connectors.topics import Topics
 from engine import metrics
 from engine.settings import Settings
-from engine.store.changelog import Record, iter_changed_skus, trim_log, trim_logs
+from engine.store.changelog import Record, iter_changed_skus, record_head, trim_log, trim_logs
 from engine.store.keys import sku_keys, validate_prefix
 
 log = logging.getLogger(__name__)
@@ -193,29 +194,32 @@ class _Sent:
 
 
 _EXPIRED = b'"expired":['
-_PUBLISH = b'"fn":"publish"'
+#: A record waiting in a log: its value as the script wrote it, its change number, its entry.
+Waiting = tuple[bytes, int, str]
 
 
-def reservation_messages(sku: str, value: bytes) -> list[tuple[str, bytes]]:
-    """(reservation id, message) of what a record gives ``inventory.reservations``: the event a
-    ``publish`` record keeps, and the ``reservation.expired`` event of each line the record's call
-    expired (``engine.api.reservation_events.expired_event``)."""
-    if _EXPIRED not in value and _PUBLISH not in value:
+def reservation_messages(sku: str, value: bytes, fn: str) -> list[tuple[str, bytes]]:
+    """(reservation id, message) of what a record (``value``, of entry ``fn``) gives
+    ``inventory.reservations``: the event a ``publish`` record keeps, and the
+    ``reservation.expired`` event of each line the record's call expired
+    (``engine.api.reservation_events.expired_event``)."""
+    if fn == "publish":  # nothing expires in a publish call
+        args = orjson.loads(value)["args"]
+        return [(args[0], args[1].encode())]
+    if _EXPIRED not in value:
         return []
     from engine.api.reservation_events import encode, expired_event
 
-    record = Record.from_json(value)
-    out = [(record.args[0], record.args[1].encode())] if record.fn == "publish" else []
-    return out + [(line["rid"], encode(expired_event(sku, line))) for line in record.expired]
+    return [(line["rid"], encode(expired_event(sku, line))) for line in orjson.loads(value)["expired"]]
 
 
-def _value_and_q(sku: str, raw: Any) -> tuple[bytes, int]:
-    """A waiting record as the script wrote it (the Kafka value) and its change number."""
+def _waiting(sku: str, raw: Any) -> Waiting:
+    """A waiting record as the script wrote it (the Kafka value), its change number and entry."""
     value = raw if isinstance(raw, bytes) else str(raw).encode()
-    record = Record.from_json(value)
-    if record.sku != sku:
-        raise RelayError(f"the log of SKU {sku} holds a record of {record.sku}")
-    return value, record.q
+    of, q, fn = record_head(value)
+    if of != sku:
+        raise RelayError(f"the log of SKU {sku} holds a record of {of}")
+    return value, q, fn
 
 
 def _is_fatal(err: Any) -> bool:
@@ -440,7 +444,7 @@ class Relay:
         queue = [sku for sku, _ in again]
         # counted in this pass already: their left records change the pass's sum by the difference
         counted = {sku: left for sku, (p, left) in again if ongoing and p == current}
-        visited: list[tuple[str, list[tuple[bytes, int]], int, bool]] = []  # sku, (value, q)s, length, pulled
+        visited: list[tuple[str, list[Waiting], int, bool]] = []  # sku, its records read, length, pulled
         seen: dict[str, int] = {}  # SKU -> its place in visited
         records = 0
         while len(visited) < self.max_skus and records < self.max_records and not self.pass_done:
@@ -469,7 +473,7 @@ class Relay:
                 pipe.llen(key)
             replies = iter(pipe.execute() if fresh else ())
             for sku in fresh:
-                read = [_value_and_q(sku, raw) for raw in next(replies)] if ship else []
+                read = [_waiting(sku, raw) for raw in next(replies)] if ship else []
                 visited.append((sku, read, int(next(replies)), pulled))
                 records += len(read)
         for sku, _read, length, _pulled in visited:
@@ -498,7 +502,7 @@ class Relay:
             metrics.count_changelog_shipped(shipped)
         return shipped
 
-    def _ship(self, batches: list[tuple[str, list[tuple[bytes, int]]]]) -> dict[str, int]:
+    def _ship(self, batches: list[tuple[str, list[Waiting]]]) -> dict[str, int]:
         """Produce the records' reservation events and wait for their reports, then produce the
         records whose events all went, wait for their reports, trim what was acknowledged and save
         the offsets (``_settle``); returns the records trimmed per SKU."""
@@ -524,10 +528,10 @@ class Relay:
         producing = True
         for sku, read in batches:
             read = read[: ready.get(sku, len(read))]  # nothing after a record whose events did not go
-            entry = _Sent(sku, [q for _, q in read], [False] * len(read))
+            entry = _Sent(sku, [q for _, q, _ in read], [False] * len(read))
             sent.append(entry)
             key = sku.encode()
-            for i, (value, _q) in enumerate(read):
+            for i, (value, _q, _fn) in enumerate(read):
                 producing = producing and not self._fatal.is_set() and self._produce(
                     key, value, report(entry, i), deadline, failures)
                 if not producing:
@@ -553,7 +557,7 @@ class Relay:
                 self._failed(RelayError(f"{len(failures)} records not acknowledged: {failures[0]}"))
         return {e.sku: n for e, n in trims}
 
-    def _ship_events(self, batches: list[tuple[str, list[tuple[bytes, int]]]]) -> dict[str, int]:
+    def _ship_events(self, batches: list[tuple[str, list[Waiting]]]) -> dict[str, int]:
         """Produce the reservation events of the records (``reservation_messages``) and wait for
         their reports. Returns, for each SKU one of whose events did not go, how many of its
         records come before the first such record: only those may go now. So a record on the
@@ -576,8 +580,8 @@ class Relay:
         deadline = time.monotonic() + self.ack_timeout_s
         produced = False
         for sku, read in batches:
-            for i, (value, _q) in enumerate(read):
-                for rid, event in reservation_messages(sku, value):
+            for i, (value, _q, fn) in enumerate(read):
+                for rid, event in reservation_messages(sku, value, fn):
                     produced = True
                     if self._fatal.is_set() or not self._produce(rid.encode(), event, report(sku, i), deadline,
                                                                  failures, topic=self.reservations_topic):

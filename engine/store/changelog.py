@@ -16,6 +16,7 @@ taking a redis-py client.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -93,6 +94,20 @@ class Record:
         if not all(isinstance(e, dict) for e in expired):
             raise ValueError("not a change record: expired must hold objects")
         return cls(sku, q, fn, now_ms, tuple(args), tuple(stash), tuple(expired))
+
+
+# The head of a record as F.record writes it (lib.lua): the SKU, the change number, the entry.
+_HEAD = re.compile(rb'^\{"sku":"([A-Za-z0-9][A-Za-z0-9._-]{0,63})","q":([1-9][0-9]{0,17}),"fn":"([a-z_]+)"')
+
+
+def record_head(value: bytes) -> tuple[str, int, str]:
+    """``(sku, q, fn)`` of a record as the script wrote it, read from its head without decoding
+    the rest (the relay reads every waiting record; a whole decode is most of its work);
+    ``ValueError`` when it is not a record's head."""
+    m = _HEAD.match(value)
+    if m is None or m.group(3).decode() not in REPLAYABLE:
+        raise ValueError(f"not a change record: {value[:80]!r}")
+    return m.group(1).decode(), int(m.group(2)), m.group(3).decode()
 
 
 def _text(value: Any) -> str:
