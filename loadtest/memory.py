@@ -52,6 +52,7 @@ def _settled_memory(client: Any) -> int:
 
 
 def _create(target: Target, variant: str, cfg: MemoryConfig, progress: Progress) -> dict[str, Any]:
+    from engine.store.changelog import trim_logs
     from engine.store.keys import sku_keys
     from engine.store.store import Store, SupplyCommand
 
@@ -75,9 +76,9 @@ def _create(target: Target, variant: str, cfg: MemoryConfig, progress: Progress)
         progress.update(task, completed=i + len(chunk))
     waiting = _settled_memory(client)
     # an idle position is one whose change records the relay shipped (docs/changelog.md): what
-    # the relay's trim leaves
-    for i in range(0, len(names), cfg.batch):
-        client.delete(*(sku_keys(s, target.prefix).log for s in names[i:i + cfg.batch]))
+    # the relay's own trim leaves (the log gone, the SKU out of the changed set); each SKU has
+    # one record, change number 1
+    trim_logs(client, [(s, 1) for s in names], target.prefix, chunk=cfg.batch)
     after = _settled_memory(client)
     keys = client.dbsize() - keys0
     one = sku_keys(names[len(names) // 2], target.prefix)
