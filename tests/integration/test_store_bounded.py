@@ -126,12 +126,8 @@ def test_a_hold_after_a_wave_is_one_call_and_the_sweeper_buries_the_rest(redis: 
 
 def test_a_guard_counts_the_usage_of_due_lines_as_returned_before_they_are_buried(redis: Any) -> None:
     store = Store(redis, now_ms=T0)
-    store.apply(
-        [
-            SupplyCommand("LIM", "policy", {"policy": Policy(customer_limit=1).to_wire()}),
-            SupplyCommand("LIM", "count", {"loc": "A", "on_hand": 500}),
-        ]
-    )
+    store.apply([SupplyCommand("LIM", "policy", {"policy": Policy(customer_limit=1).to_wire()}),
+                 SupplyCommand("LIM", "count", {"loc": "A", "on_hand": 500})])
     others = [HoldRequest(f"o{i}", 1, "", 1_000, customer=f"x{i}") for i in range(200)]
     assert {r["status"] for r in store.hold_batch("LIM", others)} == {"ok"}
     # its expiry entry sorts after the others': the next call's few burials do not reach it
@@ -175,9 +171,7 @@ class _Twin:
             self.store.job_lines = 0
         else:
             self.offset += 1
-            [lua] = self.store.apply(
-                [SupplyCommand(self.sku, cmd, payload, source="t:0", offset=self.offset)]
-            )
+            [lua] = self.store.apply([SupplyCommand(self.sku, cmd, payload, source="t:0", offset=self.offset)])
         oracle = self.book.apply(cmd, payload, T0, source="t:0", offset=self.offset)
         assert lua == oracle
         assert check_invariants(self.redis) == []
@@ -198,23 +192,15 @@ def _big_lot_sku(redis: Any, sku: str, n: int = SCALE) -> _Twin:
     twin.supply("policy", {"policy": Policy(mode="presell").to_wire()})
     twin.supply("count", {"loc": "A", "on_hand": 5_000})
     twin.holds("oh-", 5_000)
-    twin.supply(
-        "inbound_created",
-        {"inbound_id": "L1", "loc": "A", "qty": n, "eta_ms": T0 + 5 * DAY, "supplier": "s1"},
-    )
-    twin.supply(
-        "inbound_created",
-        {"inbound_id": "L2", "loc": "A", "qty": 10, "eta_ms": T0 + 9 * DAY, "supplier": "s1"},
-    )
+    twin.supply("inbound_created", {"inbound_id": "L1", "loc": "A", "qty": n, "eta_ms": T0 + 5 * DAY, "supplier": "s1"})
+    twin.supply("inbound_created", {"inbound_id": "L2", "loc": "A", "qty": 10, "eta_ms": T0 + 9 * DAY, "supplier": "s1"})
     twin.holds("lot-", n)
     return twin
 
 
 def test_an_eta_slip_of_a_lot_with_20k_allocations_names_each_of_its_lines_once(redis: Any) -> None:
     twin = _big_lot_sku(redis, "SLIP")
-    reply = twin.supply(
-        "inbound_updated", {"inbound_id": "L1", "eta_ms": T0 + 8 * DAY, "qty": 0}, per_call=2_000
-    )
+    reply = twin.supply("inbound_updated", {"inbound_id": "L1", "eta_ms": T0 + 8 * DAY, "qty": 0}, per_call=2_000)
     assert twin.calls > 2 * SCALE // 2_000  # noting the dates, then re-dating them
     named = [s["rid"] for s in reply["slipped"]]
     assert len(named) == len(set(named)) == SCALE  # only the lot's lines, each once
@@ -253,10 +239,7 @@ def test_a_store_written_without_the_pool_index_gets_it_built_on_first_use(redis
 
 # ---------------------------------------------------------------------------- jobs, call by call
 
-
-def _chunked(
-    twin: _Twin, cmd: str, payload: dict[str, Any], between: Any = None
-) -> tuple[dict[str, Any], int]:
+def _chunked(twin: _Twin, cmd: str, payload: dict[str, Any], between: Any = None) -> tuple[dict[str, Any], int]:
     """Apply one command through apply.lua call by call (as the store does), checking the
     invariants after every call and running ``between()`` (other clients' work) between calls.
     Returns the whole reply (the parts' lists gathered) and the number of calls."""
@@ -311,13 +294,8 @@ def test_holds_between_the_calls_of_a_cancel_job_never_take_the_closing_lot(redi
 def test_a_command_behind_a_job_waits_and_the_store_finishes_the_job_first(redis: Any) -> None:
     twin = _big_lot_sku(redis, "BUSY", 2_000)
     twin.store.job_lines = 10
-    slip = SupplyCommand(
-        "BUSY",
-        "inbound_updated",
-        {"inbound_id": "L1", "eta_ms": T0 + 7 * DAY, "qty": 0},
-        source="t:0",
-        offset=100,
-    )
+    slip = SupplyCommand("BUSY", "inbound_updated", {"inbound_id": "L1", "eta_ms": T0 + 7 * DAY, "qty": 0},
+                         source="t:0", offset=100)
     adjust = SupplyCommand("BUSY", "adjust", {"loc": "A", "delta": 7}, source="t:0", offset=101)
     first, second = twin.store.apply([slip, adjust])  # one pipeline: the adjust meets the job
     assert len(first["slipped"]) == 2_000 and second["status"] == "ok"
@@ -326,9 +304,7 @@ def test_a_command_behind_a_job_waits_and_the_store_finishes_the_job_first(redis
     assert check_invariants(redis) == []
 
 
-def test_stream_commands_of_one_batch_apply_in_order_when_the_first_meets_a_wave_of_due_holds(
-    redis: Any,
-) -> None:
+def test_stream_commands_of_one_batch_apply_in_order_when_the_first_meets_a_wave_of_due_holds(redis: Any) -> None:
     store = Store(redis, now_ms=T0)
     store.apply([SupplyCommand("ORD", "count", {"loc": "A", "on_hand": 100})])
     # holds due in more distinct seconds than one call gives back: the first call stops
@@ -345,9 +321,7 @@ def test_stream_commands_of_one_batch_apply_in_order_when_the_first_meets_a_wave
     assert check_invariants(redis) == []
 
 
-def test_the_async_store_gathers_a_job_the_same_way(
-    redis: Any, redis_url: str, redis_cluster_mode: bool
-) -> None:
+def test_the_async_store_gathers_a_job_the_same_way(redis: Any, redis_url: str, redis_cluster_mode: bool) -> None:
     twin = _big_lot_sku(redis, "ASYNC", 300)
     payload = {"inbound_id": "L1", "eta_ms": T0 + 6 * DAY, "qty": 0}
     oracle = twin.book.apply("inbound_updated", payload, T0, source="t:0", offset=50)
@@ -357,9 +331,7 @@ def test_the_async_store_gathers_a_job_the_same_way(
         try:
             store = AsyncStore(client, now_ms=T0)
             store.job_lines = 7
-            return await store.apply(
-                [SupplyCommand("ASYNC", "inbound_updated", payload, source="t:0", offset=50)]
-            )
+            return await store.apply([SupplyCommand("ASYNC", "inbound_updated", payload, source="t:0", offset=50)])
         finally:
             await client.aclose()
 
