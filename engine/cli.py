@@ -807,8 +807,6 @@ def relay(
     """Ship the change log from Redis to inventory.changes until Ctrl-C or SIGTERM (the API does it
     too while ATP_RELAY is on; one relay per keyspace ships, the others wait for its lock)."""
     import logging
-    import signal
-    import threading
 
     from confluent_kafka import KafkaException
 
@@ -840,13 +838,7 @@ def relay(
             f"shipped {b['shipped']} change record(s); {b['backlog']} wait{idle}"))
         return
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-
-    def on_signal(_signum: int, _frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = _stop_on_signals()
     err_console.print(f"relay: keyspace {settings.key_prefix} → {relay_.topic} (Ctrl-C stops)", soft_wrap=True)
     try:
         relay_.run_forever(stop)
@@ -1106,13 +1098,20 @@ def _reconcile_errors() -> Iterator[None]:
 @app.command("reconcile")
 def reconcile_cmd(
     sku: Annotated[list[str] | None, typer.Option("--sku", help="only this SKU; repeatable (default: every SKU)")] = None,
+    every: Annotated[float | None, typer.Option(
+        "--every", min=0.1, help="go on: a round every this many seconds, each checking the next --per-round SKUs, "
+                                 "until Ctrl-C or SIGTERM")] = None,
+    per_round: Annotated[int, typer.Option("--per-round", min=1, max=100_000,
+                                           help="SKUs a round checks (with --every)")] = 100,
     topic_prefix: TopicPrefixOpt = "",
     topic_suffix: TopicSuffixOpt = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Compare each SKU's Redis state with what its change log gives (exit 0: no drift, 1: drift, 2: error).
 
-    Safe while the engine runs. A check of every SKU sets the drift gauges the flow exports."""
+    Safe while the engine runs. A check of every SKU sets the drift gauges the flow exports. With
+    --every it goes on, a round at a time: each cycle over every SKU, and each round that finds
+    drift, sets them (the exit code is then the last whole cycle's)."""
     from engine.log.rebuild import reconcile
 
     with _reconcile_errors():
@@ -1121,11 +1120,45 @@ def reconcile_cmd(
         settings = load_settings()
         with _talking_to_redis(settings), _reading_the_log(settings, topic):
             client, conf = _log_clients(settings, "atp-reconcile")
+            if every is not None:
+                report = _reconcile_rounds(client, conf, topic, settings.key_prefix, skus, every, per_round, as_json)
+                if report is not None and report.drifted:
+                    raise typer.Exit(RECONCILE_DRIFT)
+                return
             with _log_progress(not as_json, "reconcile") as progress:
                 report = reconcile(client, conf, topic, settings.key_prefix, skus=skus, progress=progress)
     _emit(report.to_json(), as_json, _render_reconcile)
     if report.drifted:
         raise typer.Exit(RECONCILE_DRIFT)
+
+
+def _stop_on_signals() -> Any:
+    """A ``threading.Event`` that SIGTERM and SIGINT (Ctrl-C) set: a long-running command's stop."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def _reconcile_rounds(client: Any, conf: dict[str, Any], topic: str, prefix: str, skus: list[str] | None,
+                      every: float, per_round: int, as_json: bool) -> Any:
+    """``atp reconcile --every``: rounds until a signal (engine.log.rebuild.Rotation); each round's
+    report goes out as it ends (a JSON line with --json). Returns the last whole cycle's."""
+    from engine.log.rebuild import Rotation
+
+    rotation = Rotation(client, conf, topic, prefix, per_round=per_round, skus=skus)
+    stop = _stop_on_signals()
+    err_console.print(f"reconcile: {per_round} SKUs every {every:g} s (Ctrl-C stops)", soft_wrap=True)
+    rotation.run(stop, every, lambda report: _emit(report.to_json(), as_json, _render_reconcile))
+    err_console.print(f"reconcile stopped after {rotation.cycles} whole cycle(s)")
+    return rotation.last_cycle
 
 
 # --- commands: tokens ---------------------------------------------------------------------------

@@ -772,6 +772,81 @@ def reconcile(
     return report
 
 
+def merge_reports(reports: Sequence[ReconcileReport]) -> ReconcileReport:
+    """One report of several checks of disjoint SKU sets (the rounds of one cycle)."""
+    return ReconcileReport(
+        checked=sum(r.checked for r in reports),
+        drifted=[d for r in reports for d in r.drifted],
+        unsettled=[s for r in reports for s in r.unsettled],
+        records=sum(r.records for r in reports),
+        live_records=sum(r.live_records for r in reports),
+        bad=sum(r.bad for r in reports),
+        bad_examples=[e for r in reports for e in r.bad_examples][:BAD_EXAMPLES],
+        seconds=sum(r.seconds for r in reports),
+    )
+
+
+class Rotation:
+    """Reconcile going on, on a budget: each ``round`` checks the next ``per_round`` SKUs of the
+    keyspace (or of ``skus``) — one read of the topic, the replay of those SKUs only, so Redis
+    holds at most ``per_round`` scratch SKUs — and a cycle is the rounds that check every SKU once
+    (the SKUs are listed again when one begins). The end of a cycle publishes its result (the drift
+    gauges, ``reconcile_key``), and so does a round that finds drift, at once: a drifted SKU is
+    told within a round, not at the end of the cycle."""
+
+    def __init__(self, client: Any, consumer_conf: Mapping[str, Any], topic: str, prefix: str, *,
+                 per_round: int = 100, skus: Sequence[str] | None = None) -> None:
+        if per_round < 1:
+            raise ValueError("per_round must be at least 1")
+        self.client = client
+        self.consumer_conf = consumer_conf
+        self.topic = topic
+        self.prefix = validate_prefix(prefix)
+        self.per_round = per_round
+        self.skus = sorted(set(skus)) if skus is not None else None
+        self._todo: list[str] = []
+        self._cycle: list[ReconcileReport] = []
+        self.cycles = 0                             # cycles ended
+        self.last_cycle: ReconcileReport | None = None
+
+    def round(self) -> ReconcileReport | None:
+        """Check the next SKUs; None when the keyspace has none."""
+        if not self._todo:
+            self._todo = list(self.skus) if self.skus is not None else sorted(_live_skus(self.client, self.prefix))
+            self._cycle = []
+            if not self._todo:
+                return None
+        chunk, self._todo = self._todo[: self.per_round], self._todo[self.per_round:]
+        try:
+            report = reconcile(self.client, self.consumer_conf, self.topic, self.prefix, skus=chunk, publish=False)
+        except Exception:
+            self._todo = chunk + self._todo  # not checked: the next round tries them again
+            raise
+        self._cycle.append(report)
+        if not self._todo or report.drifted:
+            cycle = merge_reports(self._cycle)
+            publish_result(self.client, self.prefix, cycle)
+            if not self._todo:
+                self.cycles += 1
+                self.last_cycle = cycle
+        return report
+
+    def run(self, stop: threading.Event, every_s: float,
+            on_round: Callable[[ReconcileReport], None] | None = None) -> None:
+        """Rounds until ``stop`` is set, one every ``every_s`` at most; a round that fails (the
+        broker or Redis away) is logged and the next one tries again."""
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                report = self.round()
+            except Exception as exc:  # the loop outlives a round: the next one tries again
+                log.warning("reconcile round failed: %s: %s", type(exc).__name__, exc)
+            else:
+                if report is not None and on_round is not None:
+                    on_round(report)
+            stop.wait(max(0.0, every_s - (time.monotonic() - started)))
+
+
 def publish_result(client: Any, prefix: str, report: ReconcileReport) -> None:
     """Set the drift gauges of this process and keep the result under ``reconcile_key`` for the
     flow's reporter, which exports it (``refresh_drift``)."""

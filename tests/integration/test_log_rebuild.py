@@ -8,7 +8,11 @@ keyed by its SKU, and the logs are deleted (``ship``)."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,6 +26,7 @@ from engine.log.rebuild import (
     KeyspaceNotEmpty,
     RebuildError,
     RelayBusy,
+    Rotation,
     read_changes,
     rebuild,
     reconcile,
@@ -255,6 +260,37 @@ def test_reconcile_finds_exactly_the_sku_that_was_changed_by_hand(
     assert [k for k in redis.scan_iter(match="rc*", count=1000)] == []
 
 
+def test_reconcile_going_on_checks_a_few_skus_a_round_and_tells_drift_within_a_round(
+    redis: Any, kafka_bootstrap: str, changes: str, conf: dict[str, Any]
+) -> None:
+    workload(redis)
+    ship(redis, kafka_bootstrap, changes)
+    rotation = Rotation(redis, conf, changes, PREFIX, per_round=4)
+    first = rotation.round()
+    assert first is not None and (first.checked, first.drifted) == (4, [])
+    assert rotation.cycles == 0 and not redis.exists(reconcile_key(PREFIX))  # nothing told mid-cycle
+    second = rotation.round()
+    assert second is not None and (second.checked, second.drifted) == (len(SKUS) - 4, [])
+    assert rotation.cycles == 1 and rotation.last_cycle is not None and rotation.last_cycle.checked == len(SKUS)
+    assert redis.hget(reconcile_key(PREFIX), "checked") == str(len(SKUS))
+    assert redis.hget(reconcile_key(PREFIX), "drifted") == "0"
+
+    old = _corrupt_bucket(redis, "RB-2", "WH1", 4)  # in the next cycle's first round (RB-1..RB-4)
+    found = rotation.round()
+    assert found is not None and [d.sku for d in found.drifted] == ["RB-2"] and found.drifted[0].units == 4
+    # told at once, before the cycle ends
+    assert (redis.hget(reconcile_key(PREFIX), "drifted"), redis.hget(reconcile_key(PREFIX), "units")) == ("1", "4")
+    assert metrics.REGISTRY.get_sample_value("atp_drift_skus") == 1
+    rotation.round()
+    assert rotation.cycles == 2 and [d.sku for d in rotation.last_cycle.drifted] == ["RB-2"]
+    redis.hset(sku_keys("RB-2", PREFIX).state, "!L", old)
+    rotation.round()
+    rotation.round()
+    assert rotation.cycles == 3 and rotation.last_cycle.drifted == []
+    assert redis.hget(reconcile_key(PREFIX), "drifted") == "0"  # a clean cycle clears it
+    assert [k for k in redis.scan_iter(match="rc*", count=1000)] == []  # no scratch SKU is left
+
+
 def test_reconcile_reads_on_when_records_are_shipped_while_it_runs(
     redis: Any, kafka_bootstrap: str, changes: str, conf: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -411,3 +447,28 @@ def test_cli_rebuild_and_reconcile(
     code, out, err = run(["rebuild", *suffix], capsys)
     assert code == 0 and out.startswith(f"rebuilt 2 SKU(s) from {topics.changes}: 3 records, 3 replayed"), err
     assert redis.hexists(sku_keys("CL-2", PREFIX).res, "cl-h")
+
+
+def test_cli_reconcile_every_reports_each_round_and_stops_on_sigterm(
+    redis: Any, redis_url: str, kafka_bootstrap: str, settings: Settings, topics: Topics
+) -> None:
+    workload(redis)
+    ship(redis, kafka_bootstrap, topics.changes)
+    _corrupt_bucket(redis, "RB-5", "WH1", 2)
+    env = {"PATH": os.environ.get("PATH", ""), "ATP_CONFIG": os.devnull, "ATP_REDIS_URL": redis_url,
+           "ATP_KAFKA_BOOTSTRAP": kafka_bootstrap, "ATP_REDIS_CLUSTER": "true" if settings.redis_cluster else "false"}
+    script = Path(sys.executable).parent / "atp"
+    proc = subprocess.Popen([str(script), "reconcile", "--every", "0.2", "--per-round", "3", "--json",
+                             "--topic-suffix", topics.suffix], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        rounds = [orjson.loads(proc.stdout.readline()) for _ in range(4)]  # two whole cycles
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert [r["checked"] for r in rounds] == [3, 3, 3, 3]
+    assert [[s["sku"] for s in r["skus"]] for r in rounds] == [[], ["RB-5"], [], ["RB-5"]]
+    assert proc.returncode == 1, err  # the last whole cycle drifted
+    assert "whole cycle(s)" in err
+    assert redis.hget(reconcile_key(PREFIX), "drifted") == "1"
