@@ -406,11 +406,11 @@ def _lifecycle(op: str, rid: str, as_json: bool, *args: int) -> None:
             if isinstance(result, Reservation) and result.status == "ok":
                 _publish_change(client, CHANGE_OF[op], result)
             elif isinstance(result, Refusal) and result.changed is not None:
-                _publish_change(client, CHANGE_OF[op], result.changed)
+                _publish_change(client, CHANGE_OF[op], result.changed, skus=[line.sku for line in result.lines])
     _result_out(result, as_json)
 
 
-def _publish_change(client: Any, change: Any, reservation: Any, **extra: str | None) -> None:
+def _publish_change(client: Any, change: Any, reservation: Any, **extra: Any) -> None:
     """Keep the reservation event of a change in the change log, as the API does: a relay (the
     API's, or ``atp relay``) ships it to ``inventory.reservations`` (docs/changelog.md)."""
     from engine.api.reservation_events import publish_args

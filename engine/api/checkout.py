@@ -32,7 +32,7 @@ CHANGE_OF: dict[str, Change] = {"confirm": "confirmed", "release": "released", "
 _REPLAYED = {REPLAYED_HEADER: "true"}
 
 
-async def _publish(state: Any, change: Change, reservation: Reservation, **extra: str | None) -> None:
+async def _publish(state: Any, change: Change, reservation: Reservation, **extra: Any) -> None:
     # in the change log before the answer: the relay ships it (reservation_events)
     await state.client.store.publish(*publish_args(change, reservation, **extra))
 
@@ -120,7 +120,8 @@ async def lifecycle(state: Any, op: Op, rid: str, *args: int) -> OrjsonResponse:
     if isinstance(result, Reservation) and result.status == "ok":
         await _publish(state, CHANGE_OF[op], result)
     elif isinstance(result, Refusal) and result.changed is not None:
-        await _publish(state, CHANGE_OF[op], result.changed)  # lines a refused release did release
+        # the lines a refused release did release, in the log of the reservation's first SKU
+        await _publish(state, CHANGE_OF[op], result.changed, skus=[line.sku for line in result.lines])
     return _op_result(rid, result)
 
 

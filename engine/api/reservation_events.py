@@ -25,7 +25,7 @@ per line a script call expired (``expired_event``), ``event_id`` ``res:<rid>:exp
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -82,11 +82,13 @@ def _line(line: ReservedLine) -> dict[str, Any]:
 
 
 def publish_args(change: Change, reservation: Reservation, channel: str | None = None,
-                 customer_id: str | None = None) -> tuple[str, str, bytes]:
+                 customer_id: str | None = None, skus: Iterable[str] = ()) -> tuple[str, str, bytes]:
     """``(sku, reservation id, event)`` for ``Store.publish``: the event for ``change`` of
-    ``reservation``, kept in the log of its first SKU in byte order, so that all events of one
-    reservation wait in one log, in the order they were made."""
-    sku = min(line.sku for line in reservation.lines)
+    ``reservation``, kept in the log of the reservation's first SKU in byte order, so that all
+    events of one reservation wait in one log, in the order they were made. ``skus``: the
+    reservation's other SKUs when ``reservation`` holds only some of its lines (what a refused
+    release did release)."""
+    sku = min([line.sku for line in reservation.lines] + list(skus))
     event = reservation_event(change, reservation, channel=channel, customer_id=customer_id)
     return sku, reservation.reservation_id, encode(event)
 

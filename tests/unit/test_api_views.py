@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from engine.api.models import AtpOut
-from engine.api.reservation_events import encode, expired_event, reservation_event
+from engine.api.reservation_events import encode, expired_event, publish_args, reservation_event
 from engine.api.views import position_view, reservation_view, rfc3339
 from engine.client import Allocation, Reservation, ReservedLine
 
@@ -118,3 +118,15 @@ def test_event_lines_are_the_reply_lines_without_the_rfc3339_twins() -> None:
     assert [list(line) for line in event_lines] == [
         [k for k in line if not k.endswith("_at")] for line in reply_lines
     ]
+
+
+def test_a_reservations_events_wait_in_the_log_of_its_first_sku() -> None:
+    whole = reservation()
+    sku, rid, value = publish_args("held", whole, channel="web")
+    assert (sku, rid) == ("A", "R1")
+    assert orjson.loads(value) == orjson.loads(encode(reservation_event("held", whole, channel="web"))) | {
+        "occurred_at": orjson.loads(value)["occurred_at"]}
+    # only line B released (a refused release): still A's log, where the held event waits
+    part = Reservation("ok", "R1", "released", whole.lines[:1], T0, 0, {"B": 5})
+    assert publish_args("released", part)[0] == "B"
+    assert publish_args("released", part, skus=["B", "A"])[0] == "A"
