@@ -46,7 +46,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import orjson
@@ -320,16 +320,24 @@ def readyz(url: str) -> httpx.Response:
     return httpx.get(f"{url}/readyz", timeout=10.0)
 
 
-def fresh_topics(broker: Broker, tag: str) -> Topics:
+class Stage(NamedTuple):
+    """What a test runs on: its SKUs (stocked for the whole load), its own topics (made, 3
+    partitions) and the ``atp serve`` arguments that name them."""
+
+    skus: list[str]
+    topics: Topics
+    args: list[str]
+
+
+def staged(broker: Broker, redis_url: str, settings: Settings, tag: str, n: int) -> Stage:
+    """``n`` SKUs ``<TAG>-0``…, stocked with ``STOCK``, and fresh topics suffixed with ``tag``."""
     topics = Topics(suffix=f".{tag}{uuid.uuid4().hex[:8]}")
     create_topics({"bootstrap.servers": broker.bootstrap}, topics, partitions=3)
-    return topics
-
-
-def seeded(redis_url: str, settings: Settings, skus: list[str]) -> None:
+    skus = [f"{tag.upper()}-{i}" for i in range(n)]
     store = sync_store(redis_url, settings)
     for sku in skus:
         seed(store, sku, STOCK)
+    return Stage(skus, topics, ["--topic-suffix", topics.suffix])
 
 
 def signal_broker(broker: Broker, sig: int) -> None:
@@ -390,10 +398,7 @@ def test_an_api_sigkilled_mid_load_leaves_nothing_unshipped_and_nothing_twice(
     rest: the whole run is on the topic once, on either broker."""
     started = time.monotonic()
     prefix = settings.key_prefix
-    skus = [f"CRASH-{i}" for i in range(4)]
-    topics = fresh_topics(broker, "crash")
-    seeded(redis_url, settings, skus)
-    args = ["--topic-suffix", topics.suffix]
+    skus, topics, args = staged(broker, redis_url, settings, "crash", 4)
     load = HoldLoad(skus, "crash")
     try:
         with api_process_handles(settings, 1, args) as (first,):
@@ -451,10 +456,7 @@ def test_broker_away_and_api_sigkilled_mid_load_every_record_reaches_the_topic_o
     what Tansu's lost log leaves to check)."""
     started = time.monotonic()
     prefix = settings.key_prefix
-    skus = [f"R18-{i}" for i in range(4)]
-    topics = fresh_topics(broker, "r18")
-    seeded(redis_url, settings, skus)
-    args = ["--topic-suffix", topics.suffix]
+    skus, topics, args = staged(broker, redis_url, settings, "r18", 4)
     load = HoldLoad(skus, "r18")
     snapshot: dict[str, list[bytes]] = {}
     try:
@@ -559,10 +561,7 @@ def test_a_broker_restarted_empty_the_api_serves_readyz_counts_what_waits_and_al
     the operator makes the topics everything that waited is shipped once and ``/readyz`` is 200."""
     started = time.monotonic()
     prefix = settings.key_prefix
-    skus = [f"EMPTY-{i}" for i in range(3)]
-    topics = fresh_topics(broker, "empty")
-    seeded(redis_url, settings, skus)
-    args = ["--topic-suffix", topics.suffix]
+    skus, topics, args = staged(broker, redis_url, settings, "empty", 3)
     env = {"ATP_CHANGELOG_BACKLOG_MAX": str(BACKLOG_MAX)}
     with api_process_handles(settings, 1, args, **env) as (api,):
         until(lambda: not waiting(redis, prefix) and readyz(api.url).status_code == 200, 60,
@@ -640,9 +639,7 @@ def test_a_relay_whose_broker_came_back_empty_leaves_the_topic_to_the_operator_a
     retention where ``inventory.changes`` must keep everything); once the operator makes the
     topics it ships everything that waited, once."""
     prefix = settings.key_prefix
-    skus = [f"GONE-{i}" for i in range(3)]
-    topics = fresh_topics(broker, "gone")
-    seeded(redis_url, settings, skus)
+    skus, topics, _args = staged(broker, redis_url, settings, "gone", 3)
     store = Store(redis, prefix=prefix)
     fast = {"socket.timeout.ms": 1000, "reconnect.backoff.max.ms": 300, "retry.backoff.max.ms": 200}
     relay = Relay(settings, topics, redis=redis, producer_overrides=fast, idle_s=0.05,
