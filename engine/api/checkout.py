@@ -32,9 +32,17 @@ CHANGE_OF: dict[str, Change] = {"confirm": "confirmed", "release": "released", "
 _REPLAYED = {REPLAYED_HEADER: "true"}
 
 
+#: Reservation events kept in the change log at once by one app. Unlike holds, which are
+#: coalesced per SKU, each event is a call of its own, and the async Redis Cluster client fails
+#: a call (MaxConnectionsError) rather than wait once a node's 100 connections are in use: a burst
+#: of answers waits here instead.
+PUBLISH_CONCURRENCY = 32
+
+
 async def _publish(state: Any, change: Change, reservation: Reservation, **extra: Any) -> None:
     # in the change log before the answer: the relay ships it (reservation_events)
-    await state.client.store.publish(*publish_args(change, reservation, **extra))
+    async with state.publish_gate:
+        await state.client.store.publish(*publish_args(change, reservation, **extra))
 
 
 def _record(op: str, result: Result, started: float) -> None:
