@@ -363,8 +363,7 @@ def reserve(
         except ValueError as exc:
             _bad(str(exc))
         if isinstance(result, Reservation):
-            if result.status == "ok":
-                _publish_change(client, "held", result, channel=channel, customer_id=customer)
+            _publish_change(client, "hold", result, channel=channel, customer_id=customer)
             _emit_reserved(result, as_json)
             return
         body = _refusal_body(client, rid, parsed, result, customer, channel)
@@ -394,8 +393,7 @@ def _refusal_body(client: Any, rid: str, parsed: Sequence[tuple[str, int, str | 
 
 
 def _lifecycle(op: str, rid: str, as_json: bool, *args: int) -> None:
-    from engine.api.checkout import CHANGE_OF
-    from engine.client import Refusal, Reservation
+    from engine.api.reservation_events import CHANGE_OF
 
     _require_id("reservation_id", rid)
     settings = load_settings()
@@ -403,19 +401,19 @@ def _lifecycle(op: str, rid: str, as_json: bool, *args: int) -> None:
         client = _client(settings)
         result = getattr(client, op)(rid, *args)
         if op in CHANGE_OF:
-            if isinstance(result, Reservation) and result.status == "ok":
-                _publish_change(client, CHANGE_OF[op], result)
-            elif isinstance(result, Refusal) and result.changed is not None:
-                _publish_change(client, CHANGE_OF[op], result.changed, skus=[line.sku for line in result.lines])
+            _publish_change(client, op, result)
     _result_out(result, as_json)
 
 
-def _publish_change(client: Any, change: Any, reservation: Any, **extra: Any) -> None:
-    """Keep the reservation event of a change in the change log, as the API does: a relay (the
-    API's, or ``atp relay``) ships it to ``inventory.reservations`` (docs/changelog.md)."""
-    from engine.api.reservation_events import publish_args
+def _publish_change(client: Any, op: str, result: Any, **extra: Any) -> None:
+    """Keep the reservation event of what ``op`` did in the change log, as the API does: a relay
+    (the API's, or ``atp relay``) ships it to ``inventory.reservations`` (docs/changelog.md)."""
+    from engine.api.reservation_events import publish_args, published_change
 
-    client.store.publish(*publish_args(change, reservation, **extra))
+    change = published_change(op, result)
+    if change is not None:
+        change_of, reservation, skus = change
+        client.store.publish(*publish_args(change_of, reservation, skus=skus, **extra))
 
 
 RidArg = Annotated[str, typer.Argument(help="reservation id")]

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from engine import metrics
 from engine.api.errors import ApiError, OrjsonResponse
 from engine.api.models import ReservationIn
-from engine.api.reservation_events import Change, publish_args
+from engine.api.reservation_events import publish_args, published_change
 from engine.api.views import position_view, refusal_view, reservation_body, reservation_view
 from engine.client import LineRequest, Refusal, Reservation, Result
 from engine.observability.api import note_hold, note_lifecycle
@@ -26,8 +26,6 @@ from engine.observability.api import note_hold, note_lifecycle
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 Op = Literal["confirm", "release", "extend"]
-#: The event each lifecycle operation publishes when it changed something.
-CHANGE_OF: dict[str, Change] = {"confirm": "confirmed", "release": "released", "extend": "extended"}
 
 _REPLAYED = {REPLAYED_HEADER: "true"}
 
@@ -39,10 +37,14 @@ _REPLAYED = {REPLAYED_HEADER: "true"}
 PUBLISH_CONCURRENCY = 32
 
 
-async def _publish(state: Any, change: Change, reservation: Reservation, **extra: Any) -> None:
+async def _publish(state: Any, op: str, result: Result, **extra: Any) -> None:
     # in the change log before the answer: the relay ships it (reservation_events)
+    change = published_change(op, result)
+    if change is None:
+        return
+    change_of, reservation, skus = change
     async with state.publish_gate:
-        await state.client.store.publish(*publish_args(change, reservation, **extra))
+        await state.client.store.publish(*publish_args(change_of, reservation, skus=skus, **extra))
 
 
 def _record(op: str, result: Result, started: float) -> None:
@@ -73,8 +75,7 @@ async def hold(state: Any, rid: str, body: ReservationIn) -> OrjsonResponse:
         headers = {"Location": f"/v1/reservations/{rid}"}  # rid matched the id pattern: safe here
         if result.status == "duplicate":
             headers.update(_REPLAYED)
-        if result.status == "ok":
-            await _publish(state, "held", result, channel=body.channel, customer_id=body.customer_id)
+        await _publish(state, "hold", result, channel=body.channel, customer_id=body.customer_id)
         return OrjsonResponse(reservation_view(result), status_code=201, headers=headers)
     if result.status == "conflict":
         raise ApiError(
@@ -125,11 +126,7 @@ async def lifecycle(state: Any, op: Op, rid: str, *args: int) -> OrjsonResponse:
     result = await getattr(state.client, op)(rid, *args)
     _record(op, result, started)
     note_lifecycle(state, op, rid, result, args)
-    if isinstance(result, Reservation) and result.status == "ok":
-        await _publish(state, CHANGE_OF[op], result)
-    elif isinstance(result, Refusal) and result.changed is not None:
-        # the lines a refused release did release, in the log of the reservation's first SKU
-        await _publish(state, CHANGE_OF[op], result.changed, skus=[line.sku for line in result.lines])
+    await _publish(state, op, result)
     return _op_result(rid, result)
 
 

@@ -11,7 +11,8 @@ JSON, keyed by reservation id (so one reservation's events stay in order in one 
 ``event_id`` is deterministic — ``res:<rid>:<held|confirmed|released>`` and
 ``res:<rid>:extended:<expires_ms>`` — so a consumer can dedupe a message the idempotent
 producer had to resend, and two API instances racing on one reservation name the same
-change the same way. Only changes are published: a ``duplicate`` reply changed nothing.
+change the same way. Changes are published, and a ``duplicate`` of a change whose event may
+never have been kept (``published_change``); each change's event is kept once.
 
 Every event goes through the change log (docs/changelog.md "Reservation events"): the API and the
 CLI keep it in the log of the reservation's first SKU (``publish_args`` for ``Store.publish``)
@@ -32,7 +33,7 @@ from typing import Any, Literal
 import orjson
 
 from engine.api.views import allocations_view
-from engine.client import Reservation, ReservedLine
+from engine.client import Reservation, ReservedLine, Result
 from engine.domain.events import format_time
 
 Change = Literal["held", "confirmed", "released", "extended"]
@@ -51,12 +52,8 @@ def reservation_event(
         raise ValueError(f"unknown reservation change {change!r}")
     rid = reservation.reservation_id
     views = [_line(line) for line in sorted(reservation.lines, key=lambda ln: ln.sku)]
-    event_id = f"res:{rid}:{change}"
-    if change == "extended":
-        expires = min((v["expires_ms"] for v in views if v["expires_ms"] > 0), default=0)
-        event_id = f"{event_id}:{expires}"
     return {
-        "event_id": event_id,
+        "event_id": f"res:{rid}:{change_id(change, reservation)}",
         "type": f"reservation.{change}",
         "reservation_id": rid,
         "occurred_at": format_time(occurred_at or datetime.now(UTC)),
@@ -65,6 +62,39 @@ def reservation_event(
         "customer_id": customer_id,
         "lines": views,
     }
+
+
+def change_id(change: Change, reservation: Reservation) -> str:
+    """The event id of ``change`` after ``res:<rid>:`` (an extension: with its new expiry)."""
+    if change != "extended":
+        return change
+    expires = min((line.expires_ms for line in reservation.lines if line.expires_ms > 0), default=0)
+    return f"extended:{expires}"
+
+
+#: The change a request makes, by operation.
+CHANGE_OF: dict[str, Change] = {"hold": "held", "confirm": "confirmed", "release": "released", "extend": "extended"}
+#: The state a reservation is in after each change.
+_STATE_AFTER: dict[Change, str] = {"held": "held", "confirmed": "committed", "released": "released",
+                                   "extended": "held"}
+
+
+def published_change(op: str, result: Result) -> tuple[Change, Reservation, list[str]] | None:
+    """What a request's ``result`` publishes: (change, the reservation it tells, the
+    reservation's other SKUs for ``publish_args``), or None.
+
+    A change made now publishes. So does a ``duplicate`` whose reservation is still in the state
+    the change led to: the request that made the change may have died (or lost Redis) before
+    its event was kept, and a repeat is how its event gets out; ``Store.publish`` keeps each
+    change's event once. A refused release publishes the lines it did release."""
+    change = CHANGE_OF[op]
+    if isinstance(result, Reservation):
+        if result.status == "ok" or (result.status == "duplicate" and result.state == _STATE_AFTER[change]):
+            return change, result, []
+        return None
+    if result.changed is not None:
+        return change, result.changed, [line.sku for line in result.lines]
+    return None
 
 
 def _line(line: ReservedLine) -> dict[str, Any]:
@@ -82,15 +112,15 @@ def _line(line: ReservedLine) -> dict[str, Any]:
 
 
 def publish_args(change: Change, reservation: Reservation, channel: str | None = None,
-                 customer_id: str | None = None, skus: Iterable[str] = ()) -> tuple[str, str, bytes]:
-    """``(sku, reservation id, event)`` for ``Store.publish``: the event for ``change`` of
-    ``reservation``, kept in the log of the reservation's first SKU in byte order, so that all
-    events of one reservation wait in one log, in the order they were made. ``skus``: the
-    reservation's other SKUs when ``reservation`` holds only some of its lines (what a refused
-    release did release)."""
+                 customer_id: str | None = None, skus: Iterable[str] = ()) -> tuple[str, str, bytes, str]:
+    """``(sku, reservation id, event, change id)`` for ``Store.publish``: the event for
+    ``change`` of ``reservation``, kept in the log of the reservation's first SKU in byte order,
+    so that all events of one reservation wait in one log, in the order they were made. ``skus``:
+    the reservation's other SKUs when ``reservation`` holds only some of its lines (what a
+    refused release did release)."""
     sku = min([line.sku for line in reservation.lines] + list(skus))
     event = reservation_event(change, reservation, channel=channel, customer_id=customer_id)
-    return sku, reservation.reservation_id, encode(event)
+    return sku, reservation.reservation_id, encode(event), change_id(change, reservation)
 
 
 def encode(event: Mapping[str, Any]) -> bytes:

@@ -188,6 +188,18 @@ def script_keys(sku: str, prefix: str = DEFAULT_PREFIX, cluster: bool = False) -
 SCRIPT_KEY_COUNT = len(KEY_NAMES) + 1
 
 
+def event_marks_key(sku: str, rid: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """Key of the changes of reservation ``rid`` whose events were kept in ``sku``'s log (a
+    string in the SKU's slot, lua/publish.lua): the mark that keeps each event once."""
+    validate_id(rid, "reservation_id")
+    return f"{sku_keys(sku, prefix).state[:-len('state')]}ev:{rid}"
+
+
+def publish_keys(sku: str, rid: str, prefix: str = DEFAULT_PREFIX, cluster: bool = False) -> list[str]:
+    """The KEYS of a ``publish`` call: the script's keys, then ``event_marks_key``."""
+    return [*script_keys(sku, prefix, cluster), event_marks_key(sku, rid, prefix)]
+
+
 def logs_key(prefix: str = DEFAULT_PREFIX) -> str:
     """The hash of the input topics' identities and generations (``engine.flow.log_identity``)."""
     return f"{validate_prefix(prefix)}:logs"

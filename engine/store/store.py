@@ -25,6 +25,7 @@ from engine.store.keys import (
     decode_rid_index,
     exp_scan_pattern,
     logs_key,
+    publish_keys,
     rid_index_key,
     script_keys,
     sku_from_key,
@@ -35,6 +36,8 @@ from engine.store.keys import (
 )
 from engine.store.reply_stash import stash_key
 from engine.store.wire import (
+    EVENT_CHANGE_PATTERN,
+    EVENT_MARK_TTL_MS,
     MAX_EVENT_BYTES,
     MAX_TTL_MS,
     POLICY_DEFAULTS,
@@ -162,12 +165,15 @@ class _Base:
             check_int(ttl_ms, "expires_ms", 1, 10**14 - 1)
         return self._call("reservation", sku, op, rid, ttl_ms)
 
-    def _publish_call(self, sku: str, rid: str, event: bytes | str) -> scripts.Call:
+    def _publish_call(self, sku: str, rid: str, event: bytes | str, change: str) -> scripts.Call:
         validate_id(rid, "reservation_id")
         text = event.decode() if isinstance(event, bytes) else event
         if not isinstance(text, str) or not text.startswith("{") or len(text) > MAX_EVENT_BYTES:
             raise ValueError(f"an event is a JSON object of at most {MAX_EVENT_BYTES} bytes")
-        return self._call("publish", sku, rid, text)
+        if not isinstance(change, str) or EVENT_CHANGE_PATTERN.fullmatch(change) is None:
+            raise ValueError(f"invalid change {change!r} (must match {EVENT_CHANGE_PATTERN.pattern})")
+        entry, _keys, argv = self._call("publish", sku, rid, text, change, EVENT_MARK_TTL_MS)
+        return entry, publish_keys(sku, rid, self.prefix, self._cluster), argv
 
     def _position_call(self, sku: str, location: str | None) -> scripts.Call:
         return self._call("position", sku, _opt_location(location))
@@ -317,11 +323,13 @@ class Store(_Base):
         calls = self._apply_calls(commands, keep_replies_s)
         return [decode_reply(r) for r in scripts.call_grouped(self.redis, calls)]
 
-    def publish(self, sku: str, rid: str, event: bytes | str) -> None:
-        """Keep reservation ``rid``'s ``event`` (JSON) in ``sku``'s change log, in one atomic
-        call: the relay produces it to ``inventory.reservations`` (key: ``rid``) when it ships the
-        record (docs/changelog.md "Reservation events"). Returns once Redis has it."""
-        scripts.call(self.redis, *self._publish_call(sku, rid, event))
+    def publish(self, sku: str, rid: str, event: bytes | str, change: str) -> bool:
+        """Keep reservation ``rid``'s ``event`` (JSON) of ``change`` (its event id after
+        ``res:<rid>:``) in ``sku``'s change log, in one atomic call: the relay produces it to
+        ``inventory.reservations`` (key: ``rid``) when it ships the record (docs/changelog.md
+        "Reservation events"). Returns once Redis has it: True, or False when the event of that
+        change was kept before (for ``EVENT_MARK_TTL_MS``), which keeps nothing again."""
+        return bool(scripts.call(self.redis, *self._publish_call(sku, rid, event, change)))
 
     def set_policy(self, sku: str, policy: dict[str, Any]) -> dict[str, Any]:
         """Replace the SKU's policy (missing fields take defaults) and rebalance. Supply reply."""
@@ -568,10 +576,10 @@ class AsyncStore(_Base):
         calls = self._apply_calls(commands, keep_replies_s)
         return [decode_reply(r) for r in await scripts.acall_grouped(self.redis, calls)]
 
-    async def publish(self, sku: str, rid: str, event: bytes | str) -> None:
+    async def publish(self, sku: str, rid: str, event: bytes | str, change: str) -> bool:
         """See ``Store.publish``."""
         await self.ready()
-        await scripts.acall(self.redis, *self._publish_call(sku, rid, event))
+        return bool(await scripts.acall(self.redis, *self._publish_call(sku, rid, event, change)))
 
     async def set_policy(self, sku: str, policy: dict[str, Any]) -> dict[str, Any]:
         """See ``Store.set_policy``."""

@@ -6,6 +6,7 @@ oracle returns. Requests are validated here so that no bad value ever reaches a 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -22,6 +23,11 @@ MAX_QTY = 1_000_000_000
 MAX_TTL_MS = 366 * 86_400_000
 #: The largest reservation event the change log keeps for the relay (``Store.publish``).
 MAX_EVENT_BYTES = 256 * 1024
+#: How long ``Store.publish`` remembers that a change's event was kept (lua/publish.lua): a
+#: request repeated within it finds its event kept and keeps no second one.
+EVENT_MARK_TTL_MS = 86_400_000
+#: The change a reservation event tells, as its event id names it after ``res:<rid>:``.
+EVENT_CHANGE_PATTERN = re.compile(r"(held|confirmed|released|extended:[0-9]{1,14})")
 # cjson prints numbers with 14 significant digits: every integer crossing the script boundary stays
 # below 1e14 (ms timestamps have 13 digits).
 MAX_TIME_MS = 10**14 - 1

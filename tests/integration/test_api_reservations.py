@@ -11,8 +11,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from connectors.topics import Topics
 from engine.api.models import AtpOut
+from engine.client import AtpClient
 from engine.domain.events import StockAdjusted, StockCounted, parse_event
 from engine.settings import Settings
+from engine.store.changelog import read_log
 from tests.conftest import TOPIC_PARTITIONS
 from tests.integration.api_harness import (
     ADMIN,
@@ -363,3 +365,44 @@ async def test_the_app_sweeps_expired_holds_in_the_background(
                 await anyio.sleep(0.1)
     assert figures(store, "SWEEP-1")["held"] == 0
     assert store.get_line("SWEEP-1", "sweep-1")["line"]["state"] == "expired"
+
+
+async def test_a_repeated_request_keeps_the_event_a_dead_first_try_did_not(
+    store: Any, redis: Any, settings: Settings, topics: Topics
+) -> None:
+    """The change made, its event never kept (the API died, or lost Redis, in between): the
+    client repeats the request, gets the ``duplicate`` answer, and the event is in the log once."""
+    seed(store, "GAP-1", 10)
+    seed(store, "GAP-2", 10)
+    client = AtpClient(store.redis, prefix=settings.key_prefix)
+    assert client.hold("gap-1", [("GAP-2", 1, None), ("GAP-1", 2, None)]).status == "ok"  # no event
+    auth = bearer(RESERVER)
+    hold = {"lines": [{"sku": "GAP-1", "qty": 2}, {"sku": "GAP-2", "qty": 1}], "channel": "web"}
+
+    def events() -> list[tuple[str, str]]:  # the events waiting in the reservation's first SKU's log
+        return [(r.args[0], r.args[2]) for r in read_log(store.redis, "GAP-1", settings.key_prefix)
+                if r.fn == "publish"]
+
+    async with in_process(make_app(settings.model_copy(update={"relay": False}), topics)) as api:
+        for _ in range(2):
+            again = await api.post("/v1/reservations", json=hold, headers={"Idempotency-Key": "gap-1", **auth})
+            assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+        assert events() == [("gap-1", "held")]
+        event = orjson.loads(next(r.args[1] for r in read_log(store.redis, "GAP-1", settings.key_prefix)
+                                  if r.fn == "publish"))
+        assert (event["event_id"], event["state"], event["channel"]) == ("res:gap-1:held", "held", "web")
+        assert [(line["sku"], line["qty"]) for line in event["lines"]] == [("GAP-1", 2), ("GAP-2", 1)]
+
+        assert client.confirm("gap-1").status == "ok"  # confirmed, its event lost
+        for _ in range(2):
+            assert (await api.post("/v1/reservations/gap-1/confirm", headers=auth)).status_code == 200
+        assert events() == [("gap-1", "held"), ("gap-1", "confirmed")]
+
+        # a hold repeated once the reservation moved on keeps no late "held" event
+        assert client.hold("gap-2", [("GAP-1", 1, None)]).status == "ok"
+        assert client.release("gap-2").status == "ok"
+        late = await api.post("/v1/reservations", json={"lines": [{"sku": "GAP-1", "qty": 1}]},
+                              headers={"Idempotency-Key": "gap-2", **auth})
+        assert late.status_code == 201 and late.json()["state"] == "released"
+        assert (await api.post("/v1/reservations/gap-2/release", headers=auth)).status_code == 200
+        assert events() == [("gap-1", "held"), ("gap-1", "confirmed"), ("gap-2", "released")]

@@ -140,8 +140,9 @@ class Reply:
 
 class HoldLoad:
     """Concurrent holds of one unit over ``connections`` connections, in a thread with its own
-    event loop: each request a new reservation (Idempotency-Key = reservation id), SKUs in turn.
-    ``url`` may change (or be None: wait) while it runs; every attempt is in ``replies``."""
+    event loop: each request a new reservation (Idempotency-Key = reservation id), SKUs in turn;
+    one that got no answer (or a 5xx) is sent again until answered. ``url`` may change (or be
+    None: wait) while it runs; every attempt is in ``replies``."""
 
     def __init__(self, skus: list[str], tag: str, connections: int = CONNECTIONS) -> None:
         self.skus = skus
@@ -196,7 +197,6 @@ class HoldLoad:
                     continue
                 sku = self.skus[(w + i) % len(self.skus)]
                 rid = f"{self.tag}-{w}-{i}"
-                i += 1
                 sent = time.monotonic()
                 try:
                     reply = await client_of(url).post(
@@ -206,8 +206,13 @@ class HoldLoad:
                 except httpx.HTTPError:
                     status = None
                 self.replies.append(Reply(rid, sku, sent, time.monotonic() - sent, status))
-                if status is None:
+                if status is None or status >= 500:
+                    # unanswered: the same request again, as a checkout would; its hold may be
+                    # made and its event not (the API killed in between), and the repeat is
+                    # answered as a duplicate that must get that event out
                     await asyncio.sleep(0.2)  # the API is down: do not spin
+                    continue
+                i += 1
 
         try:
             await asyncio.gather(*(worker(w) for w in range(self.connections)))

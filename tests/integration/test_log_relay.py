@@ -399,7 +399,7 @@ def test_a_record_goes_only_after_its_reservation_event_went(
     store = Store(redis)
     store.apply([SupplyCommand("PUB-1", "count", {"loc": "WH1", "on_hand": 5})])
     event = orjson.dumps({"event_id": "res:p-1:held", "type": "reservation.held", "reservation_id": "p-1"})
-    store.publish("PUB-1", "p-1", event)
+    store.publish("PUB-1", "p-1", event, "held")
     store.apply([SupplyCommand("PUB-1", "count", {"loc": "WH1", "on_hand": 6})])
     assert [r.fn for r in read_log(redis, "PUB-1", PREFIX)] == ["apply", "publish", "apply"]
     with relay_of(settings, topics, redis, ack_timeout_s=2.0) as relay:

@@ -18,9 +18,9 @@ from engine.store.changelog import (
     sku_state,
     trim_log,
 )
-from engine.store.keys import changed_key, sku_keys
+from engine.store.keys import changed_key, event_marks_key, sku_keys
 from engine.store.store import Store
-from engine.store.wire import HoldRequest, SupplyCommand
+from engine.store.wire import EVENT_MARK_TTL_MS, HoldRequest, SupplyCommand
 
 T0 = 1_700_000_000_000
 
@@ -118,14 +118,38 @@ def test_publish_keeps_an_event_in_the_log_and_changes_nothing_else(redis: Any) 
     store.apply([SupplyCommand("P", "count", {"loc": "A", "on_hand": 5})])
     before = sku_state(redis, "P", "atp")
     event = b'{"event_id":"res:r-1:held","note":"a \\"quoted\\" / slashed value"}'
-    store.publish("P", "r-1", event)
+    assert store.publish("P", "r-1", event, "held") is True
     after = sku_state(redis, "P", "atp")
     assert after["state"].pop("!Q") == "2" and before["state"].pop("!Q") == "1"
     assert after == before  # the change number moved; nothing else did
     record = read_log(redis, "P", "atp")[1]
-    assert (record.q, record.fn, record.now_ms, record.args) == (2, "publish", T0, ("r-1", event.decode()))
+    assert (record.q, record.fn, record.now_ms, record.args) == (
+        2, "publish", T0, ("r-1", event.decode(), "held", str(EVENT_MARK_TTL_MS)))
     ChangeRecordValue.model_validate_json(read_log_raw(redis, "P", "atp")[1])
-    for rid, bad in (("r 1", event), ("r-1", b"[1]"), ("r-1", b"{" + b" " * (256 * 1024))):
+    assert record.stash == ()  # the marks' key is no reply stash
+    for rid, bad, change in (("r 1", event, "held"), ("r-1", b"[1]", "held"),
+                             ("r-1", b"{" + b" " * (256 * 1024), "held"),
+                             ("r-1", event, "expired"), ("r-1", event, "extended:x")):
         with pytest.raises(ValueError):
-            store.publish("P", rid, bad)
+            store.publish("P", rid, bad, change)
     assert len(read_log(redis, "P", "atp")) == 2  # a refused call wrote nothing
+
+
+def test_each_changes_event_is_kept_once(redis: Any) -> None:
+    """A repeated request publishes again (it cannot know whether its first try did): the log
+    gets each change's event once, an extension's once per new expiry, while the marks last."""
+    store = Store(redis)  # the server's time: marks written at T0 would be gone at once
+    kept = [store.publish("M", "r-1", b'{"n":1}', change) for change in (
+        "held", "held", "extended:5000", "extended:5000", "extended:9000", "confirmed", "held", "confirmed")]
+    assert kept == [True, False, True, False, True, True, False, False]
+    assert [r.args[2] for r in read_log(redis, "M", "atp")] == ["held", "extended:5000", "extended:9000", "confirmed"]
+    assert store.publish("M", "r-2", b'{"n":2}', "held") is True  # another reservation's own marks
+    marks = event_marks_key("M", "r-1", "atp")
+    assert redis.get(marks) == " held extended:9000 confirmed"  # of extensions only the last
+    assert EVENT_MARK_TTL_MS - 60_000 < redis.pttl(marks) <= EVENT_MARK_TTL_MS
+    Replayer(redis, "rb").apply(read_log(redis, "M", "atp"))  # a rebuild keeps them too
+    assert redis.get(event_marks_key("M", "r-1", "rb")) == redis.get(marks)
+    assert Store(redis, prefix="rb").publish("M", "r-1", b'{"n":1}', "confirmed") is False
+    # a record replayed from the past writes marks that are gone when the live ones would be
+    Store(redis, now_ms=T0).publish("M", "r-3", b'{"n":3}', "held")
+    assert redis.exists(event_marks_key("M", "r-3", "atp")) == 0

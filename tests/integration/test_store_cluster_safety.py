@@ -75,7 +75,7 @@ def test_every_script_call_of_every_operation_stays_in_one_slot(redis: Any, monk
     store.hold_batch("A", [HoldRequest("h2", 1, ttl_ms=60_000)])
     client.atp_many(["A", "B", "C"])
     store.dump("A")
-    store.publish("A", "m1", b'{"event_id":"res:m1:released"}')
+    store.publish("A", "m1", b'{"event_id":"res:m1:released"}', "released")
     Sweeper(store).run_once()
 
     assert {name for name, _ in seen} == {*ENTRY_SCRIPTS, "apply_many"}

@@ -122,8 +122,8 @@ def test_event_lines_are_the_reply_lines_without_the_rfc3339_twins() -> None:
 
 def test_a_reservations_events_wait_in_the_log_of_its_first_sku() -> None:
     whole = reservation()
-    sku, rid, value = publish_args("held", whole, channel="web")
-    assert (sku, rid) == ("A", "R1")
+    sku, rid, value, change = publish_args("held", whole, channel="web")
+    assert (sku, rid, change) == ("A", "R1", "held")
     assert orjson.loads(value) == orjson.loads(encode(reservation_event("held", whole, channel="web"))) | {
         "occurred_at": orjson.loads(value)["occurred_at"]}
     # only line B released (a refused release): still A's log, where the held event waits

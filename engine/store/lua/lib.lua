@@ -79,7 +79,7 @@
 --           changed_key: one per keyspace, or per cluster slot): F.record puts the SKU in when
 --           its log was empty, the relay's trim takes it out when it empties the log
 --  18… stash (apply.lua only, optional) the reply stash keys of the commands, K.stashes
---       (engine/store/reply_stash.py)
+--       (engine/store/reply_stash.py); publish.lua: 18 the reservation's event marks (K.marks)
 -- ARGV (every script): 1 sku, 2 now_ms (0 = Redis TIME; > 0 only from tests), then the entry's own.
 --
 -- Rules: docs/semantics.md, mirrored step by step from engine/domain/oracle.py so that replies and
