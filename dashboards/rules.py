@@ -130,6 +130,17 @@ RULES: tuple[AlertRule, ...] = (
         "`atp reconcile` names them and what differs (README, 'Reconcile').",
     ),
     AlertRule(
+        "AtpReconcileStale",
+        "time() - max(atp_reconcile_round_timestamp_seconds)",
+        ">",
+        3600,
+        "10m",
+        "warning",
+        "No reconcile round has ended for {{ $value | humanizeDuration }} (or none ever did): the drift "
+        "figures are that old and drift would go unnoticed. Run the reconcile loop (`atp reconcile --every`, "
+        "the compose service `reconcile`); its log says why a round fails.",
+    ),
+    AlertRule(
         "AtpTargetDown",
         'up{job=~"atp-.*"}',
         "==",

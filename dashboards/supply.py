@@ -95,10 +95,11 @@ def dashboard() -> Dashboard:
         .with_panel(
             graph(
                 "Time since the last reconcile",
-                [Query("time() - (max(atp_drift_checked_timestamp_seconds) > 0)", "since last reconcile")],
+                [Query("time() - (max(atp_drift_checked_timestamp_seconds) > 0)", "since last reconcile"),
+                 Query("time() - (max(atp_reconcile_round_timestamp_seconds) > 0)", "since last round")],
                 "s",
-                "How old the drift figures are: time since the last `atp reconcile` of every SKU ended "
-                "(empty until one has run).",
+                "How old the drift figures are: time since the last `atp reconcile` of every SKU ended, and "
+                "since the reconcile loop's last round (a few SKUs) ended (empty until one has run).",
                 no_value="no reconcile yet",
             )
         )

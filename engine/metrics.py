@@ -36,6 +36,7 @@ atp_drift_skus                             gauge: SKUs whose Redis state differs
 atp_drift_units                            gauge: Σ |drift| units found by the last reconcile
 atp_drift_checked_skus                     gauge: SKUs the last reconcile checked
 atp_drift_checked_timestamp_seconds        gauge: when the last reconcile ended (unix time; 0: none yet)
+atp_reconcile_round_timestamp_seconds      gauge: when the reconcile loop's last round ended (unix time; 0: none yet)
 atp_watch_atp{sku,location}                gauge: ATP of watched SKUs
 atp_supplier_reliability{supplier}         gauge: on-time × fill rate, 0..1
 atp_dependency_up{dependency}              gauge: 1 when redis / kafka answered the last probe
@@ -202,6 +203,10 @@ DRIFT_UNITS = Gauge("atp_drift_units", "Sum of absolute bucket drift in units (l
 DRIFT_CHECKED = Gauge("atp_drift_checked_skus", "SKUs the last reconcile checked", registry=REGISTRY)
 DRIFT_CHECKED_AT = Gauge(
     "atp_drift_checked_timestamp_seconds", "When the last reconcile ended, unix time (0: none yet)", registry=REGISTRY
+)
+RECONCILE_ROUND_AT = Gauge(
+    "atp_reconcile_round_timestamp_seconds", "When the reconcile loop's last round ended, unix time (0: none yet)",
+    registry=REGISTRY,
 )
 WATCH_ATP = Gauge("atp_watch_atp", "ATP of watched SKUs", ["sku", "location"], registry=REGISTRY)
 SUPPLIER_RELIABILITY = Gauge(
@@ -395,6 +400,11 @@ def set_drift(skus: int, units: int, checked: int | None = None, at_s: float | N
         DRIFT_CHECKED.set(max(0, checked))
     if at_s is not None:
         DRIFT_CHECKED_AT.set(max(0.0, at_s))
+
+
+def set_reconcile_round(at_s: float) -> None:
+    """Publish when the reconcile loop's last round ended (unix time)."""
+    RECONCILE_ROUND_AT.set(max(0.0, at_s))
 
 
 # --- the watch list ------------------------------------------------------------------------------

@@ -81,7 +81,8 @@ TAIL_PAUSE_S = 0.2
 
 def reconcile_key(prefix: str) -> str:
     """The hash of the last reconcile's result (``checked``, ``drifted``, ``units``, ``at_ms``),
-    which the flow exports as the drift gauges."""
+    and of when the reconcile loop's last round ended (``round_ms``), which the flow exports as
+    the drift gauges."""
     return f"{validate_prefix(prefix)}:reconcile"
 
 
@@ -815,6 +816,7 @@ class Rotation:
             self._todo = list(self.skus) if self.skus is not None else sorted(_live_skus(self.client, self.prefix))
             self._cycle = []
             if not self._todo:
+                _round_ended(self.client, self.prefix)
                 return None
         chunk, self._todo = self._todo[: self.per_round], self._todo[self.per_round:]
         try:
@@ -829,6 +831,8 @@ class Rotation:
             if not self._todo:
                 self.cycles += 1
                 self.last_cycle = cycle
+        else:
+            _round_ended(self.client, self.prefix)
         return report
 
     def run(self, stop: threading.Event, every_s: float,
@@ -852,9 +856,18 @@ def publish_result(client: Any, prefix: str, report: ReconcileReport) -> None:
     flow's reporter, which exports it (``refresh_drift``)."""
     at_ms = int(time.time() * 1000)
     metrics.set_drift(len(report.drifted), report.units, report.checked, at_ms / 1000)
+    metrics.set_reconcile_round(at_ms / 1000)
     client.hset(reconcile_key(prefix), mapping={
         "checked": report.checked, "drifted": len(report.drifted), "units": report.units, "at_ms": at_ms,
+        "round_ms": at_ms,
     })
+
+
+def _round_ended(client: Any, prefix: str) -> None:
+    # the loop's heartbeat: a round that ended, drift or not (a failed round does not beat)
+    now_ms = int(time.time() * 1000)
+    metrics.set_reconcile_round(now_ms / 1000)
+    client.hset(reconcile_key(prefix), "round_ms", now_ms)
 
 
 def refresh_drift(client: Any, prefix: str) -> bool:
@@ -864,4 +877,26 @@ def refresh_drift(client: Any, prefix: str) -> bool:
         return False
     got = {_text(k): int(v) for k, v in raw.items()}
     metrics.set_drift(got.get("drifted", 0), got.get("units", 0), got.get("checked", 0), got.get("at_ms", 0) / 1000)
+    metrics.set_reconcile_round(got.get("round_ms", 0) / 1000)
     return True
+
+
+def round_age_s(client: Any, prefix: str) -> float | None:
+    """Seconds since the reconcile loop's last round ended (None: none has)."""
+    raw = client.hget(reconcile_key(prefix), "round_ms")
+    return None if raw is None else max(0.0, time.time() - int(raw) / 1000)
+
+
+def healthcheck(max_age_s: float) -> int:
+    """0 when the reconcile loop of the configured keyspace ended a round within ``max_age_s``,
+    else 1 (the reconcile service's container healthcheck, docker-compose.yml)."""
+    from engine.api.redis_conn import sync_redis
+    from engine.settings import Settings
+
+    settings = Settings()
+    client = sync_redis(settings)
+    try:
+        age = round_age_s(client, settings.key_prefix)
+    finally:
+        client.close()
+    return 0 if age is not None and age <= max_age_s else 1

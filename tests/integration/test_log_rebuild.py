@@ -27,6 +27,7 @@ from engine.log.rebuild import (
     RebuildError,
     RelayBusy,
     Rotation,
+    healthcheck,
     read_changes,
     rebuild,
     reconcile,
@@ -268,7 +269,8 @@ def test_reconcile_going_on_checks_a_few_skus_a_round_and_tells_drift_within_a_r
     rotation = Rotation(redis, conf, changes, PREFIX, per_round=4)
     first = rotation.round()
     assert first is not None and (first.checked, first.drifted) == (4, [])
-    assert rotation.cycles == 0 and not redis.exists(reconcile_key(PREFIX))  # nothing told mid-cycle
+    assert rotation.cycles == 0 and redis.hget(reconcile_key(PREFIX), "checked") is None  # nothing told mid-cycle
+    assert redis.hget(reconcile_key(PREFIX), "round_ms") is not None  # but the loop is alive
     second = rotation.round()
     assert second is not None and (second.checked, second.drifted) == (len(SKUS) - 4, [])
     assert rotation.cycles == 1 and rotation.last_cycle is not None and rotation.last_cycle.checked == len(SKUS)
@@ -367,7 +369,8 @@ def test_the_flow_exports_the_last_reconcile_kept_in_redis(redis: Any, settings:
     from engine.observability.flow import observe_flow
 
     redis.hset(reconcile_key(settings.key_prefix), mapping={"checked": 7, "drifted": 2, "units": 5,
-                                                            "at_ms": 1_790_000_000_000})
+                                                            "at_ms": 1_790_000_000_000,
+                                                            "round_ms": 1_790_000_060_000})
     metrics.set_drift(0, 0, 0, 0)
     with observe_flow(settings):
         deadline = time.monotonic() + 10
@@ -377,6 +380,7 @@ def test_the_flow_exports_the_last_reconcile_kept_in_redis(redis: Any, settings:
         assert metrics.REGISTRY.get_sample_value("atp_drift_units") == 5
         assert metrics.REGISTRY.get_sample_value("atp_drift_checked_skus") == 7
         assert metrics.REGISTRY.get_sample_value("atp_drift_checked_timestamp_seconds") == 1_790_000_000
+        assert metrics.REGISTRY.get_sample_value("atp_reconcile_round_timestamp_seconds") == 1_790_000_060
     metrics.set_drift(0, 0, 0, 0)
 
 
@@ -450,13 +454,21 @@ def test_cli_rebuild_and_reconcile(
 
 
 def test_cli_reconcile_every_reports_each_round_and_stops_on_sigterm(
-    redis: Any, redis_url: str, kafka_bootstrap: str, settings: Settings, topics: Topics
+    redis: Any, redis_url: str, kafka_bootstrap: str, settings: Settings, topics: Topics,
+    monkeypatch: pytest.MonkeyPatch
 ) -> None:
     workload(redis)
     ship(redis, kafka_bootstrap, topics.changes)
     _corrupt_bucket(redis, "RB-5", "WH1", 2)
     env = {"PATH": os.environ.get("PATH", ""), "ATP_CONFIG": os.devnull, "ATP_REDIS_URL": redis_url,
            "ATP_KAFKA_BOOTSTRAP": kafka_bootstrap, "ATP_REDIS_CLUSTER": "true" if settings.redis_cluster else "false"}
+    for name in list(os.environ):  # the container healthcheck's settings: the loop's own
+        if name.upper().startswith("ATP_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    redis.delete(reconcile_key(PREFIX))
+    assert healthcheck(600) == 1  # no round yet
     script = Path(sys.executable).parent / "atp"
     proc = subprocess.Popen([str(script), "reconcile", "--every", "0.2", "--per-round", "3", "--json",
                              "--topic-suffix", topics.suffix], env=env, stdout=subprocess.PIPE,
@@ -464,6 +476,7 @@ def test_cli_reconcile_every_reports_each_round_and_stops_on_sigterm(
     try:
         assert proc.stdout is not None
         rounds = [orjson.loads(proc.stdout.readline()) for _ in range(4)]  # two whole cycles
+        assert healthcheck(600) == 0
     finally:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
@@ -472,3 +485,5 @@ def test_cli_reconcile_every_reports_each_round_and_stops_on_sigterm(
     assert proc.returncode == 1, err  # the last whole cycle drifted
     assert "whole cycle(s)" in err
     assert redis.hget(reconcile_key(PREFIX), "drifted") == "1"
+    redis.hset(reconcile_key(PREFIX), "round_ms", int(time.time() * 1000) - 601_000)
+    assert healthcheck(600) == 1  # the loop stopped ten minutes ago

@@ -288,8 +288,9 @@ def test_relay_and_reconcile_show_in_their_panels(prometheus: Prometheus) -> Non
     assert all(float(r["value"][1]) >= 0 for r in backlog)
     # atp reconcile (another process) kept its result in Redis; the flow exports it.
     _wait_for_data(prometheus, 'max(atp_drift_checked_skus{job="atp-flow"}) > 0')
-    since = _wait_for_data(prometheus, "time() - (max(atp_drift_checked_timestamp_seconds) > 0)")
-    assert 0 <= float(since[0]["value"][1]) < 15 * 60  # this module's run, not 1970
+    for stamp in ("atp_drift_checked_timestamp_seconds", "atp_reconcile_round_timestamp_seconds"):
+        since = _wait_for_data(prometheus, f"time() - (max({stamp}) > 0)")
+        assert 0 <= float(since[0]["value"][1]) < 15 * 60  # this module's run, not 1970
 
 
 def test_every_rule_signal_returns_data_and_every_rule_evaluates(prometheus: Prometheus) -> None:

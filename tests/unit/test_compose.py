@@ -130,12 +130,24 @@ def test_compose_file_is_valid_against_the_compose_specification(path: Path) -> 
     assert not errors, errors
 
 
-def test_engine_services_are_the_topics_flow_and_api() -> None:
+def test_engine_services_are_the_topics_flow_api_and_reconcile_loop() -> None:
     assert {n: s["command"][1] for n, s in ENGINE_SERVICES.items()} == {
         "topics": "topics",
         "flow": "flow",
+        "reconcile": "reconcile",
         "api": "serve",
     }
+
+
+def test_the_reconcile_loop_beats_well_within_its_healthcheck_and_its_alert() -> None:
+    command = SERVICES["reconcile"]["command"]
+    every = float(command[command.index("--every") + 1])
+    probe = " ".join(SERVICES["reconcile"]["healthcheck"]["test"])
+    max_age = float(re.search(r"healthcheck\((\d+)\)", probe).group(1))  # type: ignore[union-attr]
+    stale = next(r for r in RULES["groups"][0]["rules"] if r["alert"] == "AtpReconcileStale")
+    threshold = float(re.search(r"> (\d+)$", stale["expr"]).group(1))  # type: ignore[union-attr]
+    assert 3 * every <= max_age < threshold, (every, max_age, threshold)
+    assert "atp_reconcile_round_timestamp_seconds" in stale["expr"]
 
 
 @pytest.mark.parametrize("service", sorted(ENGINE_SERVICES))
@@ -380,7 +392,7 @@ def test_every_service_but_the_one_shot_has_a_healthcheck(variant: str) -> None:
     missing = sorted(n for n, s in services.items() if n != "topics" and "healthcheck" not in s)
     assert not missing
     assert SERVICES["topics"]["restart"] == "no"
-    for service in ("flow", "api"):
+    for service in ("flow", "api", "reconcile"):
         deps = SERVICES[service]["depends_on"]
         assert deps["topics"]["condition"] == "service_completed_successfully"
         assert deps["redis"]["condition"] == "service_healthy"

@@ -92,7 +92,8 @@ def test_change_log_and_drift_panels_query_their_metrics() -> None:
     assert exprs["Drifted and checked SKUs"] == ["max(atp_drift_skus)", "max(atp_drift_checked_skus)"]
     # 0 means "no reconcile yet", not 1970: the panel is empty (and says so) until one has run.
     assert exprs["Time since the last reconcile"] == [
-        "time() - (max(atp_drift_checked_timestamp_seconds) > 0)"
+        "time() - (max(atp_drift_checked_timestamp_seconds) > 0)",
+        "time() - (max(atp_reconcile_round_timestamp_seconds) > 0)",
     ]
     board = json.loads((ROOT / "dashboards" / "generated" / "supply.json").read_text())
     since = next(p for p in board["panels"] if p["title"] == "Time since the last reconcile")
