@@ -19,13 +19,15 @@ entry('publish', function()
   K.marks, K.stashes = K.stashes and K.stashes[1], nil -- key 18 is the marks, no reply stash
   local change = ARGV[5]
   if K.marks and change then -- a record of an event kept without marks replays without them
-    local marks = redis.call('GET', K.marks)
-    if marked(marks, change) then return 0 end
-    marks = marks or ''
-    if string.sub(change, 1, 9) == 'extended:' then
-      marks = string.gsub(marks, ' extended:%d+', '')
+    local at = NOW + tonumber(ARGV[6])
+    if not redis.call('SET', K.marks, ' ' .. change, 'NX', 'PXAT', at) then
+      local marks = redis.call('GET', K.marks)
+      if marked(marks, change) then return 0 end
+      if string.sub(change, 1, 9) == 'extended:' then
+        marks = string.gsub(marks, ' extended:%d+', '')
+      end
+      redis.call('SET', K.marks, marks .. ' ' .. change, 'PXAT', at)
     end
-    redis.call('SET', K.marks, marks .. ' ' .. change, 'PXAT', NOW + tonumber(ARGV[6]))
   end
   S.wrote = true
   return 1
