@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from engine.domain.ids import require_id, require_qty
 from engine.store.keys import decode_rid_index as _decode_index
@@ -318,6 +318,8 @@ class HoldItem:
 
 # (whether the claim created the index key — None without a claim, the hold reply)
 HoldOutcome = tuple[bool | None, dict[str, Any]]
+_Item = TypeVar("_Item")
+_Outcome = TypeVar("_Outcome")
 
 
 class _Waiter:
@@ -359,7 +361,7 @@ class SyncCoalescer:
         self._lock = threading.Lock()
         self._queues: dict[str, _SkuQueue] = {}
 
-    def hold(self, sku: str, item: HoldItem) -> HoldOutcome:
+    def submit(self, sku: str, item: HoldItem) -> HoldOutcome:
         """The outcome of ``item``, sent together with concurrent holds of the same SKU."""
         me = _Waiter(item)
         with self._lock:
@@ -403,19 +405,21 @@ class SyncCoalescer:
             w.event.set()
 
 
-class AsyncCoalescer:
-    """Per-SKU queues of holds, drained by one task per SKU while requests keep coming."""
+class AsyncCoalescer(Generic[_Item, _Outcome]):
+    """Per-SKU queues of items (holds, reservation events), drained by one task per SKU while
+    requests keep coming: each ``send(sku, items)`` carries what waited for that SKU, up to
+    ``max_batch``, and gives one outcome per item."""
 
-    def __init__(self, send: Callable[[str, list[HoldItem]], Awaitable[list[HoldOutcome]]],
+    def __init__(self, send: Callable[[str, list[_Item]], Awaitable[list[_Outcome]]],
                  max_batch: int = 256) -> None:
         self._send = send
         self._max = max_batch
-        self._queues: dict[str, list[tuple[HoldItem, asyncio.Future[HoldOutcome]]]] = {}
+        self._queues: dict[str, list[tuple[_Item, asyncio.Future[_Outcome]]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def hold(self, sku: str, item: HoldItem) -> HoldOutcome:
-        """The outcome of ``item``, sent together with concurrent holds of the same SKU."""
-        fut: asyncio.Future[HoldOutcome] = asyncio.get_running_loop().create_future()
+    async def submit(self, sku: str, item: _Item) -> _Outcome:
+        """The outcome of ``item``, sent together with the concurrent items of the same SKU."""
+        fut: asyncio.Future[_Outcome] = asyncio.get_running_loop().create_future()
         queue = self._queues.get(sku)
         if queue is None:
             # no batch in flight: this caller starts the drain
@@ -426,7 +430,7 @@ class AsyncCoalescer:
         queue.append((item, fut))
         return await fut
 
-    async def _drain(self, sku: str, queue: list[tuple[HoldItem, asyncio.Future[HoldOutcome]]]) -> None:
+    async def _drain(self, sku: str, queue: list[tuple[_Item, asyncio.Future[_Outcome]]]) -> None:
         try:
             while queue:
                 batch = queue[: self._max]
@@ -446,7 +450,7 @@ class AsyncCoalescer:
                 del self._queues[sku]
             for _, fut in queue:  # only after a cancellation of the drain itself
                 if not fut.done():
-                    fut.set_exception(RuntimeError("hold batch cancelled"))
+                    fut.set_exception(RuntimeError("batch cancelled"))
 
 
 def _claims_of(items: list[HoldItem]) -> list[tuple[str, bytes]]:
@@ -590,7 +594,7 @@ class AtpClient(_ClientBase):
 
     def _hold_item(self, sku: str, item: HoldItem) -> HoldOutcome:
         if self._coalescer is not None:
-            return self._coalescer.hold(sku, item)
+            return self._coalescer.submit(sku, item)
         return self._send(sku, [item])[0]
 
     def _hold_single(self, rid: str, sku: str, req: HoldRequest, made: bool = False, tries: int = 3) -> Result:
@@ -709,7 +713,8 @@ class AsyncAtpClient(_ClientBase):
         super().__init__(prefix, default_ttl_s, max_batch)
         self.redis = redis
         self.store = AsyncStore(redis, prefix, now_ms)
-        self._coalescer = AsyncCoalescer(self._send, max_batch) if coalesce else None
+        self._coalescer: AsyncCoalescer[HoldItem, HoldOutcome] | None = (
+            AsyncCoalescer(self._send, max_batch) if coalesce else None)
 
     async def atp(self, sku: str, location: str | None = None) -> dict[str, Any]:
         """See ``AtpClient.atp``."""
@@ -777,7 +782,7 @@ class AsyncAtpClient(_ClientBase):
 
     async def _hold_item(self, sku: str, item: HoldItem) -> HoldOutcome:
         if self._coalescer is not None:
-            return await self._coalescer.hold(sku, item)
+            return await self._coalescer.submit(sku, item)
         return (await self._send(sku, [item]))[0]
 
     async def _hold_single(self, rid: str, sku: str, req: HoldRequest, made: bool = False,

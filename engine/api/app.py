@@ -28,7 +28,7 @@ from connectors.kafka import producer_config
 from connectors.topics import Topics
 from engine import metrics
 from engine.api.auth import TokenTable
-from engine.api.checkout import PUBLISH_CONCURRENCY
+from engine.api.checkout import EventKeeper
 from engine.api.docs import install_docs
 from engine.api.errors import document_problems, install_error_handlers
 from engine.api.hot_path import HotPath
@@ -208,7 +208,7 @@ def create_app(
     app.state.redis = redis
     app.state.store = store
     app.state.client = client
-    app.state.publish_gate = asyncio.Semaphore(PUBLISH_CONCURRENCY)
+    app.state.events = EventKeeper(store)
     app.state.publisher = publisher
     app.state.relay = changelog_relay
     app.state.topics = topics or Topics()

@@ -6,12 +6,14 @@ already validated, so a request gets the same reply whichever of the two serves 
 returns the reply or raises ``ApiError``; Redis and connection errors propagate to the
 caller's error mapping (``engine.api.errors``).
 
-``state`` is the app's ``app.state``: ``client`` (an ``AsyncAtpClient``), through which a
-change's reservation event goes into the change log before the answer (``_publish``).
+``state`` is the app's ``app.state``: ``client`` (an ``AsyncAtpClient``) and ``events`` (an
+``EventKeeper``), through which a change's reservation event goes into the change log before the
+answer (``_publish``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, Literal
 
@@ -20,8 +22,9 @@ from engine.api.errors import ApiError, OrjsonResponse
 from engine.api.models import ReservationIn
 from engine.api.reservation_events import publish_args, published_change
 from engine.api.views import position_view, refusal_view, reservation_body, reservation_view
-from engine.client import LineRequest, Refusal, Reservation, Result
+from engine.client import AsyncCoalescer, LineRequest, Refusal, Reservation, Result
 from engine.observability.api import note_hold, note_lifecycle
+from engine.store.store import AsyncStore
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -30,11 +33,32 @@ Op = Literal["confirm", "release", "extend"]
 _REPLAYED = {REPLAYED_HEADER: "true"}
 
 
-#: Reservation events kept in the change log at once by one app. Unlike holds, which are
-#: coalesced per SKU, each event is a call of its own, and the async Redis Cluster client fails
-#: a call (MaxConnectionsError) rather than wait once a node's 100 connections are in use: a burst
-#: of answers waits here instead.
+#: ``publish`` calls one app makes at once. The async Redis Cluster client fails a call
+#: (MaxConnectionsError) rather than wait once a node's 100 connections are in use: a burst of
+#: answers waits here instead.
 PUBLISH_CONCURRENCY = 32
+#: Events one ``publish`` call keeps at most: the call's script time grows with its events.
+PUBLISH_BATCH = 64
+
+
+class EventKeeper:
+    """Keeps the reservation events of the app's answers in the change log
+    (``AsyncStore.publish_many``): the events waiting for one SKU go in one call (up to
+    ``PUBLISH_BATCH``), as holds are coalesced, and at most ``PUBLISH_CONCURRENCY`` calls are in
+    flight."""
+
+    def __init__(self, store: AsyncStore, concurrency: int = PUBLISH_CONCURRENCY) -> None:
+        self._store = store
+        self._gate = asyncio.Semaphore(concurrency)
+        self._batches: AsyncCoalescer[tuple[str, bytes, str], bool] = AsyncCoalescer(self._send, PUBLISH_BATCH)
+
+    async def keep(self, sku: str, rid: str, event: bytes, change: str) -> bool:
+        """Once Redis has it: whether the event was kept now (False: kept before)."""
+        return await self._batches.submit(sku, (rid, event, change))
+
+    async def _send(self, sku: str, events: list[tuple[str, bytes, str]]) -> list[bool]:
+        async with self._gate:
+            return await self._store.publish_many(sku, events)
 
 
 async def _publish(state: Any, op: str, result: Result, **extra: Any) -> None:
@@ -43,8 +67,7 @@ async def _publish(state: Any, op: str, result: Result, **extra: Any) -> None:
     if change is None:
         return
     change_of, reservation, skus = change
-    async with state.publish_gate:
-        await state.client.store.publish(*publish_args(change_of, reservation, skus=skus, **extra))
+    await state.events.keep(*publish_args(change_of, reservation, skus=skus, **extra))
 
 
 def _record(op: str, result: Result, started: float) -> None:

@@ -200,12 +200,15 @@ Waiting = tuple[bytes, int, str]
 
 def reservation_messages(sku: str, value: bytes, fn: str) -> list[tuple[str, bytes]]:
     """(reservation id, message) of what a record (``value``, of entry ``fn``) gives
-    ``inventory.reservations``: the event a ``publish`` record keeps, and the
+    ``inventory.reservations``: the events a ``publish`` record keeps, and the
     ``reservation.expired`` event of each line the record's call expired
     (``engine.api.reservation_events.expired_event``)."""
     if fn == "publish":  # nothing expires in a publish call
         args = orjson.loads(value)["args"]
-        return [(args[0], args[1].encode())]
+        if len(args) == 2:  # kept before marks existed: [rid, event]
+            return [(args[0], args[1].encode())]
+        # [marks' lifetime, then rid, event, change of each event kept]
+        return [(args[i], args[i + 1].encode()) for i in range(1, len(args), 3)]
     if _EXPIRED not in value:
         return []
     from engine.api.reservation_events import encode, expired_event

@@ -120,8 +120,8 @@ def replay_call(record: Record, prefix: str, cluster: bool = False) -> scripts.C
     validate_prefix(prefix)
     entry = scripts.load_scripts()[record.fn]
     keys = script_keys(record.sku, prefix, cluster)
-    if record.fn == "publish" and len(record.args) > 2:  # with the reservation's marks
-        keys = publish_keys(record.sku, record.args[0], prefix, cluster)
+    if record.fn == "publish" and len(record.args) > 2:  # with the marks of its events' reservations
+        keys = publish_keys(record.sku, record.args[1::3], prefix, cluster)
     for tail in record.stash:
         if not tail.startswith(f"rp:{{{record.sku}}}:"):
             raise ValueError(f"stash key {tail!r} is not one of SKU {record.sku!r}")

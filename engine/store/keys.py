@@ -8,6 +8,7 @@ identifiers that passed the patterns of docs/semantics.md; a bad identifier rais
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -195,9 +196,10 @@ def event_marks_key(sku: str, rid: str, prefix: str = DEFAULT_PREFIX) -> str:
     return f"{sku_keys(sku, prefix).state[:-len('state')]}ev:{rid}"
 
 
-def publish_keys(sku: str, rid: str, prefix: str = DEFAULT_PREFIX, cluster: bool = False) -> list[str]:
-    """The KEYS of a ``publish`` call: the script's keys, then ``event_marks_key``."""
-    return [*script_keys(sku, prefix, cluster), event_marks_key(sku, rid, prefix)]
+def publish_keys(sku: str, rids: Sequence[str], prefix: str = DEFAULT_PREFIX, cluster: bool = False) -> list[str]:
+    """The KEYS of a ``publish`` call: the script's keys, then ``event_marks_key`` of each event's
+    reservation, in the order of the events."""
+    return [*script_keys(sku, prefix, cluster), *(event_marks_key(sku, rid, prefix) for rid in rids)]
 
 
 def logs_key(prefix: str = DEFAULT_PREFIX) -> str:

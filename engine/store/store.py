@@ -165,15 +165,20 @@ class _Base:
             check_int(ttl_ms, "expires_ms", 1, 10**14 - 1)
         return self._call("reservation", sku, op, rid, ttl_ms)
 
-    def _publish_call(self, sku: str, rid: str, event: bytes | str, change: str) -> scripts.Call:
-        validate_id(rid, "reservation_id")
-        text = event.decode() if isinstance(event, bytes) else event
-        if not isinstance(text, str) or not text.startswith("{") or len(text) > MAX_EVENT_BYTES:
-            raise ValueError(f"an event is a JSON object of at most {MAX_EVENT_BYTES} bytes")
-        if not isinstance(change, str) or EVENT_CHANGE_PATTERN.fullmatch(change) is None:
-            raise ValueError(f"invalid change {change!r} (must match {EVENT_CHANGE_PATTERN.pattern})")
-        entry, _keys, argv = self._call("publish", sku, rid, text, change, EVENT_MARK_TTL_MS)
-        return entry, publish_keys(sku, rid, self.prefix, self._cluster), argv
+    def _publish_call(self, sku: str, events: Sequence[tuple[str, bytes | str, str]]) -> scripts.Call:
+        if not events:
+            raise ValueError("publish needs at least one event")
+        argv: list[Any] = [EVENT_MARK_TTL_MS]
+        for rid, event, change in events:
+            validate_id(rid, "reservation_id")
+            text = event.decode() if isinstance(event, bytes) else event
+            if not isinstance(text, str) or not text.startswith("{") or len(text) > MAX_EVENT_BYTES:
+                raise ValueError(f"an event is a JSON object of at most {MAX_EVENT_BYTES} bytes")
+            if not isinstance(change, str) or EVENT_CHANGE_PATTERN.fullmatch(change) is None:
+                raise ValueError(f"invalid change {change!r} (must match {EVENT_CHANGE_PATTERN.pattern})")
+            argv += [rid, text, change]
+        entry, _keys, args = self._call("publish", sku, *argv)
+        return entry, publish_keys(sku, [rid for rid, _e, _c in events], self.prefix, self._cluster), args
 
     def _position_call(self, sku: str, location: str | None) -> scripts.Call:
         return self._call("position", sku, _opt_location(location))
@@ -329,7 +334,12 @@ class Store(_Base):
         ``inventory.reservations`` (key: ``rid``) when it ships the record (docs/changelog.md
         "Reservation events"). Returns once Redis has it: True, or False when the event of that
         change was kept before (for ``EVENT_MARK_TTL_MS``), which keeps nothing again."""
-        return bool(scripts.call(self.redis, *self._publish_call(sku, rid, event, change)))
+        return self.publish_many(sku, [(rid, event, change)])[0]
+
+    def publish_many(self, sku: str, events: Sequence[tuple[str, bytes | str, str]]) -> list[bool]:
+        """``publish`` of several ``(rid, event, change)`` in one call (one record, of the events
+        kept): whether each was kept now."""
+        return [bool(k) for k in scripts.call(self.redis, *self._publish_call(sku, events))]
 
     def set_policy(self, sku: str, policy: dict[str, Any]) -> dict[str, Any]:
         """Replace the SKU's policy (missing fields take defaults) and rebalance. Supply reply."""
@@ -578,8 +588,12 @@ class AsyncStore(_Base):
 
     async def publish(self, sku: str, rid: str, event: bytes | str, change: str) -> bool:
         """See ``Store.publish``."""
+        return (await self.publish_many(sku, [(rid, event, change)]))[0]
+
+    async def publish_many(self, sku: str, events: Sequence[tuple[str, bytes | str, str]]) -> list[bool]:
+        """See ``Store.publish_many``."""
         await self.ready()
-        return bool(await scripts.acall(self.redis, *self._publish_call(sku, rid, event, change)))
+        return [bool(k) for k in await scripts.acall(self.redis, *self._publish_call(sku, events))]
 
     async def set_policy(self, sku: str, policy: dict[str, Any]) -> dict[str, Any]:
         """See ``Store.set_policy``."""

@@ -380,7 +380,7 @@ async def test_a_repeated_request_keeps_the_event_a_dead_first_try_did_not(
     hold = {"lines": [{"sku": "GAP-1", "qty": 2}, {"sku": "GAP-2", "qty": 1}], "channel": "web"}
 
     def events() -> list[tuple[str, str]]:  # the events waiting in the reservation's first SKU's log
-        return [(r.args[0], r.args[2]) for r in read_log(store.redis, "GAP-1", settings.key_prefix)
+        return [(r.args[1], r.args[3]) for r in read_log(store.redis, "GAP-1", settings.key_prefix)
                 if r.fn == "publish"]
 
     async with in_process(make_app(settings.model_copy(update={"relay": False}), topics)) as api:
@@ -388,7 +388,7 @@ async def test_a_repeated_request_keeps_the_event_a_dead_first_try_did_not(
             again = await api.post("/v1/reservations", json=hold, headers={"Idempotency-Key": "gap-1", **auth})
             assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
         assert events() == [("gap-1", "held")]
-        event = orjson.loads(next(r.args[1] for r in read_log(store.redis, "GAP-1", settings.key_prefix)
+        event = orjson.loads(next(r.args[2] for r in read_log(store.redis, "GAP-1", settings.key_prefix)
                                   if r.fn == "publish"))
         assert (event["event_id"], event["state"], event["channel"]) == ("res:gap-1:held", "held", "web")
         assert [(line["sku"], line["qty"]) for line in event["lines"]] == [("GAP-1", 2), ("GAP-2", 1)]
@@ -406,3 +406,24 @@ async def test_a_repeated_request_keeps_the_event_a_dead_first_try_did_not(
         assert late.status_code == 201 and late.json()["state"] == "released"
         assert (await api.post("/v1/reservations/gap-2/release", headers=auth)).status_code == 200
         assert events() == [("gap-1", "held"), ("gap-1", "confirmed"), ("gap-2", "released")]
+
+
+async def test_concurrent_answers_on_one_sku_keep_their_events_in_shared_calls(
+    store: Any, settings: Settings, topics: Topics
+) -> None:
+    """The events of concurrent holds whose first SKU is the same go into the log together (one
+    ``publish`` call per batch, as the holds themselves are coalesced): every event once, in
+    fewer records than holds."""
+    import asyncio
+
+    seed(store, "BATCH-1", 100)
+    auth = bearer(RESERVER)
+    async with in_process(make_app(settings.model_copy(update={"relay": False}), topics)) as api:
+        replies = await asyncio.gather(*(
+            api.post("/v1/reservations", json={"lines": [{"sku": "BATCH-1", "qty": 1}]},
+                     headers={"Idempotency-Key": f"batch-{i}", **auth}) for i in range(60)))
+    assert [r.status_code for r in replies] == [201] * 60
+    records = [r for r in read_log(store.redis, "BATCH-1", settings.key_prefix) if r.fn == "publish"]
+    events = [orjson.loads(event)["event_id"] for r in records for event in r.args[2::3]]
+    assert sorted(events) == sorted(f"res:batch-{i}:held" for i in range(60))
+    assert len(records) < 60, f"{len(records)} publish calls for 60 concurrent holds"

@@ -111,7 +111,8 @@ def test_reserve_confirm_release_json_and_exit_codes(
 
     # each change's reservation event waits in the SKU's change log for a relay, as the API's do;
     # the repeat, the conflict, the refusal and the late confirm changed nothing and left none
-    kept = [orjson.loads(r.args[1]) for r in read_log(redis, "CLI-1", settings.key_prefix, 1000) if r.fn == "publish"]
+    kept = [orjson.loads(e) for r in read_log(redis, "CLI-1", settings.key_prefix, 1000) if r.fn == "publish"
+            for e in r.args[2::3]]
     assert [(e["event_id"], e["type"], e["state"]) for e in kept] == [
         ("res:cli-r1:held", "reservation.held", "held"),
         ("res:cli-r1:confirmed", "reservation.confirmed", "committed"),

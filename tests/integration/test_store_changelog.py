@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from engine.domain.outputs import ChangeRecordValue
+from engine.log.relay import reservation_messages
 from engine.store.changelog import (
     LogGap,
     Record,
@@ -124,7 +125,7 @@ def test_publish_keeps_an_event_in_the_log_and_changes_nothing_else(redis: Any) 
     assert after == before  # the change number moved; nothing else did
     record = read_log(redis, "P", "atp")[1]
     assert (record.q, record.fn, record.now_ms, record.args) == (
-        2, "publish", T0, ("r-1", event.decode(), "held", str(EVENT_MARK_TTL_MS)))
+        2, "publish", T0, (str(EVENT_MARK_TTL_MS), "r-1", event.decode(), "held"))
     ChangeRecordValue.model_validate_json(read_log_raw(redis, "P", "atp")[1])
     assert record.stash == ()  # the marks' key is no reply stash
     for rid, bad, change in (("r 1", event, "held"), ("r-1", b"[1]", "held"),
@@ -142,7 +143,7 @@ def test_each_changes_event_is_kept_once(redis: Any) -> None:
     kept = [store.publish("M", "r-1", b'{"n":1}', change) for change in (
         "held", "held", "extended:5000", "extended:5000", "extended:9000", "confirmed", "held", "confirmed")]
     assert kept == [True, False, True, False, True, True, False, False]
-    assert [r.args[2] for r in read_log(redis, "M", "atp")] == ["held", "extended:5000", "extended:9000", "confirmed"]
+    assert [r.args[3] for r in read_log(redis, "M", "atp")] == ["held", "extended:5000", "extended:9000", "confirmed"]
     assert store.publish("M", "r-2", b'{"n":2}', "held") is True  # another reservation's own marks
     marks = event_marks_key("M", "r-1", "atp")
     assert redis.get(marks) == " held extended:9000 confirmed"  # of extensions only the last
@@ -153,3 +154,28 @@ def test_each_changes_event_is_kept_once(redis: Any) -> None:
     # a record replayed from the past writes marks that are gone when the live ones would be
     Store(redis, now_ms=T0).publish("M", "r-3", b'{"n":3}', "held")
     assert redis.exists(event_marks_key("M", "r-3", "atp")) == 0
+
+
+def test_publish_many_keeps_a_batch_in_one_record_of_the_events_kept(redis: Any) -> None:
+    """The API sends the events waiting for one SKU in one call: the record holds only the events
+    kept now (a repeat within the batch, or of an event kept before, is not), and the relay
+    produces exactly those."""
+    store = Store(redis)
+    assert store.publish("B", "r-0", b'{"n":0}', "held") is True
+    batch = [("r-1", b'{"n":1}', "held"), ("r-0", b'{"n":0}', "held"), ("r-2", b'{"n":2}', "held"),
+             ("r-1", b'{"n":1}', "held"), ("r-1", b'{"n":3}', "confirmed")]
+    assert store.publish_many("B", batch) == [True, False, True, False, True]
+    record = read_log(redis, "B", "atp")[-1]
+    assert record.args == (str(EVENT_MARK_TTL_MS), "r-1", '{"n":1}', "held", "r-2", '{"n":2}', "held",
+                           "r-1", '{"n":3}', "confirmed")
+    assert reservation_messages("B", read_log_raw(redis, "B", "atp")[-1], "publish") == [
+        ("r-1", b'{"n":1}'), ("r-2", b'{"n":2}'), ("r-1", b'{"n":3}')]
+    assert store.publish_many("B", batch[:2]) == [False, False]
+    assert len(read_log(redis, "B", "atp")) == 2  # nothing kept: no record
+    Replayer(redis, "rb").apply(read_log(redis, "B", "atp"))  # a rebuild keeps every batch's marks
+    assert redis.get(event_marks_key("B", "r-1", "rb")) == " held confirmed"
+    # a record kept before marks existed ([rid, event]) replays as it was written
+    old = Record(sku="B", q=3, fn="publish", now_ms=T0, args=("r-9", '{"n":9}'))
+    Replayer(redis, "atp").apply([old])
+    assert read_log(redis, "B", "atp")[-1].args == ("r-9", '{"n":9}')
+    assert reservation_messages("B", read_log_raw(redis, "B", "atp")[-1], "publish") == [("r-9", b'{"n":9}')]

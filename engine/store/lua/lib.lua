@@ -79,7 +79,7 @@
 --           changed_key: one per keyspace, or per cluster slot): F.record puts the SKU in when
 --           its log was empty, the relay's trim takes it out when it empties the log
 --  18… stash (apply.lua only, optional) the reply stash keys of the commands, K.stashes
---       (engine/store/reply_stash.py); publish.lua: 18 the reservation's event marks (K.marks)
+--       (engine/store/reply_stash.py); publish.lua: 18… the events' reservations' marks (K.marks)
 -- ARGV (every script): 1 sku, 2 now_ms (0 = Redis TIME; > 0 only from tests), then the entry's own.
 --
 -- Rules: docs/semantics.md, mirrored step by step from engine/domain/oracle.py so that replies and
@@ -159,6 +159,7 @@ local function begin(keys, argv)
     buried = 0,               -- lines buried in this call (F.bury)
     expired = {},             -- the lines this call expired, as their record effect (F.expired)
     wrote = false,            -- the call changed the SKU's state (F.record logs it)
+    args = false,             -- the record's args when not the call's own (publish.lua)
   }
   pol, rel, locs, loc_raw, state_set, lots, lines = {}, {}, {}, {}, {}, {}, {}
   line_raw, line_home, line_orig, pool_dirty, pool_now, pool_fresh = {}, {}, {}, {}, {}, {}
@@ -1486,7 +1487,7 @@ end
 -- from which the same call on the same state gives the same state again (every entry is a pure
 -- function of the state, NOW and ARGV). It is written as the JSON the relay ships:
 -- {"sku", "q": the SKU's change number (1, 2, …; '!Q' in the state hash), "fn": the entry,
--- "now_ms", "args": ARGV from 3 on, "stash": apply's stash keys without the key prefix (KEYS
+-- "now_ms", "args": ARGV from 3 on (or S.args: publish.lua keeps only the events it kept), "stash": apply's stash keys without the key prefix (KEYS
 -- from 18 on), when there are some, "expired": the lines the call expired (F.expired), when
 -- there are some}. The SKU is a validated id: no escaping needed.
 -- A call that changed nothing (a refusal, a duplicate, a read) leaves no record.
@@ -1494,7 +1495,11 @@ function F.record(name)
   if not S.wrote then return end
   local q = redis.call('HINCRBY', K.state, '!Q', 1)
   local args = '[]'
-  if #ARGV > 2 then args = cjson.encode({ unpack(ARGV, 3) }) end
+  if S.args then
+    args = cjson.encode(S.args)
+  elseif #ARGV > 2 then
+    args = cjson.encode({ unpack(ARGV, 3) })
+  end
   local stash = ''
   if K.stashes then
     local tails = {}
