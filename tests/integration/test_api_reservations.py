@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -414,8 +415,6 @@ async def test_concurrent_answers_on_one_sku_keep_their_events_in_shared_calls(
     """The events of concurrent holds whose first SKU is the same go into the log together (one
     ``publish`` call per batch, as the holds themselves are coalesced): every event once, in
     fewer records than holds."""
-    import asyncio
-
     seed(store, "BATCH-1", 100)
     auth = bearer(RESERVER)
     async with in_process(make_app(settings.model_copy(update={"relay": False}), topics)) as api:
