@@ -683,7 +683,9 @@ class _Hot:
         task = self.progress.add_task(f"P7 {self.label}: build {sh.size:,} lines", total=sh.size)
         t0 = time.monotonic()
         self.store.set_policy(self.sku, {"mode": "presell", "cap_pm": 1000})
-        self._supply("count", loc=LOC, on_hand=sh.shipped + 2 * b)
+        # the expired kind holds its units until the second it comes due: room for all of them, so the
+        # build never waits on the clock
+        self._supply("count", loc=LOC, on_hand=sh.shipped + sh.expired + 2 * b)
         left = {"shipped": sh.shipped, "released": sh.released, "expired": sh.expired}
         while any(left.values()):  # the three kinds interleaved, as a real history ends them
             for kind in ("shipped", "released", "expired"):

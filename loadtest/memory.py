@@ -53,7 +53,7 @@ def _settled_memory(client: Any) -> int:
 
 def _create(target: Target, variant: str, cfg: MemoryConfig, progress: Progress) -> dict[str, Any]:
     from engine.store.changelog import trim_logs
-    from engine.store.keys import sku_keys
+    from engine.store.keys import KEY_NAMES, sku_keys
     from engine.store.store import Store, SupplyCommand
 
     client = target.client()
@@ -83,7 +83,7 @@ def _create(target: Target, variant: str, cfg: MemoryConfig, progress: Progress)
     keys = client.dbsize() - keys0
     one = sku_keys(names[len(names) // 2], target.prefix)
     per_key = {}
-    for name in ("loc", "lots", "res", "exp", "pol", "cust", "chan", "srel", "evt", "off", "jrnl", "seq"):
+    for name in KEY_NAMES:
         usage = client.memory_usage(getattr(one, name), samples=0)
         if usage:
             per_key[name] = {"bytes": int(usage),

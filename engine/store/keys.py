@@ -96,28 +96,6 @@ class SkuKeys:
     def all(self) -> list[str]:
         return [getattr(self, name) for name in KEY_NAMES]
 
-    # The location buckets, line counter, offsets, event-id log and journal used to be keys of
-    # their own; they are fields of ``state`` now (one small hash per idle SKU).
-    @property
-    def loc(self) -> str:
-        return self.state
-
-    @property
-    def seq(self) -> str:
-        return self.state
-
-    @property
-    def off(self) -> str:
-        return self.state
-
-    @property
-    def evt(self) -> str:
-        return self.state
-
-    @property
-    def jrnl(self) -> str:
-        return self.state
-
 
 def sku_keys(sku: str, prefix: str = DEFAULT_PREFIX) -> SkuKeys:
     """The keys of ``sku`` under ``prefix``; raises ``ValueError`` for a bad sku or prefix."""

@@ -56,7 +56,7 @@ Clock = int | Callable[[], int] | None
 SWEEP_CHUNK = 100  # SKUs per pipelined round trip of the sweeper
 #: Lines one sweep call purges at most: a long history is purged in many short calls, so no call
 #: keeps Redis (which runs one script at a time) from every other SKU for long.
-PURGE_LINES_PER_CALL = 32
+PURGE_LINES_PER_CALL = 16
 MAX_KEEP_REPLIES_S = 86_400
 MAX_RETENTION_MS = 3650 * 86_400_000
 

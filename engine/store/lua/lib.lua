@@ -323,13 +323,24 @@ end
 
 ----------------------------------------------------------------------------- lines
 
--- the line table of a stored line
+-- the pool index's name of the pool an allocation (kind, ref, loc) draws on (KEYS[12])
+local function pool_name(kind, ref, at)
+  if kind == 'oh' then return 'o' .. at end
+  if kind == 'lot' then return 'l' .. ref end
+  if kind == 'bo' then return 'b' end
+  return 's'
+end
+
+-- the line table of a stored line, and the names of the pools its allocations draw on (as in
+-- F.line_pools: read here, where the entries are parsed anyway, so that F.sync_pools need not
+-- parse the stored form again to find the members a changed line leaves)
 function F.decode_line(rid, raw)
   local state, qty, loc, exp, seq, channel, customer, promised, atp, alloc = string.match(raw,
     '^(%a+)|(%d+)|([^|]*)|(%d+)|(%d+)|([^|]*)|([^|]*)|(%d+)|(%-?%d+)|(.*)$')
-  local entries = {}
+  local entries, names = {}, {}
   for kind, ref, at, q in string.gmatch(alloc, '([^,;]+),([^,;]*),([^,;]+),(%d+)') do
     entries[#entries + 1] = { kind, ref, at, tonumber(q) }
+    names[pool_name(kind, ref, at)] = true
   end
   local expires = tonumber(exp)
   return {
@@ -338,13 +349,16 @@ function F.decode_line(rid, raw)
     promised_ms = tonumber(promised), atp_after = tonumber(atp),
     -- the due bucket the line is counted in (held lines only)
     bucket = state == 'held' and expires > 0 and F.due_at(expires) or nil,
-  }
+  }, names
 end
 
 function F.got_line(rid, raw, home)
   if raw then
-    local line = F.decode_line(rid, raw)
+    local line, names = F.decode_line(rid, raw)
     lines[rid] = line
+    if pool_now[rid] == nil and (line.state == 'held' or line.state == 'committed') then
+      pool_now[rid] = { seq = line.seq, names = names } -- what F.stored_pools(raw) would say
+    end
     line_raw[rid] = raw
     line_orig[rid] = raw
     line_home[rid] = home
@@ -864,16 +878,7 @@ function F.line_pools(seq, allocs)
   local names = {}
   for i = 1, #allocs do
     local a = allocs[i]
-    local kind = a[1]
-    if kind == 'oh' then
-      names['o' .. a[3]] = true
-    elseif kind == 'lot' then
-      names['l' .. a[2]] = true
-    elseif kind == 'bo' then
-      names.b = true
-    else
-      names.s = true
-    end
+    names[pool_name(a[1], a[2], a[3])] = true
   end
   return { seq = seq, names = names }
 end
