@@ -40,7 +40,7 @@ from engine import metrics
 from engine.flow.parse import dead_letter, supply_command
 from engine.flow.records import Command, Outcome
 from engine.store.keys import decode_rid_index, rid_index_key, validate_sku
-from engine.store.store import Store
+from engine.store.store import Positions, Store
 
 log = logging.getLogger(__name__)
 
@@ -223,16 +223,19 @@ class Applier:
 
     def _apply(self, store: Store, bound: list[Command], out: list[Applied]) -> list[dict[str, Any] | None]:
         supplies = [c.supply for c in bound]
+        keep = self._keep_s
+        # the alert step judges each reply's position; without it only a watched SKU's gauges read one
+        positions: Positions = True if keep else metrics.is_watched
         try:
-            keep = self._keep_s
-            return list(self._retrying(lambda: store.apply(supplies, keep_replies_s=keep)))  # type: ignore[arg-type]
+            return list(self._retrying(
+                lambda: store.apply(supplies, keep_replies_s=keep, positions=positions)))  # type: ignore[arg-type]
         except ResponseError as exc:
             log.error("a batch of %d commands failed (%s); applying one by one to isolate it", len(bound), exc)
         replies: list[dict[str, Any] | None] = []
         for c in bound:
             try:
                 replies.append(self._retrying(
-                    lambda c=c: store.apply([c.supply], keep_replies_s=self._keep_s))[0])  # type: ignore[list-item]
+                    lambda c=c: store.apply([c.supply], keep_replies_s=keep, positions=positions))[0])  # type: ignore[list-item]
             except ResponseError as exc:
                 sc = c.sku_command
                 out.append(dead_letter(c.raw, "apply_failed", str(exc)[:300], sc.event_type, sc.event_id))

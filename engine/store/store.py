@@ -58,6 +58,12 @@ SWEEP_CHUNK = 100  # SKUs per pipelined round trip of the sweeper
 #: keeps Redis (which runs one script at a time) from every other SKU for long.
 PURGE_LINES_PER_CALL = 16
 MAX_KEEP_REPLIES_S = 86_400
+#: apply.lua's keep_s for a reply without its position (nothing kept either)
+BARE_REPLY = -1
+#: Which supply replies carry the SKU's position: all (True), none (False), or those of the SKUs
+#: a predicate accepts. Computing it reads every lot of the SKU, the most costly part of most
+#: stream commands, so a caller that does not read it says so.
+Positions = bool | Callable[[str], bool]
 MAX_RETENTION_MS = 3650 * 86_400_000
 
 
@@ -190,7 +196,8 @@ class _Base:
             return None
         return [sku_keys(s, self.prefix).pos for s in skus]
 
-    def _apply_calls(self, commands: Iterable[SupplyCommand], keep_replies_s: int = 0) -> list[scripts.Call]:
+    def _apply_calls(self, commands: Iterable[SupplyCommand], keep_replies_s: int = 0,
+                     positions: Positions = True) -> list[scripts.Call]:
         check_int(keep_replies_s, "keep_replies_s", 0, MAX_KEEP_REPLIES_S)
         calls = []
         for c in commands:
@@ -200,7 +207,10 @@ class _Base:
             stash = _stash_key(self.prefix, c) if keep_replies_s else None
             if stash is not None:  # the reply stash: one more key, in the SKU's slot
                 keys = [*keys, stash]
-            args += [keep_replies_s if stash is not None else 0, self.job_lines]
+                keep = keep_replies_s  # (a kept reply always has its position)
+            else:
+                keep = 0 if positions is True or (positions is not False and positions(c.sku)) else BARE_REPLY
+            args += [keep, self.job_lines]
             calls.append((script, keys, args))
         return calls
 
@@ -317,15 +327,17 @@ class Store(_Base):
                 raw[i] = r
         return [decode_reply(r) for r in raw]
 
-    def apply(self, commands: Sequence[SupplyCommand], keep_replies_s: int = 0) -> list[dict[str, Any]]:
+    def apply(self, commands: Sequence[SupplyCommand], keep_replies_s: int = 0,
+              positions: Positions = True) -> list[dict[str, Any]]:
         """Apply supply commands (any SKUs) in one pipelined round trip; one supply reply each.
 
         Commands of one SKU are applied in the order given, up to 16 in one script call. ``keep_replies_s`` > 0: each command
         with an input position (``source`` = ``topic:partition``, ``offset`` ≥ 0) that is applied
         or refused as a duplicate by event id also keeps its reply under its stash key
         (``engine.store.reply_stash``) for that many seconds, in the same script call.
+        ``positions`` (``Positions``): the replies that carry ``position``; a kept reply always does.
         """
-        calls = self._apply_calls(commands, keep_replies_s)
+        calls = self._apply_calls(commands, keep_replies_s, positions)
         return [decode_reply(r) for r in scripts.call_grouped(self.redis, calls)]
 
     def publish(self, sku: str, rid: str, event: bytes | str, change: str) -> bool:
@@ -580,10 +592,11 @@ class AsyncStore(_Base):
                 raw[i] = r
         return [decode_reply(r) for r in raw]
 
-    async def apply(self, commands: Sequence[SupplyCommand], keep_replies_s: int = 0) -> list[dict[str, Any]]:
+    async def apply(self, commands: Sequence[SupplyCommand], keep_replies_s: int = 0,
+                    positions: Positions = True) -> list[dict[str, Any]]:
         """See ``Store.apply``."""
         await self.ready()
-        calls = self._apply_calls(commands, keep_replies_s)
+        calls = self._apply_calls(commands, keep_replies_s, positions)
         return [decode_reply(r) for r in await scripts.acall_grouped(self.redis, calls)]
 
     async def publish(self, sku: str, rid: str, event: bytes | str, change: str) -> bool:

@@ -17,6 +17,7 @@ from engine.flow.records import Outcome
 from engine.flow.runner import topic_bases
 from engine.flow.source import RawMessage
 from engine.store.keys import sku_keys
+from engine.store.reply_stash import STASH_TTL_S
 from engine.store.store import Store
 
 T = Topics()
@@ -40,7 +41,8 @@ class Feed:
         return self.raw(topic, orjson.dumps(body))
 
 
-def run(redis: Any, items: list[Any], batch_size: int = 100, extras: tuple = ()) -> tuple[list, list]:
+def run(redis: Any, items: list[Any], batch_size: int = 100, extras: tuple = (),
+        keep_replies_s: int = STASH_TTL_S) -> tuple[list, list]:
     outcomes: list[tuple[str, Outcome]] = []
     dlq: list[DlqRecord] = []
     flow = build_flow(
@@ -51,6 +53,7 @@ def run(redis: Any, items: list[Any], batch_size: int = 100, extras: tuple = ())
         TestingSink(dlq),
         TestingSink(outcomes),
         extras=extras,
+        keep_replies_s=keep_replies_s,
     )
     run_main(flow)
     return outcomes, dlq
@@ -86,6 +89,23 @@ def test_events_are_applied_in_log_order_and_each_command_becomes_an_outcome(red
     assert placed.reply["position"]["committed"] == 3
     a = position(redis, "A")
     assert (a["on_hand"], a["committed"], a["atp"]) == (8, 3, 5)
+
+
+def test_without_the_alert_step_only_a_watched_skus_replies_carry_a_position(redis: Any) -> None:
+    f = Feed()
+    items = [f.event(T.adjustments, f"c{sku}", "stock.counted", sku=sku, location="WH1", on_hand=4) for sku in "AB"]
+    metrics.configure_watch_list(["A"])
+    try:
+        outcomes, dlq = run(redis, items, keep_replies_s=0)
+    finally:
+        metrics.configure_watch_list([])
+    assert dlq == [] and [o.status for _, o in outcomes] == ["ok", "ok"]
+    replies = {sku: o.reply for sku, o in outcomes}
+    assert replies["A"]["position"]["atp"] == 4 and "position" not in replies["B"]
+    assert position(redis, "B")["atp"] == 4  # applied all the same
+    # with the alert step (which keeps each reply, and judges its position) every reply has one
+    outcomes, _ = run(redis, [f.event(T.adjustments, "cB2", "stock.counted", sku="B", location="WH1", on_hand=6)])
+    assert outcomes[0][1].reply["position"]["atp"] == 6
 
 
 def test_a_bad_message_goes_to_the_dlq_whole_and_the_next_good_event_is_applied(redis: Any) -> None:

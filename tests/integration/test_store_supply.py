@@ -252,3 +252,37 @@ def test_a_policy_change_rebalances(store: Store) -> None:
     assert reply["at_risk"] == [{"rid": "r2", "short": 3}]
     assert store.get_policy("S")["safety"] == 3
     assert store.dump("S")["policy"]["safety"] == 3
+
+
+def _bare_setup(store: Store, sku: str) -> None:
+    store.set_policy(sku, {"mode": "presell", "cap_pm": 1000})
+    one(store, cmd("count", sku=sku, loc="A", on_hand=2))
+    one(store, cmd("inbound_created", sku=sku, inbound_id="L1", loc="A", qty=10, eta_ms=T0 + DAY, supplier="s"))
+    store.hold_batch(sku, [HoldRequest(f"r{i}", 2) for i in range(6)])
+
+
+@pytest.mark.parametrize("job_lines", [0, 1])
+def test_a_reply_leaves_out_the_position_only_for_a_caller_that_says_so(store: Store, job_lines: int) -> None:
+    store.job_lines = job_lines  # 1: the job runs over several calls ('~continue' keeps the choice)
+    for sku in ("F", "B", "P"):
+        _bare_setup(store, sku)
+    # a lot cancelled under live holds: a job whose reply names the lines at risk
+    full = store.apply([cmd("inbound_cancelled", sku="F", inbound_id="L1")])[0]
+    bare = store.apply([cmd("inbound_cancelled", sku="B", inbound_id="L1")], positions=False)[0]
+    assert "position" in full and "position" not in bare
+    assert {k: v for k, v in full.items() if k != "position"} == bare
+    assert len(bare["at_risk"]) == 5  # the reply is the same otherwise, lines at risk included
+    # the state is the same either way: only the reply differs
+    assert {k: v for k, v in store.position("B").items() if k != "sku"} == \
+        {k: v for k, v in store.position("F").items() if k != "sku"}
+    def lines(sku: str) -> dict[str, Any]:
+        return {rid: {k: v for k, v in line.items() if k != "sku"} for rid, line in store.dump(sku)["lines"].items()}
+
+    assert lines("B") == lines("F")
+    # a predicate picks the SKUs whose replies carry one; a kept reply always does
+    [p, f] = store.apply([cmd("count", sku="P", loc="A", on_hand=9), cmd("count", sku="F", loc="A", on_hand=9)],
+                         positions=lambda sku: sku == "P")
+    assert p["position"]["sku"] == "P" and "position" not in f
+    [kept] = store.apply([cmd("count", sku="B", loc="A", on_hand=3, event_id="k1", offset=0)], keep_replies_s=60,
+                         positions=False)
+    assert kept["position"]["sku"] == "B"

@@ -6,7 +6,8 @@
 --       5 source ('topic:partition', '' = no offset check), 6 offset (-1 = none),
 --       7 payload json (validated and completed by the store; for '~continue' the job's token),
 --       8 journal note: reason|ref, each with '%' and '|' escaped by the store,
---       9 keep_s: seconds to keep the reply under the stash key (0 = not kept),
+--       9 keep_s: seconds to keep the reply under the stash key (0 = not kept; -1 = not kept,
+--         and the reply leaves out "position": its caller has no use for it),
 --      10 the most lines one call works on (0 = JOB_LINES)
 -- cmd: inbound_created | inbound_updated | inbound_cancelled | receipt | adjust | count | ship |
 --      order_placed | order_cancelled | policy | reliability, or '~continue': the next part of
@@ -30,7 +31,12 @@
 -- (a replay aid for the flow's alert step); a duplicate by offset writes nothing.
 
 local EVENT_LOG_SIZE = 1000
--- lines one call works on before the job pauses (ARGV 10 may set fewer: tests)
+-- lines one call works on before the job pauses (ARGV 10 may set fewer: tests). A count, not a
+-- time: a call must be a pure function of the state, its time and its arguments, so that its
+-- change record replays to the same state (docs/changelog.md). A line costs 20-35 µs of Lua
+-- (decode, re-book, re-encode, index members), so 16 keep a job's call near 0.5 ms; fewer
+-- would shorten it, but every pause also ends a stream batch's call for the SKU (more calls,
+-- each paying the fixed cost again).
 local JOB_LINES = 16
 -- how long a stream command stopped for due holds makes later offsets of its source wait
 local BLOCK_MS = 5000
@@ -262,7 +268,9 @@ local function finish(r, report)
   if r.lot then out[#out + 1] = ',"lot":' .. r.lot end
   if r.line then out[#out + 1] = ',"line":' .. r.line end
   out[#out + 1] = ',' .. lists_json(report or S.report)
-  out[#out + 1] = ',"position":' .. F.position_json(nil) .. '}'
+  -- the position reads every lot of the SKU: the most costly part of a stream command's call
+  if not S.bare then out[#out + 1] = ',"position":' .. F.position_json(nil) end
+  out[#out + 1] = '}'
   if not S.group then flush_all() end -- (apply_many writes back once, after its last command)
   return table.concat(out)
 end
@@ -327,6 +335,7 @@ end
 local function apply_one(c, seen)
   local cmd, event_id, source, offset = c.cmd, c.event_id, c.source, c.offset
   S.budget = c.budget > 0 and c.budget or JOB_LINES
+  S.bare = c.keep_s < 0
   S.report = { at_risk = {}, slipped = {} }
   S.touched, S.touched_order = {}, {}
 

@@ -160,6 +160,7 @@ local function begin(keys, argv)
     expired = {},             -- the lines this call expired, as their record effect (F.expired)
     wrote = false,            -- the call changed the SKU's state (F.record logs it)
     args = false,             -- the record's args when not the call's own (publish.lua)
+    bare = false,             -- apply.lua: the command's reply leaves out the position
   }
   pol, rel, locs, loc_raw, state_set, lots, lines = {}, {}, {}, {}, {}, {}, {}
   line_raw, line_home, line_orig, pool_dirty, pool_now, pool_fresh = {}, {}, {}, {}, {}, {}
