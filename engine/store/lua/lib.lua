@@ -126,6 +126,8 @@ local due_folded            -- T -> true: folded in this call (its allocations a
 local due_use               -- 'c<T>|<customer>' / 'h<T>|<channel>' -> delta
 local use_chg               -- K.cust / K.chan -> who -> delta: usage changes to write
 local NUM                   -- number -> its decimal string
+local PROM                  -- lot table -> its promisable units, and 'order:<loc>' -> the lot ids
+                            -- of F.lots_in_order; until a lot's terms change (F.lots_changed)
 local OH_ALLOC              -- location -> qty -> stored form of one on-hand allocation there
 
 -- start a call: its keys, arguments and time, and empty state
@@ -164,7 +166,7 @@ local function begin(keys, argv)
   }
   pol, rel, locs, loc_raw, state_set, lots, lines = {}, {}, {}, {}, {}, {}, {}
   line_raw, line_home, line_orig, pool_dirty, pool_now, pool_fresh = {}, {}, {}, {}, {}, {}
-  lot_chg, line_chg, dead_chg, exp_add, NUM, OH_ALLOC = {}, {}, {}, {}, {}, {}
+  lot_chg, line_chg, dead_chg, exp_add, NUM, OH_ALLOC, PROM = {}, {}, {}, {}, {}, {}, {}
   due_chg, due_raw, due_folded, due_use = {}, {}, {}, {}
   use_chg = { [K.cust] = {}, [K.chan] = {} }
 end
@@ -210,6 +212,7 @@ end
 ----------------------------------------------------------------------------- state
 
 function F.parse_policy(raw)
+  F.lots_changed()
   local p = pol
   p.mode, p.cap_pm, p.horizon_s, p.use_reliability, p.backorder_limit = 'strict', 1000, 0, false, 0
   p.backorder_days, p.safety, p.order_cap, p.customer_limit, p.quotas = 14, 0, 0, 0, {}
@@ -314,12 +317,28 @@ function F.get_lots()
 end
 
 function F.promisable(lot)
-  if pol.mode == 'strict' or lot.closing then return 0 end
-  if pol.horizon_s > 0 and lot.eta_ms > NOW + pol.horizon_s * 1000 then return 0 end
-  local r = 1000
-  if pol.use_reliability then r = F.reliability(lot.supplier) end
-  -- < 2^53, so the double quotient floors exactly
-  return math.floor(lot.qty * pol.cap_pm * r / 1000000)
+  local p = PROM[lot]
+  if p then return p end
+  if pol.mode == 'strict' or lot.closing then
+    p = 0
+  elseif pol.horizon_s > 0 and lot.eta_ms > NOW + pol.horizon_s * 1000 then
+    p = 0
+  else
+    local r = 1000
+    if pol.use_reliability then r = F.reliability(lot.supplier) end
+    -- < 2^53, so the double quotient floors exactly
+    p = math.floor(lot.qty * pol.cap_pm * r / 1000000)
+  end
+  PROM[lot] = p
+  return p
+end
+
+-- a lot's terms (qty, ETA, closing), the set of lots, the policy or a supplier's reliability
+-- changed: what F.promisable and F.lots_in_order remembered is stale. (Every hold reads each lot
+-- two or three times, and a batch of holds or stream commands reads them all again per command:
+-- with a hundred open lots that was a large part of a call.)
+function F.lots_changed()
+  PROM = {}
 end
 
 ----------------------------------------------------------------------------- lines
@@ -1169,6 +1188,8 @@ end
 
 -- lot ids at loc ('' = any) by (eta_ms, id)
 function F.lots_in_order(loc)
+  local memo = 'order:' .. loc
+  if PROM[memo] then return PROM[memo] end
   local all = F.get_lots()
   local ids = {}
   for id, lot in pairs(all) do
@@ -1182,10 +1203,12 @@ function F.lots_in_order(loc)
       return blt(a, b)
     end)
   end
+  PROM[memo] = ids
   return ids
 end
 
 function F.lot_delete(id)
+  F.lots_changed()
   F.get_lots()[id] = nil
   lot_chg[id] = false
 end
