@@ -336,7 +336,7 @@ end
 -- a lot's terms (qty, ETA, closing), the set of lots, the policy or a supplier's reliability
 -- changed: what F.promisable and F.lots_in_order remembered is stale. (Every hold reads each lot
 -- two or three times, and a batch of holds or stream commands reads them all again per command:
--- with a hundred open lots that was a large part of a call.)
+-- with a hundred open lots they are a large part of a call.)
 function F.lots_changed()
   PROM = {}
 end
