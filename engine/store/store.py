@@ -199,6 +199,7 @@ class _Base:
     def _apply_calls(self, commands: Iterable[SupplyCommand], keep_replies_s: int = 0,
                      positions: Positions = True) -> list[scripts.Call]:
         check_int(keep_replies_s, "keep_replies_s", 0, MAX_KEEP_REPLIES_S)
+        wants_position = positions if callable(positions) else (lambda _sku: positions)
         calls = []
         for c in commands:
             if not isinstance(c, SupplyCommand):
@@ -209,7 +210,7 @@ class _Base:
                 keys = [*keys, stash]
                 keep = keep_replies_s  # (a kept reply always has its position)
             else:
-                keep = 0 if positions is True or (positions is not False and positions(c.sku)) else BARE_REPLY
+                keep = 0 if wants_position(c.sku) else BARE_REPLY
             args += [keep, self.job_lines]
             calls.append((script, keys, args))
         return calls
