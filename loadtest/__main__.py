@@ -33,7 +33,7 @@ from loadtest.atp_query import AtpQueryConfig, run_atp_query
 from loadtest.flash_sale import FlashSaleConfig, run_flash_sale
 from loadtest.history_cost import HistoryCostConfig, parse_sizes, run_history_cost
 from loadtest.http_sale import HttpSaleConfig, run_http_sale
-from loadtest.limits import LimitResult, Limits, measure_limits, measure_minimal, run_limit
+from loadtest.limits import LimitResult, Limits, measure_floor, measure_limits, measure_minimal, run_limit
 from loadtest.memory import MemoryConfig, run_memory
 from loadtest.progress import bench_progress, console
 from loadtest.report import CLUSTER_BENCHES, HOT, WIDE, cluster_table, summary_rows, write_results
@@ -186,7 +186,7 @@ def _shaped(name: str, config: Any, skus: int) -> Any:
 
 
 def run_cluster_comparison(standalone: Target, names: list[str], cfg: dict[str, Any], progress: Any,
-                           e1: float, e16: float, done: dict[str, Any]) -> dict[str, Any]:
+                           e1: float, e16: float, done: dict[str, Any], m16: float = 0.0) -> dict[str, Any]:
     """P1, P2 and P4 (those of ``names``) on ``standalone`` and on an embedded Redis Cluster, each
     on 1 hot SKU and on ``cfg["wide_skus"]``, with the sizes of ``cfg``. The standalone hot P1 and
     P2 are those of ``done`` (the run's own, same sizes). Cells run one after the other, standalone
@@ -208,7 +208,7 @@ def run_cluster_comparison(standalone: Target, names: list[str], cfg: dict[str, 
                     # a token of the cell's own: its SKUs and reservation ids are new on either server
                     fresh = dataclasses.replace(target, token=secrets.token_hex(3))
                     try:
-                        out = _guarded(cell, where, lambda n=name, t=fresh, c=config: _bench(n, t, c, progress, e1, e16))
+                        out = _guarded(cell, where, lambda n=name, t=fresh, c=config: _bench(n, t, c, progress, e1, e16, m16))
                     finally:
                         if not fresh.embedded:
                             fresh.cleanup()
@@ -219,9 +219,10 @@ def run_cluster_comparison(standalone: Target, names: list[str], cfg: dict[str, 
             "table": cluster_table(runs, cfg["wide_skus"])}
 
 
-def _bench(name: str, target: Target, config: Any, progress: Any, e1: float, e16: float) -> dict[str, Any]:
+def _bench(name: str, target: Target, config: Any, progress: Any, e1: float, e16: float,
+           m16: float) -> dict[str, Any]:
     if name == "P1":
-        return run_flash_sale(target, config, progress, e1_rps=e1)
+        return run_flash_sale(target, config, progress, e1_rps=e1, m16_rps=m16)
     if name == "P2":
         return run_http_sale(target, config, progress, e1_rps=e1)
     return run_atp_query(target, config, progress, e16_rps=e16)
@@ -245,15 +246,22 @@ def run(names: list[str], cfg: dict[str, Any], redis_url: str | None, quiet: boo
             results["limits"].update(M1=minimal[0].to_dict(), M16=minimal[1].to_dict())
         e1 = limits.e1.rps if limits else 0.0
         e16 = limits.e16.rps if limits else 0.0
+        m16 = minimal[1].rps if minimal else 0.0
+        floor: LimitResult | None = None
+        if "P6" in names:
+            floor = _guarded(results, "limits_floor", lambda: measure_floor(target, progress, cfg["m1"]))
+            if floor is not None and "error" not in results["limits"]:
+                results["limits"]["F1"] = floor.to_dict()
         for name in names:
             if name == "P1":
-                out = _guarded(results, name, lambda: run_flash_sale(target, cfg["P1"], progress, e1_rps=e1))
+                out = _guarded(results, name, lambda: run_flash_sale(target, cfg["P1"], progress, e1_rps=e1, m16_rps=m16))
             elif name == "P6":
                 if limits is None:
                     results[name] = {"name": name, "error": "needs E1, which could not run"}
                     continue
                 p1 = results.get("P1") if "error" not in results.get("P1", {"error": 1}) else None
-                out = _guarded(results, name, lambda p1=p1: run_script_cost(target, cfg["P6"], progress, limits.e1, p1))
+                out = _guarded(results, name, lambda p1=p1: run_script_cost(
+                    target, cfg["P6"], progress, limits.e1, p1, m1=minimal[0] if minimal else None, floor=floor))
             elif name == "P4":
                 out = _guarded(results, name, lambda: run_atp_query(target, cfg["P4"], progress, e16_rps=e16))
             elif name == "P5":
@@ -267,7 +275,7 @@ def run(names: list[str], cfg: dict[str, Any], redis_url: str | None, quiet: boo
             if out is not None:
                 results[name] = out
         if cfg.get("cluster") and any(n in CLUSTER_BENCHES for n in names):
-            out = _guarded(results, "cluster", lambda: run_cluster_comparison(target, names, cfg, progress, e1, e16, results))
+            out = _guarded(results, "cluster", lambda: run_cluster_comparison(target, names, cfg, progress, e1, e16, results, m16))
             if out is not None:
                 results["cluster"] = out
         if limits is not None and names:

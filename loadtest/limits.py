@@ -223,28 +223,49 @@ redis.call('HSET', KEYS[2], ARGV[1], qty)
 return 1
 """
 
+#: F1: the floor of an engine hold — M1 plus the three things every hold of this engine must also
+#: do: refuse a reservation id it has already booked (a retried hold books once), give the line
+#: its expiry (a hold ends by itself) and append the change record (docs/changelog.md). No policy,
+#: guard, lot or bucket: whatever an engine hold costs beyond this is its design's.
+FLOOR_SCRIPT = """local qty = tonumber(ARGV[2])
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 2 end
+local left = tonumber(redis.call('GET', KEYS[1]) or '0')
+if left < qty then return 0 end
+redis.call('DECRBY', KEYS[1], qty)
+redis.call('HSET', KEYS[2], ARGV[1], qty)
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('RPUSH', KEYS[4], '{"fn":"hold","rid":"' .. ARGV[1] .. '","qty":' .. qty .. ',"exp":' .. ARGV[3] .. '}')
+return 1
+"""
 
-def minimal_keys(target: Target, name: str) -> list[str]:
-    """The two keys of the minimal script (stock, reservations) of a SKU of this run, in one slot."""
+
+def minimal_keys(target: Target, name: str, floor: bool = False) -> list[str]:
+    """The keys of the minimal script (stock, reservations) or of the floor script (and expiry,
+    log) of a SKU of this run, in one slot."""
     base = f"{target.prefix}:{{{target.sku(name)}}}"
-    return [f"{base}:m-stock", f"{base}:m-holds"]
+    keys = [f"{base}:m-stock", f"{base}:m-holds"]
+    return [*keys, f"{base}:m-expiry", f"{base}:m-log"] if floor else keys
 
 
 def run_minimal(target: Target, name: str, pipeline: int, requests: int, progress: Progress,
-                clients: int = 50) -> LimitResult:
-    """redis-benchmark of ``MINIMAL_SCRIPT``, one reservation of qty 1 per call (a fresh id each),
-    on a stock that never runs out; same shape of run as ``run_limit``."""
+                clients: int = 50, floor: bool = False) -> LimitResult:
+    """redis-benchmark of ``MINIMAL_SCRIPT`` (or, with ``floor``, ``FLOOR_SCRIPT``), one
+    reservation of qty 1 per call (a fresh id each), on a stock that never runs out; same shape
+    of run as ``run_limit``. The run's keys are deleted afterwards."""
     binary = ensure_redis_benchmark()
     client = target.client()
-    keys = minimal_keys(target, name)
+    keys = minimal_keys(target, name, floor)
     client.set(keys[0], HUGE_STOCK)
-    sha = client.script_load(MINIMAL_SCRIPT)
-    cmd = [*_benchmark_cmd(binary, target, clients, requests, pipeline), "EVALSHA", sha, "2", *keys,
-           target.rid("m-__rand_int__"), "1"]
+    sha = client.script_load(FLOOR_SCRIPT if floor else MINIMAL_SCRIPT)
+    expiry = [str(int(time.time() * 1000) + 600_000)] if floor else []
+    cmd = [*_benchmark_cmd(binary, target, clients, requests, pipeline), "EVALSHA", sha, str(len(keys)), *keys,
+           target.rid("m-__rand_int__"), "1", *expiry]
+    what = "floor of a hold" if floor else "minimal script"
     try:
         out, err, seconds, series, phase = _drive(client, name, cmd, requests, progress,
-                                                  f"minimal script, redis-benchmark -c {clients} -P {pipeline}")
+                                                  f"{what}, redis-benchmark -c {clients} -P {pipeline}")
         taken = HUGE_STOCK - int(client.get(keys[0]) or 0)
+        client.unlink(*keys)
     finally:
         client.close()
     figures = parse_csv(out)
@@ -286,3 +307,8 @@ def measure_minimal(target: Target, progress: Progress, m1_requests: int = 50_00
     """M1 then M16 (the minimal script) on the target server."""
     return (run_minimal(target, "M1", 1, m1_requests, progress),
             run_minimal(target, "M16", 16, m16_requests, progress))
+
+
+def measure_floor(target: Target, progress: Progress, requests: int = 50_000) -> LimitResult:
+    """F1 (the floor of an engine hold, one per call) on the target server."""
+    return run_minimal(target, "F1", 1, requests, progress, floor=True)

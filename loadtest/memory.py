@@ -23,6 +23,7 @@ from typing import Any
 from loadtest.progress import Progress
 from loadtest.server_stats import used_memory
 from loadtest.target import Target
+from loadtest.targets import P5_BYTES
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def _create(target: Target, variant: str, cfg: MemoryConfig, progress: Progress)
         "bytes_per_waiting_record": round((waiting - after) / cfg.positions, 1),
         "memory_usage_of_one_sku": per_key,
         "memory_usage_sum": sum(v["bytes"] for v in per_key.values()),
-        "target_met": per_position <= 300,
+        "target_met": per_position <= P5_BYTES,
     }
 
 
@@ -116,7 +117,7 @@ def run_memory(target: Target, cfg: MemoryConfig, progress: Progress) -> dict[st
         "name": "P5",
         "redis_version": version,
         "bytes_per_position": stream["bytes_per_position"],
-        "target": "<= 300 bytes per position",
+        "target": f"<= {P5_BYTES} bytes per position",
         "target_met": stream["target_met"],
         "stream_counts": stream,
         "operator_counts": operator,
