@@ -113,7 +113,7 @@ def _talking_to_redis(settings: Settings) -> Iterator[None]:
     """Turn Redis failures into a one-line error naming the server (exit 1)."""
     from redis.exceptions import RedisClusterException, RedisError
 
-    from engine.api.redis_conn import UNREACHABLE
+    from engine.store.connect import UNREACHABLE
 
     where = _redact(settings.redis_url)
     try:
@@ -213,8 +213,8 @@ def _render_policy(view: dict[str, Any]) -> None:
 
 
 def _client(settings: Settings) -> Any:
-    from engine.api.redis_conn import RedisNotConfigured, sync_redis
-    from engine.client import AtpClient
+    from engine.reservations.client import AtpClient
+    from engine.store.connect import RedisNotConfigured, sync_redis
 
     try:
         redis = sync_redis(settings)
@@ -240,7 +240,7 @@ def _need_broker(settings: Settings) -> None:
 
 
 def _store(settings: Settings) -> Any:
-    from engine.api.redis_conn import RedisNotConfigured, sync_redis
+    from engine.store.connect import RedisNotConfigured, sync_redis
     from engine.store.store import Store
 
     try:
@@ -251,8 +251,8 @@ def _store(settings: Settings) -> Any:
 
 def _result_out(result: Any, as_json: bool) -> None:
     """Print a client ``Reservation`` (exit 0) or ``Refusal`` (exit 3)."""
-    from engine.api.views import reservation_body, reservation_view
-    from engine.client import Reservation
+    from engine.reservations.client import Reservation
+    from engine.reservations.views import reservation_body, reservation_view
 
     if isinstance(result, Reservation):
         _emit(reservation_view(result), as_json, _render_reservation)
@@ -284,7 +284,7 @@ def get(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a SKU's buckets and ATP (keys as GET /v1/atp/{sku})."""
-    from engine.api.views import position_view
+    from engine.reservations.views import position_view
 
     _require_id("sku", sku)
     if location is not None:
@@ -303,7 +303,7 @@ def journal(
     as_json: JsonOpt = False,
 ) -> None:
     """Show what was applied to a SKU, newest first (keys as GET /v1/skus/{sku}/journal)."""
-    from engine.api.views import journal_view
+    from engine.reservations.views import journal_view
 
     _require_id("sku", sku)
     settings = load_settings()
@@ -344,7 +344,7 @@ def reserve(
     as_json: JsonOpt = False,
 ) -> None:
     """Hold every line or none (exit 3 when refused)."""
-    from engine.client import LineRequest, Reservation
+    from engine.reservations.client import LineRequest, Reservation
 
     parsed = [_parse_line(text) for text in lines]
     rid = reservation_id or f"cli-{secrets.token_hex(8)}"
@@ -372,14 +372,14 @@ def reserve(
 
 
 def _emit_reserved(result: Any, as_json: bool) -> None:
-    from engine.api.views import reservation_view
+    from engine.reservations.views import reservation_view
 
     _emit(reservation_view(result), as_json, _render_reservation)
 
 
 def _refusal_body(client: Any, rid: str, parsed: Sequence[tuple[str, int, str | None]], refusal: Any,
                   customer: str | None, channel: str | None) -> dict[str, Any]:
-    from engine.api.views import refusal_view
+    from engine.reservations.views import refusal_view
 
     if refusal.status == "conflict":
         return {
@@ -393,7 +393,7 @@ def _refusal_body(client: Any, rid: str, parsed: Sequence[tuple[str, int, str | 
 
 
 def _lifecycle(op: str, rid: str, as_json: bool, *args: int) -> None:
-    from engine.api.reservation_events import CHANGE_OF
+    from engine.reservations.events import CHANGE_OF
 
     _require_id("reservation_id", rid)
     settings = load_settings()
@@ -408,7 +408,7 @@ def _lifecycle(op: str, rid: str, as_json: bool, *args: int) -> None:
 def _publish_change(client: Any, op: str, result: Any, **extra: Any) -> None:
     """Keep the reservation event of what ``op`` did in the change log, as the API does: a relay
     (the API's, or ``atp relay``) ships it to ``inventory.reservations`` (docs/changelog.md)."""
-    from engine.api.reservation_events import publish_args, published_change
+    from engine.reservations.events import publish_args, published_change
 
     change = published_change(op, result)
     if change is not None:
@@ -479,7 +479,7 @@ def reservations_list(
     """List reservations a page at a time (keys as GET /v1/reservations); --cursor goes on.
 
     Each page does bounded work, so it may hold fewer than --limit, even none, before the end."""
-    from engine.api.views import reservation_page_view
+    from engine.reservations.views import reservation_page_view
     from engine.store.listing import BadCursor
 
     if sku is not None:
@@ -730,7 +730,7 @@ def up(
     from connectors.embedded import EmbeddedError, embedded_stack
     from connectors.kafka import admin_config
     from connectors.topics import Topics, create_topics
-    from engine.demo import engine_processes
+    from engine.dev.demo import engine_processes
 
     settings = load_settings()
     token = None
@@ -760,7 +760,7 @@ def up(
                           replication_factor=running.topic_replication if settings.kafka_bootstrap else 1)
             if redis_dir is not None and not settings.kafka_bootstrap and not settings.redis_url:
                 # kept stock, a new empty log: its offsets start at 0 again
-                from engine.api.redis_conn import sync_redis
+                from engine.store.connect import sync_redis
                 from engine.store.store import Store
 
                 client = sync_redis(running)
@@ -852,7 +852,7 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """Start everything embedded and run a simulated flash sale with a live display."""
-    from engine.demo import run_demo
+    from engine.dev.demo import run_demo
 
     summary = run_demo(load_settings(), duration_s=duration, keep_running=keep_running, as_json=as_json)
     if summary["oversold"] or summary["invariant_violations"]:
@@ -907,7 +907,7 @@ def simulate(
     as_json: JsonOpt = False,
 ) -> None:
     """Send a realistic order / inbound / receipt / adjustment stream to the input topics."""
-    from engine.simulate import produce
+    from engine.dev.simulate import produce
 
     names = _topics(prefix, suffix)
     settings = load_settings()
@@ -952,7 +952,7 @@ def _changes_topic(topic_prefix: str, topic_suffix: str) -> str:
 def _log_clients(settings: Settings, group: str) -> tuple[Any, dict[str, Any]]:
     """A Redis client and the consumer config the change-log commands read the topic with."""
     from connectors.kafka import consumer_config
-    from engine.api.redis_conn import RedisNotConfigured, sync_redis
+    from engine.store.connect import RedisNotConfigured, sync_redis
 
     _need_broker(settings)
     try:

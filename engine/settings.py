@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from engine.domain.ids import id_problem
+from engine.store.wire import RETENTION_S
 
 WATCH_LIMIT = 50
 """Most SKUs on the watch list (``engine.metrics.WATCH_LIMIT`` is the same bound)."""
@@ -114,7 +115,7 @@ class Settings(BaseSettings):
     default_hold_ttl_s: int = Field(600, ge=1, le=86_400)
     sweep_interval_s: float = Field(1.0, gt=0)
     reservation_retention_s: int = Field(
-        7 * 86_400, ge=1, le=3650 * 86_400,
+        RETENTION_S, ge=1, le=3650 * 86_400,
         description="released / expired / shipped reservation lines are purged this long after they ended",
     )
 

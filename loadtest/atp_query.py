@@ -61,7 +61,7 @@ def stock_catalogue(target: Target, names: list[str], seed: int) -> None:
 
 def run_atp_query(target: Target, cfg: AtpQueryConfig, progress: Progress, e16_rps: float = 0.0) -> dict[str, Any]:
     """Query the batch back to back until ``queries`` or ``duration_s``; return the report."""
-    from engine.client import AtpClient
+    from engine.reservations.client import AtpClient
 
     names = [target.sku(f"P4-{i:04d}") for i in range(cfg.skus)]
     stock_catalogue(target, names, cfg.seed)

@@ -94,7 +94,7 @@ def _note(errors: dict[str, int], exc: BaseException) -> None:
 async def _async_sale(job: _Job, done: Any, errors: dict[str, int]) -> History:
     import redis.asyncio as aioredis
 
-    from engine.client import AsyncAtpClient
+    from engine.reservations.client import AsyncAtpClient
 
     if job.cluster:
         # Its pools raise MaxConnectionsError rather than wait: room for every caller on one node.
@@ -137,7 +137,7 @@ async def _async_sale(job: _Job, done: Any, errors: dict[str, int]) -> History:
 def _threaded_sale(job: _Job, done: Any, errors: dict[str, int]) -> History:
     import redis
 
-    from engine.client import AtpClient
+    from engine.reservations.client import AtpClient
 
     if job.cluster:
         conn: Any = redis.RedisCluster.from_url(job.url)

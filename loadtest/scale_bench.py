@@ -2,7 +2,7 @@
 a Redis Cluster of several primaries (docs/scaling.md).
 
 One run: an embedded broker; input topics of ``--partitions`` partitions holding ``--events``
-simulated events (``engine.simulate``, the same for every configuration); then, per Redis shape
+simulated events (``engine.dev.simulate``, the same for every configuration); then, per Redis shape
 (``--primaries``, 1 = a standalone server) and per configuration ``PxW`` (P flow processes of W
 worker threads each, ``python -m engine.flow --until-end``):
 
@@ -40,7 +40,7 @@ from typing import Any
 
 from connectors.embedded import EmbeddedBroker, EmbeddedRedis, EmbeddedRedisCluster, free_port
 from connectors.topics import Topics, create_topics
-from engine.simulate import produce
+from engine.dev.simulate import produce
 from loadtest.progress import bench_progress
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

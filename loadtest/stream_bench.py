@@ -4,7 +4,7 @@ One run, in this order:
 
 1. **E16** — ``redis-benchmark -P 16`` of the engine's hold script (``loadtest.limits``), the Redis
    side of the machine's limits.
-2. **produce** — N simulated events (``engine.simulate``) to fresh input topics.
+2. **produce** — N simulated events (``engine.dev.simulate``) to fresh input topics.
 3. **K** — the raw confluent-kafka consume rate of the same events: one consumer, ``assign`` of
    every input partition from offset 0, read to each partition's end (no parsing).
 4. **naive** — the peer a team would write in a day (``loadtest.naive_applier``): the same events,
@@ -54,10 +54,10 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from connectors.embedded import EmbeddedBroker
 from connectors.topics import Topics, create_topics
 from engine import metrics
+from engine.dev.simulate import produce
 from engine.flow.dataflow import FlowStreams
 from engine.flow.runner import run_flow
 from engine.settings import Settings
-from engine.simulate import produce
 from loadtest.kafka_read import InputReader
 from loadtest.limits import LimitsUnavailable, run_limit
 from loadtest.naive_applier import naive_apply

@@ -8,7 +8,7 @@ __all__ = ["create_app"]
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use: the flow and the CLI import engine.api.redis_conn, and loading
+    # Imported on first use: the CLI imports engine.api.auth for its token commands, and loading
     # FastAPI with it would add a third of a second to every start.
     if name == "create_app":
         from engine.api.app import create_app

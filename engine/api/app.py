@@ -36,12 +36,12 @@ from engine.api.limits import BodySizeLimit
 from engine.api.models import ErrorOut
 from engine.api.observe import RequestMetrics
 from engine.api.publisher import EventPublisher
-from engine.api.redis_conn import async_redis
 from engine.api.routes import atp, health, ops, reservations, skus
-from engine.client import AsyncAtpClient
 from engine.log.relay import Relay
 from engine.observability.api import start_api_observer
+from engine.reservations.client import AsyncAtpClient
 from engine.settings import Settings
+from engine.store.connect import async_redis
 from engine.store.store import AsyncStore
 from engine.store.sweeper import sweep_forever
 
@@ -168,7 +168,8 @@ def create_app(
         observer = start_api_observer(app.state)
         sweeper = (
             asyncio.create_task(
-                sweep_forever(store, settings.sweep_interval_s, on_expired=metrics.record_holds_expired),
+                sweep_forever(store, settings.sweep_interval_s, on_expired=metrics.record_holds_expired,
+                              retention_s=settings.reservation_retention_s),
                 name="atp-hold-sweeper",
             )
             if sweep

@@ -20,10 +20,10 @@ from typing import Any, Literal
 from engine import metrics
 from engine.api.errors import ApiError, OrjsonResponse
 from engine.api.models import ReservationIn
-from engine.api.reservation_events import publish_args, published_change
-from engine.api.views import position_view, refusal_view, reservation_body, reservation_view
-from engine.client import AsyncCoalescer, LineRequest, Refusal, Reservation, Result
 from engine.observability.api import note_hold, note_lifecycle
+from engine.reservations.client import AsyncCoalescer, LineRequest, Refusal, Reservation, Result
+from engine.reservations.events import publish_args, published_change
+from engine.reservations.views import position_view, refusal_view, reservation_body, reservation_view
 from engine.store.store import AsyncStore
 
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -62,7 +62,7 @@ class EventKeeper:
 
 
 async def _publish(state: Any, op: str, result: Result, **extra: Any) -> None:
-    # in the change log before the answer: the relay ships it (reservation_events)
+    # in the change log before the answer: the relay ships it (engine.reservations.events)
     change = published_change(op, result)
     if change is None:
         return

@@ -3,7 +3,7 @@
 The API changes a SKU's figures without an event on the input topics: holds, confirms and releases
 (the sweeper's expiries, too). The rules must see those changes within seconds, yet the checkout's
 hot path must not pay for it. So the API only publishes what it changed, as it already does, to
-``inventory.reservations`` (``engine.api.reservation_events``), and the flow reads that topic:
+``inventory.reservations`` (``engine.reservations.events``), and the flow reads that topic:
 
 ```
 inventory.reservations ─► checkout_in ─► checkout_parse ─► (sku, CheckoutLine) ─┐

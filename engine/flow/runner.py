@@ -56,7 +56,7 @@ class FlowConfigError(ValueError):
 
 def make_store(settings: Settings) -> Store:
     """A store on the Redis of ``settings`` (one per worker; see ``Applier``)."""
-    from engine.api.redis_conn import sync_redis
+    from engine.store.connect import sync_redis
 
     return Store(sync_redis(settings), prefix=settings.key_prefix)
 

@@ -8,7 +8,7 @@
         if result.ok:
             atp.confirm(result.reservation_id)
 
-``engine.client`` is a different thing: the store client the API itself runs on (Redis).
+``engine.reservations.client`` is a different thing: the store client the API itself runs on (Redis).
 """
 
 from engine.http.client import AsyncAtpHttpClient, AtpHttpClient

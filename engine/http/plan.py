@@ -265,7 +265,7 @@ def new_reservation_id(prefix: str = "res") -> str:
 def line_body(line: Any) -> dict[str, Any]:
     """A hold line as the API takes it, from ``(sku, qty)``, ``(sku, qty, location)``, a mapping
     with ``sku`` / ``qty`` / ``location``, or an object with those attributes (such as
-    ``engine.client.LineRequest``). Location None = any location. The API checks the values."""
+    ``engine.reservations.client.LineRequest``). Location None = any location. The API checks the values."""
     if isinstance(line, Mapping):
         sku, qty, location = line["sku"], line["qty"], line.get("location")
     elif isinstance(line, tuple | list):

@@ -890,8 +890,8 @@ def round_age_s(client: Any, prefix: str) -> float | None:
 def healthcheck(max_age_s: float) -> int:
     """0 when the reconcile loop of the configured keyspace ended a round within ``max_age_s``,
     else 1 (the reconcile service's container healthcheck, docker-compose.yml)."""
-    from engine.api.redis_conn import sync_redis
     from engine.settings import Settings
+    from engine.store.connect import sync_redis
 
     settings = Settings()
     client = sync_redis(settings)

@@ -202,7 +202,7 @@ def reservation_messages(sku: str, value: bytes, fn: str) -> list[tuple[str, byt
     """(reservation id, message) of what a record (``value``, of entry ``fn``) gives
     ``inventory.reservations``: the events a ``publish`` record keeps, and the
     ``reservation.expired`` event of each line the record's call expired
-    (``engine.api.reservation_events.expired_event``)."""
+    (``engine.reservations.events.expired_event``)."""
     if fn == "publish":  # nothing expires in a publish call
         args = orjson.loads(value)["args"]
         if len(args) == 2:  # kept before marks existed: [rid, event]
@@ -211,7 +211,7 @@ def reservation_messages(sku: str, value: bytes, fn: str) -> list[tuple[str, byt
         return [(args[i], args[i + 1].encode()) for i in range(1, len(args), 3)]
     if _EXPIRED not in value:
         return []
-    from engine.api.reservation_events import encode, expired_event
+    from engine.reservations.events import encode, expired_event
 
     return [(line["rid"], encode(expired_event(sku, line))) for line in orjson.loads(value)["expired"]]
 
@@ -323,7 +323,7 @@ class Relay:
 
     def _redis(self) -> Any:
         if self._client is None:
-            from engine.api.redis_conn import sync_redis
+            from engine.store.connect import sync_redis
 
             self._client = sync_redis(self.settings)
         return self._client

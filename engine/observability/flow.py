@@ -51,8 +51,8 @@ class FlowReporter:
         from confluent_kafka.admin import AdminClient
 
         from connectors.kafka import admin_config
-        from engine.api.redis_conn import sync_redis
         from engine.log.rebuild import refresh_drift
+        from engine.store.connect import sync_redis
         from engine.store.store import Store
 
         redis_client = sync_redis(self.settings)

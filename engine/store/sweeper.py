@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from engine.store.store import AsyncStore, Store
+from engine.store.wire import RETENTION_S
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +25,10 @@ OnExpired = OnCount
 PURGE_EVERY_S = 60.0
 
 
-def default_retention_s() -> int:
-    """The configured retention of ended lines (``ATP_RESERVATION_RETENTION_S``, default 7 days)."""
-    from engine.settings import get_settings
-
-    return get_settings().reservation_retention_s
-
-
-def _retention_ms(retention_s: int | None) -> int:
-    seconds = default_retention_s() if retention_s is None else retention_s
-    if isinstance(seconds, bool) or not isinstance(seconds, int) or seconds < 1:
-        raise ValueError(f"retention_s must be a positive integer, got {seconds!r}")
-    return seconds * 1000
+def _retention_ms(retention_s: int) -> int:
+    if isinstance(retention_s, bool) or not isinstance(retention_s, int) or retention_s < 1:
+        raise ValueError(f"retention_s must be a positive integer, got {retention_s!r}")
+    return retention_s * 1000
 
 
 class Sweeper:
@@ -44,11 +37,11 @@ class Sweeper:
 
     ``on_expired(n)`` (e.g. a metrics counter) is called after each sweep with the number of
     holds it expired, ``on_purged(n)`` after each purge with the number of lines deleted.
-    ``retention_s`` None takes the setting. ``start()`` / ``stop()``; also a context manager.
+    ``retention_s``: how long ended lines are kept (the API passes ``ATP_RESERVATION_RETENTION_S``). ``start()`` / ``stop()``; also a context manager.
     """
 
     def __init__(self, store: Store, interval_s: float = 1.0, on_expired: OnExpired | None = None,
-                 max_skus: int = 10_000, retention_s: int | None = None,
+                 max_skus: int = 10_000, retention_s: int = RETENTION_S,
                  purge_every_s: float = PURGE_EVERY_S, on_purged: OnCount | None = None) -> None:
         if not interval_s > 0 or not purge_every_s > 0:
             raise ValueError("interval_s and purge_every_s must be > 0")
@@ -120,10 +113,10 @@ class Sweeper:
 
 
 async def sweep_forever(store: AsyncStore, interval_s: float = 1.0, on_expired: OnExpired | None = None,
-                        max_skus: int = 10_000, retention_s: int | None = None,
+                        max_skus: int = 10_000, retention_s: int = RETENTION_S,
                         purge_every_s: float = PURGE_EVERY_S, on_purged: OnCount | None = None) -> None:
     """Sweep every ``interval_s`` seconds and purge every ``purge_every_s`` seconds until
-    cancelled (run it as a task); ``retention_s`` None takes the setting."""
+    cancelled (run it as a task); ended lines are kept ``retention_s`` seconds."""
     if not interval_s > 0 or not purge_every_s > 0:
         raise ValueError("interval_s and purge_every_s must be > 0")
     retention_ms = _retention_ms(retention_s)

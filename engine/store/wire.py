@@ -21,6 +21,9 @@ _T = TypeVar("_T")
 DEFAULT_LOCATION = "default"
 MAX_QTY = 1_000_000_000
 MAX_TTL_MS = 366 * 86_400_000
+#: How long ended lines (released, expired, shipped) are kept before a purge deletes them, unless
+#: the deployment says otherwise (``ATP_RESERVATION_RETENTION_S``).
+RETENTION_S = 7 * 86_400
 #: The largest reservation event the change log keeps for the relay (``Store.publish``).
 MAX_EVENT_BYTES = 256 * 1024
 #: How long ``Store.publish`` remembers that a change's event was kept (lua/publish.lua): a

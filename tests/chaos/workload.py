@@ -1,6 +1,6 @@
 """A deterministic mixed stream spread evenly over many SKUs, for the crash and replay tests.
 
-``engine.simulate`` models a real catalogue (Zipf-popular SKUs); these tests need 100k+ events
+``engine.dev.simulate`` models a real catalogue (Zipf-popular SKUs); these tests need 100k+ events
 in a few minutes instead, so orders are spread evenly and every SKU's book stays small. Every
 event type appears, orders are keyed by their first SKU (as the simulator does), half the
 cancellations leave their lines out, and about 1 % of the messages are bad (DLQ traffic, so the

@@ -12,8 +12,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from connectors.topics import Topics
 from engine.api.models import AtpOut
-from engine.client import AtpClient
 from engine.domain.events import StockAdjusted, StockCounted, parse_event
+from engine.reservations.client import AtpClient
 from engine.settings import Settings
 from engine.store.changelog import read_log
 from tests.conftest import TOPIC_PARTITIONS

@@ -21,7 +21,6 @@ from confluent_kafka import Producer
 
 from connectors.topics import Topics
 from engine import cli, metrics
-from engine.client import AtpClient
 from engine.log.rebuild import (
     KeyspaceNotEmpty,
     RebuildError,
@@ -35,6 +34,7 @@ from engine.log.rebuild import (
     refresh_drift,
 )
 from engine.log.relay import relay_lock_key
+from engine.reservations.client import AtpClient
 from engine.settings import Settings
 from engine.store.changelog import digest_of, iter_log_skus, read_log, sku_state
 from engine.store.invariants import encode_location_buckets, location_buckets

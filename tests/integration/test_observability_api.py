@@ -11,8 +11,8 @@ import pytest
 from connectors.topics import Topics
 from engine import metrics
 from engine.api import create_app
-from engine.api.redis_conn import sync_redis
 from engine.settings import Settings
+from engine.store.connect import sync_redis
 from engine.store.store import Store
 from engine.store.wire import HoldRequest
 from tests.integration.api_harness import RESERVER, api_settings, bearer, in_process, seed

@@ -12,10 +12,10 @@ from confluent_kafka.admin import AdminClient
 
 from connectors.embedded import free_port
 from engine import metrics
-from engine.api.redis_conn import sync_redis
 from engine.observability.flow import observe_flow
 from engine.observability.probes import probe_dependencies
 from engine.settings import Settings
+from engine.store.connect import sync_redis
 from engine.store.store import Store
 from engine.store.wire import HoldRequest, SupplyCommand
 

@@ -28,7 +28,7 @@ import yaml
 from rich.console import Console
 
 from dashboards import build
-from engine.demo import HOT_SKUS, demo_engine, run_sale
+from engine.dev.demo import HOT_SKUS, demo_engine, run_sale
 from engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,7 +119,7 @@ def _reconcile(running: Settings) -> None:
 def engine_under_load(redis_cluster_mode: bool) -> Iterator[dict[str, list[str]]]:
     """Scrape targets by job name (``atp-flow``, ``atp-api``) of the real engine under a flash sale.
 
-    ``engine.demo.demo_engine`` starts its own embedded Redis and broker, the flow
+    ``engine.dev.demo.demo_engine`` starts its own embedded Redis and broker, the flow
     (``python -m engine.flow``) and the API (``atp serve``) as child processes and loads the
     catalogue; ``run_sale`` then runs checkouts through the HTTP API beside the simulated stream
     (with a few bad messages, for the DLQ) in a background thread for ``SALE_S`` seconds, which

@@ -4,7 +4,7 @@ A real redis-server child (its own, standalone, with an AOF so the seeded stock 
 the app in this event loop. The pool is warmed with concurrent calls so it keeps many
 connections; once Redis is killed and started again on the same port, those connections are
 stale. The first burst after Redis answers PING again must not see a single 503: a call that
-draws a stale connection reconnects and is sent again (``engine.api.redis_conn``). While Redis
+draws a stale connection reconnects and is sent again (``engine.store.connect``). While Redis
 is down, every call is a quick 503 with ``Retry-After``.
 """
 

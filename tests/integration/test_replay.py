@@ -10,10 +10,10 @@ from bytewax.testing import TestingSink
 
 from connectors.dlq import decode_dlq_value
 from connectors.topics import Topics
+from engine.dev.simulate import produce
 from engine.flow.records import Outcome
 from engine.flow.runner import run_flow
 from engine.settings import Settings
-from engine.simulate import produce
 from tests.integration.flowkit import digest, engine_state, mask_clock_fields, read_topic, state_diff
 
 pytestmark = pytest.mark.kafka_compat  # also run on Apache Kafka (README, tests)

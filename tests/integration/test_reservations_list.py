@@ -26,9 +26,9 @@ from connectors.topics import Topics
 from engine import cli
 from engine.api import create_app
 from engine.api.auth import token_digest
-from engine.api.redis_conn import sync_redis
-from engine.client import AtpClient, Reservation
+from engine.reservations.client import AtpClient, Reservation
 from engine.settings import Settings
+from engine.store.connect import sync_redis
 from engine.store.keys import rid_index_key, rid_index_value
 from engine.store.listing import (
     LIST_LIMIT_DEFAULT,

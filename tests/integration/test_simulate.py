@@ -10,9 +10,9 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from connectors.topics import Topics
+from engine.dev.simulate import BAD_KINDS, generate, produce
 from engine.domain.events import ParseError, parse_event
 from engine.settings import Settings
-from engine.simulate import BAD_KINDS, generate, produce
 
 START = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 PARTITIONS = 3  # tests/conftest.py creates the fixture topics with 3 partitions

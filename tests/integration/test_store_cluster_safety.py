@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from redis.crc import key_slot
 
-from engine.client import AtpClient
+from engine.reservations.client import AtpClient
 from engine.store import scripts
 from engine.store.keys import SCRIPT_KEY_COUNT, changed_key
 from engine.store.scripts import ENTRY_SCRIPTS

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.client import AtpClient
+from engine.reservations.client import AtpClient
 from engine.store.keys import rid_index_key, sku_keys
 from engine.store.store import Store
 from engine.store.sweeper import Sweeper

@@ -9,7 +9,6 @@ from typing import Any
 
 import orjson
 
-from engine.api.reservation_events import expired_event
 from engine.domain.demand import COUNTED_FOR_MS, COUNTED_MAX, CountedOrders
 from engine.domain.observation import parse_position
 from engine.flow.alert_monitor import Checkout, MonitorConfig, PolicyKnobs, Seen, SkuLogic
@@ -17,6 +16,7 @@ from engine.flow.checkouts import DEMAND_CHANGES, CheckoutLine, Watchlist, parse
 from engine.flow.records import Outcome
 from engine.flow.source import RawMessage
 from engine.flow.stream_clock import StreamClock
+from engine.reservations.events import expired_event
 from engine.settings import Settings
 
 T0 = 1_893_456_000_000

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
+from engine.dev.simulate import generate
 from engine.domain.commands import COMMANDS, SkuCommand, to_commands
 from engine.domain.events import EventBase, parse_event
-from engine.simulate import generate
 
 WHEN = "2025-03-01T08:00:00Z"
 WHEN_MS = 1_740_816_000_000

@@ -7,7 +7,7 @@ import os
 import orjson
 import pytest
 
-from engine.demo import child_env
+from engine.dev.demo import child_env
 from engine.settings import Settings
 
 ROLES = {"digest": ["read"]}

@@ -6,13 +6,13 @@ import orjson
 import pytest
 
 from connectors.topics import Topics
-from engine.api.redis_conn import PlainArgsPacker
+from engine.dev.simulate import generate
 from engine.domain.commands import to_commands
 from engine.domain.events import ParseError, parse_event
 from engine.flow.parse import supply_command
 from engine.flow.runner import topic_bases
 from engine.flow.source import RawMessage
-from engine.simulate import generate
+from engine.store.connect import PlainArgsPacker
 from engine.store.wire import MAX_QTY, SupplyCommand, decode_reply, normalize_reply
 
 

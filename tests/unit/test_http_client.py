@@ -15,11 +15,6 @@ import pytest
 
 from engine.api.errors import problem
 from engine.api.models import AtpOut, NotAllowedOut, RefusedOut, ReservationOut
-from engine.api.views import position_view, refusal_view, reservation_view
-from engine.client import Allocation as StoreAllocation
-from engine.client import LineRequest, ReservedLine
-from engine.client import Refusal as StoreRefusal
-from engine.client import Reservation as StoreReservation
 from engine.domain.ids import LONG_ID_PATTERN
 from engine.http import (
     API_TOKEN_ENV,
@@ -45,6 +40,11 @@ from engine.http import (
 )
 from engine.http.errors import error_from_reply, is_json
 from engine.http.types import Atp
+from engine.reservations.client import Allocation as StoreAllocation
+from engine.reservations.client import LineRequest, ReservedLine
+from engine.reservations.client import Refusal as StoreRefusal
+from engine.reservations.client import Reservation as StoreReservation
+from engine.reservations.views import position_view, refusal_view, reservation_view
 from engine.settings import Settings
 
 T0 = 1_735_718_400_000  # 2025-01-01T08:00:00Z

@@ -11,9 +11,9 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
+from engine.dev.simulate import Simulator
 from engine.domain import schemas
 from engine.domain.events import EVENT_TYPES, ParseError, parse_event
-from engine.simulate import Simulator
 
 
 def test_committed_schema_files_are_up_to_date() -> None:

@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from connectors.topics import Topics
+from engine.dev.simulate import BAD_KINDS, Simulator, generate
 from engine.domain.events import EVENT_TYPES, TOPIC_OF_TYPE, EventBase, ParseError, parse_event
-from engine.simulate import BAD_KINDS, Simulator, generate
 
 START = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 

@@ -11,8 +11,8 @@ from engine.api.auth import Role
 from engine.api.errors import OrjsonResponse
 from engine.api.guard import require
 from engine.api.models import AtpOut, AtpQueryIn, AtpQueryOut, ErrorOut, InvalidOut
-from engine.api.views import position_view
 from engine.domain.ids import SKU_PATTERN, Location
+from engine.reservations.views import position_view
 
 router = APIRouter(prefix="/v1/atp", tags=["atp"], dependencies=[Depends(require(Role.READ))])
 

@@ -32,8 +32,8 @@ from engine.api.models import (
     ReservationOut,
     ReservationPageOut,
 )
-from engine.api.views import reservation_page_view
 from engine.domain.ids import LONG_ID_PATTERN, SKU_PATTERN
+from engine.reservations.views import reservation_page_view
 from engine.store.listing import CURSOR_MAX_CHARS, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, BadCursor
 from engine.store.wire import RESERVATION_STATES
 

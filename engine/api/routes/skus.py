@@ -10,8 +10,8 @@ from engine.api.auth import Role
 from engine.api.errors import OrjsonResponse
 from engine.api.guard import require
 from engine.api.models import ErrorOut, InvalidOut, JournalPageOut
-from engine.api.views import journal_view
 from engine.domain.ids import SKU_PATTERN
+from engine.reservations.views import journal_view
 from engine.store.wire import JOURNAL_SIZE
 
 router = APIRouter(prefix="/v1/skus", tags=["skus"], dependencies=[Depends(require(Role.READ))])

@@ -8,9 +8,9 @@ import orjson
 import pytest
 
 from engine.api.models import AtpOut
-from engine.api.reservation_events import encode, expired_event, publish_args, reservation_event
-from engine.api.views import position_view, reservation_view, rfc3339
-from engine.client import Allocation, Reservation, ReservedLine
+from engine.reservations.client import Allocation, Reservation, ReservedLine
+from engine.reservations.events import encode, expired_event, publish_args, reservation_event
+from engine.reservations.views import position_view, reservation_view, rfc3339
 
 T0 = 1_735_718_400_000  # 2025-01-01T08:00:00Z
 
@@ -100,8 +100,8 @@ def test_unknown_change_is_refused() -> None:
 
 
 def test_rfc3339_agrees_with_format_time_across_the_cache() -> None:
-    from engine.api import views
     from engine.domain.events import format_time, from_ms
+    from engine.reservations import views
 
     samples = [1, 999, 1000, T0, T0 + 1, T0 + 999, T0 + 86_400_000 * 365 * 3 + 7, 253_402_300_799_999]
     samples += [T0 + 1_000 * i + i % 1000 for i in range(views._SECONDS_KEPT + 10)]  # past the cache size

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from engine.client import Refusal, Reservation, ReservedLine
 from engine.domain.events import format_time, from_ms
+from engine.reservations.client import Refusal, Reservation, ReservedLine
 from engine.store.listing import Page
 from engine.store.wire import UNKNOWN_LOCATION, reservation_state
 

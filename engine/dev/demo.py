@@ -369,7 +369,7 @@ def run_demo(settings: Settings, duration_s: float = 60.0, keep_running: bool = 
 
 def _stream(running: Settings, topics: Topics, n: int) -> None:
     """The simulated order / inbound / receipt / adjustment stream (with a few bad messages)."""
-    from engine.simulate import produce
+    from engine.dev.simulate import produce
 
     produce(running, topics, n=n, seed=7, skus=40, bad_fraction=0.01, progress=False)
 
@@ -404,7 +404,7 @@ def _settle(console: Console) -> None:
 
 
 def _summary(engine: DemoEngine) -> dict[str, Any]:
-    from engine.api.redis_conn import sync_redis
+    from engine.store.connect import sync_redis
     from engine.store.invariants import check_invariants
 
     api, running, tally, base, flow_metrics = (

@@ -1,6 +1,7 @@
 """Redis clients built from the settings (URL, Cluster mode, credentials, TLS CA).
 
-Used by the API (async) and the ``atp`` command and the flow (sync). Replies stay bytes; the
+Used by the API (async) and the ``atp`` command, the flow, the relay and the observer (sync).
+They pass ``engine.settings.Settings``; this module reads only the fields of ``RedisSettings``. Replies stay bytes; the
 store decodes what it reads.
 
 A command that fails on a broken connection is sent once more, at once, on a new connection
@@ -12,7 +13,7 @@ first, so callers still get their error (the API's 503) without delay. ``UNREACH
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 import redis
@@ -30,7 +31,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from engine.settings import Settings
+
+class RedisSettings(Protocol):
+    """What a Redis client is built from (``engine.settings.Settings`` has these fields)."""
+
+    redis_url: str
+    redis_cluster: bool
+    redis_username: str | None
+    redis_password: str | None
+    redis_tls_ca: str | None
 
 _SOCKET_TIMEOUT_S = 5.0
 #: Connections the API keeps to one Redis; a burst beyond waits up to _POOL_WAIT_S for one.
@@ -124,7 +133,7 @@ class PlainArgsPacker(HiredisRespSerializer):
         return super().pack(*args)
 
 
-def _kwargs(settings: Settings) -> dict[str, Any]:
+def _kwargs(settings: RedisSettings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "socket_connect_timeout": _SOCKET_TIMEOUT_S,
         "socket_timeout": _SOCKET_TIMEOUT_S,
@@ -139,13 +148,13 @@ def _kwargs(settings: Settings) -> dict[str, Any]:
     return kwargs
 
 
-def _url(settings: Settings) -> str:
+def _url(settings: RedisSettings) -> str:
     if not settings.redis_url:
         raise RedisNotConfigured("no Redis configured: set ATP_REDIS_URL (e.g. redis://127.0.0.1:6379/0)")
     return settings.redis_url
 
 
-def sync_redis(settings: Settings) -> Any:
+def sync_redis(settings: RedisSettings) -> Any:
     """A ``redis.Redis`` (or ``RedisCluster`` when ``redis_cluster``) for ``settings.redis_url``.
 
     Raises ``RedisNotConfigured`` without a URL. A ``RedisCluster`` reads the topology as it
@@ -161,7 +170,7 @@ def sync_redis(settings: Settings) -> Any:
     return redis.Redis.from_url(url, retry=_standalone_retry(), command_packer=PlainArgsPacker(), **kwargs)
 
 
-def async_redis(settings: Settings) -> Any:
+def async_redis(settings: RedisSettings) -> Any:
     """The ``redis.asyncio`` twin of ``sync_redis``; it connects on its first command."""
     url = _url(settings)
     kwargs = _kwargs(settings)

@@ -32,9 +32,9 @@ from typing import Any, Literal
 
 import orjson
 
-from engine.api.views import allocations_view
-from engine.client import Reservation, ReservedLine, Result
 from engine.domain.events import format_time
+from engine.reservations.client import Reservation, ReservedLine, Result
+from engine.reservations.views import allocations_view
 
 Change = Literal["held", "confirmed", "released", "extended"]
 CHANGES: tuple[Change, ...] = ("held", "confirmed", "released", "extended")
