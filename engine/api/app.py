@@ -22,7 +22,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from starlette.types import Receive, Scope, Send
 
 from connectors.kafka import producer_config
 from connectors.topics import Topics
@@ -93,22 +92,10 @@ def _operation_id(route: APIRoute) -> str:
 
 
 class AtpApi(FastAPI):
-    """The FastAPI app with the checkout hot path (``engine.api.hot_path``) in front of it.
-
-    ``reference`` is the plain FastAPI app: what serves every request the hot path leaves to it.
-    """
+    """The FastAPI app; ``hot_path`` is the checkout hot path (``engine.api.hot_path``) around
+    its router, when it has one."""
 
     hot_path: HotPath | None = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.hot_path is not None and scope["type"] == "http":
-            await self.hot_path(scope, receive, send)
-        else:
-            await super().__call__(scope, receive, send)
-
-    async def reference(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve a request through FastAPI alone."""
-        await super().__call__(scope, receive, send)
 
     def openapi(self) -> dict[str, Any]:
         """FastAPI's document, with every error reply under ``application/problem+json``."""
@@ -219,12 +206,15 @@ def create_app(
         log.warning("no API tokens configured (ATP_API_TOKENS): every /v1 call will be refused with 401")
 
     install_error_handlers(app)
-    for router in (atp.router, reservations.router, ops.router, skus.router, health.router):
+    routers = (atp.router, reservations.router, ops.router, skus.router, health.router)
+    for router in routers:
         app.include_router(router, responses=_EDGE_REFUSALS)
     install_docs(app)
     # Outermost first: count every request, including the ones the size limit refuses.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics)
     if hot_path:
-        app.hot_path = HotPath(app.reference, app.state, settings.max_body_bytes)
+        # Around the router, inside Starlette's chain: errors, size limit and metrics stay the app's.
+        app.hot_path = HotPath(app.router.middleware_stack, app.state, [r for rt in routers for r in rt.routes])
+        app.router.middleware_stack = app.hot_path
     return app

@@ -226,11 +226,10 @@ _RUNTIME_REPLIES: dict[type[Exception], Reply | None] = {
 
 
 def runtime_error_reply(exc: Exception, method: str, path: str) -> OrjsonResponse | None:
-    """The reply the app gives ``exc`` raised by a route — an ``ApiError``, or a 503 when Redis or
-    another backend failed — found like Starlette finds a handler (the closest class in the
-    exception's MRO). None for anything else: a bug, answered by the app's 500 handler.
-
-    The one mapping for the FastAPI app and the hot path (``engine.api.hot_path``)."""
+    """The reply the app gives ``exc`` raised by a route or the hot path — an ``ApiError``, or a
+    503 when Redis or another backend failed — found like Starlette finds a handler (the closest
+    class in the exception's MRO). None for anything else: a bug, answered by the app's 500
+    handler."""
     for cls in type(exc).__mro__:
         if cls in _RUNTIME_REPLIES:
             reply = _RUNTIME_REPLIES[cls]

@@ -40,4 +40,5 @@ def require(role: Role) -> Callable[..., Awaitable[frozenset[Role]]]:
             )
         return roles
 
+    check.role = role  # type: ignore[attr-defined]  # what the hot path checks it against
     return check

@@ -1,20 +1,28 @@
-"""The hot path's request checks (pure): what it reads itself and what it leaves to the app."""
+"""The hot path's request checks (pure): what it reads itself and what it leaves to the app, and
+the routes it serves: each must take exactly what it reads."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 import pytest
+from fastapi import APIRouter, Depends, Header, Request
 
+from engine.api.auth import Role
+from engine.api.guard import require
 from engine.api.hot_path import (
+    SERVED,
     bearer_token,
-    body_may_fit,
+    hot_routes,
     is_json,
     replaying,
     request_headers,
     valid_body,
 )
 from engine.api.models import ExtendIn, ReservationIn
+from engine.api.routes import atp, reservations
+from engine.api.routes.atp import LocationQuery, SkuPath
 
 
 def test_headers_it_reads_are_collected_and_a_repeated_one_gives_up() -> None:
@@ -69,15 +77,6 @@ def test_missing_content_type_is_not_json() -> None:
     assert not is_json({})
 
 
-@pytest.mark.parametrize(
-    ("value", "fits"),
-    [(None, True), (b"0", True), (b"1024", True), (b"1025", False), (b"+10", False), (b" 10", False), (b"1_0", False)],
-)
-def test_body_may_fit_only_a_plain_declared_length_within_the_limit(value: bytes | None, fits: bool) -> None:
-    headers = {} if value is None else {b"content-length": value}
-    assert body_may_fit(headers, 1024) is fits
-
-
 def test_valid_body_reads_what_the_model_accepts() -> None:
     raw = b'{"lines": [{"sku": "A-1", "qty": 2, "location": "WH1"}], "ttl_seconds": 30, "channel": "web"}'
     body = valid_body(raw, ReservationIn)
@@ -127,3 +126,61 @@ def test_replaying_hands_out_what_was_read_then_reads_on() -> None:
         return [await replay(), await replay(), await replay()]
 
     assert asyncio.run(drain()) == [*read, {"type": "http.disconnect"}]
+
+
+# --------------------------------------------------------------------------- the served routes
+
+
+def _routes_with_atp(router: APIRouter) -> list:
+    return [*reservations.router.routes, *router.routes]
+
+
+def test_every_served_route_takes_exactly_what_the_hot_path_reads() -> None:
+    served = hot_routes([*reservations.router.routes, *atp.router.routes])
+    assert [h.route.name for h in served] == list(SERVED)
+    by_name = {h.route.name: h for h in served}
+    assert by_name["confirm_reservation"].match("POST", "/v1/reservations/r-1/confirm") == "r-1"
+    assert by_name["confirm_reservation"].match("POST", "/v1/reservations/r/1/confirm") is None
+    assert by_name["confirm_reservation"].match("GET", "/v1/reservations/r-1/confirm") is None
+    assert by_name["get_reservation"].match("GET", "/v1/reservations/r-1") == "r-1"
+    assert by_name["get_reservation"].match("GET", "/v1/reservations/") is None
+    assert by_name["create_reservation"].match("POST", "/v1/reservations") == ""
+    assert by_name["create_reservation"].match("POST", "/v1/reservations/") is None
+
+
+def _atp_router(*extra_deps: object, role: Role = Role.READ, extra_header: bool = False,
+                extra_query: bool = False) -> APIRouter:
+    router = APIRouter(prefix="/v1/atp", dependencies=[Depends(require(role)), *(Depends(d) for d in extra_deps)])
+    if extra_header:
+        async def get_atp(request: Request, sku: SkuPath, location: LocationQuery = None,
+                          x_region: Annotated[str | None, Header()] = None) -> None: ...
+    elif extra_query:
+        async def get_atp(request: Request, sku: SkuPath, location: LocationQuery = None,
+                          fresh: bool = False) -> None: ...
+    else:
+        async def get_atp(request: Request, sku: SkuPath, location: LocationQuery = None) -> None: ...
+    router.get("/{sku}")(get_atp)
+    return router
+
+
+def test_the_check_passes_a_route_like_the_app_s() -> None:
+    assert len(hot_routes(_routes_with_atp(_atp_router()))) == len(SERVED)
+
+
+@pytest.mark.parametrize(
+    "router",
+    [
+        pytest.param(_atp_router(extra_query=True), id="a query parameter more"),
+        pytest.param(_atp_router(extra_header=True), id="a header more"),
+        pytest.param(_atp_router(lambda: None), id="a dependency more"),
+        pytest.param(_atp_router(role=Role.OPERATE), id="another role"),
+    ],
+)
+def test_a_served_route_that_takes_anything_more_stops_the_app_from_building(router: APIRouter) -> None:
+    with pytest.raises(ValueError, match="get_atp"):
+        hot_routes(_routes_with_atp(router))
+
+
+def test_a_served_route_missing_from_the_app_stops_it_from_building() -> None:
+    with pytest.raises(ValueError, match="no route for"):
+        hot_routes(reservations.router.routes)
