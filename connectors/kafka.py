@@ -29,21 +29,25 @@ def producer_config(
     idempotent: bool = True,
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Config for a Producer of engine output.
+    """Config for a Producer of engine output on the settings' broker (``producer_conf``)."""
+    return producer_conf(settings.kafka_config(), idempotent, overrides)
+
+
+def producer_conf(
+    base: Mapping[str, Any],
+    idempotent: bool = True,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``base`` (the connection, and any ``linger.ms`` or ``compression.type`` of the caller's)
+    plus what every producer of the engine needs; ``overrides`` win over everything.
 
     ``idempotent=True`` turns on ``enable.idempotence`` with ``acks=all`` so a retried send
-    never duplicates or reorders a message within a partition. Compression stays off: the
-    messages are small JSON and the broker is usually local, so CPU costs more than bytes.
+    never duplicates or reorders a message within a partition. Compression stays off unless the
+    caller says otherwise: the messages are small JSON and the broker is usually local, so CPU
+    costs more than bytes.
     """
-    conf = settings.kafka_config()
-    conf.update(
-        {
-            "acks": "all" if idempotent else "1",
-            "enable.idempotence": idempotent,
-            "linger.ms": 5,
-            "compression.type": "none",
-        }
-    )
+    conf = {"linger.ms": 5, "compression.type": "none", **base}
+    conf.update({"acks": "all" if idempotent else "1", "enable.idempotence": idempotent})
     if idempotent:
         # librdkafka's limit for idempotent producers; keeps ordering across retries.
         conf["max.in.flight.requests.per.connection"] = 5

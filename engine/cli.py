@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.exceptions import TyperException
 
-from engine.domain.ids import id_problem
+from engine.domain.ids import MAX_HOLD_TTL_S, id_problem
 from engine.settings import MAX_TOPIC_REPLICATION, Settings
 from engine.store.listing import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX
 from engine.store.wire import RESERVATION_STATES
@@ -338,7 +338,7 @@ def reserve(
     reservation_id: Annotated[
         str | None, typer.Option("--id", help="reservation id (the idempotency key); default: random")
     ] = None,
-    ttl: Annotated[int | None, typer.Option("--ttl", help="hold lifetime in seconds", min=1, max=86_400)] = None,
+    ttl: Annotated[int | None, typer.Option("--ttl", help="hold lifetime in seconds", min=1, max=MAX_HOLD_TTL_S)] = None,
     channel: Annotated[str | None, typer.Option("--channel", help="sales channel")] = None,
     customer: Annotated[str | None, typer.Option("--customer", help="customer id")] = None,
     as_json: JsonOpt = False,
@@ -434,7 +434,7 @@ def release(reservation_id: RidArg, as_json: JsonOpt = False) -> None:
 @app.command()
 def extend(
     reservation_id: RidArg,
-    ttl: Annotated[int, typer.Option("--ttl", help="seconds from now", min=1, max=86_400)],
+    ttl: Annotated[int, typer.Option("--ttl", help="seconds from now", min=1, max=MAX_HOLD_TTL_S)],
     as_json: JsonOpt = False,
 ) -> None:
     """Keep a hold alive for --ttl more seconds."""

@@ -66,6 +66,10 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from engine.domain.events import EVENT_TYPES
+from engine.domain.observation import STATUSES
+from engine.domain.outputs import ALERT_KINDS, ALERT_STATUSES, STATEFUL_ALERT_KINDS
+
 # The *_created series double the exposition size and no dashboard uses them.
 disable_created_metrics()
 
@@ -80,37 +84,9 @@ OTHER = "other"
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9/][A-Za-z0-9._:/{}-]{0,79}$")
 _SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-EVENT_TYPES = (
-    "order.placed",
-    "order.cancelled",
-    "order.shipped",
-    "inbound.created",
-    "inbound.updated",
-    "inbound.cancelled",
-    "receipt.posted",
-    "stock.adjusted",
-    "stock.counted",
-)
-EVENT_OUTCOMES = ("ok", "duplicate", "refused", "not_found", "conflict")
+EVENT_OUTCOMES = STATUSES
 RESERVATION_OPS = ("hold", "confirm", "release", "extend")
 RESERVATION_OUTCOMES = ("ok", "duplicate", "refused", "conflict", "not_found", "error")
-ALERT_KINDS = (
-    "low_stock",
-    "stockout",
-    "oversold",
-    "order_unfulfillable",
-    "promise_at_risk",
-    "promise_slipped",
-    "inbound_late",
-    "demand_surge",
-    "supplier_unreliable",
-)
-# Kinds that have a firing → resolved life; the others are one-shot notices.
-STATEFUL_ALERT_KINDS = frozenset({
-    "low_stock", "stockout", "oversold", "order_unfulfillable", "promise_at_risk", "inbound_late", "demand_surge",
-    "supplier_unreliable",
-})
-ALERT_STATUSES = ("firing", "resolved")
 HOLD_ENDS = ("confirmed", "released", "expired")
 DEPENDENCIES = ("redis", "kafka")
 

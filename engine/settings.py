@@ -20,7 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from engine.domain.ids import id_problem
+from engine.domain.ids import MAX_HOLD_TTL_S, id_problem
+from engine.store.keys import DEFAULT_PREFIX, PREFIX_PATTERN
 from engine.store.wire import RETENTION_S
 
 WATCH_LIMIT = 50
@@ -51,7 +52,7 @@ class Settings(BaseSettings):
     redis_username: str | None = None
     redis_password: str | None = None
     redis_tls_ca: str | None = Field(None, description="CA bundle for rediss://")
-    key_prefix: str = Field("atp", pattern=r"^[a-z][a-z0-9_]{0,15}$")
+    key_prefix: str = Field(DEFAULT_PREFIX, pattern=f"^{PREFIX_PATTERN.pattern}$")
 
     # Kafka: the log.
     kafka_bootstrap: str = Field("", description="host:port[,…]; empty = start an embedded broker")
@@ -112,7 +113,7 @@ class Settings(BaseSettings):
     )
 
     # Reservations.
-    default_hold_ttl_s: int = Field(600, ge=1, le=86_400)
+    default_hold_ttl_s: int = Field(600, ge=1, le=MAX_HOLD_TTL_S)
     sweep_interval_s: float = Field(1.0, gt=0)
     reservation_retention_s: int = Field(
         RETENTION_S, ge=1, le=3650 * 86_400,

@@ -52,6 +52,7 @@ from typing import Any
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from connectors.embedded import EmbeddedBroker
+from connectors.kafka import producer_conf
 from connectors.topics import Topics, create_topics
 from engine import metrics
 from engine.dev.simulate import produce
@@ -304,8 +305,7 @@ def bench_burst(args: argparse.Namespace) -> dict[str, Any]:
         prefix = f"lt{target.token}"
         topics = Topics(suffix=f".burst{uuid.uuid4().hex[:8]}")
         create_topics({"bootstrap.servers": bootstrap}, topics, partitions=args.partitions)
-        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
-                             "linger.ms": 5})
+        producer = Producer(producer_conf({"bootstrap.servers": bootstrap}))
         skus = hot_skus(args.hot_skus, target.token)
         now_ms = int(time.time() * 1000)
         for n, sku in enumerate(skus):

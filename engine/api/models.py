@@ -15,6 +15,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.domain.ids import (
+    DEFAULT_LOCATION,
+    MAX_HOLD_TTL_S,
+    MAX_LINES,
     Channel,
     CustomerId,
     Delta,
@@ -26,11 +29,9 @@ from engine.domain.ids import (
 )
 from engine.store.wire import GUARDS, HOLD_REFUSALS
 
-MAX_LINES = 100
 MAX_QUERY_SKUS = 1000
-TTL_MAX_S = 86_400
 
-TtlSeconds = Annotated[int, Field(strict=True, ge=1, le=TTL_MAX_S, description="hold lifetime in seconds")]
+TtlSeconds = Annotated[int, Field(strict=True, ge=1, le=MAX_HOLD_TTL_S, description="hold lifetime in seconds")]
 Reason = Annotated[
     str, Field(strict=True, min_length=1, max_length=200, description="why (damage, shrink, found, cycle_count…)")
 ]
@@ -231,7 +232,7 @@ class AdjustmentIn(_Closed):
     """A stock adjustment (damage, shrink, found…), published as ``stock.adjusted``."""
 
     sku: Sku
-    location: Location = "default"
+    location: Location = DEFAULT_LOCATION
     delta: Delta
     reason: Reason
     ref: Ref | None = None
@@ -242,7 +243,7 @@ class CountIn(_Closed):
     """A physical count, published as ``stock.counted``."""
 
     sku: Sku
-    location: Location = "default"
+    location: Location = DEFAULT_LOCATION
     on_hand: OnHand
     reason: Reason | None = None
     ref: Ref | None = None

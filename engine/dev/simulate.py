@@ -548,15 +548,9 @@ class ProduceReport:
 
 
 def _producer_conf(conf: Settings | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(conf, Mapping):
-        out = dict(conf)
-        out.setdefault("enable.idempotence", True)
-        out.setdefault("acks", "all")
-        out.setdefault("linger.ms", 5)
-        return out
-    from connectors.kafka import producer_config
+    from connectors.kafka import producer_conf, producer_config
 
-    return producer_config(conf, idempotent=True)
+    return producer_conf(conf) if isinstance(conf, Mapping) else producer_config(conf)
 
 
 def produce(

@@ -50,14 +50,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from engine.domain.demand import DemandReading
 from engine.domain.observation import LocationFigures, Observation, PositionFigures
-from engine.domain.outputs import Alert, ReservationImpact, Severity, rfc3339, stable_id
+from engine.domain.outputs import Alert, AlertKind, ReservationImpact, Severity, rfc3339, stable_id
 
 if TYPE_CHECKING:
     from engine.domain.policy import Policy
 
 #: critical = someone should act now: a promise made to a customer is broken or at risk. A SKU
 #: that sells out, or orders refused for want of stock, are what a sale is expected to bring.
-SEVERITY: dict[str, Severity] = {
+SEVERITY: dict[AlertKind, Severity] = {
     "low_stock": "warning",
     "stockout": "warning",
     "oversold": "critical",

@@ -36,7 +36,7 @@ from engine.domain.events import (
     to_ms,
 )
 
-COMMANDS: tuple[str, ...] = (
+EVENT_COMMANDS: tuple[str, ...] = (
     "inbound_created",
     "inbound_updated",
     "inbound_cancelled",
@@ -47,7 +47,16 @@ COMMANDS: tuple[str, ...] = (
     "order_placed",
     "order_cancelled",
 )
-"""Every ``SkuCommand.cmd`` produced here (the scripts also know ``policy`` and ``reliability``)."""
+"""Every ``SkuCommand.cmd`` an event turns into (``to_commands``)."""
+
+SUPPLY_COMMANDS: tuple[str, ...] = (*EVENT_COMMANDS, "policy", "reliability")
+"""Every per-SKU command of docs/semantics.md: those of events, and the operator's policy and a
+supplier's reliability."""
+
+REBALANCING = frozenset(
+    {"inbound_created", "inbound_updated", "inbound_cancelled", "receipt", "adjust", "count", "policy", "reliability"}
+)
+"""The commands after which over-allocated supply is given back and shorts are re-filled."""
 
 ANY_LOCATION = ""
 

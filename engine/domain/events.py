@@ -42,6 +42,7 @@ from pydantic_core import PydanticCustomError
 
 from engine.domain.ids import (
     DEFAULT_LOCATION,
+    MAX_LINES,
     QTY_MAX,
     Channel,
     CustomerId,
@@ -61,7 +62,6 @@ from engine.domain.ids import (
 MAX_EVENT_BYTES = 65_536
 """Default size limit of one message; larger ones are refused (``too_large``) before decoding."""
 
-MAX_LINES = 100
 MAX_TEXT = 200
 
 # Base topic names (connectors.topics holds the same constants; a test keeps them equal —

@@ -2,8 +2,9 @@
 
 Every identifier that reaches a Redis key passes through one of these first. Two forms:
 
-* ``valid_<kind>(value) -> bool`` and ``require_<kind>(value) -> str`` (raises ``ValueError``
-  whose message says what is wrong) for code that is not pydantic;
+* ``is_valid_id(kind, value) -> bool`` and ``require_id(kind, value) -> str`` (raises
+  ``ValueError`` whose message says what is wrong) for code that is not pydantic, and
+  ``valid_qty`` / ``require_qty`` for quantities;
 * ``Annotated`` types (``Sku``, ``Location``, ``Qty``, …) for pydantic models and FastAPI
   signatures. They are strict: a number is never accepted where a string is expected, nor a
   string or a float where an integer is expected.
@@ -24,6 +25,12 @@ QTY_MAX = 1_000_000_000
 
 DEFAULT_LOCATION = "default"
 """The location used where an event or call names none (holds excepted: no location = any)."""
+
+MAX_LINES = 100
+"""Most lines in one order or one reservation."""
+
+MAX_HOLD_TTL_S = 86_400
+"""Longest a hold may live, in seconds (a checkout that needs longer extends it)."""
 
 ANY_LOCATION = "any"
 """Not a location name (in any case): a hold means any location by naming none, and a warehouse
@@ -84,62 +91,6 @@ def require_id(kind: str, value: object) -> str:
     if problem is not None:
         raise ValueError(problem)
     return value  # type: ignore[return-value]  # id_problem proved it is a str
-
-
-def valid_sku(value: object) -> bool:
-    return is_valid_id("sku", value)
-
-
-def require_sku(value: object) -> str:
-    return require_id("sku", value)
-
-
-def valid_location(value: object) -> bool:
-    return is_valid_id("location", value)
-
-
-def require_location(value: object) -> str:
-    return require_id("location", value)
-
-
-def valid_channel(value: object) -> bool:
-    return is_valid_id("channel", value)
-
-
-def require_channel(value: object) -> str:
-    return require_id("channel", value)
-
-
-def valid_supplier(value: object) -> bool:
-    return is_valid_id("supplier_id", value)
-
-
-def require_supplier(value: object) -> str:
-    return require_id("supplier_id", value)
-
-
-def valid_reservation_id(value: object) -> bool:
-    return is_valid_id("reservation_id", value)
-
-
-def require_reservation_id(value: object) -> str:
-    return require_id("reservation_id", value)
-
-
-def valid_event_id(value: object) -> bool:
-    return is_valid_id("event_id", value)
-
-
-def require_event_id(value: object) -> str:
-    return require_id("event_id", value)
-
-
-def valid_customer_id(value: object) -> bool:
-    return is_valid_id("customer_id", value)
-
-
-def require_customer_id(value: object) -> str:
-    return require_id("customer_id", value)
 
 
 def valid_qty(value: object) -> bool:

@@ -16,22 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.domain.commands import SUPPLY_COMMANDS
 from engine.domain.ids import DEFAULT_LOCATION, id_problem
-
-COMMANDS: tuple[str, ...] = (
-    "inbound_created",
-    "inbound_updated",
-    "inbound_cancelled",
-    "receipt",
-    "adjust",
-    "count",
-    "ship",
-    "order_placed",
-    "order_cancelled",
-    "policy",
-    "reliability",
-)
-"""The per-SKU stream commands of docs/semantics.md."""
 
 TICK = "tick"
 """The command name of a periodic observation (no event behind it)."""
@@ -184,7 +170,7 @@ class Observation:
         Raises ``ObservationError`` naming the first field that is missing or of the wrong type.
         """
         _check_id("sku", sku)
-        if command not in COMMANDS:
+        if command not in SUPPLY_COMMANDS:
             raise ObservationError(f"unknown command {command!r}")
         if event_id:
             _check_id("event_id", event_id)

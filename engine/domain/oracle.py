@@ -12,9 +12,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.domain.commands import REBALANCING
+from engine.domain.ids import DEFAULT_LOCATION
 from engine.domain.policy import Policy
 
-DEFAULT_LOCATION = "default"
 DAY_MS = 86_400_000
 #: Holds expire at whole seconds: a hold's expiry is rounded up to one, so every line that comes
 #: due in one second is given back together (docs/semantics.md "Expiry").
@@ -22,10 +23,6 @@ DUE_MS = 1000
 EVENT_LOG_SIZE = 1000
 JOURNAL_SIZE = 200
 LIVE = ("held", "committed")
-# Commands after which over-allocated supply is given back and shorts are re-filled.
-REBALANCING = frozenset(
-    {"inbound_created", "inbound_updated", "inbound_cancelled", "receipt", "adjust", "count", "policy", "reliability"}
-)
 
 
 def due_at(ms: int) -> int:

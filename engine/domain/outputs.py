@@ -27,8 +27,6 @@ SCHEMA_VERSION = 1
 #: order_unfulfillable became warnings. Triggers stay at version 1.
 ALERT_SCHEMA_VERSION = 2
 
-ALERTS_TOPIC = "inventory.alerts"
-REPLENISHMENT_TOPIC = "inventory.replenishment"
 
 AlertKind = Literal[
     "low_stock",
@@ -41,10 +39,14 @@ AlertKind = Literal[
     "demand_surge",
     "supplier_unreliable",
 ]
-ALERT_KINDS: tuple[str, ...] = AlertKind.__args__  # type: ignore[attr-defined]
+ALERT_KINDS: tuple[str, ...] = get_args(AlertKind)
+#: Kinds that are one-shot notices; every other kind has a firing → resolved life.
+ONE_SHOT_KINDS = frozenset({"promise_slipped"})
+STATEFUL_ALERT_KINDS = frozenset(ALERT_KINDS) - ONE_SHOT_KINDS
 
 Severity = Literal["info", "warning", "critical"]
 AlertStatus = Literal["firing", "resolved"]
+ALERT_STATUSES: tuple[str, ...] = get_args(AlertStatus)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SHA1_HEX = r"^[0-9a-f]{40}$"

@@ -48,8 +48,6 @@ import orjson
 from bytewax.dataflow import Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from connectors.topics import Topics
 from engine import metrics
@@ -83,6 +81,7 @@ from engine.flow.sinks import KafkaMessage, KafkaOutput
 from engine.flow.source import RawMessage
 from engine.flow.stream_clock import StreamClock, wall_clock_ms
 from engine.flow.supplier_monitor import ReliabilityWrite, SupplierLogic
+from engine.store.connect import retrying
 from engine.store.keys import sku_keys
 from engine.store.reply_stash import stash_key
 from engine.store.store import Store
@@ -91,14 +90,6 @@ from engine.store.wire import SupplyCommand, decode_reply
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_TRANSIENT: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
-try:  # cluster-only transient states
-    from redis.exceptions import ClusterDownError, TryAgainError
-
-    _TRANSIENT += (ClusterDownError, TryAgainError)
-except ImportError:  # pragma: no cover
-    pass
 
 _POLICY_CACHE_MAX = 200_000
 """Cached SKU policies per worker before the cache starts over (bounds memory on huge catalogues)."""
@@ -196,17 +187,7 @@ class _RedisStep:
         return store
 
     def retrying(self, fn: Callable[[], T]) -> T:
-        deadline = time.monotonic() + self._retry_for_s
-        delay = 0.05
-        while True:
-            try:
-                return fn()
-            except _TRANSIENT as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("Redis unavailable (%s); retrying in %.2fs", exc, delay)
-                time.sleep(delay)
-                delay = min(2.0, delay * 2)
+        return retrying(fn, self._retry_for_s)
 
 
 def _text(value: Any) -> str | None:

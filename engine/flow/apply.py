@@ -31,14 +31,13 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from connectors.dlq import DlqRecord
 from engine import metrics
 from engine.flow.parse import dead_letter, supply_command
 from engine.flow.records import Command, Outcome
+from engine.store.connect import retrying
 from engine.store.keys import decode_rid_index, rid_index_key, validate_sku
 from engine.store.store import Positions, Store
 
@@ -51,14 +50,6 @@ RID_INDEX_TTL_S = 90 * 86_400
 """How long the flow keeps an order's SKUs for a later cancel without lines."""
 
 Applied = tuple[str, Outcome] | DlqRecord
-
-_TRANSIENT: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
-try:  # cluster-only transient states (absent from very old redis-py)
-    from redis.exceptions import ClusterDownError, TryAgainError
-
-    _TRANSIENT += (ClusterDownError, TryAgainError)
-except ImportError:  # pragma: no cover
-    pass
 
 
 class Applier:
@@ -258,17 +249,7 @@ class Applier:
     # --- retries ---------------------------------------------------------------------------
 
     def _retrying(self, fn: Callable[[], Any]) -> Any:
-        deadline = time.monotonic() + self._retry_for_s
-        delay = 0.05
-        while True:
-            try:
-                return fn()
-            except _TRANSIENT as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("Redis unavailable (%s); retrying in %.2fs", exc, delay)
-                time.sleep(delay)
-                delay = min(2.0, delay * 2)
+        return retrying(fn, self._retry_for_s)
 
 
 def _pipelined_get(client: Any, keys: list[str]) -> list[Any]:

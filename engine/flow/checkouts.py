@@ -40,9 +40,9 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from engine.domain.events import to_ms
 from engine.domain.ids import DEFAULT_LOCATION, is_valid_id
+from engine.domain.outputs import STATEFUL_ALERT_KINDS
 from engine.flow.log_identity import source_name
 from engine.flow.source import ALL_GROUP, KafkaInput, RawMessage, ResumeState, group_name, partition_counts
-from engine.metrics import STATEFUL_ALERT_KINDS
 
 log = logging.getLogger(__name__)
 

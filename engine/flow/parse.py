@@ -8,9 +8,10 @@ from connectors.dlq import DlqRecord
 from engine import metrics
 from engine.domain.commands import SkuCommand, to_commands
 from engine.domain.events import MAX_EVENT_BYTES, ParseError, parse_event
+from engine.domain.ids import QTY_MAX
 from engine.flow.records import Command
 from engine.flow.source import RawMessage
-from engine.store.wire import MAX_OFFSET, MAX_QTY, MAX_SOURCE, SupplyCommand
+from engine.store.wire import MAX_OFFSET, MAX_SOURCE, SupplyCommand
 
 _TEXT_MAX = 256  # the store's limit for reason / ref
 
@@ -43,7 +44,7 @@ def supply_command(c: SkuCommand, sku: str, raw: RawMessage) -> SupplyCommand:
     """
     source = raw.source
     offset = raw.offset
-    if (c.payload.get("qty", 0) <= MAX_QTY and len(source) <= MAX_SOURCE and "\n" not in source
+    if (c.payload.get("qty", 0) <= QTY_MAX and len(source) <= MAX_SOURCE and "\n" not in source
             and 0 <= offset <= MAX_OFFSET):
         return SupplyCommand.checked(sku, c.cmd, c.payload, c.event_id, source, offset, c.reason[:_TEXT_MAX],
                                      c.ref[:_TEXT_MAX])

@@ -17,6 +17,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, Message, Producer
 
 from connectors.dlq import DlqRecord, Headers
+from connectors.kafka import producer_conf
 
 X = TypeVar("X")
 
@@ -28,17 +29,6 @@ _FLUSH_TIMEOUT_S = 60.0
 
 class DeliveryError(RuntimeError):
     """An output message was not acknowledged by the broker."""
-
-
-def output_producer_config(conf: Mapping[str, Any]) -> dict[str, Any]:
-    """``conf`` plus what every output of the flow needs: idempotence and ``acks=all``."""
-    return {
-        **conf,
-        "enable.idempotence": True,
-        "acks": "all",
-        "max.in.flight.requests.per.connection": 5,
-        "linger.ms": conf.get("linger.ms", 5),
-    }
 
 
 class _ProducerPartition(StatelessSinkPartition[X], Generic[X]):
@@ -82,7 +72,7 @@ class KafkaOutput(DynamicSink[X], Generic[X]):
     """
 
     def __init__(self, conf: Mapping[str, Any], topic: str, encode: Callable[[X], KafkaMessage]) -> None:
-        self._conf = output_producer_config(conf)
+        self._conf = producer_conf(conf)
         self._topic = topic
         self._encode = encode
 

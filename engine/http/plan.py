@@ -32,7 +32,7 @@ from typing import Any, Generic, Literal, TypeVar
 import httpx
 import orjson
 
-from engine.domain.ids import require_reservation_id, require_sku
+from engine.domain.ids import require_id
 from engine.http.errors import (
     ApiUnreachable,
     AtpHttpError,
@@ -259,7 +259,7 @@ Action = Send | Sleep
 
 def new_reservation_id(prefix: str = "res") -> str:
     """A fresh reservation id: ``<prefix>-<uuid4 hex>`` (``engine.domain.ids`` long-id pattern)."""
-    return require_reservation_id(f"{prefix}-{uuid.uuid4().hex}")
+    return require_id("reservation_id", f"{prefix}-{uuid.uuid4().hex}")
 
 
 def line_body(line: Any) -> dict[str, Any]:
@@ -300,13 +300,13 @@ def _refused(reply: Reply) -> Refused | None:
 
 def _rid_path(rid: str) -> str:
     # the id goes into the URL path: checked here, so no id can reach another route
-    return f"/v1/reservations/{require_reservation_id(rid)}"
+    return f"/v1/reservations/{require_id('reservation_id', rid)}"
 
 
 def atp_call(sku: str, location: str | None = None) -> Call[Atp]:
     """GET /v1/atp/{sku}: the SKU's position (at ``location``, or over all locations)."""
     params = {} if location is None else {"location": location}
-    return Call("GET", f"/v1/atp/{require_sku(sku)}", lambda r: Atp.from_body(_object(r)), params=params)
+    return Call("GET", f"/v1/atp/{require_id('sku', sku)}", lambda r: Atp.from_body(_object(r)), params=params)
 
 
 def _positions(reply: Reply) -> dict[str, Atp]:
@@ -336,7 +336,7 @@ def hold_call(
     for name, value in (("ttl_seconds", ttl_seconds), ("channel", channel), ("customer_id", customer)):
         if value is not None:
             body[name] = value
-    key = require_reservation_id(reservation_id)
+    key = require_id("reservation_id", reservation_id)
     return Call("POST", "/v1/reservations", _reservation, json=body,
                 headers={IDEMPOTENCY_HEADER: key}, outcome=_refused)
 

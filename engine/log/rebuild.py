@@ -32,6 +32,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from engine import metrics
+from engine.domain.ids import is_valid_id
 from engine.log.relay import RelayLock
 from engine.store import scripts
 from engine.store.changelog import (
@@ -49,7 +50,6 @@ from engine.store.changelog import (
 )
 from engine.store.invariants import location_buckets
 from engine.store.keys import (
-    ID_PATTERN,
     KEY_NAMES,
     changed_key,
     rid_index_key,
@@ -485,7 +485,7 @@ def restore_rid_index(client: Any, prefix: str, skus: Sequence[str], batch: int 
         keys += [k.res, k.ended]
         sku_of[k.res] = sku_of[k.ended] = sku
     for key, rid in _hash_fields(client, keys, batch):
-        if ID_PATTERN.fullmatch(rid):
+        if is_valid_id("reservation_id", rid):
             owners.setdefault(rid, set()).add(sku_of[key])
     written = 0
     entries = sorted(owners.items())

@@ -23,14 +23,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from engine.domain.ids import require_id, require_qty
+from engine.domain.ids import MAX_HOLD_TTL_S, MAX_LINES, require_id, require_qty
 from engine.store.keys import decode_rid_index as _decode_index
 from engine.store.keys import rid_index_key, rid_index_pending, rid_index_value
 from engine.store.store import AsyncStore, Clock, Store
 from engine.store.wire import HoldRequest, checked_hold_request, reservation_state
 
-MAX_LINES = 100
-MAX_TTL_S = 86_400
 #: How long a multi-SKU hold waits for another request with the same id that is still placing its
 #: lines (the index is marked pending) before presuming it dead and taking over.
 PENDING_WAIT_S = 2.0
@@ -138,8 +136,8 @@ def _opt(kind: str, value: str | None) -> str:
 
 
 def _ttl_ms(ttl_s: object) -> int:
-    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 1 <= ttl_s <= MAX_TTL_S:
-        raise ValueError(f"ttl_s must be an integer between 1 and {MAX_TTL_S}, got {ttl_s!r}")
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 1 <= ttl_s <= MAX_HOLD_TTL_S:
+        raise ValueError(f"ttl_s must be an integer between 1 and {MAX_HOLD_TTL_S}, got {ttl_s!r}")
     return ttl_s * 1000
 
 

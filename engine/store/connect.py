@@ -13,7 +13,10 @@ first, so callers still get their error (the API's 503) without delay. ``UNREACH
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import hiredis
 import redis
@@ -24,8 +27,10 @@ from redis.connection import Encoder, HiredisRespSerializer, PythonRespSerialize
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
+    ClusterDownError,
     RedisClusterUnreachableError,
     SlotNotCoveredError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -61,6 +66,30 @@ UNREACHABLE: tuple[type[Exception], ...] = (
     RedisClusterUnreachableError,
     SlotNotCoveredError,
 )
+
+
+#: What a long-running loop waits out rather than fails on: Redis away or a Cluster between
+#: topologies (``retrying``).
+TRANSIENT: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def retrying(fn: Callable[[], T], retry_for_s: float) -> T:
+    """``fn()``, called again after a ``TRANSIENT`` error with waits from 0.05 s doubling to 2 s,
+    each logged, until ``retry_for_s`` seconds have passed: then the error is raised."""
+    deadline = time.monotonic() + retry_for_s
+    delay = 0.05
+    while True:
+        try:
+            return fn()
+        except TRANSIENT as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("Redis unavailable (%s); retrying in %.2fs", exc, delay)
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
 
 
 class RedisNotConfigured(ValueError):

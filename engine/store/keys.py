@@ -14,21 +14,13 @@ from functools import lru_cache
 
 import orjson
 
-from engine.domain.ids import ID_KINDS, require_id
+from engine.domain.ids import is_valid_id, require_id
 
+# The identifiers' patterns are engine.domain.ids'; the key prefix is the store's own.
 # fullmatch, never "$": Python's "$" also matches before a trailing newline.
-SKU_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-LOCATION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 PREFIX_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,15}")
 
 DEFAULT_PREFIX = "atp"
-
-
-def _check(value: object, pattern: re.Pattern[str], what: str) -> str:
-    if not isinstance(value, str) or pattern.fullmatch(value) is None:
-        raise ValueError(f"invalid {what}: {value!r} (must match {pattern.pattern})")
-    return value
 
 
 def validate_sku(sku: object) -> str:
@@ -37,22 +29,22 @@ def validate_sku(sku: object) -> str:
 
 
 def validate_location(loc: object, what: str = "location") -> str:
-    """Return ``loc`` if it matches the location/channel/supplier pattern, else raise ``ValueError``."""
-    if what in ID_KINDS:
-        return require_id(what, loc)
-    return _check(loc, LOCATION_PATTERN, what)
+    """Return ``loc`` if it is a valid ``what`` (location, channel or supplier_id), else raise
+    ``ValueError`` saying why."""
+    return require_id(what, loc)
 
 
 def validate_id(value: object, what: str = "reservation_id") -> str:
-    """Return ``value`` if it matches the reservation/order/inbound/event/customer id pattern."""
-    if what in ID_KINDS:
-        return require_id(what, value)
-    return _check(value, ID_PATTERN, what)
+    """Return ``value`` if it is a valid ``what`` (reservation, order, inbound, event or customer
+    id), else raise ``ValueError`` saying why."""
+    return require_id(what, value)
 
 
 def validate_prefix(prefix: object) -> str:
     """Return the key prefix if it matches the settings pattern, else raise ``ValueError``."""
-    return _check(prefix, PREFIX_PATTERN, "key prefix")
+    if not isinstance(prefix, str) or PREFIX_PATTERN.fullmatch(prefix) is None:
+        raise ValueError(f"invalid key prefix: {prefix!r} (must match {PREFIX_PATTERN.pattern})")
+    return prefix
 
 
 # Order of the KEYS every script receives (lib.lua names them in the same order).
@@ -248,4 +240,4 @@ def sku_from_key(key: str | bytes, prefix: str = DEFAULT_PREFIX) -> str | None:
     if end < 0:
         return None
     sku = key[len(head):end]
-    return sku if SKU_PATTERN.fullmatch(sku) else None
+    return sku if is_valid_id("sku", sku) else None

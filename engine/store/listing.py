@@ -46,8 +46,7 @@ from typing import Any
 
 import orjson
 
-from engine.domain.events import MAX_LINES
-from engine.domain.ids import is_valid_id
+from engine.domain.ids import MAX_LINES, is_valid_id
 from engine.store.keys import (
     DEFAULT_PREFIX,
     decode_rid_index,

@@ -13,13 +13,15 @@ from typing import Any, TypeVar
 
 import orjson
 
+from engine.domain.commands import SUPPLY_COMMANDS
+from engine.domain.ids import DEFAULT_LOCATION, QTY_MAX
 from engine.domain.policy import Policy
 from engine.store.keys import validate_id, validate_location, validate_sku
 
 _T = TypeVar("_T")
 
-DEFAULT_LOCATION = "default"
-MAX_QTY = 1_000_000_000
+#: The store's own bound on a hold's life (a script holds it without overflow); a hold through the
+#: service lives at most ``engine.domain.ids.MAX_HOLD_TTL_S``.
 MAX_TTL_MS = 366 * 86_400_000
 #: How long ended lines (released, expired, shipped) are kept before a purge deletes them, unless
 #: the deployment says otherwise (``ATP_RESERVATION_RETENTION_S``).
@@ -38,7 +40,6 @@ MAX_OFFSET = 2**53 - 1
 #: The longest input position name ('topic:partition') a command may carry.
 MAX_SOURCE = 300
 
-HOLD_STATUSES = ("ok", "duplicate", "refused", "conflict", "not_found")
 #: Why the hold script refuses a request (docs/semantics.md, hold_batch): the flash-sale guards,
 #: then a location the SKU has neither stock nor inbound at, then short stock.
 GUARDS = ("order_cap", "customer_limit", "channel_quota")
@@ -49,20 +50,6 @@ LINE_STATES = ("held", "committed", "shipped", "released", "expired")
 PARTIAL = "partial"
 #: The states the API reports for a reservation: its lines' common state, or ``partial``.
 RESERVATION_STATES = (*LINE_STATES, PARTIAL)
-
-SUPPLY_COMMANDS = (
-    "inbound_created",
-    "inbound_updated",
-    "inbound_cancelled",
-    "receipt",
-    "adjust",
-    "count",
-    "ship",
-    "order_placed",
-    "order_cancelled",
-    "policy",
-    "reliability",
-)
 
 POLICY_DEFAULTS: dict[str, Any] = Policy().to_wire()
 
@@ -85,7 +72,7 @@ def check_int(value: object, what: str, lo: int, hi: int) -> int:
 
 def check_qty(value: object, what: str = "qty") -> int:
     """A quantity: integer in ``[1, 1_000_000_000]``."""
-    return check_int(value, what, 1, MAX_QTY)
+    return check_int(value, what, 1, QTY_MAX)
 
 
 def _opt_location(value: object, what: str = "location") -> str:
@@ -202,9 +189,9 @@ def normalize_payload(cmd: str, payload: dict[str, Any]) -> dict[str, Any]:
             "inbound_id": _opt_id(p.get("inbound_id"), "inbound_id"),
         }
     if cmd == "adjust":
-        return {"loc": loc(), "delta": check_int(p.get("delta"), "delta", -MAX_QTY, MAX_QTY)}
+        return {"loc": loc(), "delta": check_int(p.get("delta"), "delta", -QTY_MAX, QTY_MAX)}
     if cmd == "count":
-        return {"loc": loc(), "on_hand": check_int(p.get("on_hand"), "on_hand", 0, MAX_QTY)}
+        return {"loc": loc(), "on_hand": check_int(p.get("on_hand"), "on_hand", 0, QTY_MAX)}
     if cmd == "ship":
         return {
             "rid": validate_id(p.get("rid"), "reservation_id"),
@@ -284,31 +271,6 @@ class SupplyCommand:
 
 
 # ---------------------------------------------------------------------------- raw state
-
-_LINE_CLOCK_FIELDS = (3, 7)  # expires_ms, promised_ms of a stored line
-
-
-def mask_clock_readings(key: str, content: Any) -> Any:
-    """``content`` of a raw engine key (as read by a state digest: hash -> dict, zset -> list of
-    [member, score]) with the clock readings the stored forms carry blanked, for comparing runs
-    made at different times: the expiry and promised date of stored lines (``…:res``,
-    ``…:ended``), the time of journal entries (``j<k>`` fields of ``…:state``), and the scores of
-    the time-scored zsets (``…:exp``, ``…:dead``), whose members are then sorted (their order
-    followed the clock)."""
-    if key.endswith((":res", ":ended")) and isinstance(content, dict):
-        out = {}
-        for rid, raw in content.items():
-            parts = str(raw).split("|")
-            if len(parts) == 10:
-                for i in _LINE_CLOCK_FIELDS:
-                    parts[i] = "?"
-            out[rid] = "|".join(parts)
-        return out
-    if key.endswith(":state") and isinstance(content, dict):
-        return {f: ("?" + str(v)[str(v).find("|"):] if f.startswith("j") else v) for f, v in content.items()}
-    if key.endswith((":exp", ":dead")) and isinstance(content, list):
-        return sorted([m, None] for m, _score in content)
-    return content
 
 
 # ---------------------------------------------------------------------------- the journal

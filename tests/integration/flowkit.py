@@ -15,8 +15,6 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from engine.store.wire import mask_clock_readings
-
 # Line and journal fields that hold a reading of the clock (Redis TIME), not a result of the log.
 CLOCK_FIELDS = frozenset({"promised_ms", "expires_ms", "at"})
 # Sorted sets scored by a clock reading: hold expiries, and when a line reached its final state.
@@ -207,3 +205,29 @@ def state_diff(a: dict[str, Any], b: dict[str, Any], limit: int = 5) -> list[str
             if len(out) >= limit:
                 break
     return out
+
+
+_LINE_CLOCK_FIELDS = (3, 7)  # expires_ms, promised_ms of a stored line
+
+
+def mask_clock_readings(key: str, content: Any) -> Any:
+    """``content`` of a raw engine key (as read by a state digest: hash -> dict, zset -> list of
+    [member, score]) with the clock readings the stored forms carry blanked, for comparing runs
+    made at different times: the expiry and promised date of stored lines (``…:res``,
+    ``…:ended``), the time of journal entries (``j<k>`` fields of ``…:state``), and the scores of
+    the time-scored zsets (``…:exp``, ``…:dead``), whose members are then sorted (their order
+    followed the clock)."""
+    if key.endswith((":res", ":ended")) and isinstance(content, dict):
+        out = {}
+        for rid, raw in content.items():
+            parts = str(raw).split("|")
+            if len(parts) == 10:
+                for i in _LINE_CLOCK_FIELDS:
+                    parts[i] = "?"
+            out[rid] = "|".join(parts)
+        return out
+    if key.endswith(":state") and isinstance(content, dict):
+        return {f: ("?" + str(v)[str(v).find("|"):] if f.startswith("j") else v) for f, v in content.items()}
+    if key.endswith((":exp", ":dead")) and isinstance(content, list):
+        return sorted([m, None] for m, _score in content)
+    return content

@@ -10,7 +10,7 @@ import pytest
 
 from connectors.topics import Topics
 from engine import metrics
-from engine.domain.outputs import Alert, ReplenishmentTrigger
+from engine.domain.outputs import STATEFUL_ALERT_KINDS, Alert, ReplenishmentTrigger
 from engine.flow.runner import run_flow
 from engine.settings import Settings
 from engine.store.store import Store
@@ -69,7 +69,7 @@ def test_flash_sale_slip_short_arrival_and_recovery_publish_the_right_alerts_and
     assert metrics.SUPPLIER_RELIABILITY.labels(SUPPLIER)._value.get() == pytest.approx(0.825)
     assert store.position(k.OTHER_SKU)["promisable_in_transit"] == 41  # FLASH-2's SUP-1 lot discounted
     # Stock recovers: everything that fired is resolved under the id it fired with.
-    firing = {a.alert_id for a in alerts if a.status == "firing" and a.kind in metrics.STATEFUL_ALERT_KINDS}
+    firing = {a.alert_id for a in alerts if a.status == "firing" and a.kind in STATEFUL_ALERT_KINDS}
     assert firing == {a.alert_id for a in alerts if a.status == "resolved"}
     # FLASH-2 had no event after day 2; its lot L2 (ETA day 9) is late by the stream's time (day 11).
     quiet = [Alert.from_json(m.value) for m in of_sku(alert_msgs, k.OTHER_SKU)]

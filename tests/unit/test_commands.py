@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from engine.dev.simulate import generate
-from engine.domain.commands import COMMANDS, SkuCommand, to_commands
+from engine.domain.commands import EVENT_COMMANDS, SkuCommand, to_commands
 from engine.domain.events import EventBase, parse_event
 
 WHEN = "2025-03-01T08:00:00Z"
@@ -208,7 +208,7 @@ def test_a_simulated_stream_never_gives_two_commands_of_one_event_for_one_sku() 
         # payloads hold no nulls: the scripts use "" and 0 for absent values
         assert all(v is not None for c in cmds for v in c.payload.values())
         seen_cmds.update(c.cmd for c in cmds)
-    assert seen_cmds == set(COMMANDS)
+    assert seen_cmds == set(EVENT_COMMANDS)
 
 
 def test_a_non_event_is_a_type_error() -> None:

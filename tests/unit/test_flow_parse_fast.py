@@ -9,11 +9,12 @@ from connectors.topics import Topics
 from engine.dev.simulate import generate
 from engine.domain.commands import to_commands
 from engine.domain.events import ParseError, parse_event
+from engine.domain.ids import QTY_MAX
 from engine.flow.parse import supply_command
 from engine.flow.runner import topic_bases
 from engine.flow.source import RawMessage
 from engine.store.connect import PlainArgsPacker
-from engine.store.wire import MAX_QTY, SupplyCommand, decode_reply, normalize_reply
+from engine.store.wire import SupplyCommand, decode_reply, normalize_reply
 
 
 def _full(c, sku: str, raw: RawMessage) -> SupplyCommand:
@@ -41,7 +42,7 @@ def test_commands_of_valid_events_equal_the_fully_checked_ones() -> None:
 
 
 def test_a_summed_quantity_beyond_the_limit_still_raises() -> None:
-    line = {"sku": "A1", "qty": MAX_QTY}
+    line = {"sku": "A1", "qty": QTY_MAX}
     event = parse_event(orjson.dumps({
         "event_id": "e1", "type": "order.placed", "occurred_at": "2025-01-01T00:00:00Z", "order_id": "o1",
         "channel": "web", "lines": [line, line],

@@ -17,23 +17,17 @@ from engine.domain.ids import (
     ReservationId,
     Sku,
     id_problem,
-    require_location,
+    is_valid_id,
+    require_id,
     require_qty,
-    require_sku,
-    valid_channel,
-    valid_event_id,
-    valid_location,
     valid_qty,
-    valid_reservation_id,
-    valid_sku,
-    valid_supplier,
 )
 
 
 @pytest.mark.parametrize("value", ["A", "sku-1", "SKU_01.v2", "0", "a" * 64])
 def test_good_skus_are_valid(value: str) -> None:
-    assert valid_sku(value)
-    assert require_sku(value) == value
+    assert is_valid_id("sku", value)
+    assert require_id("sku", value) == value
 
 
 @pytest.mark.parametrize(
@@ -52,26 +46,26 @@ def test_good_skus_are_valid(value: str) -> None:
     ],
 )
 def test_bad_skus_are_refused_with_the_reason(value: str, why: str) -> None:
-    assert not valid_sku(value)
+    assert not is_valid_id("sku", value)
     with pytest.raises(ValueError, match=why):
-        require_sku(value)
+        require_id("sku", value)
 
 
 @pytest.mark.parametrize("value", [None, 5, b"abc", ["abc"]])
 def test_non_strings_are_never_identifiers(value: object) -> None:
-    assert not valid_sku(value)
+    assert not is_valid_id("sku", value)
     assert id_problem("sku", value) == f"sku must be a string, not {type(value).__name__}"
 
 
 def test_short_and_long_ids_have_their_own_lengths_and_characters() -> None:
-    assert valid_location("a" * 32) and not valid_location("a" * 33)
-    assert valid_channel("web") and valid_supplier("SUP-A")
-    assert not valid_location("wh:1")
-    assert valid_reservation_id("order:2025:" + "x" * 117) and len("order:2025:" + "x" * 117) == 128
-    assert not valid_reservation_id("x" * 129)
-    assert valid_event_id("sim-1-000000001")
+    assert is_valid_id("location", "a" * 32) and not is_valid_id("location", "a" * 33)
+    assert is_valid_id("channel", "web") and is_valid_id("supplier_id", "SUP-A")
+    assert not is_valid_id("location", "wh:1")
+    assert is_valid_id("reservation_id", "order:2025:" + "x" * 117) and len("order:2025:" + "x" * 117) == 128
+    assert not is_valid_id("reservation_id", "x" * 129)
+    assert is_valid_id("event_id", "sim-1-000000001")
     with pytest.raises(ValueError, match="location is 33 characters long; at most 32"):
-        require_location("a" * 33)
+        require_id("location", "a" * 33)
 
 
 def test_qty_validator_takes_only_integers_in_range() -> None:
@@ -117,8 +111,8 @@ def _pydantic_accepts(value: str) -> bool:
 
 @given(st.text(alphabet=st.sampled_from("aZ09._-:/ {}\n\té"), max_size=70) | st.text(max_size=70))
 def test_the_validator_and_the_pydantic_type_agree_on_every_string(value: str) -> None:
-    assert valid_sku(value) == _pydantic_accepts(value)
-    assert (id_problem("sku", value) is None) == valid_sku(value)
+    assert is_valid_id("sku", value) == _pydantic_accepts(value)
+    assert (id_problem("sku", value) is None) == is_valid_id("sku", value)
 
 
 def test_every_id_kind_has_a_validator_pair() -> None:
