@@ -251,7 +251,7 @@ def _store(settings: Settings) -> Any:
 
 def _result_out(result: Any, as_json: bool) -> None:
     """Print a client ``Reservation`` (exit 0) or ``Refusal`` (exit 3)."""
-    from engine.reservations.client import Reservation
+    from engine.reservations.types import Reservation
     from engine.reservations.views import reservation_body, reservation_view
 
     if isinstance(result, Reservation):
@@ -344,7 +344,7 @@ def reserve(
     as_json: JsonOpt = False,
 ) -> None:
     """Hold every line or none (exit 3 when refused)."""
-    from engine.reservations.client import LineRequest, Reservation
+    from engine.reservations.types import LineRequest, Reservation
 
     parsed = [_parse_line(text) for text in lines]
     rid = reservation_id or f"cli-{secrets.token_hex(8)}"

@@ -21,8 +21,9 @@ from engine import metrics
 from engine.api.errors import ApiError, OrjsonResponse
 from engine.api.models import ReservationIn
 from engine.observability.api import note_hold, note_lifecycle
-from engine.reservations.client import AsyncCoalescer, LineRequest, Refusal, Reservation, Result
+from engine.reservations.coalesce import AsyncCoalescer
 from engine.reservations.events import publish_args, published_change
+from engine.reservations.types import LineRequest, Refusal, Reservation, Result
 from engine.reservations.views import position_view, refusal_view, reservation_body, reservation_view
 from engine.store.store import AsyncStore
 

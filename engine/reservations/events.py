@@ -33,7 +33,7 @@ from typing import Any, Literal
 import orjson
 
 from engine.domain.events import format_time
-from engine.reservations.client import Reservation, ReservedLine, Result
+from engine.reservations.types import Reservation, ReservedLine, Result
 from engine.reservations.views import allocations_view
 
 Change = Literal["held", "confirmed", "released", "extended"]

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engine.domain.events import format_time, from_ms
-from engine.reservations.client import Refusal, Reservation, ReservedLine
+from engine.reservations.types import Refusal, Reservation, ReservedLine
 from engine.store.listing import Page
 from engine.store.wire import UNKNOWN_LOCATION, reservation_state
 

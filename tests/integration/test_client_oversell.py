@@ -16,7 +16,8 @@ from typing import Any
 
 import redis as redis_lib
 
-from engine.reservations.client import AsyncAtpClient, AtpClient, Refusal, Reservation
+from engine.reservations.client import AsyncAtpClient, AtpClient
+from engine.reservations.types import Refusal, Reservation
 from engine.store.store import Store
 from engine.store.wire import HoldRequest, SupplyCommand
 from tests.conftest import redis_client

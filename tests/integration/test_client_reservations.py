@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from engine.reservations.client import AsyncAtpClient, AtpClient, LineRequest, Refusal, Reservation
+from engine.reservations.client import AsyncAtpClient, AtpClient
+from engine.reservations.types import LineRequest, Refusal, Reservation
 from engine.store.keys import rid_index_key
 from engine.store.store import Store
 from engine.store.wire import HoldRequest, SupplyCommand

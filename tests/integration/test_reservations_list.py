@@ -26,7 +26,8 @@ from connectors.topics import Topics
 from engine import cli
 from engine.api import create_app
 from engine.api.auth import token_digest
-from engine.reservations.client import AtpClient, Reservation
+from engine.reservations.client import AtpClient
+from engine.reservations.types import Reservation
 from engine.settings import Settings
 from engine.store.connect import sync_redis
 from engine.store.keys import rid_index_key, rid_index_value

@@ -40,10 +40,10 @@ from engine.http import (
 )
 from engine.http.errors import error_from_reply, is_json
 from engine.http.types import Atp
-from engine.reservations.client import Allocation as StoreAllocation
-from engine.reservations.client import LineRequest, ReservedLine
-from engine.reservations.client import Refusal as StoreRefusal
-from engine.reservations.client import Reservation as StoreReservation
+from engine.reservations.types import Allocation as StoreAllocation
+from engine.reservations.types import LineRequest, ReservedLine
+from engine.reservations.types import Refusal as StoreRefusal
+from engine.reservations.types import Reservation as StoreReservation
 from engine.reservations.views import position_view, refusal_view, reservation_view
 from engine.settings import Settings
 

@@ -8,8 +8,8 @@ import orjson
 import pytest
 
 from engine.api.models import AtpOut
-from engine.reservations.client import Allocation, Reservation, ReservedLine
 from engine.reservations.events import encode, expired_event, publish_args, reservation_event
+from engine.reservations.types import Allocation, Reservation, ReservedLine
 from engine.reservations.views import position_view, reservation_view, rfc3339
 
 T0 = 1_735_718_400_000  # 2025-01-01T08:00:00Z
