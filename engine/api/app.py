@@ -8,8 +8,8 @@ in stay the caller's.
 While the app runs, a background task sweeps expired holds every
 ``settings.sweep_interval_s`` (the scripts also expire holds lazily whenever they touch a
 SKU; the sweeper covers SKUs nobody touches), and a background thread relays the change log to
-``topics.changes`` (``engine.log.relay``; ``settings.relay``): every worker runs one, the one
-holding the keyspace's relay lock ships, the others idle.
+``topics.changes`` (``engine.log.relay``; ``settings.relay``). Every worker runs both; of each,
+the one holding the keyspace's lease (``engine.store.lease``) works, the others stand by.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ from engine.observability.api import start_api_observer
 from engine.reservations.client import AsyncAtpClient
 from engine.settings import Settings
 from engine.store.connect import async_redis
+from engine.store.lease import AsyncLease
 from engine.store.store import AsyncStore
-from engine.store.sweeper import sweep_forever
+from engine.store.sweeper import lease_ttl_ms, sweep_forever
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,9 @@ def create_app(
         sweeper = (
             asyncio.create_task(
                 sweep_forever(store, settings.sweep_interval_s, on_expired=metrics.record_holds_expired,
-                              retention_s=settings.reservation_retention_s),
+                              retention_s=settings.reservation_retention_s,
+                              lease=AsyncLease(redis, settings.key_prefix, "sweeper",
+                                               lease_ttl_ms(settings.sweep_interval_s))),
                 name="atp-hold-sweeper",
             )
             if sweep

@@ -48,11 +48,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +63,7 @@ from engine import metrics
 from engine.settings import Settings
 from engine.store.changelog import Record, iter_changed_skus, record_head, trim_log, trim_logs
 from engine.store.keys import sku_keys, validate_prefix
+from engine.store.lease import Lease, lease_key
 
 log = logging.getLogger(__name__)
 
@@ -98,23 +96,13 @@ _NO_LEADER_YET = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEAD
                             KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION})
 
 # Compare-and-set on the lock: only its holder renews or releases it.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
 class RelayError(RuntimeError):
     """The relay cannot do its work (the topic is missing, the broker or Redis is away)."""
 
 
 def relay_lock_key(prefix: str) -> str:
     """The key of the lock that one relay (or ``atp rebuild``) of the keyspace holds."""
-    return f"{validate_prefix(prefix)}:relay:lock"
+    return lease_key(prefix, "relay")
 
 
 def relay_state_key(prefix: str) -> str:
@@ -141,38 +129,12 @@ def changelog_health(backlog: int | None, limit: int) -> tuple[bool, str]:
     return True, ""
 
 
-class RelayLock:
-    """The relay lock of a keyspace: ``acquire`` (or renew, when held), ``renew``, ``release``.
-    ``token`` names the holder (host, pid, a random part)."""
+class RelayLock(Lease):
+    """The relay lease of a keyspace (``engine.store.lease``): the relay, or ``atp rebuild``,
+    holds it while it ships or replays."""
 
     def __init__(self, client: Any, prefix: str, ttl_ms: int = LOCK_TTL_MS, token: str | None = None) -> None:
-        if ttl_ms < 100:
-            raise ValueError("ttl_ms must be at least 100")
-        self.client = client
-        self.key = relay_lock_key(prefix)
-        self.ttl_ms = ttl_ms
-        self.token = token or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-
-    def acquire(self) -> bool:
-        """Take the lock if it is free, renew it if this holder has it; False: another holds it."""
-        if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
-            return True
-        return self.renew()
-
-    def renew(self) -> bool:
-        """Extend the lock by its time to live; False when this holder no longer has it."""
-        return bool(self._renew(keys=[self.key], args=[self.token, self.ttl_ms]))
-
-    def release(self) -> bool:
-        """Give the lock up (only if this holder has it)."""
-        return bool(self._release(keys=[self.key], args=[self.token]))
-
-    def holder(self) -> str | None:
-        """Who holds the lock now (None: nobody)."""
-        raw = self.client.get(self.key)
-        return None if raw is None else _text(raw)
+        super().__init__(client, prefix, "relay", ttl_ms, token)
 
 
 @dataclass

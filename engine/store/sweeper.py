@@ -10,11 +10,13 @@ logged and retried at the next tick — nothing is lost, the holds stay due.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 
+from engine.store.lease import AsyncLease
 from engine.store.store import AsyncStore, Store
 from engine.store.wire import RETENTION_S
 
@@ -23,6 +25,12 @@ log = logging.getLogger(__name__)
 OnCount = Callable[[int], None]
 OnExpired = OnCount
 PURGE_EVERY_S = 60.0
+
+
+def lease_ttl_ms(interval_s: float) -> int:
+    """The time to live of the sweeper's lease for ticks ``interval_s`` apart: a holder that
+    misses about three ticks in a row (stalled, or gone) loses it to another process."""
+    return max(5_000, int(interval_s * 3_000))
 
 
 def _retention_ms(retention_s: int) -> int:
@@ -114,33 +122,64 @@ class Sweeper:
 
 async def sweep_forever(store: AsyncStore, interval_s: float = 1.0, on_expired: OnExpired | None = None,
                         max_skus: int = 10_000, retention_s: int = RETENTION_S,
-                        purge_every_s: float = PURGE_EVERY_S, on_purged: OnCount | None = None) -> None:
+                        purge_every_s: float = PURGE_EVERY_S, on_purged: OnCount | None = None,
+                        lease: AsyncLease | None = None) -> None:
     """Sweep every ``interval_s`` seconds and purge every ``purge_every_s`` seconds until
-    cancelled (run it as a task); ended lines are kept ``retention_s`` seconds."""
+    cancelled (run it as a task); ended lines are kept ``retention_s`` seconds.
+
+    With a ``lease`` (duty ``sweeper``), a tick sweeps only while this process holds it, so of
+    the processes of a deployment one sweeps and the others stand by, each ready to take over
+    once the holder's lease runs out; the lease is given up when the task is cancelled."""
     if not interval_s > 0 or not purge_every_s > 0:
         raise ValueError("interval_s and purge_every_s must be > 0")
     retention_ms = _retention_ms(retention_s)
     next_purge = 0.0
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            n = await store.sweep(max_skus)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("hold sweep failed: %r", exc)
-            continue
-        if on_expired is not None:
-            on_expired(n)
-        if time.monotonic() < next_purge:
-            continue
-        try:
-            purged = await store.purge(retention_ms, max_skus)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("purge of ended reservation lines failed: %r", exc)
-            continue
-        next_purge = time.monotonic() + purge_every_s
-        if on_purged is not None:
-            on_purged(purged)
+    try:
+        while True:
+            await asyncio.sleep(interval_s)
+            if lease is not None and not await _holding(lease):
+                next_purge = 0.0  # a new holder purges at once, as the first tick does
+                continue
+            next_purge = await _tick(store, max_skus, retention_ms, purge_every_s, next_purge, on_expired,
+                                     on_purged)
+    finally:
+        if lease is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(lease.release())
+
+
+async def _holding(lease: AsyncLease) -> bool:
+    try:
+        return await lease.acquire()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # Redis away: nobody sweeps until it is back
+        log.warning("sweeper lease %s: %r", lease.key, exc)
+        return False
+
+
+async def _tick(store: AsyncStore, max_skus: int, retention_ms: int, purge_every_s: float, next_purge: float,
+                on_expired: OnExpired | None, on_purged: OnCount | None) -> float:
+    """One sweep, and a purge when ``next_purge`` (monotonic) has come; the next purge's time.
+    A failure (Redis away) is logged and left to the next tick: the holds stay due."""
+    try:
+        n = await store.sweep(max_skus)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("hold sweep failed: %r", exc)
+        return next_purge
+    if on_expired is not None:
+        on_expired(n)
+    if time.monotonic() < next_purge:
+        return next_purge
+    try:
+        purged = await store.purge(retention_ms, max_skus)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("purge of ended reservation lines failed: %r", exc)
+        return next_purge
+    if on_purged is not None:
+        on_purged(purged)
+    return time.monotonic() + purge_every_s
