@@ -67,6 +67,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from engine.domain.events import EVENT_TYPES
+from engine.domain.ids import SKU_PATTERN
 from engine.domain.observation import STATUSES
 from engine.domain.outputs import ALERT_KINDS, ALERT_STATUSES, STATEFUL_ALERT_KINDS
 
@@ -82,11 +83,11 @@ SUPPLIER_LIMIT = 50
 OTHER = "other"
 
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9/][A-Za-z0-9._:/{}-]{0,79}$")
-_SKU = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SKU = re.compile(SKU_PATTERN)
 
 EVENT_OUTCOMES = STATUSES
 RESERVATION_OPS = ("hold", "confirm", "release", "extend")
-RESERVATION_OUTCOMES = ("ok", "duplicate", "refused", "conflict", "not_found", "error")
+RESERVATION_OUTCOMES = (*STATUSES, "error")
 HOLD_ENDS = ("confirmed", "released", "expired")
 DEPENDENCIES = ("redis", "kafka")
 

@@ -95,7 +95,6 @@ _LOG_EVERY_S = 5.0
 _NO_LEADER_YET = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
                             KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION})
 
-# Compare-and-set on the lock: only its holder renews or releases it.
 class RelayError(RuntimeError):
     """The relay cannot do its work (the topic is missing, the broker or Redis is away)."""
 
