@@ -2,7 +2,7 @@
 
 ``python -m dashboards.build`` writes them; ``python -m dashboards.build --check`` exits 1 when a
 committed file differs from what the code renders. ``all_queries()`` lists every panel query,
-``all_rule_signals()`` every rule's signal, for tests/integration/test_prometheus.py.
+``all_rule_signals()`` every rule's signal, for tests/integration/observability/test_prometheus.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Panel builders shared by the dashboards: every panel queries the provisioned Prometheus.
 
 Queries use fixed ``[1m]`` / ``[5m]`` windows rather than Grafana's ``$__rate_interval`` so the
-very same text can be evaluated by Prometheus itself (tests/integration/test_prometheus.py).
+very same text can be evaluated by Prometheus itself (tests/integration/observability/test_prometheus.py).
 """
 
 from __future__ import annotations

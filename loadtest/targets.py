@@ -1,5 +1,5 @@
 """The performance bar, one home: every P target the benchmarks check and report, as
-``docs/quality.md`` ("Performance") states it. ``tests/unit/test_loadtest_targets.py`` holds this
+``docs/quality.md`` ("Performance") states it. ``tests/unit/loadtest/test_loadtest_targets.py`` holds this
 module and that table together."""
 
 from __future__ import annotations

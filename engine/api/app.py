@@ -88,7 +88,7 @@ _EDGE_REFUSALS: dict[int | str, dict[str, Any]] = {
 def _operation_id(route: APIRoute) -> str:
     """The route's name (its function's name unless the decorator sets ``name``): ``get_atp``
     rather than FastAPI's ``get_atp_v1_atp__sku__get``. The OpenAPI lint
-    (tests/integration/test_openapi_lint.py) holds them unique."""
+    (tests/integration/api/test_openapi_lint.py) holds them unique."""
     return route.name
 
 

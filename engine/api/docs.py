@@ -23,7 +23,7 @@ REDOC_URL = "/redoc"
 #: ``redoc.standalone.js``, ``favicon.png``.
 ASSETS_URL = "/docs/assets"
 
-# The package's layout, not an API of it: tests/integration/test_api_docs.py fetches every
+# The package's layout, not an API of it: tests/integration/api/test_api_docs.py fetches every
 # asset the pages name, so a release that moves them fails there.
 _ASSETS_DIR = Path(fastapi_offline.__file__).parent / "static"
 

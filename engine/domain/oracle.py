@@ -1,7 +1,7 @@
 """The pure-Python oracle of one SKU's book: the rules of docs/semantics.md, numbers in, numbers out.
 
 The Lua scripts in ``engine/store/lua`` implement the same rules atomically inside Redis; the
-differential property test (tests/integration/test_differential.py) drives both with the same operations and requires
+differential property test (tests/integration/store/test_differential.py) drives both with the same operations and requires
 identical replies and identical state. Times are integer ms handed in by the caller.
 """
 

@@ -8,7 +8,7 @@ imported before the files are rendered, so a new module needs no edit here. A mo
 ``engine.domain`` adds its dotted name to ``SCHEMA_MODULES``.
 
 ``python -m engine.domain.schemas --check`` exits 1 and names the stale files instead of
-writing them (``tests/unit/test_schemas.py`` does the same check).
+writing them (``tests/unit/domain/test_schemas.py`` does the same check).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 from connectors import kafka_dist
 from connectors.kafka_dist import KAFKA_VERSION, DistError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _script(path: Path, body: str) -> Path:

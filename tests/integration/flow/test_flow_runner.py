@@ -27,7 +27,7 @@ from tests.integration.flowkit import Produced, produce
 
 pytestmark = pytest.mark.kafka_compat
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def flow_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -31,7 +31,7 @@ from packaging.utils import canonicalize_name
 
 from engine.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 KAFKA3_FILE = ROOT / "docker-compose.kafka3.yml"
 COMPOSE = yaml.safe_load(COMPOSE_FILE.read_text())

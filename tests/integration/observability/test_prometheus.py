@@ -31,7 +31,7 @@ from dashboards import build
 from engine.dev.demo import HOT_SKUS, demo_engine, run_sale
 from engine.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SCRAPE_INTERVAL_S = 1
 READY_TIMEOUT_S = 60
 SALE_S = 35
@@ -100,7 +100,7 @@ def _reconcile(running: Settings) -> None:
     reconcile* panel has nothing to show).
 
     It runs on the loaded catalogue, before the sale: a reconcile while records are being shipped
-    is tests/integration/test_log_rebuild.py's subject, not the panels'."""
+    is tests/integration/log/test_log_rebuild.py's subject, not the panels'."""
     env = {
         **os.environ,
         "ATP_REDIS_URL": running.redis_url,

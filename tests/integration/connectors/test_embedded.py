@@ -29,7 +29,7 @@ from connectors.kafka import consumer_config, producer_config
 from connectors.topics import Topics, create_topics
 from engine.settings import Settings
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _alive(pid: int) -> bool:

@@ -21,7 +21,7 @@ from connectors.topics import Topics
 from engine.settings import Settings
 from tests.integration.api_harness import make_app
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 REDOCLY = "@redocly/cli@2.77.0"
 LINT_TIMEOUT_S = 300  # the first run on a machine downloads the CLI
 

@@ -12,7 +12,7 @@ from dashboards import build, panels
 from engine import metrics
 from engine.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 _METRIC = re.compile(r"\b(atp_[a-z_]+)")
 _SERIES_SUFFIXES = ("_bucket", "_sum", "_count")
 

@@ -70,7 +70,7 @@ def test_anything_else_on_the_dlq_topic_is_refused_with_a_clear_error(value: byt
 @pytest.mark.parametrize("original, key", [(b"\xff\xfe not utf-8 {", b"SKU-1"), (None, None),
                                             (b"x" * (MAX_ORIGINAL_BYTES + 10), b"K")])
 def test_every_record_matches_the_published_dlq_schema(original: bytes | None, key: bytes | None) -> None:
-    schema = orjson.loads((Path(__file__).resolve().parents[2] / "schemas" / "dlq-record.schema.json").read_bytes())
+    schema = orjson.loads((Path(__file__).resolve().parents[3] / "schemas" / "dlq-record.schema.json").read_bytes())
     value = orjson.loads(record(original, key).to_message()[1])
     assert set(value) == set(schema["properties"]) and schema["additionalProperties"] is False
     DlqValue.model_validate(value)  # the model the schema file is generated from

@@ -21,8 +21,8 @@ from engine.settings import Settings
 from engine.store.keys import logs_key
 from engine.store.store import Store
 from tests.conftest import TOPIC_PARTITIONS
+from tests.integration.flow.test_flow_runner import FLOW, ROOT, flow_env, output, start, stop
 from tests.integration.flowkit import produce
-from tests.integration.test_flow_runner import FLOW, ROOT, flow_env, output, start, stop
 
 AT = "2026-01-01T00:00:00Z"
 

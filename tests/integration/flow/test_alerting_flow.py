@@ -31,7 +31,7 @@ NO_TICKS = AlertingOptions(ticks=False)
 def defaults() -> Settings:
     """Engine defaults, untouched by the developer's ATP_* variables or atp.toml, but resolving
     as soon as clear: the scenario's trace is about levels (the resolve period in time is
-    tests/unit/test_alerts.py's)."""
+    tests/unit/domain/test_alerts.py's)."""
     return Settings.model_construct(alert_resolve_after_s=0)
 
 

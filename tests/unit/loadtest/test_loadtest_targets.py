@@ -11,7 +11,7 @@ import pytest
 from loadtest import targets
 from loadtest.report import summary_rows
 
-QUALITY = Path(__file__).resolve().parents[2] / "docs" / "quality.md"
+QUALITY = Path(__file__).resolve().parents[3] / "docs" / "quality.md"
 
 #: each row of the table, and the constants that state its target
 ROWS = {

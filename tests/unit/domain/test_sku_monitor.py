@@ -16,7 +16,7 @@ T0 = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 HOUR = 3_600_000
 SKU = "SKU-1"
 POLICY = Policy(mode="presell", low_stock=20, pack_size=10, lead_time_days=4)
-# resolve as soon as clear: the hand-checked trace below is about levels (time: tests/unit/test_alerts.py)
+# resolve as soon as clear: the hand-checked trace below is about levels (time: tests/unit/domain/test_alerts.py)
 POLICIES = RulePolicies.from_settings(Settings(alert_resolve_after_s=0), POLICY)
 
 
