@@ -157,9 +157,7 @@ def create_app(
         sweeper = (
             asyncio.create_task(
                 sweep_forever(store, settings.sweep_interval_s, on_expired=metrics.record_holds_expired,
-                              retention_s=settings.reservation_retention_s,
-                              lease=AsyncLease(redis, settings.key_prefix, "sweeper",
-                                               lease_ttl_ms(settings.sweep_interval_s))),
+                              retention_s=settings.reservation_retention_s, lease=app.state.sweeper_lease),
                 name="atp-hold-sweeper",
             )
             if sweep
@@ -205,6 +203,10 @@ def create_app(
     app.state.topics = topics or Topics()
     app.state.tokens = TokenTable.from_settings(settings.api_tokens)
     app.state.ping_redis = redis.ping
+    # Of a deployment's API processes, the holder of this lease sweeps and measures the expiry lag.
+    app.state.sweeper_lease = (
+        AsyncLease(redis, settings.key_prefix, "sweeper", lease_ttl_ms(settings.sweep_interval_s)) if sweep else None
+    )
     if not settings.api_tokens:
         log.warning("no API tokens configured (ATP_API_TOKENS): every /v1 call will be refused with 401")
 

@@ -127,7 +127,15 @@ class ApiObserver:
                 metrics.set_watched_atp(sku, loc, int(figures.get("atp", 0)))
 
     async def measure_expiry_lag(self) -> None:
-        """Set ``atp_expiry_lag_seconds``: now minus the earliest expiry among the holds still held."""
+        """Set ``atp_expiry_lag_seconds``: now minus the earliest expiry among the holds still held.
+
+        It scans the keyspace, so of a deployment's processes only the one that sweeps (the holder
+        of ``state.sweeper_lease``) measures; the others report 0, and ``max`` over the processes
+        is the deployment's lag. Without a lease (no sweeper here) every process measures."""
+        lease = getattr(self.state, "sweeper_lease", None)
+        if lease is not None and await lease.holder() != lease.token:
+            metrics.set_expiry_lag(0.0)
+            return
         redis = self.state.redis
         keys: list[Any] = []
         async for key in redis.scan_iter(match=exp_scan_pattern(self.prefix), count=1000):

@@ -13,6 +13,7 @@ from engine import metrics
 from engine.api import create_app
 from engine.settings import Settings
 from engine.store.connect import sync_redis
+from engine.store.lease import AsyncLease
 from engine.store.store import Store
 from engine.store.wire import HoldRequest
 from tests.integration.api_harness import RESERVER, api_settings, bearer, in_process, seed
@@ -87,6 +88,26 @@ async def test_expiry_lag_is_how_overdue_the_oldest_held_hold_is(
         store.release("OBS-2", "obs-lag")
         await observer.measure_expiry_lag()
         assert _sample("atp_expiry_lag_seconds") == 0.0
+
+
+async def test_only_the_process_holding_the_sweeper_lease_scans_for_the_expiry_lag(
+    store: Any, redis: Any, settings: Settings, topics: Topics
+) -> None:
+    seed(store, "OBS-3", 5)
+    app = _app(settings, topics)
+    async with in_process(app):
+        observer = app.state.observer
+        lease = app.state.sweeper_lease = AsyncLease(app.state.redis, settings.key_prefix, "sweeper", 60_000,
+                                                     token="this-process")
+        assert store.hold_batch("OBS-3", [HoldRequest("obs-lag3", 1, ttl_ms=200)])[0]["status"] == "ok"
+        await asyncio.sleep(2.5)  # due, and nothing touches OBS-3
+        redis.set(lease.key, "another-process", px=60_000)
+        await observer.measure_expiry_lag()
+        assert _sample("atp_expiry_lag_seconds") == 0.0  # a standby: the sweeping process reports it
+        redis.delete(lease.key)
+        assert await lease.acquire()
+        await observer.measure_expiry_lag()
+        assert 1.0 <= _sample("atp_expiry_lag_seconds") < 10
 
 
 async def test_watched_atp_and_dependencies_are_refreshed_by_a_tick(
