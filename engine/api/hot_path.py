@@ -126,8 +126,9 @@ def hot_routes(routes: Iterable[BaseRoute]) -> list[HotRoute]:
         route = by_name.get(name)
         if route is None:
             raise ValueError(f"the hot path serves {name!r}, which the app has no route for")
-        if _reads(route) != served:
-            raise ValueError(f"route {name!r} takes {_reads(route)}, the hot path reads {served}")
+        takes = _reads(route)
+        if takes != served:
+            raise ValueError(f"route {name!r} takes {takes}, the hot path reads {served}")
         head, _, tail = route.path.partition("{")
         found.append(HotRoute(route, served, head, tail.partition("}")[2]))
     return found

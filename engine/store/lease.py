@@ -43,7 +43,7 @@ def _text(raw: Any) -> str:
 
 
 class _LeaseBase:
-    def __init__(self, client: Any, prefix: str, duty: str, ttl_ms: int, token: str | None) -> None:
+    def __init__(self, client: Any, prefix: str, duty: str, ttl_ms: int, token: str | None = None) -> None:
         if ttl_ms < 100:
             raise ValueError("ttl_ms must be at least 100")
         self.client = client
@@ -57,9 +57,6 @@ class _LeaseBase:
 class Lease(_LeaseBase):
     """A lease over a redis-py client: ``acquire`` (or renew, when held), ``renew``, ``release``,
     ``holder``."""
-
-    def __init__(self, client: Any, prefix: str, duty: str, ttl_ms: int, token: str | None = None) -> None:
-        super().__init__(client, prefix, duty, ttl_ms, token)
 
     def acquire(self) -> bool:
         """Take the lease if it is free, renew it if this holder has it; False: another holds it."""
@@ -83,9 +80,6 @@ class Lease(_LeaseBase):
 
 class AsyncLease(_LeaseBase):
     """``Lease`` over a redis.asyncio client."""
-
-    def __init__(self, client: Any, prefix: str, duty: str, ttl_ms: int, token: str | None = None) -> None:
-        super().__init__(client, prefix, duty, ttl_ms, token)
 
     async def acquire(self) -> bool:
         """See ``Lease.acquire``."""
